@@ -1,0 +1,175 @@
+"""One Driftlog agent: wires the store, coordinator, write and read paths, and the listener.
+
+Owns process-level lifecycle (start, drain on SIGTERM, stats) and request
+dispatch by API key. Protocol details live in `server/`, storage in the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import sys
+import time
+import uuid
+from typing import Any
+
+from driftlog.config import AgentConfig
+from driftlog.coordinator.service import SingleWriterCoordinator
+from driftlog.coordinator.sqlite import SqlitePersistence
+from driftlog.groups.coordinator import GroupCoordinator
+from driftlog.protocol.codec import (
+    MalformedRequest,
+    UnsupportedRequest,
+    decode_request,
+    encode_response,
+    peek_prefix,
+)
+from driftlog.read.cache import BatchCache
+from driftlog.read.fetcher import BatchFetcher
+from driftlog.server.api_versions import api_versions_error_response
+from driftlog.server.context import RequestContext
+from driftlog.server.listener import ConnectionClosed, KafkaConnection
+from driftlog.server.registry import HANDLERS, SUPPORTED_VERSIONS
+from driftlog.storage.obstore import open_store
+from driftlog.write.layout import ObjectLayout
+from driftlog.write.pipeline import WritePipeline
+
+log = logging.getLogger(__name__)
+
+API_VERSIONS_KEY = 18
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.advertised_host = config.advertise_host
+        self.advertised_port = config.advertise_port
+        self.started_ms = int(time.time() * 1000)
+        self.store = open_store(config.store_url)
+        self.coordinator = SingleWriterCoordinator(SqlitePersistence(config.sqlite_path))
+        self.cache = BatchCache(config.cache_bytes)
+        self.fetcher = BatchFetcher(self.store, self.cache)
+        self.pipeline = WritePipeline(
+            self.store,
+            self.coordinator,
+            flush_bytes=config.flush_bytes,
+            flush_age_ms=config.flush_ms,
+            max_uploads=config.max_uploads,
+            max_pending_bytes=config.max_pending_bytes,
+            on_uploaded=self._cache_uploaded,
+        )
+        self.groups = GroupCoordinator(now_ms=lambda: int(time.monotonic() * 1000))
+        self._server: asyncio.Server | None = None
+        self._connections: set[KafkaConnection] = set()
+        self._logged_errors: set[tuple[str, int]] = set()
+        self.cluster_id = ""
+
+    def _load_cluster_id(self) -> str:
+        path = self.config.data_dir / "cluster.id"
+        if path.exists():
+            return path.read_text().strip()
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        path.write_text(cluster_id + "\n")
+        return cluster_id
+
+    def _cache_uploaded(self, key: str, layout: ObjectLayout) -> None:
+        for batch, coordinates in zip(layout.batches, layout.coordinates, strict=True):
+            self.cache.put((key, coordinates.byte_offset), batch.data)
+
+    # Lifecycle ----------------------------------------------------------------
+    async def start(self) -> None:
+        self.cluster_id = self._load_cluster_id()
+        await self.coordinator.start()
+        await self.groups.start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._new_connection,
+            self.config.listen_host,
+            self.config.listen_port,
+            reuse_address=True,
+            backlog=1024,
+        )
+
+    def _new_connection(self) -> asyncio.Protocol:
+        connection = KafkaConnection(
+            self.handle_frame,
+            max_frame_bytes=self.config.max_frame_bytes,
+            max_in_flight=self.config.max_in_flight_per_connection,
+            idle_timeout_s=self.config.idle_timeout_s,
+            on_close=self._connections.discard,
+        )
+        if len(self._connections) >= self.config.max_connections:
+            log.warning("connection limit %d reached; refusing", self.config.max_connections)
+            asyncio.get_running_loop().call_soon(connection.close)
+        self._connections.add(connection)
+        return connection
+
+    async def drain_and_stop(self) -> None:
+        """Stop accepting, commit what is buffered, answer producers, then close."""
+        if self._server is not None:
+            self._server.close()
+        await self.pipeline.drain()
+        # Let the connection writers send the final acks before closing sockets.
+        await asyncio.sleep(0.05)
+        for connection in list(self._connections):
+            connection.close()
+        await self.groups.close()
+        await self.coordinator.close()
+        await self.store.close()
+
+    def stats(self) -> dict[str, Any]:
+        s = self.store.stats
+        return {
+            "object_puts": s.puts,
+            "object_gets": s.gets,
+            "object_bytes_put": s.bytes_put,
+            "object_bytes_got": s.bytes_got,
+            "coordinator_commits": self.coordinator.commits_persisted,
+            "coordinator_transactions": self.coordinator.transactions,
+            "cache_hits": self.cache.hits,
+            "cache_misses": self.cache.misses,
+        }
+
+    def print_stats(self) -> None:
+        print("driftlog-stats " + json.dumps(self.stats()), file=sys.stderr, flush=True)
+
+    # Dispatch -------------------------------------------------------------------
+    async def handle_frame(self, frame: bytes, peer: str) -> list[bytes] | None:
+        try:
+            request = decode_request(frame, SUPPORTED_VERSIONS)
+        except UnsupportedRequest as e:
+            if e.api_key == API_VERSIONS_KEY:
+                # KIP-511: answer an unknown ApiVersions version with v0 and our ranges.
+                return encode_response(
+                    API_VERSIONS_KEY, 0, e.correlation_id, api_versions_error_response()
+                )
+            self.log_client_error(peer, e.api_key, f"unsupported request from {peer}: {e}")
+            raise ConnectionClosed from e
+        except MalformedRequest as e:
+            api_key = peek_prefix(frame)[0] if len(frame) >= 8 else -1
+            self.log_client_error(peer, api_key, f"malformed request from {peer}: {e}")
+            raise ConnectionClosed from e
+        ctx = RequestContext(
+            agent=self,
+            api_key=request.api_key,
+            api_version=request.api_version,
+            correlation_id=request.correlation_id,
+            client_id=request.client_id,
+            peer=peer,
+        )
+        response = await HANDLERS[request.api_key](ctx, request.body)
+        if response is None:
+            return None
+        return encode_response(
+            request.api_key, request.api_version, request.correlation_id, response
+        )
+
+    def log_client_error(self, peer: str, api_key: int, message: str) -> None:
+        host = peer.rsplit(":", 1)[0]
+        if (host, api_key) not in self._logged_errors and len(self._logged_errors) < 10_000:
+            self._logged_errors.add((host, api_key))
+            log.warning("%s", message)

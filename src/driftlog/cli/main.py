@@ -1,0 +1,181 @@
+"""`driftlog` command line: arguments and environment to config to a running agent. No logic."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvloop
+
+from driftlog.agent import Agent
+from driftlog.config import AgentConfig
+
+log = logging.getLogger("driftlog")
+
+_DEFAULTS = AgentConfig()
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _env(name: str, default: object) -> str | None:
+    value = os.environ.get(f"DRIFTLOG_{name}")
+    return value if value is not None else (None if default is None else str(default))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="driftlog",
+        description="Driftlog: a Kafka-compatible broker whose only storage is object storage.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run one agent",
+        description="Run one agent. Every option can also be set with the environment "
+        "variable shown in brackets; the command line wins.",
+    )
+    d = _DEFAULTS
+
+    def option(flag: str, env: str, default: object, help_: str, **kw: object) -> None:
+        serve.add_argument(
+            flag,
+            default=_env(env, default),
+            help=f"{help_} [DRIFTLOG_{env}, default {default}]",
+            **kw,  # type: ignore[arg-type]
+        )
+
+    option("--listen", "LISTEN", f"{d.listen_host}:{d.listen_port}", "address to accept clients on")
+    option(
+        "--advertise",
+        "ADVERTISE",
+        None,
+        "address clients are told to connect to (default: the listen address)",
+    )
+    option(
+        "--data-dir",
+        "DATA_DIR",
+        str(d.data_dir),
+        "directory for the SQLite coordinator and local objects",
+    )
+    option(
+        "--object-store",
+        "OBJECT_STORE",
+        None,
+        "object store URL: file:///path (default DATA_DIR/objects), memory://, "
+        "s3://bucket[/prefix] "
+        "(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION apply)",
+    )
+    option(
+        "--flush-ms",
+        "FLUSH_MS",
+        d.flush_ms,
+        "flush the write buffer once its oldest batch is this old",
+    )
+    option(
+        "--flush-bytes",
+        "FLUSH_BYTES",
+        d.flush_bytes,
+        "flush the write buffer once it holds this many bytes",
+    )
+    option(
+        "--cache-bytes",
+        "CACHE_BYTES",
+        d.cache_bytes,
+        "size of the in-memory cache of object ranges",
+    )
+    option(
+        "--max-frame-bytes", "MAX_FRAME_BYTES", d.max_frame_bytes, "largest request frame accepted"
+    )
+    option(
+        "--max-connections", "MAX_CONNECTIONS", d.max_connections, "connections accepted at once"
+    )
+    option(
+        "--default-partitions",
+        "DEFAULT_PARTITIONS",
+        d.default_partitions,
+        "partitions of auto-created topics",
+    )
+    option(
+        "--auto-create-topics",
+        "AUTO_CREATE_TOPICS",
+        "true",
+        "create unknown topics on first Metadata request (true/false)",
+    )
+    option("--node-id", "NODE_ID", d.node_id, "this agent's broker id in Metadata")
+    option("--zone", "ZONE", "", "this agent's availability zone (reported as its rack)")
+    option("--log-level", "LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    listen_host, listen_port = _host_port(args.listen)
+    advertise_host, advertise_port = _host_port(args.advertise or args.listen)
+    if advertise_host == "0.0.0.0":
+        advertise_host = "127.0.0.1"
+    return AgentConfig(
+        listen_host=listen_host,
+        listen_port=listen_port,
+        advertise_host=advertise_host,
+        advertise_port=advertise_port,
+        data_dir=Path(args.data_dir),
+        object_store_url=args.object_store or None,
+        flush_ms=int(args.flush_ms),
+        flush_bytes=int(args.flush_bytes),
+        cache_bytes=int(args.cache_bytes),
+        max_frame_bytes=int(args.max_frame_bytes),
+        max_connections=int(args.max_connections),
+        default_partitions=int(args.default_partitions),
+        auto_create_topics=str(args.auto_create_topics).lower() in ("1", "true", "yes", "on"),
+        node_id=int(args.node_id),
+        zone=args.zone or "",
+    )
+
+
+async def serve(config: AgentConfig) -> None:
+    agent = Agent(config)
+    await agent.start()
+    address = f"{config.advertise_host}:{config.advertise_port}"
+    log.info("driftlog agent listening on %s:%d", config.listen_host, config.listen_port)
+    print(
+        f"Driftlog is up. Bootstrap servers: {address}\n"
+        f"  produce: echo 'hello' | kcat -P -b {address} -t demo\n"
+        f"  consume: kcat -C -b {address} -t demo -o beginning -e",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining: flushing buffered batches and answering producers")
+    await agent.drain_and_stop()
+    agent.print_stats()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = config_from_args(args)
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        sys.exit(f"driftlog: {e}")
+    uvloop.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

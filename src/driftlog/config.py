@@ -1,0 +1,42 @@
+"""The agent's settings, with their defaults. Values only; parsing lives in the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9092
+    advertise_host: str = "127.0.0.1"
+    advertise_port: int = 9092
+    data_dir: Path = Path(".driftlog")
+    # None means file://<data_dir>/objects
+    object_store_url: str | None = None
+    flush_ms: int = 250
+    flush_bytes: int = 8 * MiB
+    max_uploads: int = 4
+    max_pending_bytes: int = 256 * MiB
+    cache_bytes: int = 256 * MiB
+    max_frame_bytes: int = 100 * MiB
+    max_connections: int = 10_000
+    max_in_flight_per_connection: int = 64
+    idle_timeout_s: float = 600.0
+    auto_create_topics: bool = True
+    default_partitions: int = 1
+    node_id: int = 0
+    zone: str = ""
+
+    @property
+    def store_url(self) -> str:
+        if self.object_store_url:
+            return self.object_store_url
+        return f"file://{(self.data_dir / 'objects').resolve()}"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "coordinator.sqlite3"

@@ -1,0 +1,40 @@
+"""A bounded LRU cache of stored batch bytes, keyed by (object key, byte offset).
+
+Entries are only ever looked up through committed coordinates, so the cache
+cannot serve uncommitted data even though the write path fills it right after
+upload (a tail consumer then reads without a GET).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+class BatchCache:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size_bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+    def get(self, key: tuple[str, int]) -> bytes | None:
+        data = self._entries.get(key)
+        if data is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return data
+
+    def put(self, key: tuple[str, int], data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.size_bytes -= len(old)
+        self._entries[key] = data
+        self.size_bytes += len(data)
+        while self.size_bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.size_bytes -= len(evicted)

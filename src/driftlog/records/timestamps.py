@@ -1,0 +1,97 @@
+"""Record timestamps inside one batch, for ListOffsets by time. Off the hot path.
+
+ListOffsets must answer the first offset whose timestamp is at or after the
+asked time, which can fall inside a batch. Only here does Driftlog open a
+batch: decompress it (gzip, snappy raw or xerial-framed, lz4 frame, zstd) and
+walk the records' varint headers for (offsetDelta, timestampDelta).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import cramjam
+
+from driftlog.records.batch import HEADER_SIZE, parse_header
+
+_XERIAL_MAGIC = b"\x82SNAPPY\x00"
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A zigzag varint (Kafka's record fields) and the position after it."""
+    shift = 0
+    raw = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        raw |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+    return (raw >> 1) ^ -(raw & 1), pos
+
+
+def _snappy(data: bytes) -> bytes:
+    if not data.startswith(_XERIAL_MAGIC):
+        return bytes(cramjam.snappy.decompress_raw(data))
+    out = bytearray()
+    pos = 16  # magic, version, compatible version
+    while pos < len(data):
+        (length,) = struct.unpack_from(">i", data, pos)
+        pos += 4
+        out += bytes(cramjam.snappy.decompress_raw(data[pos : pos + length]))
+        pos += length
+    return bytes(out)
+
+
+def decompress(codec: int, data: bytes) -> bytes:
+    if codec == 0:
+        return data
+    if codec == 1:
+        return bytes(cramjam.gzip.decompress(data))
+    if codec == 2:
+        return _snappy(data)
+    if codec == 3:
+        return bytes(cramjam.lz4.decompress(data))
+    if codec == 4:
+        return bytes(cramjam.zstd.decompress(data))
+    raise ValueError(f"unknown compression codec {codec}")
+
+
+def record_timestamps(batch: bytes) -> list[tuple[int, int]]:
+    """(offset delta, timestamp ms) of every record in the batch, in order."""
+    header = parse_header(batch)
+    body = decompress(header.compression, batch[HEADER_SIZE : header.size])
+    (base_timestamp,) = struct.unpack_from(">q", batch, 27)
+    out: list[tuple[int, int]] = []
+    pos = 0
+    for _ in range(header.record_count):
+        length, pos = _varint(body, pos)
+        end = pos + length
+        pos += 1  # attributes
+        timestamp_delta, pos = _varint(body, pos)
+        offset_delta, pos = _varint(body, pos)
+        out.append((offset_delta, base_timestamp + timestamp_delta))
+        pos = end
+    return out
+
+
+def first_offset_at_or_after(
+    batch: bytes, base_offset: int, timestamp_ms: int
+) -> tuple[int, int] | None:
+    """(offset, timestamp) of the batch's first record with timestamp >= `timestamp_ms`."""
+    for delta, ts in record_timestamps(batch):
+        if ts >= timestamp_ms:
+            return base_offset + delta, ts
+    return None
+
+
+def max_timestamp_offset(batch: bytes, base_offset: int) -> tuple[int, int]:
+    """(offset, timestamp) of the batch's record with the largest timestamp (first on ties)."""
+    best_delta, best_ts = 0, -1
+    for delta, ts in record_timestamps(batch):
+        if ts > best_ts:
+            best_delta, best_ts = delta, ts
+    return base_offset + best_delta, best_ts

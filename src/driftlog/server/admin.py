@@ -1,0 +1,300 @@
+"""Topic administration: CreateTopics, DeleteTopics, CreatePartitions, and configs.
+
+Every unknown topic gets UNKNOWN_TOPIC_OR_PARTITION and every invalid config
+INVALID_CONFIG, with a message; nothing answers NO_ERROR without doing the work.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from driftlog.protocol.schema import build, response_module
+from driftlog.server.context import RequestContext
+from driftlog.server.metadata import topic_name_error
+from driftlog.topic_config import BROKER_CONFIGS, TOPIC_CONFIGS, effective, invalid_configs
+
+CREATE_TOPICS = 19
+DELETE_TOPICS = 20
+DESCRIBE_CONFIGS = 32
+ALTER_CONFIGS = 33
+CREATE_PARTITIONS = 37
+INCREMENTAL_ALTER_CONFIGS = 44
+
+RESOURCE_TOPIC = 2
+RESOURCE_BROKER = 4
+# DescribeConfigs config_source values (KIP-226).
+SOURCE_TOPIC = 1
+SOURCE_STATIC_BROKER = 4
+SOURCE_DEFAULT = 5
+MAX_PARTITIONS = 10_000
+_NO_THROTTLE = datetime.timedelta(0)
+
+
+async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(CREATE_TOPICS, ctx.api_version)
+    agent = ctx.agent
+    results = []
+    for topic in request.topics:
+        configs = {c.name: c.value for c in topic.configs}
+        count = topic.num_partitions
+        if count == -1:
+            count = agent.config.default_partitions
+        error, message = ErrorCode.none, None
+        if (name_error := topic_name_error(topic.name)) is not None:
+            error, message = ErrorCode.invalid_topic_exception, name_error
+        elif agent.coordinator.topic(topic.name) is not None:
+            error, message = ErrorCode.topic_already_exists, f"topic {topic.name!r} exists"
+        elif not 1 <= count <= MAX_PARTITIONS:
+            error, message = ErrorCode.invalid_partitions, f"partition count {count} not allowed"
+        elif topic.replication_factor == 0 or topic.replication_factor < -1:
+            error, message = ErrorCode.invalid_replication_factor, "replication factor below 1"
+        elif topic.assignments:
+            error, message = (
+                ErrorCode.invalid_replica_assignment,
+                "manual replica assignment is meaningless in Driftlog",
+            )
+        elif any(v is None for v in configs.values()):
+            error, message = ErrorCode.invalid_config, "null config value"
+        elif (config_error := invalid_configs(configs)) is not None:
+            error, message = ErrorCode.invalid_config, config_error
+        topic_id = uuid.UUID(int=0)
+        if error == ErrorCode.none and not request.validate_only:
+            error, info = await agent.coordinator.create_topic(
+                topic.name, count, {k: v for k, v in configs.items() if v is not None}
+            )
+            if info is not None:
+                topic_id = info.topic_id
+        stored = {k: v for k, v in configs.items() if v is not None}
+        results.append(
+            build(
+                module.CreatableTopicResult,
+                name=topic.name,
+                topic_id=topic_id,
+                error_code=error,
+                error_message=message,
+                topic_config_error_code=0,
+                num_partitions=count if error == ErrorCode.none else -1,
+                replication_factor=1 if error == ErrorCode.none else -1,
+                configs=tuple(
+                    build(
+                        module.CreatableTopicConfigs,
+                        name=name,
+                        value=value,
+                        read_only=False,
+                        config_source=SOURCE_DEFAULT if is_default else SOURCE_TOPIC,
+                        is_sensitive=False,
+                    )
+                    for name, (value, is_default) in effective(stored).items()
+                )
+                if error == ErrorCode.none and hasattr(module, "CreatableTopicConfigs")
+                else None,
+            )
+        )
+    return build(module.CreateTopicsResponse, throttle_time=_NO_THROTTLE, topics=tuple(results))
+
+
+async def handle_delete_topics(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(DELETE_TOPICS, ctx.api_version)
+    coordinator = ctx.agent.coordinator
+    if hasattr(request, "topic_names"):
+        targets = [(name, None) for name in request.topic_names]
+    else:
+        targets = [(t.name, t.topic_id) for t in request.topics]
+    results = []
+    for name, topic_id in targets:
+        topic = coordinator.topic(name) if name is not None else coordinator.topic_by_id(topic_id)
+        if topic is None:
+            error = (
+                ErrorCode.unknown_topic_or_partition
+                if name is not None
+                else ErrorCode.unknown_topic_id
+            )
+        else:
+            error = await coordinator.delete_topic(topic.name)
+        results.append(
+            build(
+                module.DeletableTopicResult,
+                name=topic.name if topic else name,
+                topic_id=topic.topic_id if topic else (topic_id or uuid.UUID(int=0)),
+                error_code=error,
+                error_message=None,
+            )
+        )
+    return build(module.DeleteTopicsResponse, throttle_time=_NO_THROTTLE, responses=tuple(results))
+
+
+async def handle_create_partitions(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(CREATE_PARTITIONS, ctx.api_version)
+    coordinator = ctx.agent.coordinator
+    results = []
+    for topic in request.topics:
+        info = coordinator.topic(topic.name)
+        message = None
+        if info is None:
+            error, message = ErrorCode.unknown_topic_or_partition, f"no topic {topic.name!r}"
+        elif topic.count <= info.partition_count:
+            error = ErrorCode.invalid_partitions
+            message = f"topic has {info.partition_count} partitions; {topic.count} is not more"
+        elif topic.count > MAX_PARTITIONS:
+            error, message = ErrorCode.invalid_partitions, f"at most {MAX_PARTITIONS} partitions"
+        elif request.validate_only:
+            error = ErrorCode.none
+        else:
+            error = await coordinator.create_partitions(topic.name, topic.count)
+        results.append(
+            build(
+                module.CreatePartitionsTopicResult,
+                name=topic.name,
+                error_code=error,
+                error_message=message,
+            )
+        )
+    return build(
+        module.CreatePartitionsResponse, throttle_time=_NO_THROTTLE, results=tuple(results)
+    )
+
+
+async def handle_describe_configs(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(DESCRIBE_CONFIGS, ctx.api_version)
+    agent = ctx.agent
+    results = []
+    for resource in request.resources:
+        wanted = set(resource.configuration_keys) if resource.configuration_keys else None
+        error, message = ErrorCode.none, None
+        entries: list[tuple[str, str, int, bool]] = []
+        if resource.resource_type == RESOURCE_TOPIC:
+            topic = agent.coordinator.topic(resource.resource_name)
+            if topic is None:
+                error = ErrorCode.unknown_topic_or_partition
+                message = f"no topic {resource.resource_name!r}"
+            else:
+                for name, (value, is_default) in effective(topic.configs).items():
+                    source = SOURCE_DEFAULT if is_default else SOURCE_TOPIC
+                    entries.append((name, value, source, False))
+        elif resource.resource_type == RESOURCE_BROKER:
+            if resource.resource_name not in ("", str(agent.node_id)):
+                error = ErrorCode.invalid_request
+                message = f"unknown broker {resource.resource_name!r}"
+            else:
+                for name, value in broker_configs(ctx).items():
+                    entries.append((name, value, SOURCE_STATIC_BROKER, True))
+        else:
+            error = ErrorCode.invalid_request
+            message = f"resource type {resource.resource_type} is not supported"
+        configs = tuple(
+            build(
+                module.DescribeConfigsResourceResult,
+                name=name,
+                value=value,
+                read_only=read_only,
+                config_source=source,
+                is_default=source == SOURCE_DEFAULT,
+                is_sensitive=False,
+                synonyms=(),
+                config_type=0,
+                documentation=None,
+            )
+            for name, value, source, read_only in entries
+            if wanted is None or name in wanted
+        )
+        results.append(
+            build(
+                module.DescribeConfigsResult,
+                error_code=error,
+                error_message=message,
+                resource_type=resource.resource_type,
+                resource_name=resource.resource_name,
+                configs=configs,
+            )
+        )
+    return build(module.DescribeConfigsResponse, throttle_time=_NO_THROTTLE, results=tuple(results))
+
+
+def broker_configs(ctx: RequestContext) -> dict[str, str]:
+    config = ctx.agent.config
+    values = dict(BROKER_CONFIGS)
+    values["auto.create.topics.enable"] = str(config.auto_create_topics).lower()
+    values["num.partitions"] = str(config.default_partitions)
+    values["message.max.bytes"] = TOPIC_CONFIGS["max.message.bytes"].default
+    return values
+
+
+async def _alter(
+    ctx: RequestContext, resource: Any, changes: dict[str, str | None], validate_only: bool
+) -> tuple[ErrorCode, str | None]:
+    if resource.resource_type != RESOURCE_TOPIC:
+        return ErrorCode.invalid_request, "only topic configs can be altered"
+    topic = ctx.agent.coordinator.topic(resource.resource_name)
+    if topic is None:
+        return ErrorCode.unknown_topic_or_partition, f"no topic {resource.resource_name!r}"
+    if (config_error := invalid_configs(changes)) is not None:
+        return ErrorCode.invalid_config, config_error
+    if validate_only:
+        return ErrorCode.none, None
+    return await ctx.agent.coordinator.alter_topic_configs(topic.name, changes), None
+
+
+async def handle_alter_configs(ctx: RequestContext, request: Any) -> Any:
+    """AlterConfigs replaces a topic's whole config set (legacy, non-incremental semantics)."""
+    module = response_module(ALTER_CONFIGS, ctx.api_version)
+    responses = []
+    for resource in request.resources:
+        changes: dict[str, str | None] = {c.name: c.value for c in resource.configs}
+        topic = ctx.agent.coordinator.topic(resource.resource_name)
+        if topic is not None:
+            for name in topic.configs:
+                changes.setdefault(name, None)
+        error, message = await _alter(ctx, resource, changes, request.validate_only)
+        responses.append(
+            build(
+                module.AlterConfigsResourceResponse,
+                error_code=error,
+                error_message=message,
+                resource_type=resource.resource_type,
+                resource_name=resource.resource_name,
+            )
+        )
+    return build(
+        module.AlterConfigsResponse, throttle_time=_NO_THROTTLE, responses=tuple(responses)
+    )
+
+
+# IncrementalAlterConfigs operations (KIP-339).
+OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = 0, 1, 2, 3
+
+
+async def handle_incremental_alter_configs(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(INCREMENTAL_ALTER_CONFIGS, ctx.api_version)
+    responses = []
+    for resource in request.resources:
+        changes: dict[str, str | None] = {}
+        error: ErrorCode = ErrorCode.none
+        message: str | None = None
+        for config in resource.configs:
+            if config.config_operation == OP_SET:
+                changes[config.name] = config.value
+            elif config.config_operation == OP_DELETE:
+                changes[config.name] = None
+            else:
+                error = ErrorCode.invalid_config
+                message = f"{config.name}: APPEND/SUBTRACT apply to list configs; none are here"
+        if error == ErrorCode.none:
+            error, message = await _alter(ctx, resource, changes, request.validate_only)
+        responses.append(
+            build(
+                module.AlterConfigsResourceResponse,
+                error_code=error,
+                error_message=message,
+                resource_type=resource.resource_type,
+                resource_name=resource.resource_name,
+            )
+        )
+    return build(
+        module.IncrementalAlterConfigsResponse,
+        throttle_time=_NO_THROTTLE,
+        responses=tuple(responses),
+    )

@@ -1,0 +1,152 @@
+"""Fetch: plan from committed coordinates, long-poll on commits, then read the bytes.
+
+The plan (which batches of which partitions) is cheap and in memory, so the
+long poll re-plans after every commit until `min_bytes` is reached or
+`max_wait` passes, and only then reads from cache or object storage.
+
+Size limits follow KIP-74: the response stays within `max_bytes` and each
+partition within `partition_max_bytes`, except that the first batch of the
+first non-empty partition is returned whole so a consumer always progresses.
+
+Incremental fetch sessions (KIP-227) are declined by answering session id 0,
+which makes clients send full fetch requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from driftlog.coordinator.api import BatchLocation, TopicInfo
+from driftlog.protocol.schema import build, response_module
+from driftlog.server.context import RequestContext
+
+FETCH = 1
+_NO_THROTTLE = datetime.timedelta(0)
+# Bounds a client's long poll regardless of what it asks for.
+MAX_WAIT_S = 30.0
+
+
+@dataclass(slots=True)
+class _PartitionPlan:
+    partition: int
+    error: ErrorCode
+    high_watermark: int = -1
+    log_start_offset: int = -1
+    locations: tuple[BatchLocation, ...] = ()
+
+
+@dataclass(slots=True)
+class _TopicPlan:
+    name: str
+    topic_id: uuid.UUID
+    partitions: list[_PartitionPlan]
+
+
+def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], int]:
+    coordinator = ctx.agent.coordinator
+    uses_ids = ctx.api_version >= 13
+    budget = request.max_bytes if request.max_bytes > 0 else 0x7FFFFFFF
+    total = 0
+    plans: list[_TopicPlan] = []
+    for fetch_topic in request.topics:
+        topic: TopicInfo | None
+        if uses_ids:
+            topic = coordinator.topic_by_id(fetch_topic.topic_id)
+            missing = ErrorCode.unknown_topic_id
+            plan = _TopicPlan("", fetch_topic.topic_id, [])
+        else:
+            topic = coordinator.topic(fetch_topic.topic)
+            missing = ErrorCode.unknown_topic_or_partition
+            plan = _TopicPlan(fetch_topic.topic, uuid.UUID(int=0), [])
+        plans.append(plan)
+        for fp in fetch_topic.partitions:
+            offsets = coordinator.partition_offsets(topic.topic_id, fp.partition) if topic else None
+            if topic is None or offsets is None:
+                plan.partitions.append(_PartitionPlan(fp.partition, missing))
+                continue
+            part = _PartitionPlan(
+                fp.partition, ErrorCode.none, offsets.high_watermark, offsets.log_start_offset
+            )
+            plan.partitions.append(part)
+            offset = fp.fetch_offset
+            if offset < offsets.log_start_offset or offset > offsets.high_watermark:
+                part.error = ErrorCode.offset_out_of_range
+                continue
+            remaining = budget - total
+            limit = min(fp.partition_max_bytes, remaining)
+            if offset == offsets.high_watermark or limit <= 0:
+                continue
+            locations = coordinator.find_batches(topic.topic_id, fp.partition, offset, limit)
+            if locations and total > 0 and locations[0].byte_length > limit:
+                continue  # only the response's first batch may exceed the limits
+            part.locations = tuple(locations)
+            total += sum(loc.byte_length for loc in locations)
+    return plans, total
+
+
+async def handle_fetch(ctx: RequestContext, request: Any) -> Any:
+    max_wait_s = min(request.max_wait.total_seconds(), MAX_WAIT_S)
+    deadline = time.monotonic() + max(max_wait_s, 0.0)
+    while True:
+        plans, total = _plan(ctx, request)
+        remaining = deadline - time.monotonic()
+        has_error = any(p.error != ErrorCode.none for t in plans for p in t.partitions)
+        if total >= max(request.min_bytes, 1) or remaining <= 0 or has_error:
+            break
+        await ctx.agent.coordinator.wait_for_commit(remaining)
+    return await _respond(ctx, plans)
+
+
+async def _respond(ctx: RequestContext, plans: list[_TopicPlan]) -> Any:
+    module = response_module(FETCH, ctx.api_version)
+    fetcher = ctx.agent.fetcher
+    reads = [
+        [fetcher.read(p.locations) if p.locations else None for p in t.partitions] for t in plans
+    ]
+    flat = [r for topic_reads in reads for r in topic_reads if r is not None]
+    data = iter(await asyncio.gather(*flat, return_exceptions=True)) if flat else iter(())
+    responses = []
+    for plan, topic_reads in zip(plans, reads, strict=True):
+        partitions = []
+        for part, read in zip(plan.partitions, topic_reads, strict=True):
+            records: Any = next(data) if read is not None else b""
+            error = part.error
+            if isinstance(records, BaseException):
+                ctx.agent.log_client_error("store", FETCH, f"fetch read failed: {records!r}")
+                records, error = b"", ErrorCode.kafka_storage_error
+            partitions.append(
+                build(
+                    module.PartitionData,
+                    partition_index=part.partition,
+                    error_code=error,
+                    high_watermark=part.high_watermark,
+                    last_stable_offset=part.high_watermark,
+                    log_start_offset=part.log_start_offset,
+                    aborted_transactions=None,
+                    preferred_read_replica=-1,
+                    records=records,
+                )
+            )
+        responses.append(
+            build(
+                module.FetchableTopicResponse,
+                topic=plan.name,
+                topic_id=plan.topic_id,
+                partitions=tuple(partitions),
+            )
+        )
+    return build(
+        module.FetchResponse,
+        throttle_time=_NO_THROTTLE,
+        error_code=ErrorCode.none,
+        session_id=0,
+        responses=tuple(responses),
+        node_endpoints=(),
+    )

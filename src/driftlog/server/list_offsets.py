@@ -1,0 +1,96 @@
+"""ListOffsets: earliest, latest, max timestamp, and the first offset at or after a time."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from driftlog.coordinator.api import TopicInfo
+from driftlog.protocol.schema import build, response_module
+from driftlog.records.timestamps import first_offset_at_or_after, max_timestamp_offset
+from driftlog.server.context import RequestContext
+
+LIST_OFFSETS = 2
+LATEST = -1
+EARLIEST = -2
+MAX_TIMESTAMP = -3  # KIP-734
+EARLIEST_LOCAL = -4  # KIP-405: all data is "local" here
+LATEST_TIERED = -5  # KIP-1005
+
+
+async def _lookup(
+    ctx: RequestContext, topic: TopicInfo, partition: int, timestamp: int
+) -> tuple[ErrorCode, int, int]:
+    coordinator = ctx.agent.coordinator
+    offsets = coordinator.partition_offsets(topic.topic_id, partition)
+    if offsets is None:
+        return ErrorCode.unknown_topic_or_partition, -1, -1
+    if timestamp in (LATEST, LATEST_TIERED):
+        return ErrorCode.none, -1, offsets.high_watermark
+    if timestamp in (EARLIEST, EARLIEST_LOCAL):
+        return ErrorCode.none, -1, offsets.log_start_offset
+    if timestamp == MAX_TIMESTAMP:
+        timestamp = coordinator.max_timestamp(topic.topic_id, partition)
+        if timestamp < 0:
+            return ErrorCode.none, -1, -1
+        location = coordinator.batch_at_timestamp(topic.topic_id, partition, timestamp)
+        if location is None:
+            return ErrorCode.none, -1, -1
+        if location.log_append_time_ms >= 0:
+            return ErrorCode.none, location.log_append_time_ms, location.base_offset
+        raw = await ctx.agent.fetcher.read_raw(location)
+        offset, found_ts = max_timestamp_offset(raw, location.base_offset)
+        return ErrorCode.none, found_ts, offset
+    if timestamp < 0:
+        return ErrorCode.invalid_request, -1, -1
+    location = coordinator.batch_at_timestamp(topic.topic_id, partition, timestamp)
+    if location is None:
+        return ErrorCode.none, -1, -1
+    if location.log_append_time_ms >= 0:
+        return ErrorCode.none, location.log_append_time_ms, location.base_offset
+    raw = await ctx.agent.fetcher.read_raw(location)
+    found = first_offset_at_or_after(raw, location.base_offset, timestamp)
+    if found is None:
+        return ErrorCode.none, -1, -1
+    offset, found_ts = found
+    # Records before the log start are gone even if their batch is still stored.
+    return ErrorCode.none, found_ts, max(offset, offsets.log_start_offset)
+
+
+async def handle_list_offsets(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(LIST_OFFSETS, ctx.api_version)
+    coordinator = ctx.agent.coordinator
+    topics = []
+    for requested in request.topics:
+        topic = coordinator.topic(requested.name)
+        partitions = []
+        for p in requested.partitions:
+            if topic is None:
+                error, ts, offset = ErrorCode.unknown_topic_or_partition, -1, -1
+            else:
+                try:
+                    error, ts, offset = await _lookup(ctx, topic, p.partition_index, p.timestamp)
+                except Exception as e:
+                    ctx.agent.log_client_error(ctx.peer, LIST_OFFSETS, f"lookup failed: {e!r}")
+                    error, ts, offset = ErrorCode.kafka_storage_error, -1, -1
+            partitions.append(
+                build(
+                    module.ListOffsetsPartitionResponse,
+                    partition_index=p.partition_index,
+                    error_code=error,
+                    timestamp=ts,
+                    offset=offset,
+                    old_style_offsets=(offset,) if offset >= 0 else (),
+                    leader_epoch=0 if error == ErrorCode.none else -1,
+                )
+            )
+        topics.append(
+            build(
+                module.ListOffsetsTopicResponse, name=requested.name, partitions=tuple(partitions)
+            )
+        )
+    return build(
+        module.ListOffsetsResponse, throttle_time=datetime.timedelta(0), topics=tuple(topics)
+    )

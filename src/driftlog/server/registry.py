@@ -1,0 +1,35 @@
+"""Which API key is served by which handler, and the versions ApiVersions advertises.
+
+A version is listed only when its handler implements every field the version
+defines that matters to clients (flexible versions included).
+"""
+
+from __future__ import annotations
+
+from driftlog.server import admin
+from driftlog.server.api_versions import handle_api_versions
+from driftlog.server.context import Handler
+from driftlog.server.fetch import handle_fetch
+from driftlog.server.group_handlers import GROUP_API_VERSIONS, GROUP_HANDLERS
+from driftlog.server.list_offsets import handle_list_offsets
+from driftlog.server.metadata import handle_metadata
+from driftlog.server.produce import handle_produce
+
+_CORE: dict[int, tuple[Handler, int, int]] = {
+    0: (handle_produce, 3, 11),
+    1: (handle_fetch, 4, 16),
+    2: (handle_list_offsets, 1, 9),
+    3: (handle_metadata, 0, 12),
+    18: (handle_api_versions, 0, 4),
+    19: (admin.handle_create_topics, 2, 7),
+    20: (admin.handle_delete_topics, 1, 6),
+    32: (admin.handle_describe_configs, 1, 4),
+    33: (admin.handle_alter_configs, 0, 2),
+    37: (admin.handle_create_partitions, 0, 3),
+    44: (admin.handle_incremental_alter_configs, 0, 1),
+}
+
+HANDLERS: dict[int, Handler] = {key: h for key, (h, _, _) in _CORE.items()} | GROUP_HANDLERS
+SUPPORTED_VERSIONS: dict[int, tuple[int, int]] = {
+    key: (low, high) for key, (_, low, high) in _CORE.items()
+} | GROUP_API_VERSIONS

@@ -1,0 +1,149 @@
+"""The write pipeline: buffer, upload, commit in order, then acknowledge. No wire encoding.
+
+1. `append` puts a validated batch in the shared buffer and returns a future.
+2. The buffer becomes an object when full or when its oldest batch is
+   `flush_age_ms` old. Objects upload concurrently (up to `max_uploads`).
+3. Objects commit to the coordinator strictly in flush order, so a partition's
+   offsets follow arrival order even when a later upload finishes first.
+4. Each batch's future resolves with the coordinator's outcome. A failed upload
+   or commit resolves it with a retriable error; nothing is acknowledged that is
+   not in object storage and committed. An uploaded, uncommitted object is an
+   orphan for garbage collection.
+
+Memory is bounded: buffered plus in-flight bytes above `max_pending_bytes`
+make `append` wait (back-pressure on producers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from kio.schema.errors import ErrorCode
+
+from driftlog.coordinator.api import CommitOutcome, Coordinator
+from driftlog.records.batch import BatchHeader
+from driftlog.storage.api import ObjectStore
+from driftlog.write.buffer import PendingBatch, WriteBuffer
+from driftlog.write.layout import ObjectLayout, lay_out
+
+log = logging.getLogger(__name__)
+
+UploadHook = Callable[[str, ObjectLayout], None]
+
+
+def new_object_key(now_ms: int) -> str:
+    # Time first so listings sort by age (useful for GC); uuid for uniqueness across agents.
+    return f"objects/{now_ms:013d}-{uuid.uuid4().hex}"
+
+
+class WritePipeline:
+    def __init__(
+        self,
+        store: ObjectStore,
+        coordinator: Coordinator,
+        *,
+        flush_bytes: int,
+        flush_age_ms: int,
+        max_uploads: int = 4,
+        max_pending_bytes: int = 256 * 1024 * 1024,
+        on_uploaded: UploadHook | None = None,
+        now_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self._store = store
+        self._coordinator = coordinator
+        self._buffer = WriteBuffer(flush_bytes=flush_bytes, flush_age_ms=flush_age_ms)
+        self._uploads = asyncio.Semaphore(max_uploads)
+        self._max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
+        self._space = asyncio.Condition()
+        self._on_uploaded = on_uploaded
+        self._now_ms = now_ms or (lambda: int(time.monotonic() * 1000))
+        self._timer: asyncio.TimerHandle | None = None
+        self._previous_commit: asyncio.Future[None] | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def append(
+        self, topic_id: uuid.UUID, partition: int, data: bytes, header: BatchHeader
+    ) -> asyncio.Future[CommitOutcome]:
+        """Queue one batch; the returned future resolves once it is committed (or failed)."""
+        if self._pending_bytes + len(data) > self._max_pending_bytes and self._pending_bytes:
+            async with self._space:
+                await self._space.wait_for(
+                    lambda: (
+                        self._pending_bytes + len(data) <= self._max_pending_bytes
+                        or not self._pending_bytes
+                    )
+                )
+        waiter: asyncio.Future[CommitOutcome] = asyncio.get_running_loop().create_future()
+        self._pending_bytes += len(data)
+        self._buffer.add(PendingBatch(topic_id, partition, data, header, waiter), self._now_ms())
+        if self._buffer.is_full():
+            self.flush()
+        elif self._timer is None:
+            delay_s = max(self._buffer.flush_age_ms, 0) / 1000
+            self._timer = asyncio.get_running_loop().call_later(delay_s, self.flush)
+        return waiter
+
+    def flush(self) -> None:
+        """Turn the buffer into an object now (no-op when empty)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batches = self._buffer.take()
+        if not batches:
+            return
+        layout = lay_out(batches)
+        previous = self._previous_commit
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._previous_commit = turn
+        task = asyncio.create_task(self._upload_and_commit(layout, previous, turn))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def drain(self) -> None:
+        """Flush what is buffered and wait until every object is committed or failed."""
+        self.flush()
+        while self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
+
+    async def _upload_and_commit(
+        self,
+        layout: ObjectLayout,
+        previous: asyncio.Future[None] | None,
+        turn: asyncio.Future[None],
+    ) -> None:
+        key = new_object_key(int(time.time() * 1000))
+        try:
+            outcomes = await self._upload_then_commit(key, layout, previous)
+        except Exception as e:
+            log.warning("object %s not committed (%d batches): %r", key, len(layout.batches), e)
+            outcomes = [CommitOutcome(ErrorCode.kafka_storage_error)] * len(layout.batches)
+        finally:
+            if previous is not None:
+                # A failed object still waits its turn: later objects must not
+                # commit before earlier ones, or a partition's order would break.
+                await asyncio.shield(previous)
+            if not turn.done():
+                turn.set_result(None)
+            self._pending_bytes -= len(layout.data)
+            async with self._space:
+                self._space.notify_all()
+        for batch, outcome in zip(layout.batches, outcomes, strict=True):
+            if not batch.waiter.done():
+                batch.waiter.set_result(outcome)
+
+    async def _upload_then_commit(
+        self, key: str, layout: ObjectLayout, previous: asyncio.Future[None] | None
+    ) -> list[CommitOutcome]:
+        async with self._uploads:
+            await self._store.put_new(key, layout.data)
+        if self._on_uploaded is not None:
+            self._on_uploaded(key, layout)
+        if previous is not None:
+            # Commit in flush order; the earlier object's failure does not block this one.
+            await previous
+        return await self._coordinator.commit_object(key, len(layout.data), layout.coordinates)
