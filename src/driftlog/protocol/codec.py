@@ -2,7 +2,8 @@
 
 The request header is read by hand only as far as its fixed prefix (api key,
 version, correlation id), so that an unsupported version can still be answered
-with the right correlation id. Everything else goes through kio's native
+with the right correlation id. A body that does not decode is malformed: the
+caller disconnects that client. Everything else goes through kio's native
 readers. Schema lookups are cached.
 """
 
@@ -74,13 +75,11 @@ def decode_request(frame: bytes, supported: dict[int, tuple[int, int]]) -> Reque
         raise UnsupportedRequest(api_key, api_version, correlation_id) from e
     try:
         header, used = read_header(frame, 0)
-        body, body_used = read_body(frame, used)
+        body, _ = read_body(frame, used)
     except Exception as e:  # kio raises many types (KeyError for unknown tags, ValueError, ...)
         raise MalformedRequest(f"cannot decode api {api_key} v{api_version}: {e!r}") from e
-    if used + body_used != len(frame):
-        raise MalformedRequest(
-            f"api {api_key} v{api_version}: {len(frame) - used - body_used} trailing bytes"
-        )
+    # Trailing bytes are tolerated, as Kafka's own parser does: librdkafka's
+    # all-topics Metadata v12 request carries three of them.
     return Request(api_key, api_version, correlation_id, header.client_id, body)
 
 

@@ -101,12 +101,17 @@ async def handle_delete_topics(ctx: RequestContext, request: Any) -> Any:
     module = response_module(DELETE_TOPICS, ctx.api_version)
     coordinator = ctx.agent.coordinator
     if hasattr(request, "topic_names"):
-        targets = [(name, None) for name in request.topic_names]
+        targets: list[tuple[str | None, uuid.UUID | None]] = [
+            (name, None) for name in request.topic_names
+        ]
     else:
         targets = [(t.name, t.topic_id) for t in request.topics]
     results = []
     for name, topic_id in targets:
-        topic = coordinator.topic(name) if name is not None else coordinator.topic_by_id(topic_id)
+        if name is not None:
+            topic = coordinator.topic(name)
+        else:
+            topic = coordinator.topic_by_id(topic_id) if topic_id is not None else None
         if topic is None:
             error = (
                 ErrorCode.unknown_topic_or_partition

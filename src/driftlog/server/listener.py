@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from driftlog.protocol.framing import FrameDecoder, FrameTooLarge, NegativeFrameSize
@@ -22,7 +22,7 @@ from driftlog.protocol.framing import FrameDecoder, FrameTooLarge, NegativeFrame
 log = logging.getLogger(__name__)
 
 # Returns the response frame chunks, or None when no response is due (acks=0).
-FrameHandler = Callable[[bytes, str], Awaitable[list[bytes] | None]]
+FrameHandler = Callable[[bytes, str], Coroutine[Any, Any, list[bytes] | None]]
 
 
 class ConnectionClosed(Exception):

@@ -1,0 +1,136 @@
+"""Shared fixtures: a real `driftlog serve` process on a free loopback port.
+
+Tests talk to it through real sockets with real clients. The process can be
+killed with SIGKILL and restarted on the same data directory, which is how the
+durability tests simulate a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+DRIFTLOG = [sys.executable, "-m", "driftlog.cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+@dataclass
+class AgentProcess:
+    """A running agent; `restart()` brings it back on the same port and data."""
+
+    data_dir: Path
+    port: int
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    starts: int = 0
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.starts += 1
+        self.log_path = self.data_dir.parent / f"agent-{self.port}-{self.starts}.log"
+        log = self.log_path.open("wb")
+        args = [
+            *DRIFTLOG,
+            "serve",
+            "--listen",
+            self.bootstrap,
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+        )
+        wait_for_port(self.port)
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
+    def restart(self) -> None:
+        self.start()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def _agent(tmp_path: Path, extra: list[str] | None = None) -> Iterator[AgentProcess]:
+    agent = AgentProcess(tmp_path / "data", free_port(), extra or [])
+    agent.start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[AgentProcess]:
+    """A fresh agent with a short flush interval so tests run quickly."""
+    yield from _agent(tmp_path, ["--flush-ms", "20", "--default-partitions", "3"])
+
+
+AgentFactory = Callable[..., AgentProcess]
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[AgentFactory]:
+    """`make(*args, env={})` starts an agent with extra CLI arguments; all stop at teardown."""
+    started: list[AgentProcess] = []
+
+    def make(*extra: str, env: dict[str, str] | None = None) -> AgentProcess:
+        a = AgentProcess(tmp_path / f"data-{len(started)}", free_port(), list(extra), env or {})
+        a.start()
+        started.append(a)
+        return a
+
+    try:
+        yield make
+    finally:
+        for a in started:
+            a.stop()
