@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 from driftlog.config import AgentConfig
@@ -21,6 +22,7 @@ from driftlog.coordinator.sqlite import SqlitePersistence
 from driftlog.groups.coordinator import GroupCoordinator
 from driftlog.protocol.codec import (
     MalformedRequest,
+    Request,
     UnsupportedRequest,
     decode_request,
     encode_response,
@@ -94,7 +96,7 @@ class Agent:
             backlog=1024,
         )
 
-    def _new_connection(self) -> asyncio.Protocol:
+    def _new_connection(self) -> asyncio.BufferedProtocol:
         connection = KafkaConnection(
             self.handle_frame,
             max_frame_bytes=self.config.max_frame_bytes,
@@ -138,21 +140,26 @@ class Agent:
         print("driftlog-stats " + json.dumps(self.stats()), file=sys.stderr, flush=True)
 
     # Dispatch -------------------------------------------------------------------
-    async def handle_frame(self, frame: bytes, peer: str) -> list[bytes] | None:
+    def handle_frame(self, frame: memoryview, peer: str) -> Coroutine[Any, Any, list[bytes] | None]:
+        """Decode the frame now (its buffer is reused after this returns); handle it later."""
         try:
             request = decode_request(frame, SUPPORTED_VERSIONS)
         except UnsupportedRequest as e:
             if e.api_key == API_VERSIONS_KEY:
                 # KIP-511: answer an unknown ApiVersions version with v0 and our ranges.
-                return encode_response(
+                response = encode_response(
                     API_VERSIONS_KEY, 0, e.correlation_id, api_versions_error_response()
                 )
+                return _ready(response)
             self.log_client_error(peer, e.api_key, f"unsupported request from {peer}: {e}")
-            raise ConnectionClosed from e
+            return _disconnect()
         except MalformedRequest as e:
             api_key = peek_prefix(frame)[0] if len(frame) >= 8 else -1
             self.log_client_error(peer, api_key, f"malformed request from {peer}: {e}")
-            raise ConnectionClosed from e
+            return _disconnect()
+        return self._handle(request, peer)
+
+    async def _handle(self, request: Request, peer: str) -> list[bytes] | None:
         ctx = RequestContext(
             agent=self,
             api_key=request.api_key,
@@ -173,3 +180,11 @@ class Agent:
         if (host, api_key) not in self._logged_errors and len(self._logged_errors) < 10_000:
             self._logged_errors.add((host, api_key))
             log.warning("%s", message)
+
+
+async def _ready(response: list[bytes]) -> list[bytes] | None:
+    return response
+
+
+async def _disconnect() -> list[bytes] | None:
+    raise ConnectionClosed

@@ -43,7 +43,7 @@ class Request:
     body: Any
 
 
-def peek_prefix(frame: bytes) -> tuple[int, int, int]:
+def peek_prefix(frame: bytes | memoryview) -> tuple[int, int, int]:
     if len(frame) < _PREFIX.size:
         raise MalformedRequest("frame shorter than a request header")
     key, version, correlation_id = _PREFIX.unpack_from(frame, 0)
@@ -63,7 +63,7 @@ def _response_writer(api_key: int, api_version: int) -> tuple[Any, Any, Any]:
     return header_schema, entity_writer(header_schema), entity_writer(schema)
 
 
-def decode_request(frame: bytes, supported: dict[int, tuple[int, int]]) -> Request:
+def decode_request(frame: bytes | memoryview, supported: dict[int, tuple[int, int]]) -> Request:
     """Parse one request frame; raise UnsupportedRequest or MalformedRequest."""
     api_key, api_version, correlation_id = peek_prefix(frame)
     versions = supported.get(api_key)

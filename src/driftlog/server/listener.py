@@ -17,19 +17,19 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from driftlog.protocol.framing import FrameDecoder, FrameTooLarge, NegativeFrameSize
+from driftlog.protocol.framing import FrameReceiver, FrameTooLarge, NegativeFrameSize
 
 log = logging.getLogger(__name__)
 
 # Returns the response frame chunks, or None when no response is due (acks=0).
-FrameHandler = Callable[[bytes, str], Coroutine[Any, Any, list[bytes] | None]]
+FrameHandler = Callable[[memoryview, str], Coroutine[Any, Any, list[bytes] | None]]
 
 
 class ConnectionClosed(Exception):
     pass
 
 
-class KafkaConnection(asyncio.Protocol):
+class KafkaConnection(asyncio.BufferedProtocol):
     def __init__(
         self,
         handle_frame: FrameHandler,
@@ -40,7 +40,7 @@ class KafkaConnection(asyncio.Protocol):
         on_close: Callable[[KafkaConnection], None],
     ) -> None:
         self._handle_frame = handle_frame
-        self._decoder = FrameDecoder(max_frame_bytes)
+        self._receiver = FrameReceiver(max_frame_bytes)
         self._max_in_flight = max_in_flight
         self._idle_timeout_s = idle_timeout_s
         self._on_close = on_close
@@ -53,7 +53,7 @@ class KafkaConnection(asyncio.Protocol):
         self._closed = False
         self._idle_handle: asyncio.TimerHandle | None = None
 
-    # asyncio.Protocol ---------------------------------------------------------
+    # asyncio.BufferedProtocol ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
@@ -62,9 +62,12 @@ class KafkaConnection(asyncio.Protocol):
         self._writer_task = asyncio.create_task(self._write_responses())
         self._arm_idle_timer()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._receiver.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
         try:
-            frames = self._decoder.feed(data)
+            frames = self._receiver.buffer_updated(nbytes)
         except (FrameTooLarge, NegativeFrameSize) as e:
             log.warning("closing %s: %s", self._peer, e)
             self.close()

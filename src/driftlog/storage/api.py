@@ -37,8 +37,11 @@ class ObjectStoreStats:
 class ObjectStore(Protocol):
     stats: ObjectStoreStats
 
-    async def put_new(self, key: str, data: bytes) -> None:
-        """Store `data` under `key`, failing with ObjectAlreadyExists if the key is taken."""
+    async def put_new(self, key: str, chunks: Sequence[bytes]) -> None:
+        """Store the concatenated `chunks` under `key`; ObjectAlreadyExists if the key is taken.
+
+        Chunks are passed unjoined: the store copies them once, outside the GIL.
+        """
         ...
 
     async def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:

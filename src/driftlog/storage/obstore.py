@@ -56,15 +56,15 @@ class ObstoreObjectStore:
         self._inner = inner
         self.stats = ObjectStoreStats()
 
-    async def put_new(self, key: str, data: bytes) -> None:
+    async def put_new(self, key: str, chunks: Sequence[bytes]) -> None:
         self.stats.puts += 1
         try:
-            await obstore.put_async(self._inner, key, data, mode="create", use_multipart=False)
+            await obstore.put_async(self._inner, key, chunks, mode="create", use_multipart=False)
         except AlreadyExistsError as e:
             raise ObjectAlreadyExists(key) from e
         except Exception as e:
             raise ObjectStoreError(f"put {key}: {e}") from e
-        self.stats.bytes_put += len(data)
+        self.stats.bytes_put += sum(len(c) for c in chunks)
 
     async def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         self.stats.gets += 1

@@ -16,7 +16,8 @@ from driftlog.write.buffer import PendingBatch
 
 @dataclass(frozen=True, slots=True)
 class ObjectLayout:
-    data: bytes
+    chunks: list[bytes]  # the object's bytes, in order, not joined (the store writes them)
+    size: int
     batches: list[PendingBatch]  # in object order
     coordinates: list[BatchToCommit]  # same order
 
@@ -42,4 +43,4 @@ def lay_out(pending: Sequence[PendingBatch]) -> ObjectLayout:
             )
         )
         position += len(batch.data)
-    return ObjectLayout(b"".join(b.data for b in ordered), ordered, coordinates)
+    return ObjectLayout([b.data for b in ordered], position, ordered, coordinates)

@@ -129,7 +129,7 @@ class WritePipeline:
                 await asyncio.shield(previous)
             if not turn.done():
                 turn.set_result(None)
-            self._pending_bytes -= len(layout.data)
+            self._pending_bytes -= layout.size
             async with self._space:
                 self._space.notify_all()
         for batch, outcome in zip(layout.batches, outcomes, strict=True):
@@ -140,10 +140,10 @@ class WritePipeline:
         self, key: str, layout: ObjectLayout, previous: asyncio.Future[None] | None
     ) -> list[CommitOutcome]:
         async with self._uploads:
-            await self._store.put_new(key, layout.data)
+            await self._store.put_new(key, layout.chunks)
         if self._on_uploaded is not None:
             self._on_uploaded(key, layout)
         if previous is not None:
             # Commit in flush order; the earlier object's failure does not block this one.
             await previous
-        return await self._coordinator.commit_object(key, len(layout.data), layout.coordinates)
+        return await self._coordinator.commit_object(key, layout.size, layout.coordinates)
