@@ -12,9 +12,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import AgentProcess
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from conftest import AgentProcess
 
 TOPIC = "grp"
 PARTITIONS = 6

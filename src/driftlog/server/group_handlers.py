@@ -1,0 +1,518 @@
+"""Kafka consumer-group APIs: coordinator lookup, membership, and committed offsets.
+
+Owns the translation between the group APIs' kio entities (every version in
+`GROUP_API_VERSIONS`) and `GroupCoordinator` calls for membership, or batch
+coordinator calls for committed offsets. Must not hold group state, decide
+protocol rules (that is `groups.machine`) or parse bytes. This agent is the
+coordinator of every group and every transactional id.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from driftlog.coordinator.api import CommittedOffset, TopicInfo
+from driftlog.groups.machine import (
+    GroupOverview,
+    GroupState,
+    JoinRequest,
+    LeaveResult,
+    LeavingMember,
+    MemberAssignment,
+    ProtocolMetadata,
+    SyncRequest,
+)
+from driftlog.protocol.schema import build, response_module
+from driftlog.server.context import Handler, RequestContext
+
+OFFSET_COMMIT = 8
+OFFSET_FETCH = 9
+FIND_COORDINATOR = 10
+JOIN_GROUP = 11
+HEARTBEAT = 12
+LEAVE_GROUP = 13
+SYNC_GROUP = 14
+DESCRIBE_GROUPS = 15
+LIST_GROUPS = 16
+DELETE_GROUPS = 42
+
+GROUP_API_VERSIONS: dict[int, tuple[int, int]] = {
+    OFFSET_COMMIT: (2, 10),
+    OFFSET_FETCH: (1, 10),
+    FIND_COORDINATOR: (0, 6),
+    JOIN_GROUP: (0, 9),
+    HEARTBEAT: (0, 4),
+    LEAVE_GROUP: (0, 5),
+    SYNC_GROUP: (0, 5),
+    DESCRIBE_GROUPS: (0, 6),
+    LIST_GROUPS: (0, 5),
+    DELETE_GROUPS: (0, 2),
+}
+
+OFFSET_METADATA_BYTES_MAX = 4096
+"""Longest committed metadata string accepted (Kafka's offset.metadata.max.bytes)."""
+
+# FindCoordinator key types (KIP-98 added transactions, KIP-932 share groups).
+_KEY_TYPE_GROUP = 0
+_KEY_TYPE_TRANSACTION = 1
+
+_GROUP_TYPE_CLASSIC = "classic"
+"""ListGroups v5 group type (KIP-848); every group here uses the classic protocol."""
+
+_GROUP_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8)
+"""READ, DELETE and DESCRIBE: what Kafka reports for a group when no authorizer is set."""
+
+_NO_OFFSET = -1
+_NO_LEADER_EPOCH = -1
+
+
+def _ms(value: datetime.timedelta) -> int:
+    return value // datetime.timedelta(milliseconds=1)
+
+
+def _client_host(peer: str) -> str:
+    # Kafka reports InetAddress.toString(), e.g. "/127.0.0.1".
+    return "/" + peer.rsplit(":", 1)[0] if ":" in peer else "/" + peer
+
+
+# FindCoordinator -------------------------------------------------------------------
+
+
+async def handle_find_coordinator(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(FIND_COORDINATOR, ctx.api_version)
+    agent = ctx.agent
+    key_type = getattr(request, "key_type", _KEY_TYPE_GROUP)
+    if key_type in (_KEY_TYPE_GROUP, _KEY_TYPE_TRANSACTION):
+        found: dict[str, Any] = {
+            "error_code": ErrorCode.none,
+            "error_message": None,
+            "node_id": agent.node_id,
+            "host": agent.advertised_host,
+            "port": agent.advertised_port,
+        }
+    else:
+        found = {
+            "error_code": ErrorCode.invalid_request,
+            "error_message": f"unsupported coordinator key type {key_type}",
+            "node_id": -1,
+            "host": "",
+            "port": -1,
+        }
+    if ctx.api_version >= 4:
+        # KIP-699: v4+ looks up a batch of keys at once.
+        coordinators = tuple(
+            build(module.Coordinator, key=key, **found) for key in request.coordinator_keys
+        )
+        return build(module.FindCoordinatorResponse, coordinators=coordinators)
+    return build(module.FindCoordinatorResponse, **found)
+
+
+# Membership ------------------------------------------------------------------------
+
+
+async def handle_join_group(ctx: RequestContext, request: Any) -> Any:
+    version = ctx.api_version
+    session_timeout_ms = _ms(request.session_timeout)
+    # JoinGroup v0 has no rebalance timeout; Kafka uses the session timeout.
+    rebalance_timeout_ms = _ms(request.rebalance_timeout) if version >= 1 else session_timeout_ms
+    join = JoinRequest(
+        member_id=request.member_id,
+        group_instance_id=getattr(request, "group_instance_id", None),
+        client_id=ctx.client_id or "",
+        client_host=_client_host(ctx.peer),
+        protocol_type=request.protocol_type,
+        protocols=tuple(ProtocolMetadata(p.name, p.metadata) for p in request.protocols),
+        session_timeout_ms=session_timeout_ms,
+        rebalance_timeout_ms=rebalance_timeout_ms,
+        require_known_member_id=version >= 4,
+        supports_skip_assignment=version >= 9,
+    )
+    result = await ctx.agent.groups.join(request.group_id, join)
+    module = response_module(JOIN_GROUP, version)
+    members = tuple(
+        build(
+            module.JoinGroupResponseMember,
+            member_id=m.member_id,
+            group_instance_id=m.group_instance_id,
+            metadata=m.metadata,
+        )
+        for m in result.members
+    )
+    # The protocol name is nullable only from v7; before that Kafka sends "".
+    protocol_name = result.protocol_name if version >= 7 else result.protocol_name or ""
+    return build(
+        module.JoinGroupResponse,
+        error_code=result.error,
+        generation_id=result.generation_id,
+        protocol_type=result.protocol_type,
+        protocol_name=protocol_name,
+        leader=result.leader_id,
+        skip_assignment=result.skip_assignment,
+        member_id=result.member_id,
+        members=members,
+    )
+
+
+async def handle_sync_group(ctx: RequestContext, request: Any) -> Any:
+    sync = SyncRequest(
+        member_id=request.member_id,
+        generation_id=request.generation_id,
+        group_instance_id=getattr(request, "group_instance_id", None),
+        protocol_type=getattr(request, "protocol_type", None),
+        protocol_name=getattr(request, "protocol_name", None),
+        assignments=tuple(MemberAssignment(a.member_id, a.assignment) for a in request.assignments),
+    )
+    result = await ctx.agent.groups.sync(request.group_id, sync)
+    module = response_module(SYNC_GROUP, ctx.api_version)
+    return build(
+        module.SyncGroupResponse,
+        error_code=result.error,
+        protocol_type=result.protocol_type,
+        protocol_name=result.protocol_name,
+        assignment=result.assignment,
+    )
+
+
+async def handle_heartbeat(ctx: RequestContext, request: Any) -> Any:
+    error = await ctx.agent.groups.heartbeat(
+        request.group_id,
+        request.member_id,
+        getattr(request, "group_instance_id", None),
+        request.generation_id,
+    )
+    return build(response_module(HEARTBEAT, ctx.api_version).HeartbeatResponse, error_code=error)
+
+
+async def handle_leave_group(ctx: RequestContext, request: Any) -> Any:
+    version = ctx.api_version
+    module = response_module(LEAVE_GROUP, version)
+    if version < 3:
+        leaving: tuple[LeavingMember, ...] = (LeavingMember(request.member_id),)
+    else:
+        # KIP-345: v3+ removes a batch of members, static ones by instance id alone.
+        leaving = tuple(LeavingMember(m.member_id, m.group_instance_id) for m in request.members)
+    result: LeaveResult = await ctx.agent.groups.leave(request.group_id, leaving)
+    if version < 3:
+        # One member and no member list: its error is the answer, as in Kafka.
+        error = result.error
+        if error is ErrorCode.none and result.members:
+            error = result.members[0].error
+        return build(module.LeaveGroupResponse, error_code=error)
+    members = tuple(
+        build(
+            module.MemberResponse,
+            member_id=m.member_id,
+            group_instance_id=m.group_instance_id,
+            error_code=m.error,
+        )
+        for m in result.members
+    )
+    return build(module.LeaveGroupResponse, error_code=result.error, members=members)
+
+
+# Administration --------------------------------------------------------------------
+
+
+async def handle_describe_groups(ctx: RequestContext, request: Any) -> Any:
+    version = ctx.api_version
+    module = response_module(DESCRIBE_GROUPS, version)
+    agent = ctx.agent
+    with_operations = getattr(request, "include_authorized_operations", False)
+    with_offsets: set[str] | None = None
+    described: list[Any] = []
+    for group_id in request.groups:
+        extra: dict[str, Any] = {}
+        if with_operations:
+            extra["authorized_operations"] = _GROUP_OPERATIONS
+        description = agent.groups.describe(group_id)
+        if description is not None:
+            members = tuple(
+                build(
+                    module.DescribedGroupMember,
+                    member_id=m.member_id,
+                    group_instance_id=m.group_instance_id,
+                    client_id=m.client_id,
+                    client_host=m.client_host,
+                    member_metadata=m.metadata,
+                    member_assignment=m.assignment,
+                )
+                for m in description.members
+            )
+            described.append(
+                build(
+                    module.DescribedGroup,
+                    error_code=ErrorCode.none,
+                    group_id=group_id,
+                    group_state=description.state.value,
+                    protocol_type=description.protocol_type,
+                    protocol_data=description.protocol,
+                    members=members,
+                    **extra,
+                )
+            )
+            continue
+        if with_offsets is None:
+            with_offsets = set(agent.coordinator.groups_with_offsets())
+        if group_id in with_offsets:
+            # Offsets outlive membership (and agent restarts): an Empty group.
+            state, error, message = GroupState.EMPTY, ErrorCode.none, None
+        elif version >= 6:
+            # KIP-1043: v6+ says the group does not exist instead of calling it Dead.
+            state, error = GroupState.DEAD, ErrorCode.group_id_not_found
+            message = f"Group {group_id} not found."
+        else:
+            state, error, message = GroupState.DEAD, ErrorCode.none, None
+        described.append(
+            build(
+                module.DescribedGroup,
+                error_code=error,
+                error_message=message,
+                group_id=group_id,
+                group_state=state.value,
+                protocol_type="",
+                protocol_data="",
+                members=(),
+                **extra,
+            )
+        )
+    return build(module.DescribeGroupsResponse, groups=tuple(described))
+
+
+async def handle_list_groups(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(LIST_GROUPS, ctx.api_version)
+    agent = ctx.agent
+    # Kafka compares states and types case-insensitively (KIP-518, KIP-848).
+    states = {s.lower() for s in getattr(request, "states_filter", ())}
+    types = {t.lower() for t in getattr(request, "types_filter", ())}
+    overviews: list[GroupOverview] = []
+    if not types or _GROUP_TYPE_CLASSIC in types:
+        overviews = agent.groups.list_groups()
+        live = {o.group_id for o in overviews}
+        overviews.extend(
+            GroupOverview(group_id, "", GroupState.EMPTY)
+            for group_id in agent.coordinator.groups_with_offsets()
+            if group_id not in live
+        )
+    groups = tuple(
+        build(
+            module.ListedGroup,
+            group_id=o.group_id,
+            protocol_type=o.protocol_type,
+            group_state=o.state.value,
+            group_type=_GROUP_TYPE_CLASSIC,
+        )
+        for o in overviews
+        if not states or o.state.value.lower() in states
+    )
+    return build(module.ListGroupsResponse, error_code=ErrorCode.none, groups=groups)
+
+
+async def handle_delete_groups(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(DELETE_GROUPS, ctx.api_version)
+    agent = ctx.agent
+    with_offsets = set(agent.coordinator.groups_with_offsets())
+    results: list[Any] = []
+    for group_id in request.groups_names:
+        error = agent.groups.delete_group(group_id)
+        if error is ErrorCode.group_id_not_found and group_id in with_offsets:
+            error = ErrorCode.none  # only offsets are left of it
+        if error is ErrorCode.none:
+            await agent.coordinator.delete_group_offsets(group_id)
+        results.append(build(module.DeletableGroupResult, group_id=group_id, error_code=error))
+    return build(module.DeleteGroupsResponse, results=tuple(results))
+
+
+# Committed offsets -----------------------------------------------------------------
+
+
+async def handle_offset_commit(ctx: RequestContext, request: Any) -> Any:
+    version = ctx.api_version
+    module = response_module(OFFSET_COMMIT, version)
+    agent = ctx.agent
+    group_error = agent.groups.validate_offset_commit(
+        request.group_id,
+        request.member_id,
+        getattr(request, "group_instance_id", None),
+        request.generation_id_or_member_epoch,
+    )
+    if group_error is ErrorCode.group_id_not_found and version < 9:
+        # Kafka answers a generation for an unknown group with ILLEGAL_GENERATION
+        # before v9 and GROUP_ID_NOT_FOUND from v9 on.
+        group_error = ErrorCode.illegal_generation
+    by_id = version >= 10  # KIP-848: v10 names topics by id only
+    unknown_topic = ErrorCode.unknown_topic_id if by_id else ErrorCode.unknown_topic_or_partition
+    to_commit: list[CommittedOffset] = []
+    topics: list[Any] = []
+    for topic in request.topics:
+        info = (
+            agent.coordinator.topic_by_id(topic.topic_id)
+            if by_id
+            else agent.coordinator.topic(topic.name)
+        )
+        partitions: list[Any] = []
+        for p in topic.partitions:
+            metadata = p.committed_metadata if p.committed_metadata is not None else ""
+            if info is None:
+                error = unknown_topic
+            elif not 0 <= p.partition_index < info.partition_count:
+                error = ErrorCode.unknown_topic_or_partition
+            elif group_error is not ErrorCode.none:
+                error = group_error
+            elif len(metadata.encode()) > OFFSET_METADATA_BYTES_MAX:
+                error = ErrorCode.offset_metadata_too_large
+            else:
+                error = ErrorCode.none
+                to_commit.append(
+                    CommittedOffset(
+                        topic=info.name,
+                        partition=p.partition_index,
+                        offset=p.committed_offset,
+                        leader_epoch=getattr(p, "committed_leader_epoch", _NO_LEADER_EPOCH),
+                        metadata=metadata,
+                    )
+                )
+            partitions.append(
+                build(
+                    module.OffsetCommitResponsePartition,
+                    partition_index=p.partition_index,
+                    error_code=error,
+                )
+            )
+        topics.append(
+            build(
+                module.OffsetCommitResponseTopic,
+                name=getattr(topic, "name", None),
+                topic_id=getattr(topic, "topic_id", None),
+                partitions=tuple(partitions),
+            )
+        )
+    if to_commit:
+        await agent.coordinator.commit_offsets(request.group_id, to_commit)
+    return build(module.OffsetCommitResponse, topics=tuple(topics))
+
+
+async def handle_offset_fetch(ctx: RequestContext, request: Any) -> Any:
+    version = ctx.api_version
+    module = response_module(OFFSET_FETCH, version)
+    if version >= 8:
+        # KIP-709: v8+ fetches for a batch of groups. Classic groups check neither
+        # the member id nor the member epoch of v9+ (those are for KIP-848 groups).
+        groups = tuple(
+            build(
+                module.OffsetFetchResponseGroup,
+                group_id=g.group_id,
+                topics=_fetch_topics(ctx, module, version, g.group_id, g.topics),
+                error_code=ErrorCode.none,
+            )
+            for g in request.groups
+        )
+        return build(module.OffsetFetchResponse, groups=groups)
+    topics = _fetch_topics(ctx, module, version, request.group_id, request.topics)
+    return build(module.OffsetFetchResponse, topics=topics, error_code=ErrorCode.none)
+
+
+def _fetch_topics(
+    ctx: RequestContext,
+    module: Any,
+    version: int,
+    group_id: str,
+    requested: Sequence[Any] | None,
+) -> tuple[Any, ...]:
+    """One group's committed offsets as response topics: every topic when `requested` is None."""
+    coordinator = ctx.agent.coordinator
+    batched = version >= 8
+    topic_cls = module.OffsetFetchResponseTopics if batched else module.OffsetFetchResponseTopic
+    partition_cls = (
+        module.OffsetFetchResponsePartitions if batched else module.OffsetFetchResponsePartition
+    )
+    by_id = version >= 10  # KIP-848: v10 names topics by id only
+
+    def partition(index: int, found: CommittedOffset | None, error: ErrorCode) -> Any:
+        return build(
+            partition_cls,
+            partition_index=index,
+            committed_offset=found.offset if found else _NO_OFFSET,
+            committed_leader_epoch=found.leader_epoch if found else _NO_LEADER_EPOCH,
+            # Kafka stores a null commit metadata as "" and answers "" when nothing is committed.
+            metadata=(found.metadata or "") if found else "",
+            error_code=error,
+        )
+
+    def topic_entry(
+        info: TopicInfo | None, name: str, topic_id: uuid.UUID | None
+    ) -> dict[str, Any]:
+        if by_id:
+            return {"topic_id": info.topic_id if info is not None else topic_id}
+        return {"name": name}
+
+    if requested is None:
+        by_topic: dict[str, list[CommittedOffset]] = {}
+        for committed in coordinator.fetch_offsets(group_id, None):
+            by_topic.setdefault(committed.topic, []).append(committed)
+        entries: list[Any] = []
+        for name, offsets in by_topic.items():
+            info = coordinator.topic(name)
+            if by_id and info is None:
+                continue  # a deleted topic has no id to report
+            entries.append(
+                build(
+                    topic_cls,
+                    **topic_entry(info, name, None),
+                    partitions=tuple(
+                        partition(c.partition, c, ErrorCode.none)
+                        for c in sorted(offsets, key=lambda c: c.partition)
+                    ),
+                )
+            )
+        return tuple(entries)
+
+    # Each requested topic with its name, or None for a v10 topic id we do not know.
+    resolved: list[tuple[Any, TopicInfo | None, str | None]] = []
+    for t in requested:
+        if by_id:
+            known = coordinator.topic_by_id(t.topic_id)
+            resolved.append((t, known, known.name if known is not None else None))
+        else:
+            resolved.append((t, None, t.name))
+    wanted = [(n, p) for t, _, n in resolved if n is not None for p in t.partition_indexes]
+    committed_by_partition = {
+        (c.topic, c.partition): c for c in coordinator.fetch_offsets(group_id, wanted)
+    }
+    entries = []
+    for t, known, topic_name in resolved:
+        if topic_name is None:
+            partitions = tuple(
+                partition(p, None, ErrorCode.unknown_topic_id) for p in t.partition_indexes
+            )
+        else:
+            partitions = tuple(
+                partition(p, committed_by_partition.get((topic_name, p)), ErrorCode.none)
+                for p in t.partition_indexes
+            )
+        entries.append(
+            build(
+                topic_cls,
+                **topic_entry(known, topic_name or "", getattr(t, "topic_id", None)),
+                partitions=partitions,
+            )
+        )
+    return tuple(entries)
+
+
+GROUP_HANDLERS: dict[int, Handler] = {
+    OFFSET_COMMIT: handle_offset_commit,
+    OFFSET_FETCH: handle_offset_fetch,
+    FIND_COORDINATOR: handle_find_coordinator,
+    JOIN_GROUP: handle_join_group,
+    HEARTBEAT: handle_heartbeat,
+    LEAVE_GROUP: handle_leave_group,
+    SYNC_GROUP: handle_sync_group,
+    DESCRIBE_GROUPS: handle_describe_groups,
+    LIST_GROUPS: handle_list_groups,
+    DELETE_GROUPS: handle_delete_groups,
+}

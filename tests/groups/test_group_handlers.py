@@ -1,0 +1,460 @@
+"""Group API handlers at every advertised version, against a fake agent.
+
+Every request is built for its version and every response is encoded and
+decoded with kio, so a field the version lacks or a null it forbids fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import itertools
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+import pytest
+from kio.schema.errors import ErrorCode
+from kio.serial import entity_reader, entity_writer
+
+from driftlog.coordinator.api import CommittedOffset, TopicInfo
+from driftlog.groups.coordinator import GroupCoordinator
+from driftlog.protocol.schema import build, request_module
+from driftlog.server.context import RequestContext
+from driftlog.server.group_handlers import GROUP_API_VERSIONS, GROUP_HANDLERS
+
+TOPIC = TopicInfo(name="orders", topic_id=uuid.UUID(int=7), partition_count=2)
+SESSION = datetime.timedelta(seconds=10)
+REBALANCE = datetime.timedelta(seconds=30)
+
+
+class FakeOffsets:
+    """The slice of the batch coordinator the group handlers use, in memory."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[str, dict[tuple[str, int], CommittedOffset]] = {}
+
+    def topic(self, name: str) -> TopicInfo | None:
+        return TOPIC if name == TOPIC.name else None
+
+    def topic_by_id(self, topic_id: uuid.UUID) -> TopicInfo | None:
+        return TOPIC if topic_id == TOPIC.topic_id else None
+
+    async def commit_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
+        stored = self.offsets.setdefault(group_id, {})
+        for o in offsets:
+            stored[(o.topic, o.partition)] = o
+
+    def fetch_offsets(
+        self, group_id: str, partitions: Sequence[tuple[str, int]] | None
+    ) -> list[CommittedOffset]:
+        stored = self.offsets.get(group_id, {})
+        if partitions is None:
+            return list(stored.values())
+        return [stored[p] for p in partitions if p in stored]
+
+    async def delete_group_offsets(self, group_id: str) -> None:
+        self.offsets.pop(group_id, None)
+
+    def groups_with_offsets(self) -> list[str]:
+        return sorted(self.offsets)
+
+
+class FakeAgent:
+    def __init__(self) -> None:
+        counter = itertools.count(1)
+        self.groups = GroupCoordinator(lambda: 0, member_id_suffix=lambda: str(next(counter)))
+        self.coordinator = FakeOffsets()
+        self.node_id = 7
+        self.advertised_host = "broker.test"
+        self.advertised_port = 19092
+
+
+def roundtrip(entity: Any) -> Any:
+    buffer = io.BytesIO()
+    entity_writer(type(entity))(buffer, entity)
+    data = buffer.getvalue()
+    decoded, size = entity_reader(type(entity))(data, 0)
+    assert size == len(data)
+    return decoded
+
+
+async def call(agent: FakeAgent, api_key: int, version: int, **fields: Any) -> Any:
+    low, high = GROUP_API_VERSIONS[api_key]
+    assert low <= version <= high
+    module = request_module(api_key, version)
+    request_cls = next(
+        getattr(module, name)
+        for name in dir(module)
+        if name.endswith("Request") and getattr(getattr(module, name), "__api_key__", None)
+    )
+    request = roundtrip(build(request_cls, **fields))
+    ctx = RequestContext(
+        agent=cast(Any, agent),
+        api_key=api_key,
+        api_version=version,
+        correlation_id=1,
+        client_id="client-1",
+        peer="127.0.0.1:50000",
+    )
+    return roundtrip(await GROUP_HANDLERS[api_key](ctx, request))
+
+
+def nested(api_key: int, version: int, class_name: str, /, **fields: Any) -> Any:
+    return build(getattr(request_module(api_key, version), class_name), **fields)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), timeout=10))
+
+
+def versions(api_key: int) -> list[int]:
+    low, high = GROUP_API_VERSIONS[api_key]
+    return list(range(low, high + 1))
+
+
+def test_every_group_api_has_a_handler() -> None:
+    assert set(GROUP_HANDLERS) == set(GROUP_API_VERSIONS)
+
+
+@pytest.mark.parametrize("version", versions(10))
+def test_find_coordinator_points_at_this_agent(version: int) -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+        if version >= 4:
+            response = await call(agent, 10, version, key_type=0, coordinator_keys=("a", "b"))
+            assert [(c.key, c.node_id, c.host, c.port) for c in response.coordinators] == [
+                ("a", 7, "broker.test", 19092),
+                ("b", 7, "broker.test", 19092),
+            ]
+            assert all(c.error_code is ErrorCode.none for c in response.coordinators)
+        else:
+            response = await call(agent, 10, version, key="a")
+            assert (response.error_code, response.node_id, response.host, response.port) == (
+                ErrorCode.none,
+                7,
+                "broker.test",
+                19092,
+            )
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("version", versions(11))
+def test_join_sync_heartbeat_describe_leave(version: int) -> None:
+    sync_version = min(version, 5)
+    heartbeat_version = min(version, 4)
+    leave_version = min(version, 5)
+    describe_version = min(version, 6)
+
+    async def scenario() -> None:
+        agent = FakeAgent()
+        protocol = nested(11, version, "JoinGroupRequestProtocol", name="range", metadata=b"sub")
+        join_fields: dict[str, Any] = {
+            "group_id": "g",
+            "session_timeout": SESSION,
+            "rebalance_timeout": REBALANCE,
+            "member_id": "",
+            "protocol_type": "consumer",
+            "protocols": (protocol,),
+        }
+        joined = await call(agent, 11, version, **join_fields)
+        if version >= 4:
+            # KIP-394: the first join only hands out a member id.
+            assert joined.error_code is ErrorCode.member_id_required
+            assert joined.member_id == "client-1-1"
+            joined = await call(agent, 11, version, **(join_fields | {"member_id": "client-1-1"}))
+        member_id = joined.member_id
+        assert joined.error_code is ErrorCode.none
+        assert (joined.generation_id, joined.leader, joined.protocol_name) == (
+            1,
+            member_id,
+            "range",
+        )
+        assert [(m.member_id, m.metadata) for m in joined.members] == [(member_id, b"sub")]
+        if version >= 7:
+            assert joined.protocol_type == "consumer"
+
+        assignment = nested(
+            14, sync_version, "SyncGroupRequestAssignment", member_id=member_id, assignment=b"a"
+        )
+        synced = await call(
+            agent,
+            14,
+            sync_version,
+            group_id="g",
+            generation_id=1,
+            member_id=member_id,
+            protocol_type="consumer",
+            protocol_name="range",
+            assignments=(assignment,),
+        )
+        assert (synced.error_code, synced.assignment) == (ErrorCode.none, b"a")
+        if sync_version >= 5:
+            assert (synced.protocol_type, synced.protocol_name) == ("consumer", "range")
+
+        beat = await call(
+            agent, 12, heartbeat_version, group_id="g", generation_id=1, member_id=member_id
+        )
+        assert beat.error_code is ErrorCode.none
+        stale = await call(
+            agent, 12, heartbeat_version, group_id="g", generation_id=0, member_id=member_id
+        )
+        assert stale.error_code is ErrorCode.illegal_generation
+
+        described = await call(
+            agent, 15, describe_version, groups=("g",), include_authorized_operations=True
+        )
+        [group] = described.groups
+        assert (group.error_code, group.group_state, group.protocol_type) == (
+            ErrorCode.none,
+            "Stable",
+            "consumer",
+        )
+        assert group.protocol_data == "range"
+        [member] = group.members
+        assert (member.member_id, member.client_id, member.client_host) == (
+            member_id,
+            "client-1",
+            "/127.0.0.1",
+        )
+        assert (member.member_metadata, member.member_assignment) == (b"sub", b"a")
+
+        if leave_version >= 3:
+            identity = nested(13, leave_version, "MemberIdentity", member_id=member_id)
+            left = await call(agent, 13, leave_version, group_id="g", members=(identity,))
+            assert [(m.member_id, m.error_code) for m in left.members] == [
+                (member_id, ErrorCode.none)
+            ]
+        else:
+            left = await call(agent, 13, leave_version, group_id="g", member_id=member_id)
+        assert left.error_code is ErrorCode.none
+        again = await call(agent, 13, 0, group_id="g", member_id=member_id)
+        assert again.error_code is ErrorCode.unknown_member_id
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("version", versions(8))
+def test_offset_commit_then_fetch(version: int) -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+        by_id = version >= 10
+        topic_key: dict[str, Any] = {"topic_id": TOPIC.topic_id} if by_id else {"name": TOPIC.name}
+        unknown_key: dict[str, Any] = (
+            {"topic_id": uuid.UUID(int=99)} if by_id else {"name": "missing"}
+        )
+
+        def partition(index: int, offset: int, metadata: str | None) -> Any:
+            return nested(
+                8,
+                version,
+                "OffsetCommitRequestPartition",
+                partition_index=index,
+                committed_offset=offset,
+                committed_leader_epoch=3,
+                committed_metadata=metadata,
+            )
+
+        topics = (
+            nested(
+                8,
+                version,
+                "OffsetCommitRequestTopic",
+                **topic_key,
+                partitions=(partition(0, 42, "note"), partition(1, 7, None), partition(5, 1, "")),
+            ),
+            nested(
+                8,
+                version,
+                "OffsetCommitRequestTopic",
+                **unknown_key,
+                partitions=(partition(0, 1, ""),),
+            ),
+        )
+        committed = await call(
+            agent,
+            8,
+            version,
+            group_id="simple",
+            generation_id_or_member_epoch=-1,
+            member_id="",
+            topics=topics,
+        )
+        errors = [[p.error_code for p in t.partitions] for t in committed.topics]
+        assert errors == [
+            [ErrorCode.none, ErrorCode.none, ErrorCode.unknown_topic_or_partition],
+            [ErrorCode.unknown_topic_id if by_id else ErrorCode.unknown_topic_or_partition],
+        ]
+        stored = agent.coordinator.offsets["simple"]
+        assert stored[(TOPIC.name, 0)].metadata == "note"
+        assert stored[(TOPIC.name, 1)].metadata == ""
+        assert stored[(TOPIC.name, 0)].leader_epoch == (3 if version >= 6 else -1)
+
+        for fetch_version in versions(9):
+            await check_fetch(agent, fetch_version)
+
+    run(scenario)
+
+
+async def check_fetch(agent: FakeAgent, version: int) -> None:
+    by_id = version >= 10
+    batched = version >= 8
+    topic_key: dict[str, Any] = {"topic_id": TOPIC.topic_id} if by_id else {"name": TOPIC.name}
+    topic_cls = "OffsetFetchRequestTopics" if batched else "OffsetFetchRequestTopic"
+    wanted = (nested(9, version, topic_cls, **topic_key, partition_indexes=(0, 1)),)
+
+    async def fetch(topics: tuple[Any, ...] | None) -> list[Any]:
+        if batched:
+            group = nested(9, version, "OffsetFetchRequestGroup", group_id="simple", topics=topics)
+            response = await call(agent, 9, version, groups=(group,))
+            [group_response] = response.groups
+            assert group_response.error_code is ErrorCode.none
+            return list(group_response.topics)
+        response = await call(agent, 9, version, group_id="simple", topics=topics)
+        if version >= 2:
+            assert response.error_code is ErrorCode.none
+        return list(response.topics)
+
+    [topic] = await fetch(wanted)
+    assert (topic.topic_id if by_id else topic.name) == (TOPIC.topic_id if by_id else TOPIC.name)
+    got = [
+        (p.partition_index, p.committed_offset, p.metadata, p.error_code) for p in topic.partitions
+    ]
+    assert got == [(0, 42, "note", ErrorCode.none), (1, 7, "", ErrorCode.none)]
+    if version >= 5:
+        assert topic.partitions[0].committed_leader_epoch in (3, -1)
+    if version >= 2:
+        [everything] = await fetch(None)
+        assert [p.partition_index for p in everything.partitions] == [0, 1]
+    if by_id:
+        unknown = nested(9, version, topic_cls, topic_id=uuid.UUID(int=99), partition_indexes=(0,))
+        [missing] = await fetch((unknown,))
+        assert missing.partitions[0].error_code is ErrorCode.unknown_topic_id
+    else:
+        never = nested(9, version, topic_cls, name=TOPIC.name, partition_indexes=(0,))
+        group = "nobody"
+        if batched:
+            request_group = nested(
+                9, version, "OffsetFetchRequestGroup", group_id=group, topics=(never,)
+            )
+            response = await call(agent, 9, version, groups=(request_group,))
+            partitions = response.groups[0].topics[0].partitions
+        else:
+            response = await call(agent, 9, version, group_id=group, topics=(never,))
+            partitions = response.topics[0].partitions
+        assert (partitions[0].committed_offset, partitions[0].metadata) == (-1, "")
+
+
+@pytest.mark.parametrize("version", [8, 9])
+def test_offset_commit_checks_generation(version: int) -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+        partition = nested(
+            8,
+            version,
+            "OffsetCommitRequestPartition",
+            partition_index=0,
+            committed_offset=1,
+            committed_metadata=None,
+        )
+        topic = nested(
+            8, version, "OffsetCommitRequestTopic", name=TOPIC.name, partitions=(partition,)
+        )
+        response = await call(
+            agent,
+            8,
+            version,
+            group_id="g",
+            generation_id_or_member_epoch=4,
+            member_id="m",
+            topics=(topic,),
+        )
+        # No such group: before v9 that is an illegal generation, from v9 a missing group.
+        expected = ErrorCode.group_id_not_found if version >= 9 else ErrorCode.illegal_generation
+        assert response.topics[0].partitions[0].error_code is expected
+        assert agent.coordinator.offsets == {}
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("version", versions(16))
+def test_list_groups_has_live_and_offsets_only_groups(version: int) -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+        protocol = nested(11, 5, "JoinGroupRequestProtocol", name="range", metadata=b"")
+        await call(
+            agent,
+            11,
+            5,
+            group_id="live",
+            session_timeout=SESSION,
+            rebalance_timeout=REBALANCE,
+            member_id="",
+            group_instance_id="i",
+            protocol_type="consumer",
+            protocols=(protocol,),
+        )
+        agent.coordinator.offsets["archived"] = {}
+        response = await call(agent, 16, version)
+        assert response.error_code is ErrorCode.none
+        listed = {g.group_id: g for g in response.groups}
+        assert set(listed) == {"live", "archived"}
+        assert listed["live"].protocol_type == "consumer"
+        if version >= 4:
+            assert listed["live"].group_state == "CompletingRebalance"
+            assert listed["archived"].group_state == "Empty"
+            empty_only = await call(agent, 16, version, states_filter=("empty",))
+            assert [g.group_id for g in empty_only.groups] == ["archived"]
+        if version >= 5:
+            assert listed["live"].group_type == "classic"
+            consumer_type = await call(agent, 16, version, types_filter=("consumer",))
+            assert consumer_type.groups == ()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("version", versions(15))
+def test_describe_unknown_and_offsets_only_groups(version: int) -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+        agent.coordinator.offsets["archived"] = {}
+        response = await call(agent, 15, version, groups=("archived", "nope"))
+        archived, nope = response.groups
+        assert (archived.error_code, archived.group_state) == (ErrorCode.none, "Empty")
+        assert nope.group_state == "Dead"
+        if version >= 6:
+            assert nope.error_code is ErrorCode.group_id_not_found
+        else:
+            assert nope.error_code is ErrorCode.none
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("version", versions(42))
+def test_delete_groups(version: int) -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+        protocol = nested(11, 3, "JoinGroupRequestProtocol", name="range", metadata=b"")
+        await call(
+            agent,
+            11,
+            3,
+            group_id="busy",
+            session_timeout=SESSION,
+            rebalance_timeout=REBALANCE,
+            member_id="",
+            protocol_type="consumer",
+            protocols=(protocol,),
+        )
+        agent.coordinator.offsets["archived"] = {}
+        response = await call(agent, 42, version, groups_names=("busy", "archived", "nope"))
+        assert [(r.group_id, r.error_code) for r in response.results] == [
+            ("busy", ErrorCode.non_empty_group),
+            ("archived", ErrorCode.none),
+            ("nope", ErrorCode.group_id_not_found),
+        ]
+        assert agent.coordinator.groups_with_offsets() == []
+
+    run(scenario)
