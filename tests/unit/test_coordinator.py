@@ -63,6 +63,19 @@ async def _run(tmp_path: Path) -> None:
     assert mixed[0].error == ErrorCode.unknown_topic_or_partition
     assert mixed[1].base_offset == 30
 
+    # An idempotent batch whose commit failed is not remembered as a duplicate.
+    idempotent = BatchToCommit(
+        tid, 1, 0, 10, 2, 1000, 1001, producer_id=9, producer_epoch=0, base_sequence=0
+    )
+    persistence.failures = 1
+    with pytest.raises(ConnectionError):
+        await coordinator.commit_object("bad2", 10, [idempotent])
+    [first_try] = await coordinator.commit_object("retry", 10, [idempotent])
+    [duplicate] = await coordinator.commit_object("retry-dup", 10, [idempotent])
+    assert first_try.base_offset == duplicate.base_offset == 31
+    high = coordinator.partition_offsets(tid, 1)
+    assert high is not None and high.high_watermark == 33
+
     await coordinator.commit_offsets("g", [CommittedOffset("t", 0, 17, 3, "meta")])
     await coordinator.close()
 

@@ -103,6 +103,10 @@ class Coordinator(Protocol):
 
     def topic_by_id(self, topic_id: uuid.UUID) -> TopicInfo | None: ...
 
+    async def allocate_producer_id(self) -> int:
+        """A producer id never handed out before, durable before it is returned."""
+        ...
+
     # Write path -------------------------------------------------------------
     async def commit_object(
         self, object_key: str, object_size: int, batches: Sequence[BatchToCommit]

@@ -48,6 +48,7 @@ class Persistence(Protocol):
     def drop_topic(self, topic: TopicInfo) -> None: ...
     def put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None: ...
     def delete_group(self, group_id: str) -> None: ...
+    def allocate_producer_id(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -140,6 +141,10 @@ class SingleWriterCoordinator:
             self._state.put_topic(changed)
             return ErrorCode.none
 
+    async def allocate_producer_id(self) -> int:
+        """A producer id never handed out before (KIP-98), durable before it is returned."""
+        return await self._db(self._persistence.allocate_producer_id)
+
     # Write path -------------------------------------------------------------
     async def commit_object(
         self, object_key: str, object_size: int, batches: Sequence[BatchToCommit]
@@ -167,7 +172,7 @@ class SingleWriterCoordinator:
             await self._db(self._persistence.persist_objects, sequenced)
         except Exception as e:
             log.error("coordinator commit of %d objects failed: %r", len(round_), e)
-            self._state.rollback()
+            self._state.rollback(sequenced)
             for *_, future in round_:
                 if not future.done():
                     future.set_exception(ConnectionError(f"coordinator commit failed: {e!r}"))

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS batches (
     base_sequence INTEGER NOT NULL,
     PRIMARY KEY (topic_id, partition, base_offset)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS producer_ids (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 0),
+    next_producer_id INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS group_offsets (
     group_id TEXT NOT NULL,
     topic TEXT NOT NULL,
@@ -87,20 +91,34 @@ class SqlitePersistence:
         keys = dict(self._db.execute("SELECT object_id, key FROM objects"))
         rows = self._db.execute(
             "SELECT topic_id, partition, base_offset, last_offset, object_id, byte_offset,"
-            " byte_length, max_timestamp_ms, log_append_time_ms FROM batches"
-            " ORDER BY topic_id, partition, base_offset"
+            " byte_length, max_timestamp_ms, log_append_time_ms, producer_id, producer_epoch,"
+            " base_sequence FROM batches ORDER BY topic_id, partition, base_offset"
         )
         current: tuple[str, int] | None = None
         log_: PartitionLog | None = None
-        for tid, partition, base, last, object_id, start, length, max_ts, append_ts in rows:
+        topic_uuid = uuid.UUID(int=0)
+        for row in rows:
+            tid, partition, base, last, object_id, start, length, max_ts, append_ts = row[:9]
+            producer_id, producer_epoch, base_sequence = row[9:]
             if current != (tid, partition):
                 current = (tid, partition)
-                log_ = state.logs.get((uuid.UUID(tid), partition))
+                topic_uuid = uuid.UUID(tid)
+                log_ = state.logs.get((topic_uuid, partition))
             if log_ is None:
                 continue
             log_.append(
                 BatchLocation(keys[object_id], start, length, base, last, max_ts, append_ts)
             )
+            if producer_id >= 0:
+                state.restore_producer(
+                    producer_id,
+                    producer_epoch,
+                    topic_uuid,
+                    partition,
+                    base_sequence,
+                    last - base + 1,
+                    base,
+                )
         for group_id, topic, partition, offset, epoch, metadata in self._db.execute(
             "SELECT group_id, topic, partition, committed_offset, leader_epoch, metadata"
             " FROM group_offsets"
@@ -139,6 +157,13 @@ class SqlitePersistence:
                         for r in obj.rows
                     ],
                 )
+
+    def allocate_producer_id(self) -> int:
+        with self._transaction() as db:
+            row = db.execute("SELECT next_producer_id FROM producer_ids").fetchone()
+            producer_id = row[0] if row else 0
+            db.execute("INSERT OR REPLACE INTO producer_ids VALUES (0, ?)", (producer_id + 1,))
+            return int(producer_id)
 
     def put_topic(self, topic: TopicInfo, old_partition_count: int = 0) -> None:
         with self._transaction() as db:

@@ -30,6 +30,11 @@ from driftlog.coordinator.api import (
     PartitionOffsets,
     TopicInfo,
 )
+from driftlog.coordinator.producers import (
+    ProducerPartitionState,
+    check_sequence,
+    record_batch,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,9 @@ class BatchRow:
     base_sequence: int
 
 
+ProducerKey = tuple[int, uuid.UUID, int]  # producer id, topic id, partition
+
+
 @dataclass(slots=True)
 class SequencedObject:
     """The rows one object commit produces, before they are durable."""
@@ -53,6 +61,8 @@ class SequencedObject:
     committed_ms: int
     rows: list[BatchRow]
     outcomes: list[CommitOutcome]
+    # Producer states replaced by this commit, to restore if it is not persisted.
+    undo: list[tuple[ProducerKey, ProducerPartitionState | None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -88,6 +98,7 @@ class CoordinatorState:
         self.topics_by_id: dict[uuid.UUID, TopicInfo] = {}
         self.logs: dict[tuple[uuid.UUID, int], PartitionLog] = {}
         self.group_offsets: dict[str, dict[tuple[str, int], CommittedOffset]] = {}
+        self.producers: dict[ProducerKey, ProducerPartitionState] = {}
 
     # Topics -----------------------------------------------------------------
     def put_topic(self, topic: TopicInfo) -> None:
@@ -117,15 +128,43 @@ class CoordinatorState:
     ) -> SequencedObject:
         rows: list[BatchRow] = []
         outcomes: list[CommitOutcome] = []
+        undo: list[tuple[ProducerKey, ProducerPartitionState | None]] = []
         for batch in batches:
             log = self.logs.get((batch.topic_id, batch.partition))
             if log is None:
                 # The topic was deleted (or shrunk) between upload and commit.
                 outcomes.append(CommitOutcome(ErrorCode.unknown_topic_or_partition))
                 continue
+            base_offset = log.next_offset
+            if batch.producer_id >= 0:
+                key = (batch.producer_id, batch.topic_id, batch.partition)
+                previous = self.producers.get(key)
+                verdict = check_sequence(
+                    previous, batch.producer_epoch, batch.base_sequence, batch.record_count
+                )
+                if verdict.error != ErrorCode.none:
+                    outcomes.append(CommitOutcome(verdict.error))
+                    continue
+                if verdict.duplicate_of >= 0:
+                    # A retry of a batch already committed: its original offset, nothing stored.
+                    outcomes.append(
+                        CommitOutcome(
+                            ErrorCode.none,
+                            base_offset=verdict.duplicate_of,
+                            log_start_offset=log.log_start_offset,
+                        )
+                    )
+                    continue
+                undo.append((key, previous))
+                self.producers[key] = record_batch(
+                    previous,
+                    batch.producer_epoch,
+                    batch.base_sequence,
+                    batch.record_count,
+                    base_offset,
+                )
             topic = self.topics_by_id[batch.topic_id]
             log_append = topic.configs.get("message.timestamp.type") == "LogAppendTime"
-            base_offset = log.next_offset
             log.next_offset += batch.record_count
             location = BatchLocation(
                 object_key=object_key,
@@ -154,7 +193,7 @@ class CoordinatorState:
                     log_start_offset=log.log_start_offset,
                 )
             )
-        return SequencedObject(object_key, object_size, now_ms, rows, outcomes)
+        return SequencedObject(object_key, object_size, now_ms, rows, outcomes, undo)
 
     def apply(self, sequenced: Iterable[SequencedObject]) -> None:
         for obj in sequenced:
@@ -163,9 +202,32 @@ class CoordinatorState:
                 if log is not None:
                     log.append(row.location)
 
-    def rollback(self) -> None:
+    def rollback(self, sequenced: Sequence[SequencedObject]) -> None:
+        """Forget sequenced commits that were not persisted."""
         for log in self.logs.values():
             log.next_offset = log.high_watermark
+        for obj in reversed(sequenced):
+            for key, previous in reversed(obj.undo):
+                if previous is None:
+                    self.producers.pop(key, None)
+                else:
+                    self.producers[key] = previous
+
+    def restore_producer(
+        self,
+        producer_id: int,
+        epoch: int,
+        topic_id: uuid.UUID,
+        partition: int,
+        base_sequence: int,
+        record_count: int,
+        base_offset: int,
+    ) -> None:
+        """Rebuild producer state from a committed batch (on load, in offset order)."""
+        key = (producer_id, topic_id, partition)
+        self.producers[key] = record_batch(
+            self.producers.get(key), epoch, base_sequence, record_count, base_offset
+        )
 
     # Read path --------------------------------------------------------------
     def partition_offsets(self, topic_id: uuid.UUID, partition: int) -> PartitionOffsets | None:

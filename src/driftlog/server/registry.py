@@ -14,6 +14,7 @@ from driftlog.server.group_handlers import GROUP_API_VERSIONS, GROUP_HANDLERS
 from driftlog.server.list_offsets import handle_list_offsets
 from driftlog.server.metadata import handle_metadata
 from driftlog.server.produce import handle_produce
+from driftlog.server.producer_ids import handle_init_producer_id
 
 _CORE: dict[int, tuple[Handler, int, int]] = {
     0: (handle_produce, 3, 11),
@@ -23,6 +24,7 @@ _CORE: dict[int, tuple[Handler, int, int]] = {
     18: (handle_api_versions, 0, 4),
     19: (admin.handle_create_topics, 2, 7),
     20: (admin.handle_delete_topics, 1, 6),
+    22: (handle_init_producer_id, 0, 5),
     32: (admin.handle_describe_configs, 1, 4),
     33: (admin.handle_alter_configs, 0, 2),
     37: (admin.handle_create_partitions, 0, 3),

@@ -17,6 +17,7 @@ make `append` wait (back-pressure on producers).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import uuid
@@ -59,7 +60,9 @@ class WritePipeline:
         self._uploads = asyncio.Semaphore(max_uploads)
         self._max_pending_bytes = max_pending_bytes
         self._pending_bytes = 0
-        self._space = asyncio.Condition()
+        self._space_waiters: collections.deque[tuple[int, asyncio.Future[None]]] = (
+            collections.deque()
+        )
         self._on_uploaded = on_uploaded
         self._now_ms = now_ms or (lambda: int(time.monotonic() * 1000))
         self._timer: asyncio.TimerHandle | None = None
@@ -70,16 +73,25 @@ class WritePipeline:
         self, topic_id: uuid.UUID, partition: int, data: bytes, header: BatchHeader
     ) -> asyncio.Future[CommitOutcome]:
         """Queue one batch; the returned future resolves once it is committed (or failed)."""
-        if self._pending_bytes + len(data) > self._max_pending_bytes and self._pending_bytes:
-            async with self._space:
-                await self._space.wait_for(
-                    lambda: (
-                        self._pending_bytes + len(data) <= self._max_pending_bytes
-                        or not self._pending_bytes
-                    )
-                )
+        size = len(data)
+        if self._space_waiters or not self._has_room(size):
+            # FIFO: a later batch never overtakes an earlier one that is waiting,
+            # so partitions keep arrival order (idempotent sequences depend on it).
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry = (size, turn)
+            self._space_waiters.append(entry)
+            try:
+                await turn  # room is reserved for us when this resolves
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._pending_bytes -= size
+                    self._admit_waiters()
+                elif entry in self._space_waiters:
+                    self._space_waiters.remove(entry)
+                raise
+        else:
+            self._pending_bytes += size
         waiter: asyncio.Future[CommitOutcome] = asyncio.get_running_loop().create_future()
-        self._pending_bytes += len(data)
         self._buffer.add(PendingBatch(topic_id, partition, data, header, waiter), self._now_ms())
         if self._buffer.is_full():
             self.flush()
@@ -87,6 +99,17 @@ class WritePipeline:
             delay_s = max(self._buffer.flush_age_ms, 0) / 1000
             self._timer = asyncio.get_running_loop().call_later(delay_s, self.flush)
         return waiter
+
+    def _has_room(self, size: int) -> bool:
+        return self._pending_bytes + size <= self._max_pending_bytes or not self._pending_bytes
+
+    def _admit_waiters(self) -> None:
+        # Reserve room for each admitted waiter now, so the next one sees it taken.
+        while self._space_waiters and self._has_room(self._space_waiters[0][0]):
+            size, turn = self._space_waiters.popleft()
+            self._pending_bytes += size
+            if not turn.done():
+                turn.set_result(None)
 
     def flush(self) -> None:
         """Turn the buffer into an object now (no-op when empty)."""
@@ -130,8 +153,7 @@ class WritePipeline:
             if not turn.done():
                 turn.set_result(None)
             self._pending_bytes -= layout.size
-            async with self._space:
-                self._space.notify_all()
+            self._admit_waiters()
         for batch, outcome in zip(layout.batches, outcomes, strict=True):
             if not batch.waiter.done():
                 batch.waiter.set_result(outcome)

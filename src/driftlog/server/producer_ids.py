@@ -1,0 +1,37 @@
+"""InitProducerId for idempotent producers (KIP-98, KIP-360).
+
+Without a transactional id Kafka always hands out a fresh producer id with
+epoch 0, whatever id and epoch the request carries; so does Driftlog.
+Transactions are not supported yet: a transactional id is refused.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from driftlog.protocol.schema import build, response_module
+from driftlog.server.context import RequestContext
+
+INIT_PRODUCER_ID = 22
+
+
+async def handle_init_producer_id(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(INIT_PRODUCER_ID, ctx.api_version)
+    if request.transactional_id is not None:
+        ctx.agent.log_client_error(
+            ctx.peer, INIT_PRODUCER_ID, "transactional producers are not supported yet"
+        )
+        error, producer_id, epoch = ErrorCode.unsupported_version, -1, -1
+    else:
+        error, epoch = ErrorCode.none, 0
+        producer_id = await ctx.agent.coordinator.allocate_producer_id()
+    return build(
+        module.InitProducerIdResponse,
+        throttle_time=datetime.timedelta(0),
+        error_code=error,
+        producer_id=producer_id,
+        producer_epoch=epoch,
+    )
