@@ -34,6 +34,8 @@ from driftlog.server.api_versions import api_versions_error_response
 from driftlog.server.context import RequestContext
 from driftlog.server.listener import ConnectionClosed, KafkaConnection
 from driftlog.server.registry import HANDLERS, SUPPORTED_VERSIONS
+from driftlog.storage.api import ObjectStore
+from driftlog.storage.faulty import FaultConfig, FaultyObjectStore
 from driftlog.storage.obstore import open_store
 from driftlog.write.layout import ObjectLayout
 from driftlog.write.pipeline import WritePipeline
@@ -50,7 +52,10 @@ class Agent:
         self.advertised_host = config.advertise_host
         self.advertised_port = config.advertise_port
         self.started_ms = int(time.time() * 1000)
-        self.store = open_store(config.store_url)
+        self.store: ObjectStore = open_store(config.store_url)
+        if config.faults:
+            log.warning("FAULT INJECTION ON in the object store: %s", config.faults)
+            self.store = FaultyObjectStore(self.store, FaultConfig.parse(config.faults))
         self.coordinator = SingleWriterCoordinator(SqlitePersistence(config.sqlite_path))
         self.cache = BatchCache(config.cache_bytes)
         self.fetcher = BatchFetcher(self.store, self.cache)

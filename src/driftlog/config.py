@@ -30,6 +30,8 @@ class AgentConfig:
     default_partitions: int = 1
     node_id: int = 0
     zone: str = ""
+    # Fault injection for tests (storage/faulty.py); empty means off.
+    faults: str = ""
 
     @property
     def store_url(self) -> str:

@@ -15,6 +15,7 @@ import uvloop
 
 from driftlog.agent import Agent
 from driftlog.config import AgentConfig
+from driftlog.storage.faulty import FaultConfig
 
 log = logging.getLogger("driftlog")
 
@@ -115,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     option("--node-id", "NODE_ID", d.node_id, "this agent's broker id in Metadata")
     option("--zone", "ZONE", "", "this agent's availability zone (reported as its rack)")
     option("--log-level", "LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    option(
+        "--faults",
+        "FAULTS",
+        "",
+        "TESTS ONLY: inject object-store faults, e.g. put_error=0.1,get_error=0.05,"
+        "put_lost_ack=0.02,timeout=0.01,timeout_ms=2000,delay_ms=20,seed=7",
+    )
     return parser
 
 
@@ -139,6 +147,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         auto_create_topics=str(args.auto_create_topics).lower() in ("1", "true", "yes", "on"),
         node_id=int(args.node_id),
         zone=args.zone or "",
+        faults=args.faults or "",
     )
 
 
@@ -172,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     try:
         config = config_from_args(args)
+        if config.faults:
+            FaultConfig.parse(config.faults)
     except (argparse.ArgumentTypeError, ValueError) as e:
         sys.exit(f"driftlog: {e}")
     uvloop.run(serve(config))

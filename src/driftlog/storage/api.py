@@ -35,7 +35,8 @@ class ObjectStoreStats:
 
 
 class ObjectStore(Protocol):
-    stats: ObjectStoreStats
+    @property
+    def stats(self) -> ObjectStoreStats: ...
 
     async def put_new(self, key: str, chunks: Sequence[bytes]) -> None:
         """Store the concatenated `chunks` under `key`; ObjectAlreadyExists if the key is taken.
