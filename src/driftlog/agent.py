@@ -32,7 +32,7 @@ from driftlog.read.cache import BatchCache
 from driftlog.read.fetcher import BatchFetcher
 from driftlog.server.api_versions import api_versions_error_response
 from driftlog.server.context import RequestContext
-from driftlog.server.listener import ConnectionClosed, KafkaConnection
+from driftlog.server.listener import ConnectionClosed, ConnectionLimits, KafkaConnection
 from driftlog.server.registry import HANDLERS, SUPPORTED_VERSIONS
 from driftlog.storage.api import ObjectStore
 from driftlog.storage.faulty import FaultConfig, FaultyObjectStore
@@ -71,6 +71,13 @@ class Agent:
         self.groups = GroupCoordinator(now_ms=lambda: int(time.monotonic() * 1000))
         self._server: asyncio.Server | None = None
         self._connections: set[KafkaConnection] = set()
+        self._limits = ConnectionLimits(
+            max_frame_bytes=config.max_frame_bytes,
+            max_in_flight=config.max_in_flight_per_connection,
+            max_in_flight_bytes=config.max_in_flight_bytes_per_connection,
+            request_timeout_s=config.request_timeout_s,
+            idle_timeout_s=config.idle_timeout_s,
+        )
         self._logged_errors: set[tuple[str, int]] = set()
         self.cluster_id = ""
 
@@ -102,13 +109,7 @@ class Agent:
         )
 
     def _new_connection(self) -> asyncio.BufferedProtocol:
-        connection = KafkaConnection(
-            self.handle_frame,
-            max_frame_bytes=self.config.max_frame_bytes,
-            max_in_flight=self.config.max_in_flight_per_connection,
-            idle_timeout_s=self.config.idle_timeout_s,
-            on_close=self._connections.discard,
-        )
+        connection = KafkaConnection(self.handle_frame, self._limits, self._connections.discard)
         if len(self._connections) >= self.config.max_connections:
             log.warning("connection limit %d reached; refusing", self.config.max_connections)
             asyncio.get_running_loop().call_soon(connection.close)

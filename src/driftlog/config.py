@@ -25,6 +25,9 @@ class AgentConfig:
     max_frame_bytes: int = 100 * MiB
     max_connections: int = 10_000
     max_in_flight_per_connection: int = 64
+    max_in_flight_bytes_per_connection: int = 128 * MiB
+    # JoinGroup legitimately waits up to a rebalance timeout (max.poll.interval.ms, 5 min).
+    request_timeout_s: float = 330.0
     idle_timeout_s: float = 600.0
     auto_create_topics: bool = True
     default_partitions: int = 1

@@ -5,8 +5,10 @@ request order. Each request runs as its own task (a Produce waits for a flush,
 and must not hold up the requests behind it), and responses are written in
 order as they complete. A broken frame disconnects that client only.
 
-Limits per connection: frame size (checked before buffering), requests in
-flight (reading pauses past it), idle time without a request.
+Limits per connection: frame size (checked before buffering), requests and
+request bytes in flight (reading pauses past either), time per request, idle
+time without a request, and unread responses (writing pauses while the
+client does not read).
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, cast
 
 from driftlog.protocol.framing import FrameReceiver, FrameTooLarge, NegativeFrameSize
 
 log = logging.getLogger(__name__)
 
-# Returns the response frame chunks, or None when no response is due (acks=0).
+# Decodes the frame at once and returns the work that produces the response
+# frame chunks, or None when no response is due (acks=0).
 FrameHandler = Callable[[memoryview, str], Coroutine[Any, Any, list[bytes] | None]]
 
 
@@ -29,38 +34,51 @@ class ConnectionClosed(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    max_frame_bytes: int
+    max_in_flight: int
+    max_in_flight_bytes: int
+    request_timeout_s: float
+    idle_timeout_s: float
+
+
 class KafkaConnection(asyncio.BufferedProtocol):
     def __init__(
         self,
         handle_frame: FrameHandler,
-        *,
-        max_frame_bytes: int,
-        max_in_flight: int,
-        idle_timeout_s: float,
+        limits: ConnectionLimits,
         on_close: Callable[[KafkaConnection], None],
     ) -> None:
         self._handle_frame = handle_frame
-        self._receiver = FrameReceiver(max_frame_bytes)
-        self._max_in_flight = max_in_flight
-        self._idle_timeout_s = idle_timeout_s
+        self._limits = limits
+        self._receiver = FrameReceiver(limits.max_frame_bytes)
         self._on_close = on_close
         self._transport: asyncio.Transport | None = None
         self._peer = "?"
-        self._responses: collections.deque[asyncio.Task[list[bytes] | None]] = collections.deque()
+        self._responses: collections.deque[tuple[int, asyncio.Task[list[bytes] | None]]] = (
+            collections.deque()
+        )
+        self._in_flight_bytes = 0
         self._writer_wakeup = asyncio.Event()
-        self._writer_task: asyncio.Task[None] | None = None
-        self._paused = False
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._reading_paused = False
         self._closed = False
+        self._last_activity = time.monotonic()
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._writer: asyncio.Task[None] | None = None
 
-    # asyncio.BufferedProtocol ---------------------------------------------------------
+    # asyncio.BufferedProtocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         peer: Any = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._writer_task = asyncio.create_task(self._write_responses())
-        self._arm_idle_timer()
+        self._writer = asyncio.create_task(self._write_responses())
+        self._idle_handle = asyncio.get_running_loop().call_later(
+            self._limits.idle_timeout_s, self._check_idle
+        )
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._receiver.get_buffer()
@@ -72,21 +90,35 @@ class KafkaConnection(asyncio.BufferedProtocol):
             log.warning("closing %s: %s", self._peer, e)
             self.close()
             return
+        if not frames:
+            return
         for frame in frames:
-            self._responses.append(asyncio.create_task(self._handle_frame(frame, self._peer)))
-        if frames:
-            self._writer_wakeup.set()
-            self._arm_idle_timer()
-        if len(self._responses) >= self._max_in_flight and not self._paused:
+            work = self._handle_frame(frame, self._peer)
+            task = asyncio.create_task(asyncio.wait_for(work, self._limits.request_timeout_s))
+            self._responses.append((len(frame), task))
+            self._in_flight_bytes += len(frame)
+        self._writer_wakeup.set()
+        self._last_activity = time.monotonic()
+        if not self._reading_paused and (
+            len(self._responses) >= self._limits.max_in_flight
+            or self._in_flight_bytes >= self._limits.max_in_flight_bytes
+        ):
             assert self._transport is not None
             self._transport.pause_reading()
-            self._paused = True
+            self._reading_paused = True
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         if self._idle_handle is not None:
             self._idle_handle.cancel()
         self._writer_wakeup.set()
+        self._can_write.set()
         self._on_close(self)
 
     # -------------------------------------------------------------------------
@@ -94,18 +126,25 @@ class KafkaConnection(asyncio.BufferedProtocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
-    def _arm_idle_timer(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-        loop = asyncio.get_running_loop()
-        self._idle_handle = loop.call_later(self._idle_timeout_s, self._idle_expired)
-
-    def _idle_expired(self) -> None:
-        if not self._responses:
+    def _check_idle(self) -> None:
+        idle_s = time.monotonic() - self._last_activity
+        if idle_s >= self._limits.idle_timeout_s and not self._responses:
             log.info("closing idle connection %s", self._peer)
             self.close()
-        else:
-            self._arm_idle_timer()
+            return
+        remaining = max(self._limits.idle_timeout_s - idle_s, 1.0)
+        self._idle_handle = asyncio.get_running_loop().call_later(remaining, self._check_idle)
+
+    def _maybe_resume_reading(self) -> None:
+        if (
+            self._reading_paused
+            and not self._closed
+            and len(self._responses) < self._limits.max_in_flight // 2
+            and self._in_flight_bytes < self._limits.max_in_flight_bytes // 2
+        ):
+            self._reading_paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
 
     async def _write_responses(self) -> None:
         try:
@@ -115,10 +154,14 @@ class KafkaConnection(asyncio.BufferedProtocol):
                         return
                     self._writer_wakeup.clear()
                     await self._writer_wakeup.wait()
-                task = self._responses[0]
+                size, task = self._responses[0]
                 try:
                     chunks = await task
                 except ConnectionClosed:
+                    self.close()
+                    chunks = None
+                except TimeoutError:
+                    log.warning("request from %s timed out; closing its connection", self._peer)
                     self.close()
                     chunks = None
                 except Exception:
@@ -126,12 +169,12 @@ class KafkaConnection(asyncio.BufferedProtocol):
                     self.close()
                     chunks = None
                 self._responses.popleft()
-                if self._paused and len(self._responses) < self._max_in_flight // 2:
-                    self._paused = False
-                    if self._transport is not None and not self._closed:
-                        self._transport.resume_reading()
+                self._in_flight_bytes -= size
+                self._maybe_resume_reading()
                 if chunks is not None and self._transport is not None and not self._closed:
-                    self._transport.writelines(chunks)
+                    await self._can_write.wait()
+                    if not self._closed:
+                        self._transport.writelines(chunks)
         finally:
-            for task in self._responses:
+            for _, task in self._responses:
                 task.cancel()
