@@ -140,6 +140,7 @@ class Agent:
             "coordinator_transactions": self.coordinator.transactions,
             "cache_hits": self.cache.hits,
             "cache_misses": self.cache.misses,
+            **self.pipeline.timings.summary(),
         }
 
     def print_stats(self) -> None:

@@ -24,7 +24,8 @@ class AgentConfig:
     cache_bytes: int = 256 * MiB
     max_frame_bytes: int = 100 * MiB
     max_connections: int = 10_000
-    max_in_flight_per_connection: int = 64
+    # Produce requests wait for a flush, so clients pipeline many; memory is bounded by bytes.
+    max_in_flight_per_connection: int = 1024
     max_in_flight_bytes_per_connection: int = 128 * MiB
     # JoinGroup legitimately waits up to a rebalance timeout (max.poll.interval.ms, 5 min).
     request_timeout_s: float = 330.0

@@ -14,12 +14,12 @@ API_VERSIONS = 18
 
 
 def _api_keys(api_key: int, version: int) -> tuple[Any, ...]:
-    from driftlog.server.registry import SUPPORTED_VERSIONS
+    from driftlog.server.registry import ADVERTISED_VERSIONS
 
     module = response_module(api_key, version)
     return tuple(
         build(module.ApiVersion, api_key=key, min_version=low, max_version=high)
-        for key, (low, high) in sorted(SUPPORTED_VERSIONS.items())
+        for key, (low, high) in sorted(ADVERTISED_VERSIONS.items())
     )
 
 

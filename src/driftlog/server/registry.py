@@ -35,3 +35,10 @@ HANDLERS: dict[int, Handler] = {key: h for key, (h, _, _) in _CORE.items()} | GR
 SUPPORTED_VERSIONS: dict[int, tuple[int, int]] = {
     key: (low, high) for key, (_, low, high) in _CORE.items()
 } | GROUP_API_VERSIONS
+
+# What ApiVersions advertises. Produce starts at v0 although v0-v2 are refused:
+# librdkafka before 2.8 compresses only when the broker advertises Produce v0
+# (librdkafka #4956); Apache Kafka 4.0 does the same for that reason (KAFKA-18659).
+ADVERTISED_VERSIONS: dict[int, tuple[int, int]] = SUPPORTED_VERSIONS | {
+    0: (0, SUPPORTED_VERSIONS[0][1])
+}

@@ -23,6 +23,7 @@ class PendingBatch:
     data: bytes
     header: BatchHeader
     waiter: Any  # asyncio.Future[CommitOutcome], opaque to this module
+    appended_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -36,6 +37,7 @@ class WriteBuffer:
     def add(self, batch: PendingBatch, now_ms: int) -> None:
         if not self.batches:
             self.oldest_ms = now_ms
+        batch.appended_ms = now_ms
         self.batches.append(batch)
         self.size_bytes += len(batch.data)
 

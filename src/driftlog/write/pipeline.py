@@ -36,6 +36,28 @@ log = logging.getLogger(__name__)
 UploadHook = Callable[[str, ObjectLayout], None]
 
 
+class PipelineTimings:
+    """Recent per-object durations, for the stats line and benchmarks."""
+
+    SAMPLES = 10_000
+
+    def __init__(self) -> None:
+        self.upload_ms: collections.deque[float] = collections.deque(maxlen=self.SAMPLES)
+        self.order_wait_ms: collections.deque[float] = collections.deque(maxlen=self.SAMPLES)
+        self.commit_ms: collections.deque[float] = collections.deque(maxlen=self.SAMPLES)
+        # Per batch: from append to the outcome (what a producer waits inside the agent).
+        self.ack_ms: collections.deque[float] = collections.deque(maxlen=self.SAMPLES)
+
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name in ("upload_ms", "order_wait_ms", "commit_ms", "ack_ms"):
+            samples = sorted(getattr(self, name))
+            if samples:
+                out[f"{name}_p50"] = round(samples[len(samples) // 2], 2)
+                out[f"{name}_p99"] = round(samples[int(len(samples) * 0.99)], 2)
+        return out
+
+
 def new_object_key(now_ms: int) -> str:
     # Time first so listings sort by age (useful for GC); uuid for uniqueness across agents.
     return f"objects/{now_ms:013d}-{uuid.uuid4().hex}"
@@ -68,6 +90,7 @@ class WritePipeline:
         self._timer: asyncio.TimerHandle | None = None
         self._previous_commit: asyncio.Future[None] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
+        self.timings = PipelineTimings()
 
     async def append(
         self, topic_id: uuid.UUID, partition: int, data: bytes, header: BatchHeader
@@ -154,18 +177,27 @@ class WritePipeline:
                 turn.set_result(None)
             self._pending_bytes -= layout.size
             self._admit_waiters()
+        now_ms = self._now_ms()
         for batch, outcome in zip(layout.batches, outcomes, strict=True):
+            self.timings.ack_ms.append(now_ms - batch.appended_ms)
             if not batch.waiter.done():
                 batch.waiter.set_result(outcome)
 
     async def _upload_then_commit(
         self, key: str, layout: ObjectLayout, previous: asyncio.Future[None] | None
     ) -> list[CommitOutcome]:
+        started = time.monotonic()
         async with self._uploads:
             await self._store.put_new(key, layout.chunks)
+        uploaded = time.monotonic()
+        self.timings.upload_ms.append((uploaded - started) * 1000)
         if self._on_uploaded is not None:
             self._on_uploaded(key, layout)
         if previous is not None:
             # Commit in flush order; the earlier object's failure does not block this one.
             await previous
-        return await self._coordinator.commit_object(key, layout.size, layout.coordinates)
+        waited = time.monotonic()
+        outcomes = await self._coordinator.commit_object(key, layout.size, layout.coordinates)
+        self.timings.order_wait_ms.append((waited - uploaded) * 1000)
+        self.timings.commit_ms.append((time.monotonic() - waited) * 1000)
+        return outcomes
