@@ -43,6 +43,7 @@ from driftlog.write.pipeline import WritePipeline
 log = logging.getLogger(__name__)
 
 API_VERSIONS_KEY = 18
+DRAIN_RESPONSES_S = 2.0
 
 
 class Agent:
@@ -121,8 +122,13 @@ class Agent:
         if self._server is not None:
             self._server.close()
         await self.pipeline.drain()
-        # Let the connection writers send the final acks before closing sockets.
-        await asyncio.sleep(0.05)
+        # Let the connection writers send the final acks before closing sockets
+        # (bounded: a long-polling Fetch or JoinGroup is not worth waiting for).
+        deadline = time.monotonic() + DRAIN_RESPONSES_S
+        while time.monotonic() < deadline and any(
+            c.has_pending_responses for c in self._connections
+        ):
+            await asyncio.sleep(0.01)
         for connection in list(self._connections):
             connection.close()
         await self.groups.close()

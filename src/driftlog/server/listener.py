@@ -128,6 +128,10 @@ class KafkaConnection(asyncio.BufferedProtocol):
         self._on_close(self)
 
     # -------------------------------------------------------------------------
+    @property
+    def has_pending_responses(self) -> bool:
+        return bool(self._responses) and not self._closed
+
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
