@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from driftlog.coordinator.api import BatchLocation
 from driftlog.read.cache import BatchCache
-from driftlog.records.batch import with_offsets
+from driftlog.records.batch import with_offsets, write_base_offset
 from driftlog.storage.api import ObjectStore
 
 
@@ -21,7 +21,7 @@ class BatchFetcher:
         self._store = store
         self._cache = cache
 
-    async def read(self, locations: Sequence[BatchLocation]) -> bytes:
+    async def read(self, locations: Sequence[BatchLocation]) -> bytearray:
         """The batches at `locations`, in order, with their assigned offsets written in."""
         found: dict[tuple[str, int], bytes] = {}
         missing: dict[str, list[BatchLocation]] = {}
@@ -38,12 +38,19 @@ class BatchFetcher:
             )
             for part in results:
                 found.update(part)
-        return b"".join(
-            with_offsets(
-                found[(loc.object_key, loc.byte_offset)], loc.base_offset, loc.log_append_time_ms
-            )
-            for loc in locations
-        )
+        # One copy: each stored batch goes straight into the response buffer and
+        # its offset is written there (LogAppendTime batches are rewritten whole).
+        out = bytearray(sum(loc.byte_length for loc in locations))
+        position = 0
+        for loc in locations:
+            data = found[(loc.object_key, loc.byte_offset)]
+            if loc.log_append_time_ms >= 0:
+                data = with_offsets(data, loc.base_offset, loc.log_append_time_ms)
+            out[position : position + len(data)] = data
+            if loc.log_append_time_ms < 0:
+                write_base_offset(out, position, loc.base_offset)
+            position += len(data)
+        return out
 
     async def read_raw(self, location: BatchLocation) -> bytes:
         """One batch as stored (no offsets written), for ListOffsets by time."""

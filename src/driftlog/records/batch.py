@@ -149,6 +149,11 @@ def split_batches(records: bytes) -> Iterator[tuple[int, BatchHeader]]:
         start += header.size
 
 
+def write_base_offset(buffer: bytearray, position: int, base_offset: int) -> None:
+    """Stamp the batch at `position` with its assigned offset (outside the CRC)."""
+    _OFFSET.pack_into(buffer, position, base_offset)
+
+
 def with_offsets(batch: bytes, base_offset: int, log_append_time_ms: int = -1) -> bytes:
     """The stored batch as served: `baseOffset` written in, LogAppendTime applied if asked.
 
