@@ -67,7 +67,7 @@ class Agent:
             flush_age_ms=config.flush_ms,
             max_uploads=config.max_uploads,
             max_pending_bytes=config.max_pending_bytes,
-            on_uploaded=self._cache_uploaded,
+            on_committed=self._cache_committed,
         )
         self.groups = GroupCoordinator(now_ms=lambda: int(time.monotonic() * 1000))
         self._server: asyncio.Server | None = None
@@ -91,7 +91,8 @@ class Agent:
         path.write_text(cluster_id + "\n")
         return cluster_id
 
-    def _cache_uploaded(self, key: str, layout: ObjectLayout) -> None:
+    def _cache_committed(self, key: str, layout: ObjectLayout) -> None:
+        # Tail consumers then read what was just produced without a GET.
         for batch, coordinates in zip(layout.batches, layout.coordinates, strict=True):
             self.cache.put((key, coordinates.byte_offset), batch.data)
 
@@ -121,6 +122,9 @@ class Agent:
         """Stop accepting, commit what is buffered, answer producers, then close."""
         if self._server is not None:
             self._server.close()
+        for connection in self._connections:
+            connection.stop_reading()
+        await asyncio.sleep(0)  # let decoded requests reach the pipeline
         await self.pipeline.drain()
         # Let the connection writers send the final acks before closing sockets
         # (bounded: a long-polling Fetch or JoinGroup is not worth waiting for).

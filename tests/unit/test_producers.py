@@ -12,7 +12,8 @@ from driftlog.coordinator.producers import (
 
 
 def test_sequence_rules() -> None:
-    assert check_sequence(None, 0, 17, 3).error == ErrorCode.none  # unknown producer
+    assert check_sequence(None, 0, 0, 3).error == ErrorCode.none  # a new producer
+    assert check_sequence(None, 0, 17, 3).error == ErrorCode.out_of_order_sequence_number
     state = record_batch(None, 0, 0, 3, base_offset=100)  # sequences 0-2
     assert check_sequence(state, 0, 3, 2).error == ErrorCode.none
     assert check_sequence(state, 0, 4, 2).error == ErrorCode.out_of_order_sequence_number

@@ -13,6 +13,7 @@ the coordinator itself failed and the caller must treat the request as not done.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,10 +109,20 @@ class Coordinator(Protocol):
         ...
 
     # Write path -------------------------------------------------------------
+    def submit_commit(
+        self, object_key: str, object_size: int, batches: Sequence[BatchToCommit]
+    ) -> asyncio.Future[list[CommitOutcome]]:
+        """Queue one uploaded object for commit; objects commit in submission order.
+
+        The future resolves once offsets are assigned to every batch of the object,
+        atomically and durably, or fails when the commit failed.
+        """
+        ...
+
     async def commit_object(
         self, object_key: str, object_size: int, batches: Sequence[BatchToCommit]
     ) -> list[CommitOutcome]:
-        """Assign offsets to every batch of one uploaded object, atomically."""
+        """`submit_commit` and wait for it."""
         ...
 
     # Read path --------------------------------------------------------------

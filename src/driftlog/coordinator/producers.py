@@ -9,8 +9,11 @@ they hold across agents and restarts:
   last sequence) is a duplicate: it is acknowledged with its original offset
   and not stored again. Any other batch must continue the sequence exactly
   (sequences wrap at 2^31 - 1), or it is OUT_OF_ORDER_SEQUENCE_NUMBER.
-- A producer with no state here (new, or its state expired) starts at whatever
-  sequence it sends, as Kafka 2.5+ does, so retention cannot wedge a producer.
+- A producer with no state for the partition must start at sequence 0.
+  Kafka 2.5+ accepts any first sequence because its state can expire; here it
+  never expires, and accepting a later sequence first would let a batch
+  overtake an earlier one whose object failed to upload (the client retries
+  OUT_OF_ORDER_SEQUENCE_NUMBER while an earlier batch is unacknowledged).
 """
 
 from __future__ import annotations
@@ -65,7 +68,11 @@ def check_sequence(
     state: ProducerPartitionState | None, epoch: int, first_sequence: int, record_count: int
 ) -> SequenceVerdict:
     if state is None:
-        return ACCEPT
+        return (
+            ACCEPT
+            if first_sequence == 0
+            else SequenceVerdict(ErrorCode.out_of_order_sequence_number)
+        )
     if epoch < state.epoch:
         return SequenceVerdict(ErrorCode.invalid_producer_epoch)
     if epoch > state.epoch:

@@ -39,6 +39,14 @@ T = TypeVar("T")
 
 # Bounds one group-commit round so a burst cannot build an unbounded transaction.
 MAX_OBJECTS_PER_TRANSACTION = 256
+# How long close() lets the round in progress finish.
+CLOSE_ROUND_S = 10.0
+
+
+def _fail(round_: Sequence[_PendingCommit], error: Exception) -> None:
+    for *_, future in round_:
+        if not future.done():
+            future.set_exception(ConnectionError(f"coordinator commit failed: {error!r}"))
 
 
 class Persistence(Protocol):
@@ -68,19 +76,25 @@ class SingleWriterCoordinator:
         self._metadata_lock = asyncio.Lock()
         self.commits_persisted = 0
         self.transactions = 0
+        self._closing = False
 
     async def start(self) -> None:
         self._state = await self._db(self._persistence.load)
         self._writer = asyncio.create_task(self._write_loop(), name="coordinator-writer")
 
     async def close(self) -> None:
+        """Finish the round in progress, fail what is still queued, close the database."""
+        self._closing = True
+        self._wakeup.set()
         if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writer), CLOSE_ROUND_S)
+            except TimeoutError:
+                self._writer.cancel()
         for *_, future in self._pending:
             if not future.done():
                 future.set_exception(ConnectionError("coordinator closed"))
+        self._pending.clear()
         await self._db(self._persistence.close)
         self._thread.shutdown(wait=True)
 
@@ -146,36 +160,49 @@ class SingleWriterCoordinator:
         return await self._db(self._persistence.allocate_producer_id)
 
     # Write path -------------------------------------------------------------
+    def submit_commit(
+        self, object_key: str, object_size: int, batches: Sequence[BatchToCommit]
+    ) -> asyncio.Future[list[CommitOutcome]]:
+        future: asyncio.Future[list[CommitOutcome]] = asyncio.get_running_loop().create_future()
+        if self._closing:
+            future.set_exception(ConnectionError("coordinator closing"))
+            return future
+        self._pending.append((object_key, object_size, batches, future))
+        self._wakeup.set()
+        return future
+
     async def commit_object(
         self, object_key: str, object_size: int, batches: Sequence[BatchToCommit]
     ) -> list[CommitOutcome]:
-        future: asyncio.Future[list[CommitOutcome]] = asyncio.get_running_loop().create_future()
-        self._pending.append((object_key, object_size, batches, future))
-        self._wakeup.set()
-        return await asyncio.shield(future)
+        return await asyncio.shield(self.submit_commit(object_key, object_size, batches))
 
     async def _write_loop(self) -> None:
-        while True:
+        while not (self._closing and not self._pending):
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
                 round_ = self._pending[:MAX_OBJECTS_PER_TRANSACTION]
                 del self._pending[: len(round_)]
-                await self._commit_round(round_)
+                try:
+                    await self._commit_round(round_)
+                except Exception as e:
+                    # Never let one bad round stop the writer: everyone behind it would hang.
+                    log.exception("coordinator round failed")
+                    _fail(round_, e)
 
     async def _commit_round(self, round_: list[_PendingCommit]) -> None:
         now_ms = self._now_ms()
-        sequenced = [
-            self._state.sequence(key, size, batches, now_ms) for key, size, batches, _ in round_
-        ]
+        sequenced: list[SequencedObject] = []
         try:
+            for key, size, batches, _ in round_:
+                sequenced.append(self._state.sequence(key, size, batches, now_ms))
             await self._db(self._persistence.persist_objects, sequenced)
         except Exception as e:
             log.error("coordinator commit of %d objects failed: %r", len(round_), e)
-            self._state.rollback(sequenced)
-            for *_, future in round_:
-                if not future.done():
-                    future.set_exception(ConnectionError(f"coordinator commit failed: {e!r}"))
+            # The outcome is ambiguous (a COMMIT can fail after reaching disk):
+            # reload what the database holds rather than guess.
+            await self._reload_after_failure(sequenced)
+            _fail(round_, e)
             return
         self._state.apply(sequenced)
         self.transactions += 1
@@ -183,6 +210,17 @@ class SingleWriterCoordinator:
         for obj, (*_, future) in zip(sequenced, round_, strict=True):
             if not future.done():
                 future.set_result(obj.outcomes)
+        self._commit_event.set()
+        self._commit_event = asyncio.Event()
+
+    async def _reload_after_failure(self, sequenced: list[SequencedObject]) -> None:
+        async with self._metadata_lock:
+            try:
+                self._state = await self._db(self._persistence.load)
+            except Exception as e:
+                log.error("coordinator reload failed (%r); rolling back in memory", e)
+                self._state.rollback(sequenced)
+                return
         self._commit_event.set()
         self._commit_event = asyncio.Event()
 

@@ -213,11 +213,19 @@ class _Transaction:
         self._db = db
 
     def __enter__(self) -> sqlite3.Connection:
+        if self._db.in_transaction:  # left open by an earlier failure
+            self._db.execute("ROLLBACK")
         self._db.execute("BEGIN IMMEDIATE")
         return self._db
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self._db.execute("COMMIT")
-        else:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                # SQLite may keep the transaction open after a failed COMMIT.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        elif self._db.in_transaction:
             self._db.execute("ROLLBACK")

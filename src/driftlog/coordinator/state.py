@@ -245,7 +245,9 @@ class CoordinatorState:
         index = max(bisect.bisect_right(log.base_offsets, start_offset) - 1, 0)
         out: list[BatchLocation] = []
         total = 0
-        for location in log.batches[index:]:
+        batches = log.batches
+        for i in range(index, len(batches)):  # no slice: the tail may be long
+            location = batches[i]
             if location.last_offset < start_offset:
                 continue
             if out and total + location.byte_length > max_bytes:

@@ -23,21 +23,33 @@ class BatchFetcher:
 
     async def read(self, locations: Sequence[BatchLocation]) -> bytearray:
         """The batches at `locations`, in order, with their assigned offsets written in."""
+        [out] = await self.read_many([locations])
+        return out
+
+    async def read_many(self, groups: Sequence[Sequence[BatchLocation]]) -> list[bytearray]:
+        """`read` for several partitions at once: one ranged GET per object for all of them."""
         found: dict[tuple[str, int], bytes] = {}
         missing: dict[str, list[BatchLocation]] = {}
-        for loc in locations:
-            key = (loc.object_key, loc.byte_offset)
-            data = self._cache.get(key)
-            if data is None:
-                missing.setdefault(loc.object_key, []).append(loc)
-            else:
-                found[key] = data
+        for locations in groups:
+            for loc in locations:
+                key = (loc.object_key, loc.byte_offset)
+                data = self._cache.get(key)
+                if data is None:
+                    missing.setdefault(loc.object_key, []).append(loc)
+                else:
+                    found[key] = data
         if missing:
             results = await asyncio.gather(
                 *(self._read_object(k, locs) for k, locs in missing.items())
             )
             for part in results:
                 found.update(part)
+        return [self._assemble(locations, found) for locations in groups]
+
+    @staticmethod
+    def _assemble(
+        locations: Sequence[BatchLocation], found: dict[tuple[str, int], bytes]
+    ) -> bytearray:
         # One copy: each stored batch goes straight into the response buffer and
         # its offset is written there (LogAppendTime batches are rewritten whole).
         out = bytearray(sum(loc.byte_length for loc in locations))

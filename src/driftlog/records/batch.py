@@ -114,7 +114,9 @@ def parse_header(data: bytes | memoryview, start: int = 0) -> BatchHeader:
         raise InvalidBatch(ErrorCode.corrupt_message, f"batchLength {batch_length} out of bounds")
     if crc32c.crc32c(data[start + CRC_START : start + size]) != crc:
         raise InvalidBatch(ErrorCode.corrupt_message, "CRC-32C mismatch")
-    if record_count <= 0 or last_offset_delta < 0 or last_offset_delta < record_count - 1:
+    # Kafka refuses a producer batch whose offset range is not exactly its record
+    # count ("inconsistent batch offset range"): anything else would open gaps.
+    if record_count <= 0 or last_offset_delta != record_count - 1:
         raise InvalidBatch(
             ErrorCode.invalid_record,
             f"record count {record_count} inconsistent with lastOffsetDelta {last_offset_delta}",

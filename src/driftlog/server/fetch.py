@@ -14,7 +14,6 @@ which makes clients send full fetch requests.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import time
 import uuid
@@ -31,6 +30,8 @@ FETCH = 1
 _NO_THROTTLE = datetime.timedelta(0)
 # Bounds a client's long poll regardless of what it asks for.
 MAX_WAIT_S = 30.0
+# Bounds one response's size whatever the client asks (Kafka's fetch.max.bytes).
+MAX_RESPONSE_BYTES = 55 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -52,7 +53,7 @@ class _TopicPlan:
 def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], int]:
     coordinator = ctx.agent.coordinator
     uses_ids = ctx.api_version >= 13
-    budget = request.max_bytes if request.max_bytes > 0 else 0x7FFFFFFF
+    budget = min(request.max_bytes, MAX_RESPONSE_BYTES)
     total = 0
     plans: list[_TopicPlan] = []
     for fetch_topic in request.topics:
@@ -79,11 +80,14 @@ def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], int]:
             if offset < offsets.log_start_offset or offset > offsets.high_watermark:
                 part.error = ErrorCode.offset_out_of_range
                 continue
-            remaining = budget - total
-            limit = min(fp.partition_max_bytes, remaining)
-            if offset == offsets.high_watermark or limit <= 0:
+            limit = min(fp.partition_max_bytes, budget - total)
+            if offset == offsets.high_watermark or (limit <= 0 and total > 0):
                 continue
-            locations = coordinator.find_batches(topic.topic_id, fp.partition, offset, limit)
+            # find_batches always includes the first batch, so a response that is
+            # still empty gets at least one batch whatever the limits say (KIP-74).
+            locations = coordinator.find_batches(
+                topic.topic_id, fp.partition, offset, max(limit, 1)
+            )
             if locations and total > 0 and locations[0].byte_length > limit:
                 continue  # only the response's first batch may exceed the limits
             part.locations = tuple(locations)
@@ -98,7 +102,7 @@ async def handle_fetch(ctx: RequestContext, request: Any) -> Any:
         plans, total = _plan(ctx, request)
         remaining = deadline - time.monotonic()
         has_error = any(p.error != ErrorCode.none for t in plans for p in t.partitions)
-        if total >= max(request.min_bytes, 1) or remaining <= 0 or has_error:
+        if total >= request.min_bytes or remaining <= 0 or has_error:
             break
         await ctx.agent.coordinator.wait_for_commit(remaining)
     return await _respond(ctx, plans)
@@ -106,26 +110,30 @@ async def handle_fetch(ctx: RequestContext, request: Any) -> Any:
 
 async def _respond(ctx: RequestContext, plans: list[_TopicPlan]) -> Any:
     module = response_module(FETCH, ctx.api_version)
-    fetcher = ctx.agent.fetcher
-    reads = [
-        [fetcher.read(p.locations) if p.locations else None for p in t.partitions] for t in plans
-    ]
-    flat = [r for topic_reads in reads for r in topic_reads if r is not None]
-    data = iter(await asyncio.gather(*flat, return_exceptions=True)) if flat else iter(())
+    wanted = [p.locations for t in plans for p in t.partitions if p.locations]
+    data: Any = iter(())
+    error: ErrorCode = ErrorCode.none
+    try:
+        data = iter(await ctx.agent.fetcher.read_many(wanted))
+    except Exception as e:
+        ctx.agent.log_client_error("store", FETCH, f"fetch read failed: {e!r}")
+        error = ErrorCode.kafka_storage_error
     responses = []
-    for plan, topic_reads in zip(plans, reads, strict=True):
+    for plan in plans:
         partitions = []
-        for part, read in zip(plan.partitions, topic_reads, strict=True):
-            records: Any = next(data) if read is not None else b""
-            error = part.error
-            if isinstance(records, BaseException):
-                ctx.agent.log_client_error("store", FETCH, f"fetch read failed: {records!r}")
-                records, error = b"", ErrorCode.kafka_storage_error
+        for part in plan.partitions:
+            records: Any = b""
+            partition_error = part.error
+            if part.locations:
+                if error == ErrorCode.none:
+                    records = next(data)
+                else:
+                    partition_error = error
             partitions.append(
                 build(
                     module.PartitionData,
                     partition_index=part.partition,
-                    error_code=error,
+                    error_code=partition_error,
                     high_watermark=part.high_watermark,
                     last_stable_offset=part.high_watermark,
                     log_start_offset=part.log_start_offset,

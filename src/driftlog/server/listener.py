@@ -65,6 +65,7 @@ class KafkaConnection(asyncio.BufferedProtocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._reading_paused = False
+        self._draining = False
         self._closed = False
         self._last_activity = time.monotonic()
         self._idle_handle: asyncio.TimerHandle | None = None
@@ -100,7 +101,7 @@ class KafkaConnection(asyncio.BufferedProtocol):
             return
         for frame in frames:
             work = self._handle_frame(frame, self._peer)
-            task = asyncio.create_task(asyncio.wait_for(work, self._limits.request_timeout_s))
+            task = asyncio.create_task(_with_timeout(work, self._limits.request_timeout_s))
             self._responses.append((len(frame), task))
             self._in_flight_bytes += len(frame)
         self._writer_wakeup.set()
@@ -128,6 +129,13 @@ class KafkaConnection(asyncio.BufferedProtocol):
         self._on_close(self)
 
     # -------------------------------------------------------------------------
+    def stop_reading(self) -> None:
+        """Take no more requests (agent draining); pending ones still get answers."""
+        self._draining = True
+        if self._transport is not None and not self._closed and not self._reading_paused:
+            self._transport.pause_reading()
+            self._reading_paused = True
+
     @property
     def has_pending_responses(self) -> bool:
         return bool(self._responses) and not self._closed
@@ -149,6 +157,7 @@ class KafkaConnection(asyncio.BufferedProtocol):
         if (
             self._reading_paused
             and not self._closed
+            and not self._draining
             and len(self._responses) < self._limits.max_in_flight // 2
             and self._in_flight_bytes < self._limits.max_in_flight_bytes // 2
         ):
@@ -188,3 +197,11 @@ class KafkaConnection(asyncio.BufferedProtocol):
         finally:
             for _, task in self._responses:
                 task.cancel()
+
+
+async def _with_timeout(
+    work: Coroutine[Any, Any, list[bytes] | None], timeout_s: float
+) -> list[bytes] | None:
+    # asyncio.timeout rather than wait_for: no second task per request (Python 3.11).
+    async with asyncio.timeout(timeout_s):
+        return await work

@@ -2,22 +2,24 @@
 
 acks=0 gets no response; acks=1 and acks=-1 both mean "in object storage and
 committed" (there are no replicas to wait for). A batch that fails validation
-fails its whole partition with the Kafka error code, and the other partitions
-of the request go on.
+fails its partition with the Kafka error code, and the other partitions of the
+request go on (with acks=0 the connection is closed instead, as Kafka does).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
 from driftlog.coordinator.api import CommitOutcome
 from driftlog.protocol.schema import build, response_module
-from driftlog.records.batch import InvalidBatch, split_batches
+from driftlog.records.batch import BatchHeader, InvalidBatch, split_batches
 from driftlog.server.context import RequestContext
+from driftlog.server.listener import ConnectionClosed
 from driftlog.topic_config import TOPIC_CONFIGS
 
 PRODUCE = 0
@@ -25,78 +27,107 @@ _NO_THROTTLE = datetime.timedelta(0)
 _DEFAULT_MAX_MESSAGE_BYTES = int(TOPIC_CONFIGS["max.message.bytes"].default)
 
 
+@dataclass(slots=True)
+class _PartitionResult:
+    topic: str
+    partition: int
+    error: ErrorCode = ErrorCode.none
+    message: str | None = None
+    # The validated batch and, once buffered, the future of its commit outcome.
+    batch: tuple[bytes, BatchHeader] | None = None
+    outcome: asyncio.Future[CommitOutcome] | None = None
+
+
+def _validate(records: bytes | None, max_bytes: int) -> tuple[bytes, BatchHeader]:
+    """The partition's single batch, or InvalidBatch with the Kafka error to answer."""
+    if not records:
+        raise InvalidBatch(ErrorCode.corrupt_message, "no records")
+    batches = list(split_batches(records))
+    if len(batches) != 1:
+        # Kafka requires exactly one batch per partition from Produce v3 on
+        # (one batch is also what makes a partition's data commit atomically).
+        raise InvalidBatch(ErrorCode.invalid_record, "exactly one record batch per partition")
+    _, header = batches[0]
+    if header.is_transactional or header.is_control:
+        raise InvalidBatch(ErrorCode.invalid_record, "transactional batches are not supported")
+    if header.size > max_bytes:
+        raise InvalidBatch(
+            ErrorCode.message_too_large,
+            f"batch of {header.size} bytes exceeds max.message.bytes {max_bytes}",
+        )
+    return records, header
+
+
 async def handle_produce(ctx: RequestContext, request: Any) -> Any:
     agent = ctx.agent
     coordinator = agent.coordinator
-    # (topic name, partition) -> either an immediate error or the batch futures
-    results: list[tuple[str, int, ErrorCode, str | None, list[asyncio.Future[CommitOutcome]]]] = []
+    results: list[_PartitionResult] = []
     for topic_data in request.topic_data:
         topic = coordinator.topic(topic_data.name)
         max_bytes = _DEFAULT_MAX_MESSAGE_BYTES
         if topic is not None and "max.message.bytes" in topic.configs:
             max_bytes = int(topic.configs["max.message.bytes"])
         for partition_data in topic_data.partition_data:
-            index = partition_data.index
-            if topic is None or not 0 <= index < topic.partition_count:
-                results.append(
-                    (topic_data.name, index, ErrorCode.unknown_topic_or_partition, None, [])
-                )
+            result = _PartitionResult(topic_data.name, partition_data.index)
+            results.append(result)
+            if topic is None or not 0 <= result.partition < topic.partition_count:
+                result.error = ErrorCode.unknown_topic_or_partition
                 continue
-            records = partition_data.records
             try:
-                if not records:
-                    raise InvalidBatch(ErrorCode.corrupt_message, "no records")
-                batches = list(split_batches(records))
-                for _, header in batches:
-                    if header.is_transactional or header.is_control:
-                        raise InvalidBatch(
-                            ErrorCode.invalid_record, "transactional batches are not supported"
-                        )
-                    if header.size > max_bytes:
-                        raise InvalidBatch(
-                            ErrorCode.message_too_large,
-                            f"batch of {header.size} bytes exceeds max.message.bytes {max_bytes}",
-                        )
+                result.batch = _validate(partition_data.records, max_bytes)
             except InvalidBatch as e:
-                agent.log_client_error(ctx.peer, PRODUCE, f"produce to {topic.name}-{index}: {e}")
-                results.append((topic_data.name, index, e.error, e.reason, []))
-                continue
-            futures = []
-            single = len(batches) == 1
-            for start, header in batches:
-                data = records if single else records[start : start + header.size]
-                futures.append(await agent.pipeline.append(topic.topic_id, index, data, header))
-            results.append((topic_data.name, index, ErrorCode.none, None, futures))
+                agent.log_client_error(
+                    ctx.peer, PRODUCE, f"produce to {topic.name}-{result.partition}: {e}"
+                )
+                result.error, result.message = e.error, e.reason
+
+    if request.acks == 0 and any(r.error != ErrorCode.none for r in results):
+        # acks=0 has no response to carry the error: Kafka closes the connection
+        # so the client notices.
+        raise ConnectionClosed
+
+    # Reserve the whole request's bytes, then buffer every batch without awaiting:
+    # the request reaches the buffer whole and in arrival order.
+    accepted = [r for r in results if r.batch is not None]
+    total = sum(len(r.batch[0]) for r in accepted if r.batch is not None)
+    if total:
+        await agent.pipeline.reserve(total)
+    for r in accepted:
+        assert r.batch is not None
+        topic = coordinator.topic(r.topic)
+        if topic is None or r.partition >= topic.partition_count:  # deleted while waiting
+            agent.pipeline.release(len(r.batch[0]))
+            r.error, r.batch = ErrorCode.unknown_topic_or_partition, None
+            continue
+        r.outcome = agent.pipeline.append(topic.topic_id, r.partition, *r.batch)
 
     if request.acks == 0:
         return None
 
     module = response_module(PRODUCE, ctx.api_version)
     by_topic: dict[str, list[Any]] = {}
-    for name, index, error, message, futures in results:
+    for r in results:
         base_offset, log_append_time, log_start = -1, None, -1
-        if futures:
-            outcomes = [await f for f in futures]
-            failed = next((o for o in outcomes if o.error != ErrorCode.none), None)
-            if failed is not None:
-                error = failed.error
-            else:
-                base_offset = outcomes[0].base_offset
-                log_start = outcomes[0].log_start_offset
-                if outcomes[0].log_append_time_ms >= 0:
+        if r.outcome is not None:
+            outcome = await r.outcome
+            r.error = outcome.error
+            if outcome.error == ErrorCode.none:
+                base_offset = outcome.base_offset
+                log_start = outcome.log_start_offset
+                if outcome.log_append_time_ms >= 0:
                     log_append_time = datetime.datetime.fromtimestamp(
-                        outcomes[0].log_append_time_ms / 1000, datetime.UTC
+                        outcome.log_append_time_ms / 1000, datetime.UTC
                     )
-        by_topic.setdefault(name, []).append(
+        by_topic.setdefault(r.topic, []).append(
             build(
                 module.PartitionProduceResponse,
-                index=index,
-                error_code=error,
+                index=r.partition,
+                error_code=r.error,
                 base_offset=base_offset,
                 log_append_time=log_append_time,
                 log_start_offset=log_start,
                 record_errors=(),
-                error_message=message,
+                error_message=r.message,
             )
         )
     return build(

@@ -1,17 +1,20 @@
 """The write pipeline: buffer, upload, commit in order, then acknowledge. No wire encoding.
 
-1. `append` puts a validated batch in the shared buffer and returns a future.
+1. `reserve` waits for buffer room (first-in first-out), then `append` puts a
+   validated batch in the shared buffer and returns a future.
 2. The buffer becomes an object when full or when its oldest batch is
    `flush_age_ms` old. Objects upload concurrently (up to `max_uploads`).
-3. Objects commit to the coordinator strictly in flush order, so a partition's
-   offsets follow arrival order even when a later upload finishes first.
+3. Objects are submitted to the coordinator strictly in flush order, so a
+   partition's offsets follow arrival order even when a later upload finishes
+   first. Submission does not wait for the previous commit, so consecutive
+   objects can share one database transaction (group commit).
 4. Each batch's future resolves with the coordinator's outcome. A failed upload
    or commit resolves it with a retriable error; nothing is acknowledged that is
    not in object storage and committed. An uploaded, uncommitted object is an
    orphan for garbage collection.
 
 Memory is bounded: buffered plus in-flight bytes above `max_pending_bytes`
-make `append` wait (back-pressure on producers).
+make `reserve` wait (back-pressure on producers).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from driftlog.write.layout import ObjectLayout, lay_out
 
 log = logging.getLogger(__name__)
 
-UploadHook = Callable[[str, ObjectLayout], None]
+CommitHook = Callable[[str, ObjectLayout], None]
 
 
 class PipelineTimings:
@@ -73,7 +76,7 @@ class WritePipeline:
         flush_age_ms: int,
         max_uploads: int = 4,
         max_pending_bytes: int = 256 * 1024 * 1024,
-        on_uploaded: UploadHook | None = None,
+        on_committed: CommitHook | None = None,
         now_ms: Callable[[], int] | None = None,
     ) -> None:
         self._store = store
@@ -85,35 +88,45 @@ class WritePipeline:
         self._space_waiters: collections.deque[tuple[int, asyncio.Future[None]]] = (
             collections.deque()
         )
-        self._on_uploaded = on_uploaded
+        self._on_committed = on_committed
         self._now_ms = now_ms or (lambda: int(time.monotonic() * 1000))
         self._timer: asyncio.TimerHandle | None = None
-        self._previous_commit: asyncio.Future[None] | None = None
+        self._previous_turn: asyncio.Future[None] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
         self.timings = PipelineTimings()
 
-    async def append(
+    async def reserve(self, size: int) -> None:
+        """Wait until `size` more bytes may be buffered, then hold them for `append`.
+
+        A Produce request reserves all its batches at once and then appends them
+        without awaiting, so requests reach the buffer whole and in arrival order
+        (first-in first-out: a later request never overtakes a waiting one).
+        """
+        if not self._space_waiters and self._has_room(size):
+            self._pending_bytes += size
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, turn)
+        self._space_waiters.append(entry)
+        try:
+            await turn  # the room is reserved for us when this resolves
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._pending_bytes -= size
+            elif entry in self._space_waiters:
+                self._space_waiters.remove(entry)
+            self._admit_waiters()
+            raise
+
+    def release(self, size: int) -> None:
+        """Give back reserved bytes that will not be appended."""
+        self._pending_bytes -= size
+        self._admit_waiters()
+
+    def append(
         self, topic_id: uuid.UUID, partition: int, data: bytes, header: BatchHeader
     ) -> asyncio.Future[CommitOutcome]:
-        """Queue one batch; the returned future resolves once it is committed (or failed)."""
-        size = len(data)
-        if self._space_waiters or not self._has_room(size):
-            # FIFO: a later batch never overtakes an earlier one that is waiting,
-            # so partitions keep arrival order (idempotent sequences depend on it).
-            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            entry = (size, turn)
-            self._space_waiters.append(entry)
-            try:
-                await turn  # room is reserved for us when this resolves
-            except asyncio.CancelledError:
-                if turn.done() and not turn.cancelled():
-                    self._pending_bytes -= size
-                    self._admit_waiters()
-                elif entry in self._space_waiters:
-                    self._space_waiters.remove(entry)
-                raise
-        else:
-            self._pending_bytes += size
+        """Buffer one batch whose bytes were reserved; the future resolves once committed."""
         waiter: asyncio.Future[CommitOutcome] = asyncio.get_running_loop().create_future()
         self._buffer.add(PendingBatch(topic_id, partition, data, header, waiter), self._now_ms())
         if self._buffer.is_full():
@@ -128,11 +141,16 @@ class WritePipeline:
 
     def _admit_waiters(self) -> None:
         # Reserve room for each admitted waiter now, so the next one sees it taken.
-        while self._space_waiters and self._has_room(self._space_waiters[0][0]):
-            size, turn = self._space_waiters.popleft()
+        while self._space_waiters:
+            size, turn = self._space_waiters[0]
+            if turn.done():  # cancelled while waiting: nothing to reserve
+                self._space_waiters.popleft()
+                continue
+            if not self._has_room(size):
+                return
+            self._space_waiters.popleft()
             self._pending_bytes += size
-            if not turn.done():
-                turn.set_result(None)
+            turn.set_result(None)
 
     def flush(self) -> None:
         """Turn the buffer into an object now (no-op when empty)."""
@@ -143,18 +161,25 @@ class WritePipeline:
         if not batches:
             return
         layout = lay_out(batches)
-        previous = self._previous_commit
+        previous = self._previous_turn
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._previous_commit = turn
+        self._previous_turn = turn
         task = asyncio.create_task(self._upload_and_commit(layout, previous, turn))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
+    @property
+    def is_idle(self) -> bool:
+        return not (self._flushes or self._buffer.batches or self._space_waiters)
+
     async def drain(self) -> None:
-        """Flush what is buffered and wait until every object is committed or failed."""
-        self.flush()
-        while self._flushes:
-            await asyncio.gather(*self._flushes, return_exceptions=True)
+        """Flush until nothing is buffered, waiting or in flight (call with intake stopped)."""
+        while not self.is_idle:
+            self.flush()
+            if self._flushes:
+                await asyncio.gather(*self._flushes, return_exceptions=True)
+            else:
+                await asyncio.sleep(0.01)  # admitted producers are appending
 
     async def _upload_and_commit(
         self,
@@ -163,41 +188,41 @@ class WritePipeline:
         turn: asyncio.Future[None],
     ) -> None:
         key = new_object_key(int(time.time() * 1000))
+        commit: asyncio.Future[list[CommitOutcome]] | None = None
         try:
-            outcomes = await self._upload_then_commit(key, layout, previous)
-        except Exception as e:
-            log.warning("object %s not committed (%d batches): %r", key, len(layout.batches), e)
-            outcomes = [CommitOutcome(ErrorCode.kafka_storage_error)] * len(layout.batches)
-        finally:
+            started = time.monotonic()
+            async with self._uploads:
+                await self._store.put_new(key, layout.chunks)
+            uploaded = time.monotonic()
+            self.timings.upload_ms.append((uploaded - started) * 1000)
             if previous is not None:
+                await asyncio.shield(previous)
+            self.timings.order_wait_ms.append((time.monotonic() - uploaded) * 1000)
+            # Submitting is synchronous and the coordinator commits in submission
+            # order, so the next object may submit right away (and share a transaction).
+            commit = self._coordinator.submit_commit(key, layout.size, layout.coordinates)
+        except Exception as e:
+            log.warning("object %s not uploaded (%d batches): %r", key, len(layout.batches), e)
+        finally:
+            if commit is None and previous is not None:
                 # A failed object still waits its turn: later objects must not
                 # commit before earlier ones, or a partition's order would break.
                 await asyncio.shield(previous)
-            if not turn.done():
-                turn.set_result(None)
-            self._pending_bytes -= layout.size
-            self._admit_waiters()
+            turn.set_result(None)
+        outcomes = [CommitOutcome(ErrorCode.kafka_storage_error)] * len(layout.batches)
+        if commit is not None:
+            submitted = time.monotonic()
+            try:
+                outcomes = await asyncio.shield(commit)
+                self.timings.commit_ms.append((time.monotonic() - submitted) * 1000)
+                if self._on_committed is not None:
+                    self._on_committed(key, layout)
+            except Exception as e:
+                log.warning("object %s not committed: %r", key, e)
+        self._pending_bytes -= layout.size
+        self._admit_waiters()
         now_ms = self._now_ms()
         for batch, outcome in zip(layout.batches, outcomes, strict=True):
             self.timings.ack_ms.append(now_ms - batch.appended_ms)
             if not batch.waiter.done():
                 batch.waiter.set_result(outcome)
-
-    async def _upload_then_commit(
-        self, key: str, layout: ObjectLayout, previous: asyncio.Future[None] | None
-    ) -> list[CommitOutcome]:
-        started = time.monotonic()
-        async with self._uploads:
-            await self._store.put_new(key, layout.chunks)
-        uploaded = time.monotonic()
-        self.timings.upload_ms.append((uploaded - started) * 1000)
-        if self._on_uploaded is not None:
-            self._on_uploaded(key, layout)
-        if previous is not None:
-            # Commit in flush order; the earlier object's failure does not block this one.
-            await previous
-        waited = time.monotonic()
-        outcomes = await self._coordinator.commit_object(key, layout.size, layout.coordinates)
-        self.timings.order_wait_ms.append((waited - uploaded) * 1000)
-        self.timings.commit_ms.append((time.monotonic() - waited) * 1000)
-        return outcomes
