@@ -148,8 +148,10 @@ class Coordinator(Protocol):
         """The largest batch timestamp of the partition, or -1 when empty."""
         ...
 
-    async def wait_for_commit(self, timeout_s: float) -> None:
-        """Return after the next commit to any partition, or after `timeout_s`."""
+    async def wait_for_commit(
+        self, partitions: Sequence[tuple[uuid.UUID, int]], timeout_s: float
+    ) -> None:
+        """Return after the next commit to one of `partitions`, or after `timeout_s`."""
         ...
 
     # Consumer-group offsets ---------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import logging
 import time
@@ -71,7 +70,8 @@ class SingleWriterCoordinator:
         self._state = CoordinatorState()
         self._pending: list[_PendingCommit] = []
         self._wakeup = asyncio.Event()
-        self._commit_event = asyncio.Event()
+        # Long-polling fetches waiting for data on a partition (topic id, partition).
+        self._waiters: dict[tuple[uuid.UUID, int], set[asyncio.Future[None]]] = {}
         self._writer: asyncio.Task[None] | None = None
         self._metadata_lock = asyncio.Lock()
         self.commits_persisted = 0
@@ -210,8 +210,7 @@ class SingleWriterCoordinator:
         for obj, (*_, future) in zip(sequenced, round_, strict=True):
             if not future.done():
                 future.set_result(obj.outcomes)
-        self._commit_event.set()
-        self._commit_event = asyncio.Event()
+        self._wake({(row.topic_id, row.partition) for obj in sequenced for row in obj.rows})
 
     async def _reload_after_failure(self, sequenced: list[SequencedObject]) -> None:
         async with self._metadata_lock:
@@ -221,12 +220,31 @@ class SingleWriterCoordinator:
                 log.error("coordinator reload failed (%r); rolling back in memory", e)
                 self._state.rollback(sequenced)
                 return
-        self._commit_event.set()
-        self._commit_event = asyncio.Event()
+        self._wake(set(self._waiters))
 
-    async def wait_for_commit(self, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._commit_event.wait(), timeout_s)
+    def _wake(self, partitions: set[tuple[uuid.UUID, int]]) -> None:
+        for key in partitions & self._waiters.keys():
+            for waiter in self._waiters.pop(key):
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def wait_for_commit(
+        self, partitions: Sequence[tuple[uuid.UUID, int]], timeout_s: float
+    ) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for key in partitions:
+            self._waiters.setdefault(key, set()).add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            for key in partitions:
+                waiting = self._waiters.get(key)
+                if waiting is not None:
+                    waiting.discard(waiter)
+                    if not waiting:
+                        del self._waiters[key]
 
     # Read path --------------------------------------------------------------
     def partition_offsets(self, topic_id: uuid.UUID, partition: int) -> PartitionOffsets | None:

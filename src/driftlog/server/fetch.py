@@ -65,7 +65,7 @@ def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], int]:
         else:
             topic = coordinator.topic(fetch_topic.topic)
             missing = ErrorCode.unknown_topic_or_partition
-            plan = _TopicPlan(fetch_topic.topic, uuid.UUID(int=0), [])
+            plan = _TopicPlan(fetch_topic.topic, topic.topic_id if topic else uuid.UUID(int=0), [])
         plans.append(plan)
         for fp in fetch_topic.partitions:
             offsets = coordinator.partition_offsets(topic.topic_id, fp.partition) if topic else None
@@ -104,7 +104,13 @@ async def handle_fetch(ctx: RequestContext, request: Any) -> Any:
         has_error = any(p.error != ErrorCode.none for t in plans for p in t.partitions)
         if total >= request.min_bytes or remaining <= 0 or has_error:
             break
-        await ctx.agent.coordinator.wait_for_commit(remaining)
+        watched = [
+            (t.topic_id, p.partition)
+            for t in plans
+            for p in t.partitions
+            if p.error == ErrorCode.none
+        ]
+        await ctx.agent.coordinator.wait_for_commit(watched, remaining)
     return await _respond(ctx, plans)
 
 
