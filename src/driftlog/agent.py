@@ -111,11 +111,14 @@ class Agent:
         )
 
     def _new_connection(self) -> asyncio.BufferedProtocol:
-        connection = KafkaConnection(self.handle_frame, self._limits, self._connections.discard)
-        if len(self._connections) >= self.config.max_connections:
+        refuse = len(self._connections) >= self.config.max_connections
+        connection = KafkaConnection(
+            self.handle_frame, self._limits, self._connections.discard, refuse=refuse
+        )
+        if refuse:
             log.warning("connection limit %d reached; refusing", self.config.max_connections)
-            asyncio.get_running_loop().call_soon(connection.close)
-        self._connections.add(connection)
+        else:
+            self._connections.add(connection)
         return connection
 
     async def drain_and_stop(self) -> None:

@@ -50,7 +50,10 @@ class KafkaConnection(asyncio.BufferedProtocol):
         handle_frame: FrameHandler,
         limits: ConnectionLimits,
         on_close: Callable[[KafkaConnection], None],
+        *,
+        refuse: bool = False,
     ) -> None:
+        self._refuse = refuse
         self._handle_frame = handle_frame
         self._limits = limits
         self._receiver = FrameReceiver(limits.max_frame_bytes)
@@ -75,6 +78,10 @@ class KafkaConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        if self._refuse:  # over the connection limit
+            self._closed = True
+            transport.close()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Responses are small and late (after a flush): never let Nagle hold them
@@ -121,6 +128,8 @@ class KafkaConnection(asyncio.BufferedProtocol):
         self._can_write.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refuse:
+            return
         self._closed = True
         if self._idle_handle is not None:
             self._idle_handle.cancel()
