@@ -2,7 +2,8 @@
 
 The request header is read by hand only as far as its fixed prefix (api key,
 version, correlation id), so that an unsupported version can still be answered
-with the right correlation id. A body that does not decode is malformed: the
+with the right correlation id. Lengths are checked against the frame before
+kio sees it (`bounds.py`). A body that does not decode is malformed: the
 caller disconnects that client. Everything else goes through kio's native
 readers. Schema lookups are cached.
 """
@@ -16,6 +17,8 @@ from typing import Any
 
 from kio.index import UnknownAPIKey, UnknownEntity, load_request_schema, load_response_schema
 from kio.serial import entity_reader, entity_writer
+
+from driftlog.protocol.bounds import LengthError, check_request
 
 _PREFIX = struct.Struct(">hhi")
 
@@ -51,9 +54,10 @@ def peek_prefix(frame: bytes | memoryview) -> tuple[int, int, int]:
 
 
 @functools.cache
-def _request_reader(api_key: int, api_version: int) -> tuple[Any, Any]:
+def _request_reader(api_key: int, api_version: int) -> tuple[Any, Any, Any, Any]:
     schema = load_request_schema(api_key, api_version)
-    return entity_reader(schema.__header_schema__), entity_reader(schema)
+    header = schema.__header_schema__
+    return header, schema, entity_reader(header), entity_reader(schema)
 
 
 @functools.cache
@@ -70,9 +74,14 @@ def decode_request(frame: bytes | memoryview, supported: dict[int, tuple[int, in
     if versions is None or not versions[0] <= api_version <= versions[1]:
         raise UnsupportedRequest(api_key, api_version, correlation_id)
     try:
-        read_header, read_body = _request_reader(api_key, api_version)
+        header_schema, body_schema, read_header, read_body = _request_reader(api_key, api_version)
     except (UnknownAPIKey, UnknownEntity) as e:
         raise UnsupportedRequest(api_key, api_version, correlation_id) from e
+    view = frame if isinstance(frame, memoryview) else memoryview(frame)
+    try:
+        check_request(header_schema, body_schema, view)
+    except LengthError as e:
+        raise MalformedRequest(f"api {api_key} v{api_version}: {e}") from e
     try:
         header, used = read_header(frame, 0)
         body, _ = read_body(frame, used)

@@ -15,6 +15,8 @@ import cramjam
 from driftlog.records.batch import HEADER_SIZE, parse_header
 
 _XERIAL_MAGIC = b"\x82SNAPPY\x00"
+# attributes, timestamp delta, offset delta, key length, value length, header count
+MIN_RECORD_BYTES = 6
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -67,8 +69,12 @@ def record_timestamps(batch: bytes) -> list[tuple[int, int]]:
     (base_timestamp,) = struct.unpack_from(">q", batch, 27)
     out: list[tuple[int, int]] = []
     pos = 0
-    for _ in range(header.record_count):
+    # The count comes from the producer and records were never decoded on the
+    # write path: walk only as far as the body really goes.
+    while len(out) < header.record_count and pos < len(body):
         length, pos = _varint(body, pos)
+        if length < MIN_RECORD_BYTES or pos + length > len(body):
+            raise ValueError(f"record length {length} at {pos} does not fit the batch")
         end = pos + length
         pos += 1  # attributes
         timestamp_delta, pos = _varint(body, pos)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from typing import Any
 
@@ -41,7 +42,8 @@ async def _lookup(
         if location.log_append_time_ms >= 0:
             return ErrorCode.none, location.log_append_time_ms, location.base_offset
         raw = await ctx.agent.fetcher.read_raw(location)
-        offset, found_ts = max_timestamp_offset(raw, location.base_offset)
+        # Decompressing and walking records is CPU work: keep it off the event loop.
+        offset, found_ts = await asyncio.to_thread(max_timestamp_offset, raw, location.base_offset)
         return ErrorCode.none, found_ts, offset
     if timestamp < 0:
         return ErrorCode.invalid_request, -1, -1
@@ -51,7 +53,7 @@ async def _lookup(
     if location.log_append_time_ms >= 0:
         return ErrorCode.none, location.log_append_time_ms, location.base_offset
     raw = await ctx.agent.fetcher.read_raw(location)
-    found = first_offset_at_or_after(raw, location.base_offset, timestamp)
+    found = await asyncio.to_thread(first_offset_at_or_after, raw, location.base_offset, timestamp)
     if found is None:
         return ErrorCode.none, -1, -1
     offset, found_ts = found

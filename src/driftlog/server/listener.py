@@ -107,7 +107,13 @@ class KafkaConnection(asyncio.BufferedProtocol):
         if not frames:
             return
         for frame in frames:
-            work = self._handle_frame(frame, self._peer)
+            try:
+                work = self._handle_frame(frame, self._peer)
+            except Exception:
+                # A decoding path we did not foresee: this client only pays for it.
+                log.exception("cannot decode a request from %s; closing", self._peer)
+                self.close()
+                return
             task = asyncio.create_task(_with_timeout(work, self._limits.request_timeout_s))
             self._responses.append((len(frame), task))
             self._in_flight_bytes += len(frame)
