@@ -31,6 +31,11 @@ typecheck: $(STAMP)
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q
 
+# Crashes, object-store faults and cut connections; fails if anything acknowledged is lost,
+# duplicated (idempotent) or reordered, or offsets have gaps. `make soak DURATION=600 SEED=1`.
+soak: $(STAMP)
+	$(BIN)/python tests/soak/checker.py --duration $(or $(DURATION),600) --seed $(or $(SEED),1)
+
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/produce_consume.py

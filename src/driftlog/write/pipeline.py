@@ -30,13 +30,16 @@ from kio.schema.errors import ErrorCode
 
 from driftlog.coordinator.api import CommitOutcome, Coordinator
 from driftlog.records.batch import BatchHeader
-from driftlog.storage.api import ObjectStore
+from driftlog.storage.api import ObjectAlreadyExists, ObjectStore, ObjectStoreError
 from driftlog.write.buffer import PendingBatch, WriteBuffer
 from driftlog.write.layout import ObjectLayout, lay_out
 
 log = logging.getLogger(__name__)
 
 CommitHook = Callable[[str, ObjectLayout], None]
+
+UPLOAD_ATTEMPTS = 3
+UPLOAD_RETRY_BACKOFF_S = 0.05
 
 
 class PipelineTimings:
@@ -181,6 +184,28 @@ class WritePipeline:
             else:
                 await asyncio.sleep(0.01)  # admitted producers are appending
 
+    async def _put_with_retries(self, key: str, layout: ObjectLayout) -> None:
+        """Upload, retrying transient failures before producers see an error.
+
+        Every storage error a producer sees makes idempotent clients bump their
+        epoch (librdkafka does), so a few quick retries here are worth it. The
+        key is unique and the put create-only: if a retry finds the key taken,
+        an earlier attempt stored it and only its answer was lost.
+        """
+        for attempt in range(UPLOAD_ATTEMPTS):
+            try:
+                await self._store.put_new(key, layout.chunks)
+                return
+            except ObjectAlreadyExists:
+                if attempt == 0:
+                    raise  # nobody else writes this key: a real conflict
+                return
+            except ObjectStoreError as e:
+                if attempt == UPLOAD_ATTEMPTS - 1:
+                    raise
+                log.info("upload of %s failed (attempt %d): %s; retrying", key, attempt + 1, e)
+                await asyncio.sleep(UPLOAD_RETRY_BACKOFF_S * (attempt + 1))
+
     async def _upload_and_commit(
         self,
         layout: ObjectLayout,
@@ -192,7 +217,7 @@ class WritePipeline:
         try:
             started = time.monotonic()
             async with self._uploads:
-                await self._store.put_new(key, layout.chunks)
+                await self._put_with_retries(key, layout)
             uploaded = time.monotonic()
             self.timings.upload_ms.append((uploaded - started) * 1000)
             if previous is not None:
