@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+# Stored batch bytes: bytes from the write path, or views of a ranged GET's buffer.
+BatchBytes = bytes | memoryview
+
 
 class BatchCache:
     def __init__(self, max_bytes: int) -> None:
@@ -16,9 +19,9 @@ class BatchCache:
         self.size_bytes = 0
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int], BatchBytes] = OrderedDict()
 
-    def get(self, key: tuple[str, int]) -> bytes | None:
+    def get(self, key: tuple[str, int]) -> BatchBytes | None:
         data = self._entries.get(key)
         if data is None:
             self.misses += 1
@@ -27,7 +30,7 @@ class BatchCache:
         self._entries.move_to_end(key)
         return data
 
-    def put(self, key: tuple[str, int], data: bytes) -> None:
+    def put(self, key: tuple[str, int], data: BatchBytes) -> None:
         if len(data) > self.max_bytes:
             return
         old = self._entries.pop(key, None)

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Sequence
 
 from driftlog.coordinator.api import BatchLocation
-from driftlog.read.cache import BatchCache
+from driftlog.read.cache import BatchBytes, BatchCache
 from driftlog.records.batch import with_offsets, write_base_offset
 from driftlog.storage.api import ObjectStore
 
@@ -28,7 +28,7 @@ class BatchFetcher:
 
     async def read_many(self, groups: Sequence[Sequence[BatchLocation]]) -> list[bytearray]:
         """`read` for several partitions at once: one ranged GET per object for all of them."""
-        found: dict[tuple[str, int], bytes] = {}
+        found: dict[tuple[str, int], BatchBytes] = {}
         missing: dict[str, list[BatchLocation]] = {}
         for locations in groups:
             for loc in locations:
@@ -48,7 +48,7 @@ class BatchFetcher:
 
     @staticmethod
     def _assemble(
-        locations: Sequence[BatchLocation], found: dict[tuple[str, int], bytes]
+        locations: Sequence[BatchLocation], found: dict[tuple[str, int], BatchBytes]
     ) -> bytearray:
         # One copy: each stored batch goes straight into the response buffer and
         # its offset is written there (LogAppendTime batches are rewritten whole).
@@ -70,11 +70,11 @@ class BatchFetcher:
         data = self._cache.get(key)
         if data is None:
             data = (await self._read_object(location.object_key, [location]))[key]
-        return data
+        return bytes(data)
 
     async def _read_object(
         self, object_key: str, locations: list[BatchLocation]
-    ) -> dict[tuple[str, int], bytes]:
+    ) -> dict[tuple[str, int], BatchBytes]:
         ordered = sorted(locations, key=lambda loc: loc.byte_offset)
         ranges: list[tuple[int, int]] = []
         for loc in ordered:
@@ -84,7 +84,7 @@ class BatchFetcher:
             else:
                 ranges.append((loc.byte_offset, end))
         parts = await self._store.get_ranges(object_key, ranges)
-        out: dict[tuple[str, int], bytes] = {}
+        out: dict[tuple[str, int], BatchBytes] = {}
         index = 0
         for loc in ordered:
             while not ranges[index][0] <= loc.byte_offset < ranges[index][1]:

@@ -156,14 +156,16 @@ def write_base_offset(buffer: bytearray, position: int, base_offset: int) -> Non
     _OFFSET.pack_into(buffer, position, base_offset)
 
 
-def with_offsets(batch: bytes, base_offset: int, log_append_time_ms: int = -1) -> bytes:
+def with_offsets(
+    batch: bytes | memoryview, base_offset: int, log_append_time_ms: int = -1
+) -> bytes:
     """The stored batch as served: `baseOffset` written in, LogAppendTime applied if asked.
 
     baseOffset is outside the CRC. For LogAppendTime (KIP-32) maxTimestamp and
     the timestamp-type bit change, which are covered by the CRC: recompute it.
     """
     if log_append_time_ms < 0:
-        return _OFFSET.pack(base_offset) + batch[8:]
+        return _OFFSET.pack(base_offset) + bytes(batch[8:])
     out = bytearray(batch)
     _OFFSET.pack_into(out, 0, base_offset)
     (attributes,) = _ATTRIBUTES.unpack_from(out, ATTRIBUTES_OFFSET)

@@ -45,8 +45,8 @@ class ObjectStore(Protocol):
         """
         ...
 
-    async def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """The bytes of each (start, end) range of one object, end exclusive."""
+    async def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
+        """The bytes of each (start, end) range of one object, end exclusive (read-only views)."""
         ...
 
     async def delete(self, key: str) -> None: ...

@@ -72,7 +72,7 @@ class FaultyObjectStore:
             self.injected += 1
             raise ObjectStoreError(f"injected lost acknowledgement of put {key}")
 
-    async def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    async def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
         await self._before(self._config.get_error, f"get {key}")
         return await self._inner.get_ranges(key, ranges)
 

@@ -66,7 +66,7 @@ class ObstoreObjectStore:
             raise ObjectStoreError(f"put {key}: {e}") from e
         self.stats.bytes_put += sum(len(c) for c in chunks)
 
-    async def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    async def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
         self.stats.gets += 1
         try:
             parts = await obstore.get_ranges_async(
@@ -79,7 +79,8 @@ class ObstoreObjectStore:
             raise ObjectNotFound(key) from e
         except Exception as e:
             raise ObjectStoreError(f"get {key}: {e}") from e
-        out = [bytes(p) for p in parts]
+        # Views of obstore's buffers: no copy until a response is assembled.
+        out = [memoryview(p) for p in parts]
         self.stats.bytes_got += sum(len(p) for p in out)
         return out
 
