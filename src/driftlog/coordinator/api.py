@@ -17,7 +17,7 @@ import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from kio.schema.errors import ErrorCode
 
@@ -56,9 +56,13 @@ class CommitOutcome:
     log_start_offset: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class BatchLocation:
-    """Where a committed batch lives, and the offsets it was given."""
+class BatchLocation(NamedTuple):
+    """Where a committed batch lives, and the offsets it was given.
+
+    A tuple of strings and ints, so the garbage collector stops tracking it: the
+    index holds one per committed batch, and tracked objects would make every
+    full collection pause the event loop longer as the log grows.
+    """
 
     object_key: str
     byte_offset: int
