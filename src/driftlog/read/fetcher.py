@@ -21,13 +21,12 @@ class BatchFetcher:
         self._store = store
         self._cache = cache
 
-    async def read(self, locations: Sequence[BatchLocation]) -> bytearray:
-        """The batches at `locations`, in order, with their assigned offsets written in."""
-        [out] = await self.read_many([locations])
-        return out
-
     async def read_many(self, groups: Sequence[Sequence[BatchLocation]]) -> list[bytearray]:
-        """`read` for several partitions at once: one ranged GET per object for all of them."""
+        """Each group's batches, in order, with their assigned offsets written in.
+
+        Groups are partitions of one Fetch; what is not cached is read with one
+        ranged GET per object for all of them.
+        """
         found: dict[tuple[str, int], BatchBytes] = {}
         missing: dict[str, list[BatchLocation]] = {}
         for locations in groups:
