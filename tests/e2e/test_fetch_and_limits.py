@@ -178,3 +178,13 @@ def test_connection_limit(agent_factory: AgentFactory) -> None:
             time.sleep(0.1)
     else:
         raise AssertionError("the freed connection slot was never reusable")
+
+
+def test_idle_connections_are_closed(agent_factory: AgentFactory) -> None:
+    agent = agent_factory("--idle-timeout-ms", "300")
+    idle = RawClient(agent.bootstrap, timeout_s=10)
+    create(idle, "idle")  # works while fresh
+    time.sleep(1.5)
+    assert idle.is_closed_by_peer()
+    busy = RawClient(agent.bootstrap)
+    create(busy, "idle")  # the agent still serves new connections

@@ -102,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-connections", "MAX_CONNECTIONS", d.max_connections, "connections accepted at once"
     )
     option(
+        "--idle-timeout-ms",
+        "IDLE_TIMEOUT_MS",
+        int(d.idle_timeout_s * 1000),
+        "close connections that send nothing for this long (Kafka's connections.max.idle.ms)",
+    )
+    option(
+        "--request-timeout-ms",
+        "REQUEST_TIMEOUT_MS",
+        int(d.request_timeout_s * 1000),
+        "close a connection whose request takes longer than this",
+    )
+    option(
         "--default-partitions",
         "DEFAULT_PARTITIONS",
         d.default_partitions,
@@ -143,6 +155,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         cache_bytes=int(args.cache_bytes),
         max_frame_bytes=int(args.max_frame_bytes),
         max_connections=int(args.max_connections),
+        idle_timeout_s=int(args.idle_timeout_ms) / 1000,
+        request_timeout_s=int(args.request_timeout_ms) / 1000,
         default_partitions=int(args.default_partitions),
         auto_create_topics=str(args.auto_create_topics).lower() in ("1", "true", "yes", "on"),
         node_id=int(args.node_id),
