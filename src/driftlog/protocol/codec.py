@@ -100,12 +100,31 @@ class _Chunks(list[bytes]):
         return len(data)
 
 
-def encode_response(api_key: int, api_version: int, correlation_id: int, body: Any) -> list[bytes]:
+@dataclass(frozen=True, slots=True)
+class EncodedBody:
+    """A response body already encoded (by kio, see `encode_body`), to send as is."""
+
+    data: bytes
+
+
+def encode_body(api_key: int, api_version: int, body: Any) -> bytes:
+    _, _, write_body = _response_writer(api_key, api_version)
+    chunks = _Chunks()
+    write_body(chunks, body)
+    return b"".join(chunks)
+
+
+def encode_response(
+    api_key: int, api_version: int, correlation_id: int, body: Any | EncodedBody
+) -> list[bytes]:
     """The response frame as a list of chunks for `writelines`, size prefix first."""
     header_schema, write_header, write_body = _response_writer(api_key, api_version)
     chunks = _Chunks()
     chunks.append(b"")
     write_header(chunks, header_schema(correlation_id=correlation_id))
-    write_body(chunks, body)
+    if isinstance(body, EncodedBody):
+        chunks.append(body.data)
+    else:
+        write_body(chunks, body)
     chunks[0] = struct.pack(">i", sum(len(c) for c in chunks))
     return list(chunks)
