@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -165,6 +167,25 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     )
 
 
+def tune_allocator() -> None:
+    """Keep large buffers in glibc's heap instead of fresh mmaps.
+
+    Produce batches and fetch responses are often around a megabyte. glibc
+    serves such allocations with mmap and returns them on free, so every one
+    page-faults anew: decoding a 1 MiB batch ran at half speed. Raising the mmap
+    and trim thresholds lets freed memory be reused (memory stays bounded by the
+    agent's own limits). A no-op where glibc's mallopt is absent.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 64 * 1024 * 1024)
+    mallopt(m_trim_threshold, 512 * 1024 * 1024)
+
+
 async def serve(config: AgentConfig) -> None:
     agent = Agent(config)
     await agent.start()
@@ -199,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             FaultConfig.parse(config.faults)
     except (argparse.ArgumentTypeError, ValueError) as e:
         sys.exit(f"driftlog: {e}")
+    tune_allocator()
     uvloop.run(serve(config))
 
 
