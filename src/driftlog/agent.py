@@ -52,7 +52,6 @@ class Agent:
         self.node_id = config.node_id
         self.advertised_host = config.advertise_host
         self.advertised_port = config.advertise_port
-        self.started_ms = int(time.time() * 1000)
         self.store: ObjectStore = open_store(config.store_url)
         if config.faults:
             log.warning("FAULT INJECTION ON in the object store: %s", config.faults)
