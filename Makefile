@@ -15,11 +15,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/driftlog serve
 
-# Debian packages the tests talk to (kcat). Installed only when missing; needs root or sudo.
+# Debian packages the tests talk to: kcat, and PostgreSQL 15 (tests/services.py runs its
+# initdb and pg_ctl from PG_BIN). Installed only when missing; needs root or sudo.
+PG_BIN ?= /usr/lib/postgresql/15/bin
 system-deps:
-	@command -v kcat >/dev/null || { \
+	@missing=""; \
+	command -v kcat >/dev/null || missing="$$missing kcat"; \
+	test -x $(PG_BIN)/initdb || missing="$$missing postgresql-15"; \
+	[ -z "$$missing" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq kcat >/dev/null; }
+	  echo "apt-get install$$missing"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,21 +3,27 @@
 Tests talk to it through real sockets with real clients. The process can be
 killed with SIGKILL and restarted on the same data directory, which is how the
 durability tests simulate a crash.
+
+Also real backing services (see services.py): a session PostgreSQL 15 server with a fresh
+database per test (`postgres_dsn`), and a session moto S3 server (`moto_server`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from services import MotoServer, PostgresServer
 
 DRIFTLOG = [sys.executable, "-m", "driftlog.cli.main"]
 
@@ -134,3 +140,33 @@ def agent_factory(tmp_path: Path) -> Iterator[AgentFactory]:
     finally:
         for a in started:
             a.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL 15 cluster for the session (initdb'd in /tmp, deleted at the end).
+
+    Tests that stop, restart or kill9 the server should start their own `PostgresServer`
+    (`with PostgresServer() as pg:`, about a second) rather than disturb this one.
+    """
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A brand-new empty database on the session server, dropped (connections and all) after."""
+    stem = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
+    name = f"t_{stem}_{uuid.uuid4().hex[:8]}"
+    dsn = postgres_server.create_database(name)
+    try:
+        yield dsn
+    finally:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One moto S3 server for the session; give each test its own bucket (`create_bucket`)."""
+    with MotoServer() as server:
+        yield server
