@@ -1,36 +1,37 @@
-"""The obstore adapter: local directory, memory and S3 (and S3-compatible) stores.
+"""The obstore adapter: memory and S3 (and S3-compatible) stores; `open_store` for all URLs.
 
 Translates obstore's exceptions into the storage seam's. obstore's own retry
 policy is turned off so failures surface to the write path as they happen.
+`file://` URLs open `storage/local.py` instead: obstore's LocalStore never fsyncs.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import obstore
 from obstore.exceptions import AlreadyExistsError
-from obstore.store import LocalStore, MemoryStore, S3Store
+from obstore.store import MemoryStore, S3Store
 
 from driftlog.storage.api import (
     ObjectAlreadyExists,
     ObjectNotFound,
+    ObjectStore,
     ObjectStoreError,
     ObjectStoreStats,
 )
+from driftlog.storage.local import LocalObjectStore
 
 
-def open_store(url: str) -> ObstoreObjectStore:
+def open_store(url: str) -> ObjectStore:
     """Open `file:///dir`, `memory://` or `s3://bucket[/prefix]` (AWS_* variables configure S3)."""
     inner: Any
     if url.startswith("file://"):
-        path = Path(url.removeprefix("file://"))
-        path.mkdir(parents=True, exist_ok=True)
-        inner = LocalStore(path)
-    elif url.startswith("memory://"):
+        # Objects durable (fsynced) before put_new returns; same layout as obstore's LocalStore.
+        return LocalObjectStore(url.removeprefix("file://"))
+    if url.startswith("memory://"):
         inner = MemoryStore()
     elif url.startswith("s3://"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
