@@ -16,9 +16,12 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
+from driftlog.clock import SYSTEM_CLOCK
 from driftlog.config import AgentConfig
-from driftlog.coordinator.service import SingleWriterCoordinator
-from driftlog.coordinator.sqlite import SqlitePersistence
+from driftlog.coordinator.backend import Backend
+from driftlog.coordinator.postgres import PostgresBackend
+from driftlog.coordinator.service import LocalCoordinator
+from driftlog.coordinator.sqlite import SqliteBackend
 from driftlog.groups.coordinator import GroupCoordinator
 from driftlog.protocol.codec import (
     MalformedRequest,
@@ -56,7 +59,13 @@ class Agent:
         if config.faults:
             log.warning("FAULT INJECTION ON in the object store: %s", config.faults)
             self.store = FaultyObjectStore(self.store, FaultConfig.parse(config.faults))
-        self.coordinator = SingleWriterCoordinator(SqlitePersistence(config.sqlite_path))
+        self.coordinator = LocalCoordinator(
+            _open_backend(config),
+            SYSTEM_CLOCK,
+            holder=config.holder_id,
+            address=f"{config.advertise_host}:{config.advertise_port}",
+            lease_ms=config.lease_ms,
+        )
         self.cache = BatchCache(config.cache_bytes)
         self.fetcher = BatchFetcher(self.store, self.cache)
         self.pipeline = WritePipeline(
@@ -81,14 +90,12 @@ class Agent:
         self._logged_errors: set[tuple[str, int]] = set()
         self.cluster_id = ""
 
-    def _load_cluster_id(self) -> str:
+    def _proposed_cluster_id(self) -> str:
+        # Data directories from before the id moved into the database kept it in a file.
         path = self.config.data_dir / "cluster.id"
-        if path.exists():
+        if self.config.coordinator_url is None and path.exists():
             return path.read_text().strip()
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        path.write_text(cluster_id + "\n")
-        return cluster_id
+        return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
     def _cache_committed(self, key: str, layout: ObjectLayout) -> None:
         # Tail consumers then read what was just produced without a GET.
@@ -97,8 +104,10 @@ class Agent:
 
     # Lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
-        self.cluster_id = self._load_cluster_id()
-        await self.coordinator.start()
+        # A restarted writer takes its lease back at once; another agent's lease
+        # must expire first (then produce waits for a writer, as for a leader election).
+        await self.coordinator.start(wait_for_lease_s=2 * self.config.lease_ms / 1000 + 1)
+        self.cluster_id = await self.coordinator.backend.cluster_id(self._proposed_cluster_id())
         await self.groups.start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -199,6 +208,15 @@ class Agent:
         if (host, api_key) not in self._logged_errors and len(self._logged_errors) < 10_000:
             self._logged_errors.add((host, api_key))
             log.warning("%s", message)
+
+
+def _open_backend(config: AgentConfig) -> Backend:
+    url = config.coordinator_url
+    if url is None:
+        return SqliteBackend(config.sqlite_path)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresBackend(url)
+    raise ValueError(f"unsupported coordinator URL {url!r} (postgresql://...)")
 
 
 async def _ready(response: list[bytes]) -> list[bytes] | None:

@@ -17,6 +17,12 @@ class AgentConfig:
     data_dir: Path = Path(".driftlog")
     # None means file://<data_dir>/objects
     object_store_url: str | None = None
+    # None means the embedded SQLite database in data_dir; or postgresql://...
+    coordinator_url: str | None = None
+    # Names this agent in the writer lease; a restart with the same id takes
+    # the lease back at once (the old process, if alive, is fenced).
+    agent_id: str = ""
+    lease_ms: int = 10_000
     flush_ms: int = 250
     flush_bytes: int = 8 * MiB
     max_uploads: int = 4
@@ -46,3 +52,7 @@ class AgentConfig:
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "coordinator.sqlite3"
+
+    @property
+    def holder_id(self) -> str:
+        return self.agent_id or f"agent-{self.node_id}"

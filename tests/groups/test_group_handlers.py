@@ -46,7 +46,7 @@ class FakeOffsets:
         for o in offsets:
             stored[(o.topic, o.partition)] = o
 
-    def fetch_offsets(
+    async def fetch_offsets(
         self, group_id: str, partitions: Sequence[tuple[str, int]] | None
     ) -> list[CommittedOffset]:
         stored = self.offsets.get(group_id, {})
@@ -57,7 +57,7 @@ class FakeOffsets:
     async def delete_group_offsets(self, group_id: str) -> None:
         self.offsets.pop(group_id, None)
 
-    def groups_with_offsets(self) -> list[str]:
+    async def groups_with_offsets(self) -> list[str]:
         return sorted(self.offsets)
 
 
@@ -455,6 +455,6 @@ def test_delete_groups(version: int) -> None:
             ("archived", ErrorCode.none),
             ("nope", ErrorCode.group_id_not_found),
         ]
-        assert agent.coordinator.groups_with_offsets() == []
+        assert await agent.coordinator.groups_with_offsets() == []
 
     run(scenario)

@@ -1,121 +1,298 @@
-"""The single-writer coordinator: dense offsets, group commit, rollback, reload from SQLite."""
+"""The coordinator on each real backend: dense offsets, group commit, failures, reload,
+idempotent commits by object key, the tail cache, leases and fencing.
+
+Every test runs against SQLite and against a real PostgreSQL (started by the
+`postgres_dsn` fixture). Time is a `FakeClock`, so lease expiry is exact.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from kio.schema.errors import ErrorCode
 
-from driftlog.coordinator.api import BatchToCommit, CommittedOffset
-from driftlog.coordinator.service import SingleWriterCoordinator
-from driftlog.coordinator.sqlite import SqlitePersistence
-from driftlog.coordinator.state import SequencedObject
+from driftlog.clock import FakeClock
+from driftlog.coordinator.api import (
+    BatchToCommit,
+    CommitOutcome,
+    CommitRequest,
+    CommittedOffset,
+    CoordinatorUnavailable,
+    Fenced,
+    NotWriter,
+)
+from driftlog.coordinator.backend import Backend, Fence
+from driftlog.coordinator.postgres import PostgresBackend
+from driftlog.coordinator.sequencer import SequencedObject
+from driftlog.coordinator.service import LocalCoordinator
+from driftlog.coordinator.sqlite import SqliteBackend
+from driftlog.coordinator.tail import TailIndex
+
+LEASE_MS = 5_000
+BackendFactory = Callable[[], Backend]
 
 
-def batch(topic_id: uuid.UUID, partition: int, count: int, start: int = 0) -> BatchToCommit:
-    return BatchToCommit(topic_id, partition, start, 100, count, 1000, 1000 + count)
+def batch(topic_id: uuid.UUID, partition: int, count: int, max_ts: int = 0) -> BatchToCommit:
+    return BatchToCommit(topic_id, partition, 0, 100, count, 1000, max_ts or 1000 + count)
 
 
-class FlakyPersistence(SqlitePersistence):
-    """Fails the next `failures` group commits, as a lost database connection would."""
+class FlakyBackend:
+    """Delegates to a real backend; fails the next `failures` group commits.
 
-    failures = 0
+    With `lose_reply`, the commit reaches the database and only the answer is
+    lost (a COMMIT whose acknowledgement never arrived).
+    """
 
-    def persist_objects(self, objects: Sequence[SequencedObject]) -> None:
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.failures = 0
+        self.lose_reply = False
+
+    async def persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
         if self.failures:
             self.failures -= 1
-            raise OSError("database unavailable")
-        super().persist_objects(objects)
+            if self.lose_reply:
+                await self.inner.persist_objects(fence, objects)
+            raise CoordinatorUnavailable("injected failure")
+        await self.inner.persist_objects(fence, objects)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
-async def _run(tmp_path: Path) -> None:
-    persistence = FlakyPersistence(tmp_path / "c.sqlite3")
-    coordinator = SingleWriterCoordinator(persistence)
-    await coordinator.start()
-    error, topic = await coordinator.create_topic("t", 2, {})
-    assert error == ErrorCode.none and topic is not None
-    tid = topic.topic_id
-
-    # Many concurrent commits: offsets dense per partition, in commit order.
-    results = await asyncio.gather(
-        *(coordinator.commit_object(f"o{i}", 100, [batch(tid, i % 2, 3)]) for i in range(20))
-    )
-    offsets = [r[0].base_offset for r in results]
-    assert offsets[0::2] == list(range(0, 30, 3))
-    assert offsets[1::2] == list(range(0, 30, 3))
-    assert coordinator.transactions < 20  # group commit batched them
-
-    # A failed commit is an error and leaves no gap.
-    persistence.failures = 1
-    with pytest.raises(ConnectionError):
-        await coordinator.commit_object("bad", 100, [batch(tid, 0, 5)])
-    [outcome] = await coordinator.commit_object("good", 100, [batch(tid, 0, 2)])
-    assert outcome.base_offset == 30
-    offsets_after = coordinator.partition_offsets(tid, 0)
-    assert offsets_after is not None and offsets_after.high_watermark == 32
-
-    # Unknown partitions are refused without affecting the others.
-    mixed = await coordinator.commit_object("m", 200, [batch(tid, 5, 1), batch(tid, 1, 1)])
-    assert mixed[0].error == ErrorCode.unknown_topic_or_partition
-    assert mixed[1].base_offset == 30
-
-    # An idempotent batch whose commit failed is not remembered as a duplicate.
-    idempotent = BatchToCommit(
-        tid, 1, 0, 10, 2, 1000, 1001, producer_id=9, producer_epoch=0, base_sequence=0
-    )
-    persistence.failures = 1
-    with pytest.raises(ConnectionError):
-        await coordinator.commit_object("bad2", 10, [idempotent])
-    [first_try] = await coordinator.commit_object("retry", 10, [idempotent])
-    [duplicate] = await coordinator.commit_object("retry-dup", 10, [idempotent])
-    assert first_try.base_offset == duplicate.base_offset == 31
-    high = coordinator.partition_offsets(tid, 1)
-    assert high is not None and high.high_watermark == 33
-
-    await coordinator.commit_offsets("g", [CommittedOffset("t", 0, 17, 3, "meta")])
-    await coordinator.close()
-
-    # Everything is back after a restart.
-    reloaded = SingleWriterCoordinator(SqlitePersistence(tmp_path / "c.sqlite3"))
-    await reloaded.start()
-    again = reloaded.topic("t")
-    assert again is not None and again.topic_id == tid
-    p0 = reloaded.partition_offsets(tid, 0)
-    assert p0 is not None and p0.high_watermark == 32
-    found = reloaded.find_batches(tid, 0, 4, 1 << 30)
-    assert [b.base_offset for b in found][:2] == [3, 6]
-    assert reloaded.fetch_offsets("g", None) == [CommittedOffset("t", 0, 17, 3, "meta")]
-    [outcome] = await reloaded.commit_object("after", 100, [batch(tid, 0, 1)])
-    assert outcome.base_offset == 32
-    await reloaded.close()
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
+    if request.param == "sqlite":
+        return lambda: SqliteBackend(tmp_path / "c.sqlite3")
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    return lambda: PostgresBackend(dsn)
 
 
-def test_coordinator(tmp_path: Path) -> None:
-    asyncio.run(_run(tmp_path))
+async def started(
+    backend: Backend, clock: FakeClock, holder: str = "a", wait: bool = True
+) -> LocalCoordinator:
+    coordinator = LocalCoordinator(backend, clock, holder=holder, lease_ms=LEASE_MS)
+    await coordinator.start(wait_for_lease_s=5.0 if wait else 0.0)
+    return coordinator
 
 
-async def _timestamps(tmp_path: Path) -> None:
-    coordinator = SingleWriterCoordinator(SqlitePersistence(tmp_path / "c.sqlite3"))
-    await coordinator.start()
-    _, topic = await coordinator.create_topic("t", 1, {})
-    assert topic is not None
-    tid = topic.topic_id
-    # max timestamps 1005, 1002 (late), 1010
-    for count, max_ts in [(5, 1005), (2, 1002), (10, 1010)]:
-        await coordinator.commit_object(
-            f"o{max_ts}", 10, [BatchToCommit(tid, 0, 0, 10, count, 1000, max_ts)]
+async def commit(
+    coordinator: LocalCoordinator, key: str, batches: list[BatchToCommit]
+) -> list[CommitOutcome]:
+    return await coordinator.submit_commit(CommitRequest(key, 100, batches))
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(scenario())
+
+
+def test_dense_offsets_group_commit_failures_and_reload(backend_factory: BackendFactory) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        flaky = FlakyBackend(backend_factory())
+        coordinator = await started(cast(Backend, flaky), clock)
+        error, topic = await coordinator.create_topic("t", 2, {})
+        assert error == ErrorCode.none and topic is not None
+        tid = topic.topic_id
+
+        # Many concurrent commits: offsets dense per partition, in submission order.
+        results = await asyncio.gather(
+            *(commit(coordinator, f"o{i}", [batch(tid, i % 2, 3)]) for i in range(20))
         )
-    at = coordinator.batch_at_timestamp(tid, 0, 1003)
-    assert at is not None and at.base_offset == 0
-    at = coordinator.batch_at_timestamp(tid, 0, 1006)
-    assert at is not None and at.base_offset == 7
-    assert coordinator.batch_at_timestamp(tid, 0, 1011) is None
-    await coordinator.close()
+        offsets = [r[0].base_offset for r in results]
+        assert offsets[0::2] == list(range(0, 30, 3))
+        assert offsets[1::2] == list(range(0, 30, 3))
+        assert coordinator.transactions < 20  # group commit batched them
+
+        # A failed commit is an error and leaves no gap.
+        flaky.failures = 1
+        with pytest.raises(CoordinatorUnavailable):
+            await commit(coordinator, "bad", [batch(tid, 0, 5)])
+        [outcome] = await commit(coordinator, "good", [batch(tid, 0, 2)])
+        assert outcome.base_offset == 30
+        p0 = coordinator.partition_offsets(tid, 0)
+        assert p0 is not None and p0.high_watermark == 32
+
+        # Unknown partitions are refused without affecting the others.
+        mixed = await commit(coordinator, "m", [batch(tid, 5, 1), batch(tid, 1, 1)])
+        assert mixed[0].error == ErrorCode.unknown_topic_or_partition
+        assert mixed[1].base_offset == 30
+
+        # An idempotent batch whose commit failed is not remembered as a duplicate.
+        idempotent = BatchToCommit(
+            tid, 1, 0, 10, 2, 1000, 1001, producer_id=9, producer_epoch=0, base_sequence=0
+        )
+        flaky.failures = 1
+        with pytest.raises(CoordinatorUnavailable):
+            await commit(coordinator, "bad2", [idempotent])
+        [first_try] = await commit(coordinator, "retry", [idempotent])
+        [duplicate] = await commit(coordinator, "retry-dup", [idempotent])
+        assert first_try.base_offset == duplicate.base_offset == 31
+        p1 = coordinator.partition_offsets(tid, 1)
+        assert p1 is not None and p1.high_watermark == 33
+
+        await coordinator.commit_offsets("g", [CommittedOffset("t", 0, 17, 3, "meta")])
+        await coordinator.close()
+
+        # Everything is back after a restart; coordinates now come from the database.
+        reloaded = await started(backend_factory(), clock)
+        again = reloaded.topic("t")
+        assert again is not None and again.topic_id == tid
+        p0 = reloaded.partition_offsets(tid, 0)
+        assert p0 is not None and p0.high_watermark == 32
+        found = await reloaded.find_batches(tid, 0, 4, 1 << 30)
+        assert [b.base_offset for b in found] == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
+        assert reloaded.view.database_reads == 1
+        assert await reloaded.fetch_offsets("g", None) == [CommittedOffset("t", 0, 17, 3, "meta")]
+        [outcome] = await commit(reloaded, "after", [batch(tid, 0, 1)])
+        assert outcome.base_offset == 32
+        # Producer state survived: the retry is still a duplicate, the next sequence goes on.
+        [dup] = await commit(reloaded, "retry-again", [idempotent])
+        assert dup.base_offset == 31
+        await reloaded.close()
+
+    run(scenario)
 
 
-def test_batch_at_timestamp(tmp_path: Path) -> None:
-    asyncio.run(_timestamps(tmp_path))
+def test_commit_is_idempotent_by_object_key(backend_factory: BackendFactory) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        flaky = FlakyBackend(backend_factory())
+        coordinator = await started(cast(Backend, flaky), clock)
+        _, topic = await coordinator.create_topic("t", 1, {})
+        assert topic is not None
+        tid = topic.topic_id
+        [first] = await commit(coordinator, "k1", [batch(tid, 0, 4)])
+        # The same object sent again (a reply lost in an RPC): the stored outcome, no copy.
+        [again] = await commit(coordinator, "k1", [batch(tid, 0, 4)])
+        assert again == first
+        # The commit lands but its reply is lost: the writer reloads, and the re-sent
+        # commit gets the outcome stored the first time.
+        flaky.failures, flaky.lose_reply = 1, True
+        with pytest.raises(CoordinatorUnavailable):
+            await commit(coordinator, "k2", [batch(tid, 0, 3)])
+        [resent] = await commit(coordinator, "k2", [batch(tid, 0, 3)])
+        assert resent.base_offset == 4
+        [after] = await commit(coordinator, "k3", [batch(tid, 0, 1)])
+        assert after.base_offset == 7
+        found = await coordinator.find_batches(tid, 0, 0, 1 << 30)
+        assert [(b.base_offset, b.last_offset) for b in found] == [(0, 3), (4, 6), (7, 7)]
+        await coordinator.close()
+
+    run(scenario)
+
+
+def test_tail_cache_is_bounded_and_older_reads_use_the_database(
+    backend_factory: BackendFactory,
+) -> None:
+    async def scenario() -> None:
+        coordinator = await started(backend_factory(), FakeClock())
+        coordinator.view.tail = TailIndex(max_batches=50, max_batches_per_partition=20)
+        _, topic = await coordinator.create_topic("t", 4, {})
+        assert topic is not None
+        tid = topic.topic_id
+        for i in range(40):
+            await commit(coordinator, f"o{i}", [batch(tid, p, 2) for p in range(4)])
+        assert coordinator.view.tail.size <= 50
+        reads = coordinator.view.database_reads
+        tail = await coordinator.find_batches(tid, 3, 78, 1 << 30)
+        assert [b.base_offset for b in tail] == [78]
+        assert coordinator.view.database_reads == reads  # served from the tail
+        old = await coordinator.find_batches(tid, 0, 1, 250)
+        assert [b.base_offset for b in old] == [0, 2]  # 100 bytes each, 250 asked
+        assert coordinator.view.database_reads == reads + 1
+        await coordinator.close()
+
+    run(scenario)
+
+
+def test_time_index(backend_factory: BackendFactory) -> None:
+    async def scenario() -> None:
+        coordinator = await started(backend_factory(), FakeClock())
+        _, topic = await coordinator.create_topic("t", 1, {})
+        assert topic is not None
+        tid = topic.topic_id
+        # max timestamps 1005, 1002 (late), 1010
+        for count, max_ts in [(5, 1005), (2, 1002), (10, 1010)]:
+            await commit(coordinator, f"o{max_ts}", [batch(tid, 0, count, max_ts)])
+        at = await coordinator.batch_at_timestamp(tid, 0, 1003)
+        assert at is not None and at.base_offset == 0
+        at = await coordinator.batch_at_timestamp(tid, 0, 1006)
+        assert at is not None and at.base_offset == 7
+        assert await coordinator.batch_at_timestamp(tid, 0, 1011) is None
+        assert await coordinator.max_timestamp(tid, 0) == 1010
+        await coordinator.close()
+
+    run(scenario)
+
+
+def test_lease_takeover_and_fencing(backend_factory: BackendFactory) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        a = await started(backend_factory(), clock, holder="a")
+        _, topic = await a.create_topic("t", 1, {})
+        assert topic is not None
+        tid = topic.topic_id
+        [first] = await commit(a, "a1", [batch(tid, 0, 3)])
+        assert first.base_offset == 0
+
+        # Another agent cannot take a live lease.
+        b = await started(backend_factory(), clock, holder="b", wait=False)
+        await b.writer.tick()
+        assert not b.writer.is_writer
+        with pytest.raises(NotWriter):
+            await commit(b, "b0", [batch(tid, 0, 1)])
+
+        # `a` stops renewing (a pause, a partition); its lease expires and `b` takes over.
+        clock.advance(LEASE_MS + 1)
+        await b.writer.tick()
+        assert b.writer.is_writer
+        [taken_over] = await commit(b, "b1", [batch(tid, 0, 2)])
+        assert taken_over.base_offset == 3  # continues from what `a` made durable
+
+        # The deposed writer still believes it leads: the database refuses its write.
+        assert a.writer.is_writer
+        with pytest.raises(Fenced):
+            await commit(a, "a2", [batch(tid, 0, 5)])
+        assert not a.writer.is_writer
+        with pytest.raises(NotWriter):
+            await a.writer.create_topic("u", 1, {})
+        found = await b.find_batches(tid, 0, 0, 1 << 30)
+        assert [(x.object_key, x.base_offset) for x in found] == [("a1", 0), ("b1", 3)]
+
+        # A live lease held by `b` keeps a restarted `a` out...
+        a2 = await started(backend_factory(), clock, holder="a", wait=False)
+        await a2.writer.tick()
+        assert not a2.writer.is_writer
+        # ...but a restarted `b` (same agent id) takes its lease back at once, fencing
+        # the old process should it still be alive.
+        b2 = await started(backend_factory(), clock, holder="b")
+        assert b2.writer.is_writer
+        [back] = await commit(b2, "b2", [batch(tid, 0, 1)])
+        assert back.base_offset == 5
+        with pytest.raises(Fenced):
+            await commit(b, "b3", [batch(tid, 0, 1)])
+        for c in (a, b, a2, b2):
+            await c.close()
+
+    run(scenario)
+
+
+def test_writer_steps_down_when_it_cannot_renew(backend_factory: BackendFactory) -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        a = await started(backend_factory(), clock, holder="a", wait=True)
+        assert a.writer.is_writer
+        clock.advance(LEASE_MS)  # no renewal for a whole lease (the loop sleeps in real time)
+        await a.writer.tick()
+        assert not a.writer.is_writer
+        with pytest.raises(NotWriter):
+            await commit(a, "x", [])
+        await a.close()
+
+    run(scenario)

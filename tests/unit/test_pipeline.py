@@ -8,8 +8,9 @@ from pathlib import Path
 from batch_builder import build_batch
 from kio.schema.errors import ErrorCode
 
-from driftlog.coordinator.service import SingleWriterCoordinator
-from driftlog.coordinator.sqlite import SqlitePersistence
+from driftlog.clock import SYSTEM_CLOCK
+from driftlog.coordinator.service import LocalCoordinator
+from driftlog.coordinator.sqlite import SqliteBackend
 from driftlog.records.batch import parse_header
 from driftlog.storage.faulty import FaultConfig, FaultyObjectStore
 from driftlog.storage.obstore import open_store
@@ -17,8 +18,8 @@ from driftlog.write.pipeline import WritePipeline
 
 
 async def _run(tmp_path: Path) -> None:
-    coordinator = SingleWriterCoordinator(SqlitePersistence(tmp_path / "c.sqlite3"))
-    await coordinator.start()
+    coordinator = LocalCoordinator(SqliteBackend(tmp_path / "c.sqlite3"), SYSTEM_CLOCK, holder="t")
+    await coordinator.start(wait_for_lease_s=5)
     _, topic = await coordinator.create_topic("t", 1, {})
     assert topic is not None
     inner = open_store("memory://")

@@ -80,6 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
         "(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION apply)",
     )
     option(
+        "--coordinator",
+        "COORDINATOR",
+        None,
+        "coordinator database: postgresql://user@host:port/db (cluster), or empty for the "
+        "embedded SQLite file in DATA_DIR",
+    )
+    option(
+        "--agent-id",
+        "AGENT_ID",
+        None,
+        "this agent's name in the writer lease (default agent-NODE_ID); unique per agent",
+    )
+    option(
+        "--lease-ms",
+        "LEASE_MS",
+        d.lease_ms,
+        "writer lease: a dead writer is replaced after about this long",
+    )
+    option(
         "--flush-ms",
         "FLUSH_MS",
         d.flush_ms,
@@ -152,6 +171,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         advertise_port=advertise_port,
         data_dir=Path(args.data_dir),
         object_store_url=args.object_store or None,
+        coordinator_url=args.coordinator or None,
+        agent_id=args.agent_id or "",
+        lease_ms=int(args.lease_ms),
         flush_ms=int(args.flush_ms),
         flush_bytes=int(args.flush_bytes),
         cache_bytes=int(args.cache_bytes),

@@ -6,9 +6,17 @@ offsets), high watermarks and log start offsets, and committed consumer-group
 offsets. Offsets are assigned here, atomically for a whole object, so they have
 no gaps and no duplicates whatever the agents do.
 
-Backends (`sqlite.py`, later PostgreSQL) implement `Coordinator`. Errors a
-client caused are returned as Kafka error codes inside results; exceptions mean
-the coordinator itself failed and the caller must treat the request as not done.
+Two halves (see docs/ARCHITECTURE.md, "Coordinator"):
+- the commit side: one writer per shard sequences object commits in memory and
+  persists them in group-commit transactions (`writer.py`); its requests and
+  replies are plain values (`CommitRequest`, `CommitOutcome`) so they can cross
+  an RPC;
+- the read side: any agent's view of topics, watermarks and batch coordinates
+  (`view.py`), a bounded tail cache in front of indexed database queries.
+
+Errors a client caused are returned as Kafka error codes inside results;
+`CoordinatorError` exceptions mean the coordinator could not do it and the
+caller must treat the request as not done (a retriable error to clients).
 """
 
 from __future__ import annotations
@@ -28,6 +36,16 @@ class TopicInfo:
     topic_id: uuid.UUID
     partition_count: int
     configs: Mapping[str, str] = field(default_factory=dict)
+
+    def with_configs(self, changes: Mapping[str, str | None]) -> TopicInfo:
+        """This topic with configs set (value) or removed (None)."""
+        configs = dict(self.configs)
+        for key, value in changes.items():
+            if value is None:
+                configs.pop(key, None)
+            else:
+                configs[key] = value
+        return TopicInfo(self.name, self.topic_id, self.partition_count, configs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +106,38 @@ class CommittedOffset:
     metadata: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class CommitRequest:
+    """One uploaded object to commit: what an agent sends the writer."""
+
+    object_key: str
+    object_size: int
+    batches: Sequence[BatchToCommit]
+
+
+class CoordinatorError(Exception):
+    """The coordinator could not do it; the request is not done (retriable for clients)."""
+
+
+class NotWriter(CoordinatorError):
+    """This process does not hold the writer lease (another may; `holder` names it)."""
+
+    def __init__(self, message: str, holder: str = "") -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class Fenced(NotWriter):
+    """A newer writer took the lease: this one's writes were refused by the database."""
+
+
+class CoordinatorUnavailable(CoordinatorError):
+    """The database could not be reached or the transaction failed; the outcome is unknown."""
+
+
 class Coordinator(Protocol):
+    """What the agent's handlers use: the local view plus a way to reach the writer."""
+
     # Topics -----------------------------------------------------------------
     async def create_topic(
         self, name: str, partition_count: int, configs: Mapping[str, str]
@@ -113,26 +162,19 @@ class Coordinator(Protocol):
         ...
 
     # Write path -------------------------------------------------------------
-    def submit_commit(
-        self, object_key: str, object_size: int, batches: Sequence[BatchToCommit]
-    ) -> asyncio.Future[list[CommitOutcome]]:
+    def submit_commit(self, request: CommitRequest) -> asyncio.Future[list[CommitOutcome]]:
         """Queue one uploaded object for commit; objects commit in submission order.
 
         The future resolves once offsets are assigned to every batch of the object,
-        atomically and durably, or fails when the commit failed.
+        atomically and durably, or fails with a `CoordinatorError`. Committing the
+        same object key twice returns the first commit's outcomes.
         """
-        ...
-
-    async def commit_object(
-        self, object_key: str, object_size: int, batches: Sequence[BatchToCommit]
-    ) -> list[CommitOutcome]:
-        """`submit_commit` and wait for it."""
         ...
 
     # Read path --------------------------------------------------------------
     def partition_offsets(self, topic_id: uuid.UUID, partition: int) -> PartitionOffsets | None: ...
 
-    def find_batches(
+    async def find_batches(
         self, topic_id: uuid.UUID, partition: int, start_offset: int, max_bytes: int
     ) -> list[BatchLocation]:
         """Committed batches holding `start_offset` and after, up to about `max_bytes`.
@@ -142,13 +184,13 @@ class Coordinator(Protocol):
         """
         ...
 
-    def batch_at_timestamp(
+    async def batch_at_timestamp(
         self, topic_id: uuid.UUID, partition: int, timestamp_ms: int
     ) -> BatchLocation | None:
-        """The first batch whose max timestamp is at or after `timestamp_ms`."""
+        """The first live batch whose running max timestamp is at or after `timestamp_ms`."""
         ...
 
-    def max_timestamp(self, topic_id: uuid.UUID, partition: int) -> int:
+    async def max_timestamp(self, topic_id: uuid.UUID, partition: int) -> int:
         """The largest batch timestamp of the partition, or -1 when empty."""
         ...
 
@@ -161,7 +203,7 @@ class Coordinator(Protocol):
     # Consumer-group offsets ---------------------------------------------------
     async def commit_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None: ...
 
-    def fetch_offsets(
+    async def fetch_offsets(
         self, group_id: str, partitions: Sequence[tuple[str, int]] | None
     ) -> list[CommittedOffset]:
         """Committed offsets of a group; all of them when `partitions` is None."""
@@ -169,6 +211,6 @@ class Coordinator(Protocol):
 
     async def delete_group_offsets(self, group_id: str) -> None: ...
 
-    def groups_with_offsets(self) -> list[str]: ...
+    async def groups_with_offsets(self) -> list[str]: ...
 
     async def close(self) -> None: ...

@@ -1,60 +1,114 @@
-"""SQLite persistence for the embedded coordinator (WAL mode). No object store, no kio.
+"""SQLite backend of the coordinator (embedded default; WAL, synchronous=FULL). No object store.
 
-Holds the durable copy of the coordinator state; the sequencing itself happens
-in memory (`state.py`). Every method is synchronous and is called from one
-dedicated thread, so one connection serves them all.
+Every call runs on one dedicated thread with one connection, so the event loop
+never blocks on the database. The schema is the PostgreSQL one with SQLite
+types (uuids as 16-byte blobs); `schema_version` drives migrations at open.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import json
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
-from driftlog.coordinator.api import BatchLocation, CommittedOffset, TopicInfo
-from driftlog.coordinator.state import CoordinatorState, PartitionLog, SequencedObject
+from driftlog.coordinator.api import (
+    BatchLocation,
+    CommitOutcome,
+    CommittedOffset,
+    CoordinatorUnavailable,
+    Fenced,
+    PartitionOffsets,
+    TopicInfo,
+)
+from driftlog.coordinator.backend import (
+    READ_BATCHES_PAGE,
+    Fence,
+    decode_outcomes,
+    decode_producer_state,
+    encode_configs,
+    encode_outcomes,
+    encode_producer_batches,
+    high_watermark,
+)
+from driftlog.coordinator.lease import LeaseRecord
+from driftlog.coordinator.producers import ProducerPartitionState, record_batch
+from driftlog.coordinator.sequencer import (
+    PartitionKey,
+    PartitionSequence,
+    ProducerKey,
+    SequencedObject,
+    SequencerSnapshot,
+)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 2
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS topics (
-    topic_id TEXT PRIMARY KEY,
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE cluster (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 0),
+    cluster_id TEXT NOT NULL
+);
+CREATE TABLE leases (
+    shard INTEGER PRIMARY KEY,
+    holder TEXT NOT NULL,
+    address TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE TABLE topics (
+    topic_id BLOB PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
     partition_count INTEGER NOT NULL,
     configs TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS partitions (
-    topic_id TEXT NOT NULL,
+CREATE TABLE partitions (
+    topic_id BLOB NOT NULL,
     partition INTEGER NOT NULL,
     log_start_offset INTEGER NOT NULL,
     PRIMARY KEY (topic_id, partition)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS objects (
+CREATE TABLE objects (
     object_id INTEGER PRIMARY KEY,
     key TEXT NOT NULL UNIQUE,
     size INTEGER NOT NULL,
-    committed_ms INTEGER NOT NULL
+    committed_ms INTEGER NOT NULL,
+    outcomes TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS batches (
-    topic_id TEXT NOT NULL,
+CREATE TABLE batches (
+    topic_id BLOB NOT NULL,
     partition INTEGER NOT NULL,
-    base_offset INTEGER NOT NULL,
     last_offset INTEGER NOT NULL,
-    object_id INTEGER NOT NULL REFERENCES objects (object_id),
+    base_offset INTEGER NOT NULL,
+    object_id INTEGER NOT NULL,
     byte_offset INTEGER NOT NULL,
     byte_length INTEGER NOT NULL,
     max_timestamp_ms INTEGER NOT NULL,
     log_append_time_ms INTEGER NOT NULL,
-    producer_id INTEGER NOT NULL,
-    producer_epoch INTEGER NOT NULL,
-    base_sequence INTEGER NOT NULL,
-    PRIMARY KEY (topic_id, partition, base_offset)
+    time_index_ms INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, partition, last_offset)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS producer_ids (
+CREATE INDEX batches_by_time ON batches (topic_id, partition, time_index_ms, last_offset);
+CREATE TABLE producer_states (
+    producer_id INTEGER NOT NULL,
+    topic_id BLOB NOT NULL,
+    partition INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    batches TEXT NOT NULL,
+    PRIMARY KEY (producer_id, topic_id, partition)
+) WITHOUT ROWID;
+CREATE TABLE producer_ids (
     singleton INTEGER PRIMARY KEY CHECK (singleton = 0),
     next_producer_id INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS group_offsets (
+CREATE TABLE group_offsets (
     group_id TEXT NOT NULL,
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -65,130 +119,360 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 ) WITHOUT ROWID;
 """
 
+_LOCATION = (
+    "o.key, b.byte_offset, b.byte_length, b.base_offset, b.last_offset,"
+    " b.max_timestamp_ms, b.log_append_time_ms"
+)
 
-class SqlitePersistence:
+
+class SqliteBackend:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._path = path
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._thread, functools.partial(fn, *args))
+        except sqlite3.Error as e:
+            raise CoordinatorUnavailable(f"sqlite: {e}") from e
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "backend not open"
+        return self._db
+
+    # Lifecycle ----------------------------------------------------------------
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        self._db = db
+        db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before producers are acknowledged.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        with _Transaction(db):
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            if "schema_version" in tables:
+                version = db.execute("SELECT version FROM schema_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"{self._path} has schema version {version}; this Driftlog knows"
+                        f" {SCHEMA_VERSION} (upgrade Driftlog)"
+                    )
+            elif "batches" in tables:
+                _migrate_from_v1(db)
+            else:
+                _create_schema(db)
 
-    def load(self) -> CoordinatorState:
-        state = CoordinatorState()
-        for topic_id, name, count, configs in self._db.execute(
-            "SELECT topic_id, name, partition_count, configs FROM topics"
-        ):
-            state.put_topic(TopicInfo(name, uuid.UUID(topic_id), count, json.loads(configs)))
-        for topic_id, partition, log_start in self._db.execute(
-            "SELECT topic_id, partition, log_start_offset FROM partitions"
-        ):
-            log = state.logs.get((uuid.UUID(topic_id), partition))
-            if log is not None:
-                log.log_start_offset = log_start
-                log.high_watermark = log.next_offset = max(log.high_watermark, log_start)
-        keys = dict(self._db.execute("SELECT object_id, key FROM objects"))
-        rows = self._db.execute(
-            "SELECT topic_id, partition, base_offset, last_offset, object_id, byte_offset,"
-            " byte_length, max_timestamp_ms, log_append_time_ms, producer_id, producer_epoch,"
-            " base_sequence FROM batches ORDER BY topic_id, partition, base_offset"
-        )
-        current: tuple[str, int] | None = None
-        log_: PartitionLog | None = None
-        topic_uuid = uuid.UUID(int=0)
-        for row in rows:
-            tid, partition, base, last, object_id, start, length, max_ts, append_ts = row[:9]
-            producer_id, producer_epoch, base_sequence = row[9:]
-            if current != (tid, partition):
-                current = (tid, partition)
-                topic_uuid = uuid.UUID(tid)
-                log_ = state.logs.get((topic_uuid, partition))
-            if log_ is None:
-                continue
-            log_.append(
-                BatchLocation(keys[object_id], start, length, base, last, max_ts, append_ts)
-            )
-            if producer_id >= 0:
-                state.restore_producer(
-                    producer_id,
-                    producer_epoch,
-                    topic_uuid,
-                    partition,
-                    base_sequence,
-                    last - base + 1,
-                    base,
-                )
-        for group_id, topic, partition, offset, epoch, metadata in self._db.execute(
-            "SELECT group_id, topic, partition, committed_offset, leader_epoch, metadata"
-            " FROM group_offsets"
-        ):
-            state.put_offsets(
-                group_id, [CommittedOffset(topic, partition, offset, epoch, metadata)]
-            )
-        return state
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self.db.close)
+        self._thread.shutdown(wait=True)
 
-    def persist_objects(self, objects: Sequence[SequencedObject]) -> None:
-        """Write many object commits in one transaction (the group commit)."""
-        with self._transaction() as db:
-            for obj in objects:
+    async def cluster_id(self, proposed: str) -> str:
+        return await self._run(self._cluster_id, proposed)
+
+    def _cluster_id(self, proposed: str) -> str:
+        with _Transaction(self.db) as db:
+            db.execute("INSERT OR IGNORE INTO cluster VALUES (0, ?)", (proposed,))
+            return str(db.execute("SELECT cluster_id FROM cluster").fetchone()[0])
+
+    # Lease --------------------------------------------------------------------
+    async def read_lease(self, shard: int) -> LeaseRecord | None:
+        return await self._run(self._read_lease, shard)
+
+    def _read_lease(self, shard: int) -> LeaseRecord | None:
+        row = self.db.execute(
+            "SELECT shard, holder, address, epoch, expires_ms FROM leases WHERE shard = ?", (shard,)
+        ).fetchone()
+        return LeaseRecord(*row) if row else None
+
+    async def try_acquire_lease(self, expected: LeaseRecord | None, new: LeaseRecord) -> bool:
+        return await self._run(self._try_acquire_lease, expected, new)
+
+    def _try_acquire_lease(self, expected: LeaseRecord | None, new: LeaseRecord) -> bool:
+        row = (new.holder, new.address, new.epoch, new.expires_ms, new.shard)
+        with _Transaction(self.db) as db:
+            if expected is None:
                 cursor = db.execute(
-                    "INSERT INTO objects (key, size, committed_ms) VALUES (?, ?, ?)",
-                    (obj.object_key, obj.object_size, obj.committed_ms),
+                    "INSERT OR IGNORE INTO leases (holder, address, epoch, expires_ms, shard)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    row,
                 )
-                object_id = cursor.lastrowid
-                db.executemany(
-                    "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            str(r.topic_id),
-                            r.partition,
-                            r.location.base_offset,
-                            r.location.last_offset,
-                            object_id,
-                            r.location.byte_offset,
-                            r.location.byte_length,
-                            r.location.max_timestamp_ms,
-                            r.location.log_append_time_ms,
-                            r.producer_id,
-                            r.producer_epoch,
-                            r.base_sequence,
-                        )
-                        for r in obj.rows
-                    ],
+            else:
+                cursor = db.execute(
+                    "UPDATE leases SET holder = ?, address = ?, epoch = ?, expires_ms = ?"
+                    " WHERE shard = ? AND epoch = ?",
+                    (*row, expected.epoch),
                 )
+            return cursor.rowcount == 1
 
-    def allocate_producer_id(self) -> int:
-        with self._transaction() as db:
+    async def renew_lease(self, fence: Fence) -> None:
+        await self._run(self._renew_lease, fence)
+
+    def _renew_lease(self, fence: Fence) -> None:
+        with _Transaction(self.db) as db:
+            _check_fence(db, fence)
+
+    # Writer -------------------------------------------------------------------
+    async def load_sequencer(self, shard: int) -> SequencerSnapshot:
+        return await self._run(self._load_sequencer)
+
+    def _load_sequencer(self) -> SequencerSnapshot:
+        db = self.db
+        with _Transaction(db, immediate=False):
+            topics = self._load_topics()
+            partitions: dict[PartitionKey, PartitionSequence] = {}
+            for tid, partition, log_start, last, time_index in db.execute(
+                "SELECT p.topic_id, p.partition, p.log_start_offset,"
+                " (SELECT last_offset FROM batches b WHERE b.topic_id = p.topic_id"
+                "   AND b.partition = p.partition ORDER BY last_offset DESC LIMIT 1),"
+                " (SELECT time_index_ms FROM batches b WHERE b.topic_id = p.topic_id"
+                "   AND b.partition = p.partition ORDER BY last_offset DESC LIMIT 1)"
+                " FROM partitions p"
+            ):
+                hwm = high_watermark(log_start, last)
+                partitions[(uuid.UUID(bytes=tid), partition)] = PartitionSequence(
+                    log_start, hwm, hwm, -1 if time_index is None else time_index
+                )
+            producers: dict[ProducerKey, ProducerPartitionState] = {}
+            for producer_id, tid, partition, epoch, batches in db.execute(
+                "SELECT producer_id, topic_id, partition, epoch, batches FROM producer_states"
+            ):
+                key = (producer_id, uuid.UUID(bytes=tid), partition)
+                producers[key] = decode_producer_state(epoch, batches)
+            next_object_id = db.execute(
+                "SELECT coalesce(max(object_id), 0) + 1 FROM objects"
+            ).fetchone()[0]
+        return SequencerSnapshot(topics, partitions, producers, next_object_id)
+
+    async def committed_outcomes(self, keys: Sequence[str]) -> dict[str, list[CommitOutcome]]:
+        return await self._run(self._committed_outcomes, list(keys))
+
+    def _committed_outcomes(self, keys: list[str]) -> dict[str, list[CommitOutcome]]:
+        out: dict[str, list[CommitOutcome]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, outcomes in self.db.execute(
+                f"SELECT key, outcomes FROM objects WHERE key IN ({marks})", chunk
+            ):
+                out[key] = decode_outcomes(outcomes)
+        return out
+
+    async def persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
+        await self._run(self._persist_objects, fence, objects)
+
+    def _persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
+        with _Transaction(self.db) as db:
+            _check_fence(db, fence)
+            db.executemany(
+                "INSERT INTO objects VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        o.object_id,
+                        o.object_key,
+                        o.object_size,
+                        o.committed_ms,
+                        encode_outcomes(o.outcomes),
+                    )
+                    for o in objects
+                ],
+            )
+            db.executemany(
+                "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.topic_id.bytes,
+                        r.partition,
+                        r.location.last_offset,
+                        r.location.base_offset,
+                        o.object_id,
+                        r.location.byte_offset,
+                        r.location.byte_length,
+                        r.location.max_timestamp_ms,
+                        r.location.log_append_time_ms,
+                        r.time_index_ms,
+                    )
+                    for o in objects
+                    for r in o.rows
+                ],
+            )
+            updates: dict[ProducerKey, ProducerPartitionState] = {}
+            for o in objects:
+                updates.update(o.producer_updates)
+            db.executemany(
+                "INSERT OR REPLACE INTO producer_states VALUES (?, ?, ?, ?, ?)",
+                [
+                    (pid, tid.bytes, partition, s.epoch, encode_producer_batches(s))
+                    for (pid, tid, partition), s in updates.items()
+                ],
+            )
+
+    async def put_topic(self, fence: Fence, topic: TopicInfo, old_partition_count: int) -> None:
+        await self._run(self._put_topic, fence, topic, old_partition_count)
+
+    def _put_topic(self, fence: Fence, topic: TopicInfo, old_partition_count: int) -> None:
+        with _Transaction(self.db) as db:
+            _check_fence(db, fence)
+            db.execute(
+                "INSERT INTO topics VALUES (?, ?, ?, ?) ON CONFLICT (topic_id) DO UPDATE SET"
+                " partition_count = excluded.partition_count, configs = excluded.configs",
+                (topic.topic_id.bytes, topic.name, topic.partition_count, encode_configs(topic)),
+            )
+            db.executemany(
+                "INSERT INTO partitions VALUES (?, ?, 0)",
+                [
+                    (topic.topic_id.bytes, p)
+                    for p in range(old_partition_count, topic.partition_count)
+                ],
+            )
+
+    async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None:
+        await self._run(self._drop_topic, fence, topic)
+
+    def _drop_topic(self, fence: Fence, topic: TopicInfo) -> None:
+        tid = topic.topic_id.bytes
+        with _Transaction(self.db) as db:
+            _check_fence(db, fence)
+            for table in ("topics", "partitions", "batches", "producer_states"):
+                db.execute(f"DELETE FROM {table} WHERE topic_id = ?", (tid,))
+
+    # Reads --------------------------------------------------------------------
+    async def load_topics(self) -> list[TopicInfo]:
+        return await self._run(self._load_topics)
+
+    def _load_topics(self) -> list[TopicInfo]:
+        return [
+            TopicInfo(name, uuid.UUID(bytes=tid), count, json.loads(configs))
+            for tid, name, count, configs in self.db.execute(
+                "SELECT topic_id, name, partition_count, configs FROM topics"
+            )
+        ]
+
+    async def load_partition_offsets(self) -> dict[PartitionKey, PartitionOffsets]:
+        snapshot = await self.load_sequencer(0)
+        return {
+            key: PartitionOffsets(p.log_start_offset, p.high_watermark)
+            for key, p in snapshot.partitions.items()
+        }
+
+    async def read_batches(
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        start_offset: int,
+        end_offset: int,
+        max_bytes: int,
+    ) -> list[BatchLocation]:
+        return await self._run(
+            self._read_batches, topic_id, partition, start_offset, end_offset, max_bytes
+        )
+
+    def _read_batches(
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        start_offset: int,
+        end_offset: int,
+        max_bytes: int,
+    ) -> list[BatchLocation]:
+        out: list[BatchLocation] = []
+        total = 0
+        position = start_offset
+        while position < end_offset:
+            rows = self.db.execute(
+                f"SELECT {_LOCATION} FROM batches b JOIN objects o USING (object_id)"
+                " WHERE b.topic_id = ? AND b.partition = ? AND b.last_offset >= ?"
+                " AND b.base_offset < ? ORDER BY b.last_offset LIMIT ?",
+                (topic_id.bytes, partition, position, end_offset, READ_BATCHES_PAGE),
+            ).fetchall()
+            for row in rows:
+                location = BatchLocation(*row)
+                if out and total + location.byte_length > max_bytes:
+                    return out
+                out.append(location)
+                total += location.byte_length
+                if total >= max_bytes:
+                    return out
+            if len(rows) < READ_BATCHES_PAGE:
+                break
+            position = out[-1].last_offset + 1
+        return out
+
+    async def first_batch_at_time(
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        timestamp_ms: int,
+        start_offset: int,
+        end_offset: int,
+    ) -> BatchLocation | None:
+        return await self._run(
+            self._first_batch_at_time, topic_id, partition, timestamp_ms, start_offset, end_offset
+        )
+
+    def _first_batch_at_time(
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        timestamp_ms: int,
+        start_offset: int,
+        end_offset: int,
+    ) -> BatchLocation | None:
+        tid = topic_id.bytes
+        row = self.db.execute(
+            f"SELECT {_LOCATION} FROM batches b JOIN objects o USING (object_id)"
+            " WHERE b.topic_id = ? AND b.partition = ? AND b.time_index_ms >= ?"
+            " ORDER BY b.time_index_ms, b.last_offset LIMIT 1",
+            (tid, partition, timestamp_ms),
+        ).fetchone()
+        if row is not None and BatchLocation(*row).last_offset < start_offset:
+            # The time index is monotonic in offsets: past the log start, the
+            # first live batch is the answer.
+            row = self.db.execute(
+                f"SELECT {_LOCATION} FROM batches b JOIN objects o USING (object_id)"
+                " WHERE b.topic_id = ? AND b.partition = ? AND b.last_offset >= ?"
+                " ORDER BY b.last_offset LIMIT 1",
+                (tid, partition, start_offset),
+            ).fetchone()
+        if row is None:
+            return None
+        location = BatchLocation(*row)
+        return location if location.base_offset < end_offset else None
+
+    async def last_time_index(self, topic_id: uuid.UUID, partition: int, end_offset: int) -> int:
+        return await self._run(self._last_time_index, topic_id, partition, end_offset)
+
+    def _last_time_index(self, topic_id: uuid.UUID, partition: int, end_offset: int) -> int:
+        row = self.db.execute(
+            "SELECT time_index_ms FROM batches WHERE topic_id = ? AND partition = ?"
+            " AND last_offset < ? ORDER BY last_offset DESC LIMIT 1",
+            (topic_id.bytes, partition, end_offset),
+        ).fetchone()
+        return -1 if row is None else int(row[0])
+
+    # Producer ids and group offsets -------------------------------------------
+    async def allocate_producer_id(self) -> int:
+        return await self._run(self._allocate_producer_id)
+
+    def _allocate_producer_id(self) -> int:
+        with _Transaction(self.db) as db:
             row = db.execute("SELECT next_producer_id FROM producer_ids").fetchone()
             producer_id = row[0] if row else 0
             db.execute("INSERT OR REPLACE INTO producer_ids VALUES (0, ?)", (producer_id + 1,))
             return int(producer_id)
 
-    def put_topic(self, topic: TopicInfo, old_partition_count: int = 0) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO topics VALUES (?, ?, ?, ?) ON CONFLICT (topic_id) DO UPDATE SET"
-                " partition_count = excluded.partition_count, configs = excluded.configs",
-                (str(topic.topic_id), topic.name, topic.partition_count, json.dumps(topic.configs)),
-            )
-            db.executemany(
-                "INSERT INTO partitions VALUES (?, ?, 0)",
-                [
-                    (str(topic.topic_id), p)
-                    for p in range(old_partition_count, topic.partition_count)
-                ],
-            )
+    async def put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
+        await self._run(self._put_offsets, group_id, offsets)
 
-    def drop_topic(self, topic: TopicInfo) -> None:
-        topic_id = str(topic.topic_id)
-        with self._transaction() as db:
-            db.execute("DELETE FROM topics WHERE topic_id = ?", (topic_id,))
-            db.execute("DELETE FROM partitions WHERE topic_id = ?", (topic_id,))
-            db.execute("DELETE FROM batches WHERE topic_id = ?", (topic_id,))
-
-    def put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
-        with self._transaction() as db:
+    def _put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
+        with _Transaction(self.db) as db:
             db.executemany(
                 "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -197,25 +481,124 @@ class SqlitePersistence:
                 ],
             )
 
-    def delete_group(self, group_id: str) -> None:
-        with self._transaction() as db:
+    async def fetch_offsets(
+        self, group_id: str, partitions: Sequence[tuple[str, int]] | None
+    ) -> list[CommittedOffset]:
+        return await self._run(self._fetch_offsets, group_id, partitions)
+
+    def _fetch_offsets(
+        self, group_id: str, partitions: Sequence[tuple[str, int]] | None
+    ) -> list[CommittedOffset]:
+        rows = [
+            CommittedOffset(*row)
+            for row in self.db.execute(
+                "SELECT topic, partition, committed_offset, leader_epoch, metadata"
+                " FROM group_offsets WHERE group_id = ?",
+                (group_id,),
+            )
+        ]
+        if partitions is None:
+            return rows
+        wanted = set(partitions)
+        return [r for r in rows if (r.topic, r.partition) in wanted]
+
+    async def delete_group(self, group_id: str) -> None:
+        await self._run(self._delete_group, group_id)
+
+    def _delete_group(self, group_id: str) -> None:
+        with _Transaction(self.db) as db:
             db.execute("DELETE FROM group_offsets WHERE group_id = ?", (group_id,))
 
-    def close(self) -> None:
-        self._db.close()
+    async def groups_with_offsets(self) -> list[str]:
+        return await self._run(
+            lambda: [r[0] for r in self.db.execute("SELECT DISTINCT group_id FROM group_offsets")]
+        )
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+
+def _check_fence(db: sqlite3.Connection, fence: Fence) -> None:
+    cursor = db.execute(
+        "UPDATE leases SET expires_ms = max(expires_ms, ?) WHERE shard = ? AND epoch = ?",
+        (fence.expires_ms, fence.shard, fence.epoch),
+    )
+    if cursor.rowcount != 1:
+        raise Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} was superseded")
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    # Statement by statement: executescript() would commit the open transaction.
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+
+
+def _migrate_from_v1(db: sqlite3.Connection) -> None:
+    """Convert a data directory written before schema versions (text uuids, no lease)."""
+    for table in ("topics", "partitions", "objects", "batches", "producer_ids", "group_offsets"):
+        db.execute(f"ALTER TABLE {table} RENAME TO old_{table}")
+    _create_schema(db)
+    for tid, name, count, configs in db.execute("SELECT * FROM old_topics").fetchall():
+        db.execute(
+            "INSERT INTO topics VALUES (?, ?, ?, ?)", (uuid.UUID(tid).bytes, name, count, configs)
+        )
+    for tid, partition, log_start in db.execute("SELECT * FROM old_partitions").fetchall():
+        db.execute(
+            "INSERT INTO partitions VALUES (?, ?, ?)", (uuid.UUID(tid).bytes, partition, log_start)
+        )
+    db.execute(
+        "INSERT INTO objects SELECT object_id, key, size, committed_ms, '[]' FROM old_objects"
+    )
+    producers: dict[ProducerKey, ProducerPartitionState] = {}
+    time_index: dict[tuple[str, int], int] = {}
+    rows = db.execute(
+        "SELECT topic_id, partition, base_offset, last_offset, object_id, byte_offset,"
+        " byte_length, max_timestamp_ms, log_append_time_ms, producer_id, producer_epoch,"
+        " base_sequence FROM old_batches ORDER BY topic_id, partition, base_offset"
+    )
+    for tid, partition, base, last, oid, start, length, max_ts, append_ts, pid, epoch, seq in rows:
+        ts = append_ts if append_ts >= 0 else max_ts
+        running = time_index[(tid, partition)] = max(time_index.get((tid, partition), -1), ts)
+        topic_uuid = uuid.UUID(tid)
+        db.execute(
+            "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                topic_uuid.bytes,
+                partition,
+                last,
+                base,
+                oid,
+                start,
+                length,
+                max_ts,
+                append_ts,
+                running,
+            ),
+        )
+        if pid >= 0:
+            key = (pid, topic_uuid, partition)
+            producers[key] = record_batch(producers.get(key), epoch, seq, last - base + 1, base)
+    db.executemany(
+        "INSERT INTO producer_states VALUES (?, ?, ?, ?, ?)",
+        [
+            (pid, tid.bytes, partition, s.epoch, encode_producer_batches(s))
+            for (pid, tid, partition), s in producers.items()
+        ],
+    )
+    db.execute("INSERT INTO producer_ids SELECT * FROM old_producer_ids")
+    db.execute("INSERT INTO group_offsets SELECT * FROM old_group_offsets")
+    for table in ("topics", "partitions", "objects", "batches", "producer_ids", "group_offsets"):
+        db.execute(f"DROP TABLE old_{table}")
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, immediate: bool = True) -> None:
         self._db = db
+        self._begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
 
     def __enter__(self) -> sqlite3.Connection:
         if self._db.in_transaction:  # left open by an earlier failure
             self._db.execute("ROLLBACK")
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(self._begin)
         return self._db
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

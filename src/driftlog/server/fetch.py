@@ -1,8 +1,10 @@
 """Fetch: plan from committed coordinates, long-poll on commits, then read the bytes.
 
-The plan (which batches of which partitions) is cheap and in memory, so the
-long poll re-plans after every commit until `min_bytes` is reached or
-`max_wait` passes, and only then reads from cache or object storage.
+The plan (which batches of which partitions) is cheap: tail readers find
+their coordinates in the view's in-memory tail cache, older offsets cost one
+indexed database query. The long poll re-plans after every commit until
+`min_bytes` is reached or `max_wait` passes, and only then reads from cache
+or object storage.
 
 Size limits follow KIP-74: the response stays within `max_bytes` and each
 partition within `partition_max_bytes`, except that the first batch of the
@@ -50,7 +52,7 @@ class _TopicPlan:
     partitions: list[_PartitionPlan]
 
 
-def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], int]:
+async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], int]:
     coordinator = ctx.agent.coordinator
     uses_ids = ctx.api_version >= 13
     budget = min(request.max_bytes, MAX_RESPONSE_BYTES)
@@ -85,7 +87,7 @@ def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], int]:
                 continue
             # find_batches always includes the first batch, so a response that is
             # still empty gets at least one batch whatever the limits say (KIP-74).
-            locations = coordinator.find_batches(
+            locations = await coordinator.find_batches(
                 topic.topic_id, fp.partition, offset, max(limit, 1)
             )
             if locations and total > 0 and locations[0].byte_length > limit:
@@ -99,7 +101,7 @@ async def handle_fetch(ctx: RequestContext, request: Any) -> Any:
     max_wait_s = min(request.max_wait.total_seconds(), MAX_WAIT_S)
     deadline = time.monotonic() + max(max_wait_s, 0.0)
     while True:
-        plans, total = _plan(ctx, request)
+        plans, total = await _plan(ctx, request)
         remaining = deadline - time.monotonic()
         has_error = any(p.error != ErrorCode.none for t in plans for p in t.partitions)
         if total >= request.min_bytes or remaining <= 0 or has_error:

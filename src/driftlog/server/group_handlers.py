@@ -257,7 +257,7 @@ async def handle_describe_groups(ctx: RequestContext, request: Any) -> Any:
             )
             continue
         if with_offsets is None:
-            with_offsets = set(agent.coordinator.groups_with_offsets())
+            with_offsets = set(await agent.coordinator.groups_with_offsets())
         if group_id in with_offsets:
             # Offsets outlive membership (and agent restarts): an Empty group.
             state, error, message = GroupState.EMPTY, ErrorCode.none, None
@@ -295,7 +295,7 @@ async def handle_list_groups(ctx: RequestContext, request: Any) -> Any:
         live = {o.group_id for o in overviews}
         overviews.extend(
             GroupOverview(group_id, "", GroupState.EMPTY)
-            for group_id in agent.coordinator.groups_with_offsets()
+            for group_id in await agent.coordinator.groups_with_offsets()
             if group_id not in live
         )
     groups = tuple(
@@ -315,7 +315,7 @@ async def handle_list_groups(ctx: RequestContext, request: Any) -> Any:
 async def handle_delete_groups(ctx: RequestContext, request: Any) -> Any:
     module = response_module(DELETE_GROUPS, ctx.api_version)
     agent = ctx.agent
-    with_offsets = set(agent.coordinator.groups_with_offsets())
+    with_offsets = set(await agent.coordinator.groups_with_offsets())
     results: list[Any] = []
     for group_id in request.groups_names:
         error = agent.groups.delete_group(group_id)
@@ -403,20 +403,22 @@ async def handle_offset_fetch(ctx: RequestContext, request: Any) -> Any:
         # KIP-709: v8+ fetches for a batch of groups. Classic groups check neither
         # the member id nor the member epoch of v9+ (those are for KIP-848 groups).
         groups = tuple(
-            build(
-                module.OffsetFetchResponseGroup,
-                group_id=g.group_id,
-                topics=_fetch_topics(ctx, module, version, g.group_id, g.topics),
-                error_code=ErrorCode.none,
-            )
-            for g in request.groups
+            [
+                build(
+                    module.OffsetFetchResponseGroup,
+                    group_id=g.group_id,
+                    topics=await _fetch_topics(ctx, module, version, g.group_id, g.topics),
+                    error_code=ErrorCode.none,
+                )
+                for g in request.groups
+            ]
         )
         return build(module.OffsetFetchResponse, groups=groups)
-    topics = _fetch_topics(ctx, module, version, request.group_id, request.topics)
+    topics = await _fetch_topics(ctx, module, version, request.group_id, request.topics)
     return build(module.OffsetFetchResponse, topics=topics, error_code=ErrorCode.none)
 
 
-def _fetch_topics(
+async def _fetch_topics(
     ctx: RequestContext,
     module: Any,
     version: int,
@@ -452,7 +454,7 @@ def _fetch_topics(
 
     if requested is None:
         by_topic: dict[str, list[CommittedOffset]] = {}
-        for committed in coordinator.fetch_offsets(group_id, None):
+        for committed in await coordinator.fetch_offsets(group_id, None):
             by_topic.setdefault(committed.topic, []).append(committed)
         entries: list[Any] = []
         for name, offsets in by_topic.items():
@@ -481,7 +483,7 @@ def _fetch_topics(
             resolved.append((t, None, t.name))
     wanted = [(n, p) for t, _, n in resolved if n is not None for p in t.partition_indexes]
     committed_by_partition = {
-        (c.topic, c.partition): c for c in coordinator.fetch_offsets(group_id, wanted)
+        (c.topic, c.partition): c for c in await coordinator.fetch_offsets(group_id, wanted)
     }
     entries = []
     for t, known, topic_name in resolved:

@@ -33,10 +33,10 @@ async def _lookup(
     if timestamp in (EARLIEST, EARLIEST_LOCAL):
         return ErrorCode.none, -1, offsets.log_start_offset
     if timestamp == MAX_TIMESTAMP:
-        timestamp = coordinator.max_timestamp(topic.topic_id, partition)
+        timestamp = await coordinator.max_timestamp(topic.topic_id, partition)
         if timestamp < 0:
             return ErrorCode.none, -1, -1
-        location = coordinator.batch_at_timestamp(topic.topic_id, partition, timestamp)
+        location = await coordinator.batch_at_timestamp(topic.topic_id, partition, timestamp)
         if location is None:
             return ErrorCode.none, -1, -1
         if location.log_append_time_ms >= 0:
@@ -47,7 +47,7 @@ async def _lookup(
         return ErrorCode.none, found_ts, offset
     if timestamp < 0:
         return ErrorCode.invalid_request, -1, -1
-    location = coordinator.batch_at_timestamp(topic.topic_id, partition, timestamp)
+    location = await coordinator.batch_at_timestamp(topic.topic_id, partition, timestamp)
     if location is None:
         return ErrorCode.none, -1, -1
     if location.log_append_time_ms >= 0:

@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 import uuid
 from collections.abc import Callable
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.coordinator.api import CommitOutcome, Coordinator
+from driftlog.clock import SYSTEM_CLOCK, Clock
+from driftlog.coordinator.api import CommitOutcome, CommitRequest, Coordinator
 from driftlog.records.batch import BatchHeader
 from driftlog.storage.api import ObjectAlreadyExists, ObjectStore, ObjectStoreError
 from driftlog.write.buffer import PendingBatch, WriteBuffer
@@ -80,7 +80,7 @@ class WritePipeline:
         max_uploads: int = 4,
         max_pending_bytes: int = 256 * 1024 * 1024,
         on_committed: CommitHook | None = None,
-        now_ms: Callable[[], int] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
         self._coordinator = coordinator
@@ -92,7 +92,7 @@ class WritePipeline:
             collections.deque()
         )
         self._on_committed = on_committed
-        self._now_ms = now_ms or (lambda: int(time.monotonic() * 1000))
+        self._clock = clock
         self._timer: asyncio.TimerHandle | None = None
         self._previous_turn: asyncio.Future[None] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
@@ -138,6 +138,9 @@ class WritePipeline:
             delay_s = max(self._buffer.flush_age_ms, 0) / 1000
             self._timer = asyncio.get_running_loop().call_later(delay_s, self.flush)
         return waiter
+
+    def _now_ms(self) -> int:
+        return int(self._clock.monotonic_s() * 1000)
 
     def _has_room(self, size: int) -> bool:
         return self._pending_bytes + size <= self._max_pending_bytes or not self._pending_bytes
@@ -212,20 +215,22 @@ class WritePipeline:
         previous: asyncio.Future[None] | None,
         turn: asyncio.Future[None],
     ) -> None:
-        key = new_object_key(int(time.time() * 1000))
+        key = new_object_key(self._clock.wall_ms())
         commit: asyncio.Future[list[CommitOutcome]] | None = None
         try:
-            started = time.monotonic()
+            started = self._clock.monotonic_s()
             async with self._uploads:
                 await self._put_with_retries(key, layout)
-            uploaded = time.monotonic()
+            uploaded = self._clock.monotonic_s()
             self.timings.upload_ms.append((uploaded - started) * 1000)
             if previous is not None:
                 await asyncio.shield(previous)
-            self.timings.order_wait_ms.append((time.monotonic() - uploaded) * 1000)
+            self.timings.order_wait_ms.append((self._clock.monotonic_s() - uploaded) * 1000)
             # Submitting is synchronous and the coordinator commits in submission
             # order, so the next object may submit right away (and share a transaction).
-            commit = self._coordinator.submit_commit(key, layout.size, layout.coordinates)
+            commit = self._coordinator.submit_commit(
+                CommitRequest(key, layout.size, layout.coordinates)
+            )
         except Exception as e:
             log.warning("object %s not uploaded (%d batches): %r", key, len(layout.batches), e)
         finally:
@@ -236,10 +241,10 @@ class WritePipeline:
             turn.set_result(None)
         outcomes = [CommitOutcome(ErrorCode.kafka_storage_error)] * len(layout.batches)
         if commit is not None:
-            submitted = time.monotonic()
+            submitted = self._clock.monotonic_s()
             try:
                 outcomes = await asyncio.shield(commit)
-                self.timings.commit_ms.append((time.monotonic() - submitted) * 1000)
+                self.timings.commit_ms.append((self._clock.monotonic_s() - submitted) * 1000)
                 if self._on_committed is not None:
                     self._on_committed(key, layout)
             except Exception as e:

@@ -1,0 +1,165 @@
+"""The database seam of the coordinator: what the writer and the views need persisted.
+
+`sqlite.py` (embedded, one agent) and `postgres.py` (cluster) implement it; the
+logic that decides anything (sequencing, leases, idempotence, lookups' rules)
+lives in the core modules and is shared. Backends translate their driver's
+errors into `CoordinatorUnavailable` (or `Fenced`), never leak them.
+
+Every write the writer makes carries its `Fence`: the transaction first
+extends the lease row where the epoch is the writer's own and fails with
+`Fenced` when no row matches (see `lease.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from kio.schema.errors import ErrorCode
+
+from driftlog.coordinator.api import (
+    BatchLocation,
+    CommitOutcome,
+    CommittedOffset,
+    PartitionOffsets,
+    TopicInfo,
+)
+from driftlog.coordinator.lease import LeaseRecord
+from driftlog.coordinator.producers import CachedBatch, ProducerPartitionState
+from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
+
+# Rows per round trip when a read walks the batch index.
+READ_BATCHES_PAGE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The writer's credentials for one write: its lease epoch and the expiry to extend to."""
+
+    shard: int
+    epoch: int
+    expires_ms: int
+
+
+class Backend(Protocol):
+    async def open(self) -> None:
+        """Connect and apply schema migrations."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def cluster_id(self, proposed: str) -> str:
+        """The cluster's id, storing `proposed` if there is none yet."""
+        ...
+
+    # Lease --------------------------------------------------------------------
+    async def read_lease(self, shard: int) -> LeaseRecord | None: ...
+
+    async def try_acquire_lease(self, expected: LeaseRecord | None, new: LeaseRecord) -> bool:
+        """Install `new` if the row is still `expected` (by epoch; absent when None)."""
+        ...
+
+    async def renew_lease(self, fence: Fence) -> None:
+        """Extend the lease; `Fenced` if the epoch is no longer the row's."""
+        ...
+
+    # Writer -------------------------------------------------------------------
+    async def load_sequencer(self, shard: int) -> SequencerSnapshot: ...
+
+    async def committed_outcomes(self, keys: Sequence[str]) -> dict[str, list[CommitOutcome]]:
+        """Stored outcomes of the objects among `keys` that are already committed."""
+        ...
+
+    async def persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
+        """Store many object commits in one transaction (the group commit)."""
+        ...
+
+    async def put_topic(self, fence: Fence, topic: TopicInfo, old_partition_count: int) -> None:
+        """Create or update a topic; partitions from `old_partition_count` on are new."""
+        ...
+
+    async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None: ...
+
+    # Reads --------------------------------------------------------------------
+    async def load_topics(self) -> list[TopicInfo]: ...
+
+    async def load_partition_offsets(self) -> dict[PartitionKey, PartitionOffsets]: ...
+
+    async def read_batches(
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        start_offset: int,
+        end_offset: int,
+        max_bytes: int,
+    ) -> list[BatchLocation]:
+        """Batches holding offsets from `start_offset` up to (not including) `end_offset`,
+        in order, stopping once about `max_bytes` are collected (the first always counts)."""
+        ...
+
+    async def first_batch_at_time(
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        timestamp_ms: int,
+        start_offset: int,
+        end_offset: int,
+    ) -> BatchLocation | None:
+        """The first batch in [start_offset, end_offset) whose time index is >= timestamp_ms."""
+        ...
+
+    async def last_time_index(self, topic_id: uuid.UUID, partition: int, end_offset: int) -> int:
+        """The time index of the last batch below `end_offset`, or -1."""
+        ...
+
+    # Producer ids and consumer-group offsets ----------------------------------
+    async def allocate_producer_id(self) -> int: ...
+
+    async def put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None: ...
+
+    async def fetch_offsets(
+        self, group_id: str, partitions: Sequence[tuple[str, int]] | None
+    ) -> list[CommittedOffset]: ...
+
+    async def delete_group(self, group_id: str) -> None: ...
+
+    async def groups_with_offsets(self) -> list[str]: ...
+
+
+# Encodings shared by the backends ---------------------------------------------
+
+
+def encode_outcomes(outcomes: Sequence[CommitOutcome]) -> str:
+    return json.dumps(
+        [[int(o.error), o.base_offset, o.log_append_time_ms, o.log_start_offset] for o in outcomes],
+        separators=(",", ":"),
+    )
+
+
+def decode_outcomes(text: str) -> list[CommitOutcome]:
+    return [CommitOutcome(ErrorCode(e), b, t, s) for e, b, t, s in json.loads(text)]
+
+
+def encode_producer_batches(state: ProducerPartitionState) -> str:
+    return json.dumps(
+        [[b.first_sequence, b.last_sequence, b.base_offset] for b in state.batches],
+        separators=(",", ":"),
+    )
+
+
+def decode_producer_state(epoch: int, text: str) -> ProducerPartitionState:
+    state = ProducerPartitionState(epoch)
+    for first, last, base in json.loads(text):
+        state.batches.append(CachedBatch(first, last, base))
+    return state
+
+
+def encode_configs(topic: TopicInfo) -> str:
+    return json.dumps(dict(topic.configs), sort_keys=True)
+
+
+def high_watermark(log_start_offset: int, last_offset: int | None) -> int:
+    return max(log_start_offset, -1 if last_offset is None else last_offset + 1)

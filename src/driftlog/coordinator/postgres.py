@@ -1,0 +1,482 @@
+"""PostgreSQL backend of the coordinator (cluster mode): psycopg 3, async, with a pool.
+
+Same tables as `sqlite.py` with PostgreSQL types. Migrations are applied at
+open under an advisory lock, so agents starting together do not race. The
+writer's group commit is one transaction: the fence check (which takes the
+lease row's lock, ordering it against a takeover), then COPY of the objects
+and batches, then upserts of the producer states that changed.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from driftlog.coordinator.api import (
+    BatchLocation,
+    CommitOutcome,
+    CommittedOffset,
+    CoordinatorUnavailable,
+    Fenced,
+    PartitionOffsets,
+    TopicInfo,
+)
+from driftlog.coordinator.backend import (
+    READ_BATCHES_PAGE,
+    Fence,
+    decode_outcomes,
+    decode_producer_state,
+    encode_configs,
+    encode_outcomes,
+    encode_producer_batches,
+    high_watermark,
+)
+from driftlog.coordinator.lease import LeaseRecord
+from driftlog.coordinator.sequencer import (
+    PartitionKey,
+    PartitionSequence,
+    ProducerKey,
+    SequencedObject,
+    SequencerSnapshot,
+)
+
+# Applied in order; each entry moves the schema to the next version.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE cluster (
+        singleton integer PRIMARY KEY CHECK (singleton = 0),
+        cluster_id text NOT NULL
+    );
+    CREATE TABLE leases (
+        shard integer PRIMARY KEY,
+        holder text NOT NULL,
+        address text NOT NULL,
+        epoch bigint NOT NULL,
+        expires_ms bigint NOT NULL
+    );
+    CREATE TABLE topics (
+        topic_id uuid PRIMARY KEY,
+        name text NOT NULL UNIQUE,
+        partition_count integer NOT NULL,
+        configs text NOT NULL
+    );
+    CREATE TABLE partitions (
+        topic_id uuid NOT NULL,
+        partition integer NOT NULL,
+        log_start_offset bigint NOT NULL,
+        PRIMARY KEY (topic_id, partition)
+    );
+    CREATE TABLE objects (
+        object_id bigint PRIMARY KEY,
+        key text NOT NULL UNIQUE,
+        size bigint NOT NULL,
+        committed_ms bigint NOT NULL,
+        outcomes text NOT NULL
+    );
+    CREATE TABLE batches (
+        topic_id uuid NOT NULL,
+        partition integer NOT NULL,
+        last_offset bigint NOT NULL,
+        base_offset bigint NOT NULL,
+        object_id bigint NOT NULL,
+        byte_offset bigint NOT NULL,
+        byte_length integer NOT NULL,
+        max_timestamp_ms bigint NOT NULL,
+        log_append_time_ms bigint NOT NULL,
+        time_index_ms bigint NOT NULL,
+        PRIMARY KEY (topic_id, partition, last_offset)
+    );
+    CREATE INDEX batches_by_time ON batches (topic_id, partition, time_index_ms, last_offset);
+    CREATE TABLE producer_states (
+        producer_id bigint NOT NULL,
+        topic_id uuid NOT NULL,
+        partition integer NOT NULL,
+        epoch integer NOT NULL,
+        batches text NOT NULL,
+        PRIMARY KEY (producer_id, topic_id, partition)
+    );
+    CREATE SEQUENCE producer_ids MINVALUE 0 START 0;
+    CREATE TABLE group_offsets (
+        group_id text NOT NULL,
+        topic text NOT NULL,
+        partition integer NOT NULL,
+        committed_offset bigint NOT NULL,
+        leader_epoch integer NOT NULL,
+        metadata text,
+        PRIMARY KEY (group_id, topic, partition)
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+_MIGRATION_LOCK = 0x647269667430  # any constant shared by all agents
+
+_LOCATION = (
+    "o.key, b.byte_offset, b.byte_length, b.base_offset, b.last_offset,"
+    " b.max_timestamp_ms, b.log_append_time_ms"
+)
+
+
+class PostgresBackend:
+    def __init__(self, dsn: str, *, max_connections: int = 8, timeout_s: float = 5.0) -> None:
+        self._dsn = dsn
+        self._timeout_s = timeout_s
+        self._pool = AsyncConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=max_connections,
+            open=False,
+            timeout=timeout_s,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s))},
+        )
+
+    # Lifecycle ----------------------------------------------------------------
+    async def open(self) -> None:
+        try:
+            await self._pool.open(wait=True, timeout=self._timeout_s)
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"
+                )
+                row = await (await conn.execute("SELECT version FROM schema_version")).fetchone()
+                version = row[0] if row else 0
+                if version > SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"the database has schema version {version}; this Driftlog knows"
+                        f" {SCHEMA_VERSION} (upgrade Driftlog)"
+                    )
+                for migration in MIGRATIONS[version:]:
+                    await conn.execute(migration.encode())
+                if row is None:
+                    await conn.execute("INSERT INTO schema_version VALUES (%s)", (SCHEMA_VERSION,))
+                else:
+                    await conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(query.encode(), params)
+                return await cursor.fetchall()
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
+    async def cluster_id(self, proposed: str) -> str:
+        await self._fetch(
+            "INSERT INTO cluster VALUES (0, %s) ON CONFLICT DO NOTHING RETURNING 1", (proposed,)
+        )
+        [(cluster_id,)] = await self._fetch("SELECT cluster_id FROM cluster")
+        return str(cluster_id)
+
+    # Lease --------------------------------------------------------------------
+    async def read_lease(self, shard: int) -> LeaseRecord | None:
+        rows = await self._fetch(
+            "SELECT shard, holder, address, epoch, expires_ms FROM leases WHERE shard = %s",
+            (shard,),
+        )
+        return LeaseRecord(*rows[0]) if rows else None
+
+    async def try_acquire_lease(self, expected: LeaseRecord | None, new: LeaseRecord) -> bool:
+        row = (new.holder, new.address, new.epoch, new.expires_ms, new.shard)
+        if expected is None:
+            rows = await self._fetch(
+                "INSERT INTO leases (holder, address, epoch, expires_ms, shard)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
+                row,
+            )
+        else:
+            rows = await self._fetch(
+                "UPDATE leases SET holder = %s, address = %s, epoch = %s, expires_ms = %s"
+                " WHERE shard = %s AND epoch = %s RETURNING 1",
+                (*row, expected.epoch),
+            )
+        return len(rows) == 1
+
+    async def renew_lease(self, fence: Fence) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                await _check_fence(conn, fence)
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
+    # Writer -------------------------------------------------------------------
+    async def load_sequencer(self, shard: int) -> SequencerSnapshot:
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                topics = await _load_topics(conn)
+                cursor = await conn.execute(
+                    b"SELECT p.topic_id, p.partition, p.log_start_offset, b.last_offset,"
+                    b" b.time_index_ms FROM partitions p LEFT JOIN LATERAL"
+                    b" (SELECT last_offset, time_index_ms FROM batches"
+                    b"  WHERE topic_id = p.topic_id AND partition = p.partition"
+                    b"  ORDER BY last_offset DESC LIMIT 1) b ON true"
+                )
+                partitions: dict[PartitionKey, PartitionSequence] = {}
+                for tid, partition, log_start, last, time_index in await cursor.fetchall():
+                    hwm = high_watermark(log_start, last)
+                    partitions[(tid, partition)] = PartitionSequence(
+                        log_start, hwm, hwm, -1 if time_index is None else time_index
+                    )
+                cursor = await conn.execute(
+                    b"SELECT producer_id, topic_id, partition, epoch, batches FROM producer_states"
+                )
+                producers = {
+                    (pid, tid, partition): decode_producer_state(epoch, batches)
+                    for pid, tid, partition, epoch, batches in await cursor.fetchall()
+                }
+                cursor = await conn.execute(b"SELECT coalesce(max(object_id), 0) + 1 FROM objects")
+                row = await cursor.fetchone()
+                assert row is not None
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+        return SequencerSnapshot(topics, partitions, producers, int(row[0]))
+
+    async def committed_outcomes(self, keys: Sequence[str]) -> dict[str, list[CommitOutcome]]:
+        rows = await self._fetch(
+            "SELECT key, outcomes FROM objects WHERE key = ANY(%s)", (list(keys),)
+        )
+        return {key: decode_outcomes(outcomes) for key, outcomes in rows}
+
+    async def persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
+        updates: dict[ProducerKey, Any] = {}
+        for o in objects:
+            updates.update(o.producer_updates)
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await _check_fence(conn, fence)
+                cursor = conn.cursor()
+                async with cursor.copy(
+                    b"COPY objects (object_id, key, size, committed_ms, outcomes) FROM STDIN"
+                ) as copy:
+                    for o in objects:
+                        await copy.write_row(
+                            (
+                                o.object_id,
+                                o.object_key,
+                                o.object_size,
+                                o.committed_ms,
+                                encode_outcomes(o.outcomes),
+                            )
+                        )
+                async with cursor.copy(
+                    b"COPY batches (topic_id, partition, last_offset, base_offset, object_id,"
+                    b" byte_offset, byte_length, max_timestamp_ms, log_append_time_ms,"
+                    b" time_index_ms) FROM STDIN"
+                ) as copy:
+                    for o in objects:
+                        for r in o.rows:
+                            loc = r.location
+                            await copy.write_row(
+                                (
+                                    r.topic_id,
+                                    r.partition,
+                                    loc.last_offset,
+                                    loc.base_offset,
+                                    o.object_id,
+                                    loc.byte_offset,
+                                    loc.byte_length,
+                                    loc.max_timestamp_ms,
+                                    loc.log_append_time_ms,
+                                    r.time_index_ms,
+                                )
+                            )
+                if updates:
+                    await cursor.executemany(
+                        b"INSERT INTO producer_states VALUES (%s, %s, %s, %s, %s)"
+                        b" ON CONFLICT (producer_id, topic_id, partition) DO UPDATE"
+                        b" SET epoch = excluded.epoch, batches = excluded.batches",
+                        [
+                            (pid, tid, partition, s.epoch, encode_producer_batches(s))
+                            for (pid, tid, partition), s in updates.items()
+                        ],
+                    )
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
+    async def put_topic(self, fence: Fence, topic: TopicInfo, old_partition_count: int) -> None:
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await _check_fence(conn, fence)
+                await conn.execute(
+                    b"INSERT INTO topics VALUES (%s, %s, %s, %s) ON CONFLICT (topic_id) DO UPDATE"
+                    b" SET partition_count = excluded.partition_count,"
+                    b" configs = excluded.configs",
+                    (topic.topic_id, topic.name, topic.partition_count, encode_configs(topic)),
+                )
+                await conn.cursor().executemany(
+                    b"INSERT INTO partitions VALUES (%s, %s, 0)",
+                    [
+                        (topic.topic_id, p)
+                        for p in range(old_partition_count, topic.partition_count)
+                    ],
+                )
+        except psycopg.errors.UniqueViolation as e:
+            raise CoordinatorUnavailable(f"topic {topic.name} exists: {e}") from e
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
+    async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None:
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await _check_fence(conn, fence)
+                for table in ("topics", "partitions", "batches", "producer_states"):
+                    await conn.execute(
+                        f"DELETE FROM {table} WHERE topic_id = %s".encode(), (topic.topic_id,)
+                    )
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
+    # Reads --------------------------------------------------------------------
+    async def load_topics(self) -> list[TopicInfo]:
+        try:
+            async with self._pool.connection() as conn:
+                return await _load_topics(conn)
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
+    async def load_partition_offsets(self) -> dict[PartitionKey, PartitionOffsets]:
+        snapshot = await self.load_sequencer(0)
+        return {
+            key: PartitionOffsets(p.log_start_offset, p.high_watermark)
+            for key, p in snapshot.partitions.items()
+        }
+
+    async def read_batches(
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        start_offset: int,
+        end_offset: int,
+        max_bytes: int,
+    ) -> list[BatchLocation]:
+        out: list[BatchLocation] = []
+        total = 0
+        position = start_offset
+        while position < end_offset:
+            rows = await self._fetch(
+                f"SELECT {_LOCATION} FROM batches b JOIN objects o USING (object_id)"
+                " WHERE b.topic_id = %s AND b.partition = %s AND b.last_offset >= %s"
+                " AND b.base_offset < %s ORDER BY b.last_offset LIMIT %s",
+                (topic_id, partition, position, end_offset, READ_BATCHES_PAGE),
+            )
+            for row in rows:
+                location = BatchLocation(*row)
+                if out and total + location.byte_length > max_bytes:
+                    return out
+                out.append(location)
+                total += location.byte_length
+                if total >= max_bytes:
+                    return out
+            if len(rows) < READ_BATCHES_PAGE:
+                break
+            position = out[-1].last_offset + 1
+        return out
+
+    async def first_batch_at_time(
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        timestamp_ms: int,
+        start_offset: int,
+        end_offset: int,
+    ) -> BatchLocation | None:
+        rows = await self._fetch(
+            f"SELECT {_LOCATION} FROM batches b JOIN objects o USING (object_id)"
+            " WHERE b.topic_id = %s AND b.partition = %s AND b.time_index_ms >= %s"
+            " ORDER BY b.time_index_ms, b.last_offset LIMIT 1",
+            (topic_id, partition, timestamp_ms),
+        )
+        if rows and BatchLocation(*rows[0]).last_offset < start_offset:
+            # The time index is monotonic in offsets: past the log start, the
+            # first live batch is the answer.
+            rows = await self._fetch(
+                f"SELECT {_LOCATION} FROM batches b JOIN objects o USING (object_id)"
+                " WHERE b.topic_id = %s AND b.partition = %s AND b.last_offset >= %s"
+                " ORDER BY b.last_offset LIMIT 1",
+                (topic_id, partition, start_offset),
+            )
+        if not rows:
+            return None
+        location = BatchLocation(*rows[0])
+        return location if location.base_offset < end_offset else None
+
+    async def last_time_index(self, topic_id: uuid.UUID, partition: int, end_offset: int) -> int:
+        rows = await self._fetch(
+            "SELECT time_index_ms FROM batches WHERE topic_id = %s AND partition = %s"
+            " AND last_offset < %s ORDER BY last_offset DESC LIMIT 1",
+            (topic_id, partition, end_offset),
+        )
+        return int(rows[0][0]) if rows else -1
+
+    # Producer ids and group offsets -------------------------------------------
+    async def allocate_producer_id(self) -> int:
+        [(producer_id,)] = await self._fetch("SELECT nextval('producer_ids')")
+        return int(producer_id)
+
+    async def put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.cursor().executemany(
+                    b"INSERT INTO group_offsets VALUES (%s, %s, %s, %s, %s, %s)"
+                    b" ON CONFLICT (group_id, topic, partition) DO UPDATE SET"
+                    b" committed_offset = excluded.committed_offset,"
+                    b" leader_epoch = excluded.leader_epoch, metadata = excluded.metadata",
+                    [
+                        (group_id, o.topic, o.partition, o.offset, o.leader_epoch, o.metadata)
+                        for o in offsets
+                    ],
+                )
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
+    async def fetch_offsets(
+        self, group_id: str, partitions: Sequence[tuple[str, int]] | None
+    ) -> list[CommittedOffset]:
+        rows = [
+            CommittedOffset(*row)
+            for row in await self._fetch(
+                "SELECT topic, partition, committed_offset, leader_epoch, metadata"
+                " FROM group_offsets WHERE group_id = %s",
+                (group_id,),
+            )
+        ]
+        if partitions is None:
+            return rows
+        wanted = set(partitions)
+        return [r for r in rows if (r.topic, r.partition) in wanted]
+
+    async def delete_group(self, group_id: str) -> None:
+        await self._fetch("DELETE FROM group_offsets WHERE group_id = %s RETURNING 1", (group_id,))
+
+    async def groups_with_offsets(self) -> list[str]:
+        return [r[0] for r in await self._fetch("SELECT DISTINCT group_id FROM group_offsets")]
+
+
+async def _check_fence(conn: psycopg.AsyncConnection[Any], fence: Fence) -> None:
+    # Takes the lease row's lock: a concurrent takeover waits for this
+    # transaction, or this one finds the new epoch and is refused.
+    cursor = await conn.execute(
+        b"UPDATE leases SET expires_ms = greatest(expires_ms, %s)"
+        b" WHERE shard = %s AND epoch = %s RETURNING 1",
+        (fence.expires_ms, fence.shard, fence.epoch),
+    )
+    if await cursor.fetchone() is None:
+        raise Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} was superseded")
+
+
+async def _load_topics(conn: psycopg.AsyncConnection[Any]) -> list[TopicInfo]:
+    cursor = await conn.execute(b"SELECT topic_id, name, partition_count, configs FROM topics")
+    return [
+        TopicInfo(name, tid, count, json.loads(configs))
+        for tid, name, count, configs in await cursor.fetchall()
+    ]

@@ -1,0 +1,180 @@
+"""The writer's in-memory sequencing state. Pure: no I/O, no clock reads.
+
+The single writer of a shard owns this state for its partitions. It holds what
+assigning offsets needs and nothing more, so a new writer loads it in time
+proportional to partitions and producers, not to the length of the log:
+
+- per partition: the log start offset, the next offset to assign, the durable
+  high watermark and the running maximum of batch timestamps (the time index);
+- per (producer id, partition): the idempotence state (`producers.py`);
+- the next object id (object ids are the writer's: nobody else inserts objects).
+
+Committing is two steps so that readers are never ahead of durability:
+
+1. `sequence()` assigns offsets from each partition's `next_offset` and returns
+   the rows to persist. Many objects are sequenced before one persist (group
+   commit), so it works on top of earlier, not yet persisted sequences.
+2. After the backend persisted them, `applied()` advances the high watermarks.
+
+If persisting fails, the outcome is unknown (a COMMIT can fail after reaching
+disk): the writer throws this state away and reloads it from the database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from kio.schema.errors import ErrorCode
+
+from driftlog.coordinator.api import BatchLocation, BatchToCommit, CommitOutcome, TopicInfo
+from driftlog.coordinator.producers import (
+    ProducerPartitionState,
+    check_sequence,
+    record_batch,
+)
+
+ProducerKey = tuple[int, uuid.UUID, int]  # producer id, topic id, partition
+PartitionKey = tuple[uuid.UUID, int]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """A committed batch as persisted."""
+
+    topic_id: uuid.UUID
+    partition: int
+    location: BatchLocation
+    # Running maximum of batch timestamps up to this batch: monotonic in offset
+    # order, so "first batch at or after time T" is an index lookup (Kafka's
+    # time index is monotonic the same way).
+    time_index_ms: int
+
+
+@dataclass(slots=True)
+class SequencedObject:
+    """The rows one object commit produces, before they are durable."""
+
+    object_id: int
+    object_key: str
+    object_size: int
+    committed_ms: int
+    rows: list[BatchRow]
+    outcomes: list[CommitOutcome]
+    # Idempotence state after this object, to upsert with it.
+    producer_updates: dict[ProducerKey, ProducerPartitionState] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class PartitionSequence:
+    log_start_offset: int = 0
+    high_watermark: int = 0
+    next_offset: int = 0
+    time_index_ms: int = -1
+
+
+@dataclass(slots=True)
+class SequencerSnapshot:
+    """What a writer loads from the database when it takes the lease."""
+
+    topics: list[TopicInfo]
+    partitions: dict[PartitionKey, PartitionSequence]
+    producers: dict[ProducerKey, ProducerPartitionState]
+    next_object_id: int
+
+
+class Sequencer:
+    def __init__(self, snapshot: SequencerSnapshot) -> None:
+        self.topics_by_id: dict[uuid.UUID, TopicInfo] = {t.topic_id: t for t in snapshot.topics}
+        self.partitions = snapshot.partitions
+        self.producers = snapshot.producers
+        self.next_object_id = snapshot.next_object_id
+
+    # Topics -----------------------------------------------------------------
+    def put_topic(self, topic: TopicInfo) -> None:
+        self.topics_by_id[topic.topic_id] = topic
+        for partition in range(topic.partition_count):
+            self.partitions.setdefault((topic.topic_id, partition), PartitionSequence())
+
+    def drop_topic(self, topic_id: uuid.UUID) -> None:
+        topic = self.topics_by_id.pop(topic_id, None)
+        if topic is None:
+            return
+        for partition in range(topic.partition_count):
+            self.partitions.pop((topic_id, partition), None)
+        for key in [k for k in self.producers if k[1] == topic_id]:
+            del self.producers[key]
+
+    # Write path -------------------------------------------------------------
+    def sequence(
+        self,
+        object_key: str,
+        object_size: int,
+        batches: Sequence[BatchToCommit],
+        now_ms: int,
+    ) -> SequencedObject:
+        obj = SequencedObject(self.next_object_id, object_key, object_size, now_ms, [], [])
+        self.next_object_id += 1
+        for batch in batches:
+            obj.outcomes.append(self._sequence_batch(obj, batch, now_ms))
+        return obj
+
+    def _sequence_batch(
+        self, obj: SequencedObject, batch: BatchToCommit, now_ms: int
+    ) -> CommitOutcome:
+        part = self.partitions.get((batch.topic_id, batch.partition))
+        topic = self.topics_by_id.get(batch.topic_id)
+        if part is None or topic is None:
+            # The topic was deleted (or shrunk) between upload and commit.
+            return CommitOutcome(ErrorCode.unknown_topic_or_partition)
+        base_offset = part.next_offset
+        if batch.producer_id >= 0:
+            key = (batch.producer_id, batch.topic_id, batch.partition)
+            previous = self.producers.get(key)
+            verdict = check_sequence(
+                previous, batch.producer_epoch, batch.base_sequence, batch.record_count
+            )
+            if verdict.error != ErrorCode.none:
+                return CommitOutcome(verdict.error)
+            if verdict.duplicate_of >= 0:
+                # A retry of a batch already committed: its original offset, nothing stored.
+                return CommitOutcome(
+                    ErrorCode.none,
+                    base_offset=verdict.duplicate_of,
+                    log_start_offset=part.log_start_offset,
+                )
+            state = record_batch(
+                previous, batch.producer_epoch, batch.base_sequence, batch.record_count, base_offset
+            )
+            self.producers[key] = state
+            obj.producer_updates[key] = state
+        log_append = topic.configs.get("message.timestamp.type") == "LogAppendTime"
+        part.next_offset += batch.record_count
+        location = BatchLocation(
+            object_key=obj.object_key,
+            byte_offset=batch.byte_offset,
+            byte_length=batch.byte_length,
+            base_offset=base_offset,
+            last_offset=base_offset + batch.record_count - 1,
+            max_timestamp_ms=batch.max_timestamp_ms,
+            log_append_time_ms=now_ms if log_append else -1,
+        )
+        part.time_index_ms = max(
+            part.time_index_ms, now_ms if log_append else batch.max_timestamp_ms
+        )
+        obj.rows.append(BatchRow(batch.topic_id, batch.partition, location, part.time_index_ms))
+        return CommitOutcome(
+            ErrorCode.none,
+            base_offset=base_offset,
+            log_append_time_ms=location.log_append_time_ms,
+            log_start_offset=part.log_start_offset,
+        )
+
+    def applied(self, objects: Iterable[SequencedObject]) -> None:
+        """The objects are durable: advance the high watermarks past their rows."""
+        for obj in objects:
+            for row in obj.rows:
+                part = self.partitions.get((row.topic_id, row.partition))
+                if part is not None:
+                    part.high_watermark = max(part.high_watermark, row.location.last_offset + 1)

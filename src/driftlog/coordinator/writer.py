@@ -1,0 +1,351 @@
+"""The shard writer: holds the lease, sequences object commits, persists them by group commit.
+
+Object commits queue up while the previous database transaction runs; the
+writer then sequences everything queued (in memory, `sequencer.py`) and
+persists it in one transaction, so the database sees one transaction per
+round, not one per object, and nothing else writes these rows (the seed's
+row-lock convoy cannot form). Commits are answered only after their
+transaction committed.
+
+A commit of an object key that is already committed is answered with the
+stored outcomes: a commit re-sent after a lost reply (a timeout, a writer
+failover) never stores the object twice.
+
+The writer is a candidate until it takes the lease (`lease.py`), and goes
+back to being a candidate when it is fenced or cannot renew in time; while a
+candidate it refuses commits with `NotWriter`. After a failed transaction the
+outcome is unknown, so the next round starts by reloading the state.
+
+`tick()` is one step of the lease loop with no sleeping, so a simulation can
+drive it with a fake clock; `start()` runs it on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from kio.schema.errors import ErrorCode
+
+from driftlog.clock import Clock
+from driftlog.coordinator.api import (
+    CommitOutcome,
+    CommitRequest,
+    CoordinatorError,
+    CoordinatorUnavailable,
+    Fenced,
+    NotWriter,
+    TopicInfo,
+)
+from driftlog.coordinator.backend import Backend, Fence
+from driftlog.coordinator.lease import HeldLease, LeaseRecord, may_acquire
+from driftlog.coordinator.sequencer import SequencedObject, Sequencer, SequencerSnapshot
+
+log = logging.getLogger(__name__)
+
+# Bounds one group-commit round so a burst cannot build an unbounded transaction.
+MAX_OBJECTS_PER_TRANSACTION = 256
+# How long close() lets the round in progress finish.
+CLOSE_ROUND_S = 10.0
+DEFAULT_LEASE_MS = 10_000
+
+
+class WriterListener(Protocol):
+    """Who hears about durable changes (the local view)."""
+
+    def on_applied(self, objects: Sequence[SequencedObject]) -> None: ...
+    def on_reloaded(self, snapshot: SequencerSnapshot) -> None: ...
+    def on_topic_put(self, topic: TopicInfo) -> None: ...
+    def on_topic_dropped(self, topic: TopicInfo) -> None: ...
+
+
+_Pending = tuple[CommitRequest, "asyncio.Future[list[CommitOutcome]]"]
+
+
+class CommitWriter:
+    def __init__(
+        self,
+        backend: Backend,
+        clock: Clock,
+        listener: WriterListener,
+        *,
+        holder: str,
+        address: str = "",
+        shard: int = 0,
+        lease_ms: int = DEFAULT_LEASE_MS,
+    ) -> None:
+        self._backend = backend
+        self._clock = clock
+        self._listener = listener
+        self.holder = holder
+        self.address = address
+        self.shard = shard
+        self.lease_ms = lease_ms
+        self.lease: HeldLease | None = None
+        self._sequencer: Sequencer | None = None
+        self._needs_reload = False
+        self._pending: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._serial = asyncio.Lock()  # one round or topic change at a time
+        self._became_writer = asyncio.Event()
+        self._tick_lock = asyncio.Lock()  # the timer's tick and a test's never interleave
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.commits_persisted = 0
+        self.transactions = 0
+        self.terms = 0  # how many times this process took the lease
+
+    @property
+    def is_writer(self) -> bool:
+        return self.lease is not None
+
+    # Lease ----------------------------------------------------------------------
+    async def tick(self) -> None:
+        """One step: try to take the lease, or renew it, or step down. Never sleeps."""
+        async with self._tick_lock:
+            await self._tick()
+
+    async def _tick(self) -> None:
+        if self.lease is None:
+            await self._try_acquire()
+            return
+        now_s = self._clock.monotonic_s()
+        if self.lease.lapsed(now_s):
+            self._step_down("the lease lapsed without renewal")
+        elif self.lease.renew_due(now_s):
+            try:
+                await self._backend.renew_lease(self._fence())
+                if self.lease is not None:
+                    self.lease.renewed_at_s = now_s
+            except Fenced as e:
+                self._step_down(str(e))
+            except CoordinatorError as e:
+                log.warning("lease renewal failed: %s", e)
+
+    async def _try_acquire(self) -> None:
+        try:
+            record = await self._backend.read_lease(self.shard)
+            now_ms = self._clock.wall_ms()
+            if not may_acquire(record, self.holder, now_ms):
+                return
+            started_s = self._clock.monotonic_s()
+            new = LeaseRecord(
+                self.shard,
+                self.holder,
+                self.address,
+                (record.epoch if record else 0) + 1,
+                now_ms + self.lease_ms,
+            )
+            if not await self._backend.try_acquire_lease(record, new):
+                return
+            snapshot = await self._backend.load_sequencer(self.shard)
+        except CoordinatorError as e:
+            log.warning("lease acquisition failed: %s", e)
+            return
+        self._sequencer = Sequencer(snapshot)
+        self._needs_reload = False
+        self.lease = HeldLease(new, self.lease_ms, started_s)
+        self.terms += 1
+        log.info("became writer of shard %d (epoch %d)", self.shard, new.epoch)
+        self._listener.on_reloaded(snapshot)
+        self._became_writer.set()
+        self._wakeup.set()
+
+    def _step_down(self, why: str) -> None:
+        if self.lease is None:
+            return
+        log.error("no longer writer of shard %d (epoch %d): %s", self.shard, self.lease.epoch, why)
+        self.lease = None
+        self._sequencer = None
+        self._became_writer.clear()
+        self._fail_pending(Fenced(why))
+
+    def _fence(self) -> Fence:
+        assert self.lease is not None
+        return Fence(self.shard, self.lease.epoch, self._clock.wall_ms() + self.lease_ms)
+
+    async def start(self, wait_for_lease_s: float = 0.0) -> None:
+        """Run the lease loop; wait up to `wait_for_lease_s` to become the writer."""
+        self._tasks.append(asyncio.create_task(self._lease_loop(), name="writer-lease"))
+        self._tasks.append(asyncio.create_task(self._write_loop(), name="writer-commits"))
+        if wait_for_lease_s > 0:
+            try:
+                await asyncio.wait_for(self._became_writer.wait(), wait_for_lease_s)
+            except TimeoutError:
+                log.warning(
+                    "not the writer after %.1fs; another process holds the lease", wait_for_lease_s
+                )
+
+    async def _lease_loop(self) -> None:
+        while not self._closing:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("lease step failed")
+            # Candidates poll a few times per lease; writers wake to renew on time.
+            await asyncio.sleep(self.lease_ms / 10_000)
+
+    async def close(self) -> None:
+        """Finish the round in progress, fail what is still queued."""
+        self._closing = True
+        self._wakeup.set()
+        for task in self._tasks:
+            if task.get_name() == "writer-commits":
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), CLOSE_ROUND_S)
+                except (TimeoutError, Exception):
+                    task.cancel()
+            else:
+                task.cancel()
+        self._fail_pending(NotWriter("coordinator closed"))
+
+    # Commits ----------------------------------------------------------------
+    def submit(self, request: CommitRequest) -> asyncio.Future[list[CommitOutcome]]:
+        future: asyncio.Future[list[CommitOutcome]] = asyncio.get_running_loop().create_future()
+        if self._closing:
+            future.set_exception(NotWriter("coordinator closing"))
+        elif self.lease is None:
+            future.set_exception(NotWriter(f"not the writer of shard {self.shard}"))
+        else:
+            self._pending.append((request, future))
+            self._wakeup.set()
+        return future
+
+    def _fail_pending(self, error: CoordinatorError) -> None:
+        pending, self._pending = self._pending, []
+        for _, future in pending:
+            if not future.done():
+                future.set_exception(error)
+
+    async def _write_loop(self) -> None:
+        while not (self._closing and not self._pending):
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending and self.lease is not None:
+                round_ = self._pending[:MAX_OBJECTS_PER_TRANSACTION]
+                del self._pending[: len(round_)]
+                try:
+                    async with self._serial:
+                        await self.commit_round(round_)
+                except Exception as e:
+                    # Never let one bad round stop the writer: everyone behind it would hang.
+                    log.exception("coordinator round failed")
+                    _fail(round_, CoordinatorUnavailable(repr(e)))
+
+    async def commit_round(self, round_: list[_Pending]) -> None:
+        """Sequence and persist one round of commits, then answer them."""
+        try:
+            if self._needs_reload:
+                await self._reload()
+            existing = await self._backend.committed_outcomes(
+                [request.object_key for request, _ in round_]
+            )
+        except CoordinatorError as e:
+            _fail(round_, e)
+            return
+        if self.lease is None or self._sequencer is None:
+            _fail(round_, NotWriter("lost the lease"))
+            return
+        now_ms = self._clock.wall_ms()
+        started_s = self._clock.monotonic_s()
+        sequenced: list[SequencedObject] = []
+        answers: dict[str, list[CommitOutcome] | SequencedObject] = dict(existing)
+        for request, _ in round_:
+            if request.object_key not in answers:
+                obj = self._sequencer.sequence(
+                    request.object_key, request.object_size, request.batches, now_ms
+                )
+                sequenced.append(obj)
+                answers[request.object_key] = obj
+        try:
+            if sequenced:
+                await self._backend.persist_objects(self._fence(), sequenced)
+        except Fenced as e:
+            self._step_down(str(e))
+            _fail(round_, e)
+            return
+        except Exception as e:
+            log.error("commit of %d objects failed: %r", len(sequenced), e)
+            # The outcome is unknown (a COMMIT can fail after reaching disk):
+            # reload what the database holds before sequencing again.
+            self._needs_reload = True
+            _fail(round_, e if isinstance(e, CoordinatorError) else CoordinatorUnavailable(repr(e)))
+            return
+        if self.lease is not None:
+            self.lease.renewed_at_s = max(self.lease.renewed_at_s, started_s)
+        self._sequencer.applied(sequenced)
+        if sequenced:
+            self.transactions += 1
+            self.commits_persisted += len(sequenced)
+            self._listener.on_applied(sequenced)
+        for request, future in round_:
+            answer = answers[request.object_key]
+            outcomes = answer.outcomes if isinstance(answer, SequencedObject) else answer
+            if not future.done():
+                future.set_result(outcomes)
+
+    async def _reload(self) -> None:
+        snapshot = await self._backend.load_sequencer(self.shard)
+        self._sequencer = Sequencer(snapshot)
+        self._needs_reload = False
+        self._listener.on_reloaded(snapshot)
+
+    # Topics -------------------------------------------------------------------
+    def _require_writer(self) -> Sequencer:
+        if self.lease is None or self._sequencer is None:
+            raise NotWriter(f"not the writer of shard {self.shard}")
+        return self._sequencer
+
+    async def create_topic(
+        self, name: str, partition_count: int, configs: Mapping[str, str]
+    ) -> tuple[ErrorCode, TopicInfo | None]:
+        async with self._serial:
+            sequencer = self._require_writer()
+            for existing in sequencer.topics_by_id.values():
+                if existing.name == name:
+                    return ErrorCode.topic_already_exists, existing
+            topic = TopicInfo(name, uuid.uuid4(), partition_count, dict(configs))
+            await self._put_topic(sequencer, topic, 0)
+            return ErrorCode.none, topic
+
+    async def put_topic(self, topic: TopicInfo, old_partition_count: int) -> None:
+        """Store a changed topic (partitions added, configs altered)."""
+        async with self._serial:
+            await self._put_topic(self._require_writer(), topic, old_partition_count)
+
+    async def _put_topic(self, sequencer: Sequencer, topic: TopicInfo, old_count: int) -> None:
+        try:
+            await self._backend.put_topic(self._fence(), topic, old_count)
+        except Fenced as e:
+            self._step_down(str(e))
+            raise
+        sequencer.put_topic(topic)
+        self._listener.on_topic_put(topic)
+
+    async def delete_topic(self, name: str) -> ErrorCode:
+        async with self._serial:
+            sequencer = self._require_writer()
+            topic = next((t for t in sequencer.topics_by_id.values() if t.name == name), None)
+            if topic is None:
+                return ErrorCode.unknown_topic_or_partition
+            try:
+                await self._backend.drop_topic(self._fence(), topic)
+            except Fenced as e:
+                self._step_down(str(e))
+                raise
+            sequencer.drop_topic(topic.topic_id)
+            self._listener.on_topic_dropped(topic)
+            return ErrorCode.none
+
+    def topic(self, name: str) -> TopicInfo | None:
+        sequencer = self._require_writer()
+        return next((t for t in sequencer.topics_by_id.values() if t.name == name), None)
+
+
+def _fail(round_: Sequence[_Pending], error: CoordinatorError) -> None:
+    for _, future in round_:
+        if not future.done():
+            future.set_exception(error)
