@@ -17,10 +17,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 from driftlog.clock import SYSTEM_CLOCK
+from driftlog.cluster.membership import Membership
+from driftlog.cluster.placement import group_coordinator
 from driftlog.config import AgentConfig
+from driftlog.coordinator.api import AgentInfo
 from driftlog.coordinator.backend import Backend
 from driftlog.coordinator.postgres import PostgresBackend
-from driftlog.coordinator.service import LocalCoordinator
+from driftlog.coordinator.service import AgentCoordinator
 from driftlog.coordinator.sqlite import SqliteBackend
 from driftlog.groups.coordinator import GroupCoordinator
 from driftlog.protocol.codec import (
@@ -59,11 +62,13 @@ class Agent:
         if config.faults:
             log.warning("FAULT INJECTION ON in the object store: %s", config.faults)
             self.store = FaultyObjectStore(self.store, FaultConfig.parse(config.faults))
-        self.coordinator = LocalCoordinator(
+        self.coordinator = AgentCoordinator(
             _open_backend(config),
             SYSTEM_CLOCK,
             holder=config.holder_id,
-            address=f"{config.advertise_host}:{config.advertise_port}",
+            rpc_host=config.listen_host if config.clustered else None,
+            rpc_port=config.rpc_port,
+            rpc_advertise_host=config.advertise_host,
             lease_ms=config.lease_ms,
         )
         self.cache = BatchCache(config.cache_bytes)
@@ -77,7 +82,25 @@ class Agent:
             max_pending_bytes=config.max_pending_bytes,
             on_committed=self._cache_committed,
         )
-        self.groups = GroupCoordinator(now_ms=lambda: int(time.monotonic() * 1000))
+        self.membership = Membership(
+            self.coordinator.backend,
+            SYSTEM_CLOCK,
+            AgentInfo(
+                agent_id=config.holder_id,
+                node_id=config.node_id,
+                host=config.advertise_host,
+                port=config.advertise_port,
+                zone=config.zone,
+                rpc_address="",
+            ),
+            shared=config.clustered,
+            heartbeat_ms=config.heartbeat_ms,
+            timeout_ms=config.agent_timeout_ms,
+            on_change=self._membership_changed,
+        )
+        self.groups = GroupCoordinator(
+            now_ms=lambda: int(time.monotonic() * 1000), owns=self.owns_group
+        )
         self._server: asyncio.Server | None = None
         self._connections: set[KafkaConnection] = set()
         self._limits = ConnectionLimits(
@@ -97,6 +120,16 @@ class Agent:
             return path.read_text().strip()
         return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
+    def group_coordinator(self, group_id: str) -> AgentInfo:
+        """The agent that coordinates `group_id` (this one when alone)."""
+        return group_coordinator(group_id, self.membership.live) or self.membership.me
+
+    def owns_group(self, group_id: str) -> bool:
+        return self.group_coordinator(group_id).agent_id == self.membership.me.agent_id
+
+    def _membership_changed(self) -> None:
+        self.groups.release_foreign_groups()
+
     def _cache_committed(self, key: str, layout: ObjectLayout) -> None:
         # Tail consumers then read what was just produced without a GET.
         for batch, coordinates in zip(layout.batches, layout.coordinates, strict=True):
@@ -106,8 +139,9 @@ class Agent:
     async def start(self) -> None:
         # A restarted writer takes its lease back at once; another agent's lease
         # must expire first (then produce waits for a writer, as for a leader election).
-        await self.coordinator.start(wait_for_lease_s=2 * self.config.lease_ms / 1000 + 1)
+        await self.coordinator.start(wait_for_writer_s=2 * self.config.lease_ms / 1000 + 1)
         self.cluster_id = await self.coordinator.backend.cluster_id(self._proposed_cluster_id())
+        await self.membership.start()
         await self.groups.start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -147,6 +181,7 @@ class Agent:
         for connection in list(self._connections):
             connection.close()
         await self.groups.close()
+        await self.membership.close()
         await self.coordinator.close()
         await self.store.close()
 

@@ -22,7 +22,12 @@ class AgentConfig:
     # Names this agent in the writer lease; a restart with the same id takes
     # the lease back at once (the old process, if alive, is fenced).
     agent_id: str = ""
-    lease_ms: int = 10_000
+    lease_ms: int = 5_000
+    # The writer RPC (cluster mode): port 0 picks a free one, published in the lease row.
+    rpc_port: int = 0
+    # Membership: agents heartbeat this often and count as gone after agent_timeout_ms.
+    heartbeat_ms: int = 1_000
+    agent_timeout_ms: int = 5_000
     flush_ms: int = 250
     flush_bytes: int = 8 * MiB
     max_uploads: int = 4
@@ -52,6 +57,11 @@ class AgentConfig:
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "coordinator.sqlite3"
+
+    @property
+    def clustered(self) -> bool:
+        """Several agents share the coordinator database (PostgreSQL)."""
+        return self.coordinator_url is not None
 
     @property
     def holder_id(self) -> str:

@@ -18,7 +18,7 @@ import pytest
 from kio.schema.errors import ErrorCode
 from kio.serial import entity_reader, entity_writer
 
-from driftlog.coordinator.api import CommittedOffset, TopicInfo
+from driftlog.coordinator.api import AgentInfo, CommittedOffset, TopicInfo
 from driftlog.groups.coordinator import GroupCoordinator
 from driftlog.protocol.schema import build, request_module
 from driftlog.server.context import RequestContext
@@ -69,6 +69,13 @@ class FakeAgent:
         self.node_id = 7
         self.advertised_host = "broker.test"
         self.advertised_port = 19092
+        self.me = AgentInfo("agent-7", 7, "broker.test", 19092, "", "")
+
+    def group_coordinator(self, group_id: str) -> AgentInfo:
+        return self.me
+
+    def owns_group(self, group_id: str) -> bool:
+        return True
 
 
 def roundtrip(entity: Any) -> Any:

@@ -1,7 +1,7 @@
 """The coordinator on each real backend: dense offsets, group commit, failures, reload,
 idempotent commits by object key, the tail cache, leases and fencing.
 
-Every test runs against SQLite and against a real PostgreSQL (started by the
+Every test runs against SQLite, against a real PostgreSQL (started by the
 `postgres_dsn` fixture). Time is a `FakeClock`, so lease expiry is exact.
 """
 
@@ -74,10 +74,16 @@ def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFa
 
 
 async def started(
-    backend: Backend, clock: FakeClock, holder: str = "a", wait: bool = True
+    backend: Backend,
+    clock: FakeClock,
+    holder: str = "a",
+    wait: bool = True,
+    commit_timeout_s: float | None = None,
 ) -> LocalCoordinator:
-    coordinator = LocalCoordinator(backend, clock, holder=holder, lease_ms=LEASE_MS)
-    await coordinator.start(wait_for_lease_s=5.0 if wait else 0.0)
+    coordinator = LocalCoordinator(
+        backend, clock, holder=holder, lease_ms=LEASE_MS, commit_timeout_s=commit_timeout_s
+    )
+    await coordinator.start(wait_for_writer_s=5.0 if wait else 0.0)
     return coordinator
 
 
@@ -95,7 +101,8 @@ def test_dense_offsets_group_commit_failures_and_reload(backend_factory: Backend
     async def scenario() -> None:
         clock = FakeClock()
         flaky = FlakyBackend(backend_factory())
-        coordinator = await started(cast(Backend, flaky), clock)
+        # No time for retries: a failed commit fails (retries have their own test).
+        coordinator = await started(cast(Backend, flaky), clock, commit_timeout_s=0)
         error, topic = await coordinator.create_topic("t", 2, {})
         assert error == ErrorCode.none and topic is not None
         tid = topic.topic_id
@@ -171,17 +178,24 @@ def test_commit_is_idempotent_by_object_key(backend_factory: BackendFactory) -> 
         # The same object sent again (a reply lost in an RPC): the stored outcome, no copy.
         [again] = await commit(coordinator, "k1", [batch(tid, 0, 4)])
         assert again == first
-        # The commit lands but its reply is lost: the writer reloads, and the re-sent
-        # commit gets the outcome stored the first time.
+        # The commit lands but its reply is lost: the writer reloads, the agent re-sends,
+        # and the re-sent commit gets the outcome stored the first time (no second write).
         flaky.failures, flaky.lose_reply = 1, True
-        with pytest.raises(CoordinatorUnavailable):
-            await commit(coordinator, "k2", [batch(tid, 0, 3)])
         [resent] = await commit(coordinator, "k2", [batch(tid, 0, 3)])
         assert resent.base_offset == 4
+        # Failures that do not land are retried too, invisibly to the producer.
+        flaky.failures, flaky.lose_reply = 3, False
+        [retried] = await commit(coordinator, "k2b", [batch(tid, 0, 1)])
+        assert retried.base_offset == 7 and flaky.failures == 0
         [after] = await commit(coordinator, "k3", [batch(tid, 0, 1)])
-        assert after.base_offset == 7
+        assert after.base_offset == 8
         found = await coordinator.find_batches(tid, 0, 0, 1 << 30)
-        assert [(b.base_offset, b.last_offset) for b in found] == [(0, 3), (4, 6), (7, 7)]
+        assert [(b.object_key, b.base_offset, b.last_offset) for b in found] == [
+            ("k1", 0, 3),
+            ("k2", 4, 6),
+            ("k2b", 7, 7),
+            ("k3", 8, 8),
+        ]
         await coordinator.close()
 
     run(scenario)
@@ -234,7 +248,7 @@ def test_time_index(backend_factory: BackendFactory) -> None:
 def test_lease_takeover_and_fencing(backend_factory: BackendFactory) -> None:
     async def scenario() -> None:
         clock = FakeClock()
-        a = await started(backend_factory(), clock, holder="a")
+        a = await started(backend_factory(), clock, holder="a", commit_timeout_s=0)
         _, topic = await a.create_topic("t", 1, {})
         assert topic is not None
         tid = topic.topic_id
@@ -242,7 +256,7 @@ def test_lease_takeover_and_fencing(backend_factory: BackendFactory) -> None:
         assert first.base_offset == 0
 
         # Another agent cannot take a live lease.
-        b = await started(backend_factory(), clock, holder="b", wait=False)
+        b = await started(backend_factory(), clock, holder="b", wait=False, commit_timeout_s=0)
         await b.writer.tick()
         assert not b.writer.is_writer
         with pytest.raises(NotWriter):
@@ -266,12 +280,12 @@ def test_lease_takeover_and_fencing(backend_factory: BackendFactory) -> None:
         assert [(x.object_key, x.base_offset) for x in found] == [("a1", 0), ("b1", 3)]
 
         # A live lease held by `b` keeps a restarted `a` out...
-        a2 = await started(backend_factory(), clock, holder="a", wait=False)
+        a2 = await started(backend_factory(), clock, holder="a", wait=False, commit_timeout_s=0)
         await a2.writer.tick()
         assert not a2.writer.is_writer
         # ...but a restarted `b` (same agent id) takes its lease back at once, fencing
         # the old process should it still be alive.
-        b2 = await started(backend_factory(), clock, holder="b")
+        b2 = await started(backend_factory(), clock, holder="b", commit_timeout_s=0)
         assert b2.writer.is_writer
         [back] = await commit(b2, "b2", [batch(tid, 0, 1)])
         assert back.base_offset == 5
@@ -286,7 +300,7 @@ def test_lease_takeover_and_fencing(backend_factory: BackendFactory) -> None:
 def test_writer_steps_down_when_it_cannot_renew(backend_factory: BackendFactory) -> None:
     async def scenario() -> None:
         clock = FakeClock()
-        a = await started(backend_factory(), clock, holder="a", wait=True)
+        a = await started(backend_factory(), clock, holder="a", commit_timeout_s=0)
         assert a.writer.is_writer
         clock.advance(LEASE_MS)  # no renewal for a whole lease (the loop sleeps in real time)
         await a.writer.tick()

@@ -19,7 +19,7 @@ from driftlog.write.pipeline import WritePipeline
 
 async def _run(tmp_path: Path) -> None:
     coordinator = LocalCoordinator(SqliteBackend(tmp_path / "c.sqlite3"), SYSTEM_CLOCK, holder="t")
-    await coordinator.start(wait_for_lease_s=5)
+    await coordinator.start(wait_for_writer_s=5)
     _, topic = await coordinator.create_topic("t", 1, {})
     assert topic is not None
     inner = open_store("memory://")

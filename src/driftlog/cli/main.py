@@ -99,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
         "writer lease: a dead writer is replaced after about this long",
     )
     option(
+        "--rpc-port",
+        "RPC_PORT",
+        d.rpc_port,
+        "cluster mode: port of the writer RPC on the listen host (0 picks a free one)",
+    )
+    option(
+        "--heartbeat-ms",
+        "HEARTBEAT_MS",
+        d.heartbeat_ms,
+        "cluster mode: how often this agent announces itself",
+    )
+    option(
+        "--agent-timeout-ms",
+        "AGENT_TIMEOUT_MS",
+        d.agent_timeout_ms,
+        "cluster mode: an agent silent this long leaves Metadata and its groups move",
+    )
+    option(
         "--flush-ms",
         "FLUSH_MS",
         d.flush_ms,
@@ -174,6 +192,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         coordinator_url=args.coordinator or None,
         agent_id=args.agent_id or "",
         lease_ms=int(args.lease_ms),
+        rpc_port=int(args.rpc_port),
+        heartbeat_ms=int(args.heartbeat_ms),
+        agent_timeout_ms=int(args.agent_timeout_ms),
         flush_ms=int(args.flush_ms),
         flush_bytes=int(args.flush_bytes),
         cache_bytes=int(args.cache_bytes),

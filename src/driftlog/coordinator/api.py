@@ -107,6 +107,19 @@ class CommittedOffset:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentInfo:
+    """A live agent as registered in the coordinator database (cluster membership)."""
+
+    agent_id: str
+    node_id: int
+    host: str
+    port: int
+    zone: str
+    rpc_address: str
+    heartbeat_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class CommitRequest:
     """One uploaded object to commit: what an agent sends the writer."""
 

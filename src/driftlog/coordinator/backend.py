@@ -21,6 +21,7 @@ from typing import Protocol
 from kio.schema.errors import ErrorCode
 
 from driftlog.coordinator.api import (
+    AgentInfo,
     BatchLocation,
     CommitOutcome,
     CommittedOffset,
@@ -54,6 +55,17 @@ class Backend(Protocol):
     async def cluster_id(self, proposed: str) -> str:
         """The cluster's id, storing `proposed` if there is none yet."""
         ...
+
+    # Membership ---------------------------------------------------------------
+    async def heartbeat(self, agent: AgentInfo) -> None:
+        """Register or refresh an agent (its `heartbeat_ms` is the time of this beat)."""
+        ...
+
+    async def live_agents(self, since_ms: int) -> list[AgentInfo]:
+        """Agents whose last heartbeat is at or after `since_ms`."""
+        ...
+
+    async def remove_agent(self, agent_id: str) -> None: ...
 
     # Lease --------------------------------------------------------------------
     async def read_lease(self, shard: int) -> LeaseRecord | None: ...

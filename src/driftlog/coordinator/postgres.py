@@ -18,6 +18,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from driftlog.coordinator.api import (
+    AgentInfo,
     BatchLocation,
     CommitOutcome,
     CommittedOffset,
@@ -111,6 +112,17 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (group_id, topic, partition)
     );
     """,
+    """
+    CREATE TABLE agents (
+        agent_id text PRIMARY KEY,
+        node_id integer NOT NULL,
+        host text NOT NULL,
+        port integer NOT NULL,
+        zone text NOT NULL,
+        rpc_address text NOT NULL,
+        heartbeat_ms bigint NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x647269667430  # any constant shared by all agents
@@ -176,6 +188,35 @@ class PostgresBackend:
         )
         [(cluster_id,)] = await self._fetch("SELECT cluster_id FROM cluster")
         return str(cluster_id)
+
+    # Membership ---------------------------------------------------------------
+    async def heartbeat(self, agent: AgentInfo) -> None:
+        await self._fetch(
+            "INSERT INTO agents VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (agent_id)"
+            " DO UPDATE SET node_id = excluded.node_id, host = excluded.host,"
+            " port = excluded.port, zone = excluded.zone, rpc_address = excluded.rpc_address,"
+            " heartbeat_ms = excluded.heartbeat_ms RETURNING 1",
+            (
+                agent.agent_id,
+                agent.node_id,
+                agent.host,
+                agent.port,
+                agent.zone,
+                agent.rpc_address,
+                agent.heartbeat_ms,
+            ),
+        )
+
+    async def live_agents(self, since_ms: int) -> list[AgentInfo]:
+        rows = await self._fetch(
+            "SELECT agent_id, node_id, host, port, zone, rpc_address, heartbeat_ms FROM agents"
+            " WHERE heartbeat_ms >= %s ORDER BY node_id, agent_id",
+            (since_ms,),
+        )
+        return [AgentInfo(*row) for row in rows]
+
+    async def remove_agent(self, agent_id: str) -> None:
+        await self._fetch("DELETE FROM agents WHERE agent_id = %s RETURNING 1", (agent_id,))
 
     # Lease --------------------------------------------------------------------
     async def read_lease(self, shard: int) -> LeaseRecord | None:

@@ -1,56 +1,133 @@
-"""The coordinator as one agent uses it: its read view plus the writer it reaches.
+"""The coordinator as one agent uses it: its read view plus the writer, wherever it is.
 
-Today the agent runs the writer itself (it takes the lease at start): the
-embedded SQLite default, or one agent on PostgreSQL. Reads go to the view;
-commits and topic changes go to the writer; group offsets and producer ids go
-straight to the database (they need no sequencing).
+Every agent runs a writer candidate (`writer.py`): the one holding the lease
+sequences for everybody. Reads go to the local view; commits and topic changes
+go to the writer, in this process when it holds the lease, otherwise over the
+writer RPC (`cluster/rpc.py`) to the agent that does. Group offsets and
+producer ids go straight to the database: they need no sequencing.
+
+Commits are sent in submission order and re-sent after a failure (a lost
+connection, a writer failover, an unknown transaction outcome) until
+`commit_timeout_s`: the writer answers a re-sent object key with the outcome
+stored the first time, so a retry never stores an object twice, and producers
+wait through a failover instead of seeing errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 from kio.schema.errors import ErrorCode
 
 from driftlog.clock import Clock
+from driftlog.cluster import messages
+from driftlog.cluster.rpc import WriterClient, WriterServer
 from driftlog.coordinator.api import (
     BatchLocation,
     CommitOutcome,
     CommitRequest,
     CommittedOffset,
+    CoordinatorError,
+    NotWriter,
     PartitionOffsets,
     TopicInfo,
 )
 from driftlog.coordinator.backend import Backend
 from driftlog.coordinator.view import CoordinatorView
-from driftlog.coordinator.writer import DEFAULT_LEASE_MS, CommitWriter
+from driftlog.coordinator.writer import DEFAULT_LEASE_MS, CommitWriter, Listeners
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRY_BACKOFF_S = 0.05
 
 
-class LocalCoordinator:
+@dataclass(slots=True)
+class _QueuedCommit:
+    request: CommitRequest
+    future: asyncio.Future[list[CommitOutcome]]
+    deadline_s: float
+
+
+class AgentCoordinator:
     def __init__(
         self,
         backend: Backend,
         clock: Clock,
         *,
         holder: str,
-        address: str = "",
+        rpc_host: str | None = None,
+        rpc_port: int = 0,
+        rpc_advertise_host: str | None = None,
         lease_ms: int = DEFAULT_LEASE_MS,
+        commit_timeout_s: float | None = None,
     ) -> None:
         self.backend = backend
+        self._clock = clock
         self.view = CoordinatorView(backend)
+        self._listeners = Listeners(self.view)
         self.writer = CommitWriter(
-            backend, clock, self.view, holder=holder, address=address, lease_ms=lease_ms
+            backend, clock, self._listeners, holder=holder, lease_ms=lease_ms
         )
+        self.commit_timeout_s = (
+            commit_timeout_s if commit_timeout_s is not None else 2 * lease_ms / 1000 + 5
+        )
+        # Without an RPC host the writer is only ever this process (embedded SQLite).
+        self.server = (
+            WriterServer(self.writer, rpc_host, rpc_port, rpc_advertise_host or rpc_host)
+            if rpc_host
+            else None
+        )
+        self.client = (
+            WriterClient(backend, self.view, is_local_writer=lambda: self.writer.is_writer,
+                         holder=holder)
+            if rpc_host
+            else None
+        )  # fmt: skip
+        self._queue: collections.deque[_QueuedCommit] = collections.deque()
+        self._queue_wakeup = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
 
-    async def start(self, wait_for_lease_s: float) -> None:
+    async def start(self, wait_for_writer_s: float) -> None:
+        """Open the database, start the writer candidate and follow the lease holder."""
         await self.backend.open()
         await self.view.load()
-        await self.writer.start(wait_for_lease_s)
+        if self.server is not None and self.client is not None:
+            self.writer.address = await self.server.start()
+            self._listeners.listeners.append(self.server)
+            self.client.start()
+        self._sender = asyncio.create_task(self._send_loop(), name="commit-sender")
+        await self.writer.start()
+        # Real time: this waits on I/O, not on the core's clock.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_for_writer_s
+        while not self.has_writer and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if not self.has_writer:
+            log.warning("no writer reachable after %.1fs; commits will wait", wait_for_writer_s)
+
+    @property
+    def has_writer(self) -> bool:
+        return self.writer.is_writer or (self.client is not None and self.client.connected)
 
     async def close(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+        for entry in self._queue:
+            if not entry.future.done():
+                entry.future.set_exception(NotWriter("coordinator closed"))
+        self._queue.clear()
         await self.writer.close()
+        if self.client is not None:
+            await self.client.close()
+        if self.server is not None:
+            await self.server.close()
         await self.backend.close()
 
     @property
@@ -60,6 +137,56 @@ class LocalCoordinator:
     @property
     def transactions(self) -> int:
         return self.writer.transactions
+
+    # Write path -----------------------------------------------------------------
+    def submit_commit(self, request: CommitRequest) -> asyncio.Future[list[CommitOutcome]]:
+        future: asyncio.Future[list[CommitOutcome]] = asyncio.get_running_loop().create_future()
+        deadline = self._clock.monotonic_s() + self.commit_timeout_s
+        self._queue.append(_QueuedCommit(request, future, deadline))
+        self._queue_wakeup.set()
+        return future
+
+    def _send(self, request: CommitRequest) -> Awaitable[list[CommitOutcome]]:
+        if self.writer.is_writer:
+            return self.writer.submit(request)
+        if self.client is not None:
+            reply = self.client.send_commit(request)
+            return _decoded(reply)
+        raise NotWriter("no writer")
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._queue_wakeup.wait()
+            self._queue_wakeup.clear()
+            while self._queue:
+                entries = list(self._queue)
+                try:
+                    # Sent synchronously, in order: the writer commits in that order.
+                    sends = [self._send(entry.request) for entry in entries]
+                except CoordinatorError as e:
+                    await self._back_off(e)
+                    continue
+                for entry, send in zip(entries, sends, strict=True):
+                    try:
+                        outcomes = await send
+                    except CoordinatorError as e:
+                        for later in sends:
+                            if isinstance(later, asyncio.Future):
+                                later.add_done_callback(_ignore)
+                        await self._back_off(e)
+                        break
+                    self._queue.popleft()
+                    if not entry.future.done():
+                        entry.future.set_result(outcomes)
+
+    async def _back_off(self, error: CoordinatorError) -> None:
+        """Fail the commits whose time is up; the rest are re-sent after a pause."""
+        now = self._clock.monotonic_s()
+        while self._queue and self._queue[0].deadline_s <= now:
+            entry = self._queue.popleft()
+            if not entry.future.done():
+                entry.future.set_exception(error)
+        await asyncio.sleep(RETRY_BACKOFF_S)
 
     # Topics -----------------------------------------------------------------
     def topics(self) -> Sequence[TopicInfo]:
@@ -71,37 +198,67 @@ class LocalCoordinator:
     def topic_by_id(self, topic_id: uuid.UUID) -> TopicInfo | None:
         return self.view.topic_by_id(topic_id)
 
+    async def _admin(
+        self,
+        local: Callable[[], Awaitable[T]],
+        message: messages.Message,
+        from_reply: Callable[[messages.Message], T],
+    ) -> T:
+        deadline = self._clock.monotonic_s() + self.commit_timeout_s
+        while True:
+            try:
+                if self.writer.is_writer:
+                    return await local()
+                if self.client is None:
+                    raise NotWriter("no writer")
+                reply = await self.client.call(dict(message))
+                messages.raise_error(reply)
+                return from_reply(reply)
+            except CoordinatorError:
+                if self._clock.monotonic_s() >= deadline:
+                    raise
+                await asyncio.sleep(RETRY_BACKOFF_S)
+
     async def create_topic(
         self, name: str, partition_count: int, configs: Mapping[str, str]
     ) -> tuple[ErrorCode, TopicInfo | None]:
-        return await self.writer.create_topic(name, partition_count, configs)
+        message = {"op": "admin", "action": "create_topic", "name": name,
+                   "partitions": partition_count, "configs": dict(configs)}  # fmt: skip
+        return await self._admin(
+            lambda: self.writer.create_topic(name, partition_count, configs),
+            message,
+            lambda r: (
+                ErrorCode(r["error_code"]),
+                messages.topic_from(r["topic"]) if r["topic"] else None,
+            ),
+        )
 
     async def delete_topic(self, name: str) -> ErrorCode:
-        return await self.writer.delete_topic(name)
+        message = {"op": "admin", "action": "delete_topic", "name": name}
+        return await self._admin(
+            lambda: self.writer.delete_topic(name), message, lambda r: ErrorCode(r["error_code"])
+        )
 
     async def create_partitions(self, name: str, new_total: int) -> ErrorCode:
-        topic = self.writer.topic(name)
-        if topic is None:
-            return ErrorCode.unknown_topic_or_partition
-        if new_total <= topic.partition_count:
-            return ErrorCode.invalid_partitions
-        grown = TopicInfo(topic.name, topic.topic_id, new_total, topic.configs)
-        await self.writer.put_topic(grown, topic.partition_count)
-        return ErrorCode.none
+        message = {"op": "admin", "action": "create_partitions", "name": name,
+                   "partitions": new_total}  # fmt: skip
+        return await self._admin(
+            lambda: self.writer.create_partitions(name, new_total),
+            message,
+            lambda r: ErrorCode(r["error_code"]),
+        )
 
     async def alter_topic_configs(self, name: str, configs: Mapping[str, str | None]) -> ErrorCode:
-        topic = self.writer.topic(name)
-        if topic is None:
-            return ErrorCode.unknown_topic_or_partition
-        await self.writer.put_topic(topic.with_configs(configs), topic.partition_count)
-        return ErrorCode.none
+        message = {"op": "admin", "action": "alter_configs", "name": name,
+                   "configs": dict(configs)}  # fmt: skip
+        return await self._admin(
+            lambda: self.writer.alter_topic_configs(name, configs),
+            message,
+            lambda r: ErrorCode(r["error_code"]),
+        )
 
     async def allocate_producer_id(self) -> int:
         return await self.backend.allocate_producer_id()
-
-    # Write path -------------------------------------------------------------
-    def submit_commit(self, request: CommitRequest) -> asyncio.Future[list[CommitOutcome]]:
-        return self.writer.submit(request)
 
     # Read path --------------------------------------------------------------
     def partition_offsets(self, topic_id: uuid.UUID, partition: int) -> PartitionOffsets | None:
@@ -139,3 +296,16 @@ class LocalCoordinator:
 
     async def groups_with_offsets(self) -> list[str]:
         return await self.backend.groups_with_offsets()
+
+
+async def _decoded(reply: Awaitable[messages.Message]) -> list[CommitOutcome]:
+    return messages.reply_outcomes(await reply)
+
+
+def _ignore(future: asyncio.Future[list[CommitOutcome]]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a re-send will carry the outcome
+
+
+# The embedded default and the tests' name for it.
+LocalCoordinator = AgentCoordinator

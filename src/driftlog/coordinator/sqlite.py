@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from driftlog.coordinator.api import (
+    AgentInfo,
     BatchLocation,
     CommitOutcome,
     CommittedOffset,
@@ -48,7 +49,7 @@ from driftlog.coordinator.sequencer import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -108,6 +109,15 @@ CREATE TABLE producer_ids (
     singleton INTEGER PRIMARY KEY CHECK (singleton = 0),
     next_producer_id INTEGER NOT NULL
 );
+CREATE TABLE agents (
+    agent_id TEXT PRIMARY KEY,
+    node_id INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    zone TEXT NOT NULL,
+    rpc_address TEXT NOT NULL,
+    heartbeat_ms INTEGER NOT NULL
+);
 CREATE TABLE group_offsets (
     group_id TEXT NOT NULL,
     topic TEXT NOT NULL,
@@ -118,6 +128,8 @@ CREATE TABLE group_offsets (
     PRIMARY KEY (group_id, topic, partition)
 ) WITHOUT ROWID;
 """
+
+_AGENTS_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE agents") :].split(";")[0]
 
 _LOCATION = (
     "o.key, b.byte_offset, b.byte_length, b.base_offset, b.last_offset,"
@@ -164,6 +176,9 @@ class SqliteBackend:
                         f"{self._path} has schema version {version}; this Driftlog knows"
                         f" {SCHEMA_VERSION} (upgrade Driftlog)"
                     )
+                if version < 3:
+                    db.execute(_AGENTS_TABLE)
+                    db.execute("UPDATE schema_version SET version = 3")
             elif "batches" in tables:
                 _migrate_from_v1(db)
             else:
@@ -181,6 +196,45 @@ class SqliteBackend:
         with _Transaction(self.db) as db:
             db.execute("INSERT OR IGNORE INTO cluster VALUES (0, ?)", (proposed,))
             return str(db.execute("SELECT cluster_id FROM cluster").fetchone()[0])
+
+    # Membership ---------------------------------------------------------------
+    async def heartbeat(self, agent: AgentInfo) -> None:
+        await self._run(self._heartbeat, agent)
+
+    def _heartbeat(self, agent: AgentInfo) -> None:
+        with _Transaction(self.db) as db:
+            db.execute(
+                "INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    agent.agent_id,
+                    agent.node_id,
+                    agent.host,
+                    agent.port,
+                    agent.zone,
+                    agent.rpc_address,
+                    agent.heartbeat_ms,
+                ),
+            )
+
+    async def live_agents(self, since_ms: int) -> list[AgentInfo]:
+        return await self._run(self._live_agents, since_ms)
+
+    def _live_agents(self, since_ms: int) -> list[AgentInfo]:
+        return [
+            AgentInfo(*row)
+            for row in self.db.execute(
+                "SELECT agent_id, node_id, host, port, zone, rpc_address, heartbeat_ms"
+                " FROM agents WHERE heartbeat_ms >= ? ORDER BY node_id, agent_id",
+                (since_ms,),
+            )
+        ]
+
+    async def remove_agent(self, agent_id: str) -> None:
+        await self._run(self._remove_agent, agent_id)
+
+    def _remove_agent(self, agent_id: str) -> None:
+        with _Transaction(self.db) as db:
+            db.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,))
 
     # Lease --------------------------------------------------------------------
     async def read_lease(self, shard: int) -> LeaseRecord | None:

@@ -48,19 +48,53 @@ class CoordinatorView:
 
     # Changes reported by the writer ------------------------------------------------
     def on_applied(self, objects: Sequence[SequencedObject]) -> None:
+        self.on_remote_applied(
+            [(row.topic_id, row.partition, row.location) for obj in objects for row in obj.rows]
+        )
+
+    def on_remote_applied(self, batches: Sequence[tuple[uuid.UUID, int, BatchLocation]]) -> None:
+        """Committed batches, in commit order (from the local writer or the writer's stream).
+
+        Batches the view already covers are skipped, so a stream that overlaps a
+        resynchronization from the database is harmless.
+        """
         by_partition: dict[PartitionKey, list[BatchLocation]] = {}
-        for obj in objects:
-            for row in obj.rows:
-                by_partition.setdefault((row.topic_id, row.partition), []).append(row.location)
+        for topic_id, partition, location in batches:
+            by_partition.setdefault((topic_id, partition), []).append(location)
         for key, locations in by_partition.items():
             current = self._offsets.get(key)
             if current is None:
                 continue
-            self.tail.append(key, locations)
+            fresh = [loc for loc in locations if loc.base_offset >= current.high_watermark]
+            if not fresh:
+                continue
+            if fresh[0].base_offset != current.high_watermark:
+                self.tail.invalidate(key)  # a gap: the cache must stay contiguous
+            self.tail.append(key, fresh)
             self._offsets[key] = PartitionOffsets(
-                current.log_start_offset, locations[-1].last_offset + 1
+                current.log_start_offset, fresh[-1].last_offset + 1
             )
         self._wake(by_partition.keys())
+
+    async def resync(self) -> None:
+        """Reload topics and watermarks from the database (after missing the writer's stream)."""
+        topics = await self._backend.load_topics()
+        offsets = await self._backend.load_partition_offsets()
+        self._set_topics(topics)
+        for key, new in offsets.items():
+            old = self._offsets.get(key)
+            if old is None or old.high_watermark > new.high_watermark:
+                self.tail.invalidate(key)
+                self._offsets[key] = new
+            elif old.high_watermark < new.high_watermark or old != new:
+                self.tail.invalidate(key)
+                self._offsets[key] = PartitionOffsets(
+                    new.log_start_offset, max(old.high_watermark, new.high_watermark)
+                )
+        for key in set(self._offsets) - set(offsets):
+            del self._offsets[key]
+            self.tail.invalidate(key)
+        self._wake(list(self._waiters))
 
     def on_reloaded(self, snapshot: SequencerSnapshot) -> None:
         self._set_topics(snapshot.topics)

@@ -62,6 +62,29 @@ class WriterListener(Protocol):
     def on_topic_dropped(self, topic: TopicInfo) -> None: ...
 
 
+class Listeners:
+    """Forwards writer events to several listeners (the local view, the RPC stream)."""
+
+    def __init__(self, *listeners: WriterListener) -> None:
+        self.listeners = list(listeners)
+
+    def on_applied(self, objects: Sequence[SequencedObject]) -> None:
+        for listener in self.listeners:
+            listener.on_applied(objects)
+
+    def on_reloaded(self, snapshot: SequencerSnapshot) -> None:
+        for listener in self.listeners:
+            listener.on_reloaded(snapshot)
+
+    def on_topic_put(self, topic: TopicInfo) -> None:
+        for listener in self.listeners:
+            listener.on_topic_put(topic)
+
+    def on_topic_dropped(self, topic: TopicInfo) -> None:
+        for listener in self.listeners:
+            listener.on_topic_dropped(topic)
+
+
 _Pending = tuple[CommitRequest, "asyncio.Future[list[CommitOutcome]]"]
 
 
@@ -90,7 +113,6 @@ class CommitWriter:
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._serial = asyncio.Lock()  # one round or topic change at a time
-        self._became_writer = asyncio.Event()
         self._tick_lock = asyncio.Lock()  # the timer's tick and a test's never interleave
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -151,7 +173,6 @@ class CommitWriter:
         self.terms += 1
         log.info("became writer of shard %d (epoch %d)", self.shard, new.epoch)
         self._listener.on_reloaded(snapshot)
-        self._became_writer.set()
         self._wakeup.set()
 
     def _step_down(self, why: str) -> None:
@@ -160,33 +181,26 @@ class CommitWriter:
         log.error("no longer writer of shard %d (epoch %d): %s", self.shard, self.lease.epoch, why)
         self.lease = None
         self._sequencer = None
-        self._became_writer.clear()
         self._fail_pending(Fenced(why))
 
     def _fence(self) -> Fence:
         assert self.lease is not None
         return Fence(self.shard, self.lease.epoch, self._clock.wall_ms() + self.lease_ms)
 
-    async def start(self, wait_for_lease_s: float = 0.0) -> None:
-        """Run the lease loop; wait up to `wait_for_lease_s` to become the writer."""
+    async def start(self) -> None:
+        """Run the lease loop (its first step is taken before returning) and the commit loop."""
+        await self.tick()
         self._tasks.append(asyncio.create_task(self._lease_loop(), name="writer-lease"))
         self._tasks.append(asyncio.create_task(self._write_loop(), name="writer-commits"))
-        if wait_for_lease_s > 0:
-            try:
-                await asyncio.wait_for(self._became_writer.wait(), wait_for_lease_s)
-            except TimeoutError:
-                log.warning(
-                    "not the writer after %.1fs; another process holds the lease", wait_for_lease_s
-                )
 
     async def _lease_loop(self) -> None:
         while not self._closing:
+            # Candidates poll a few times per lease; writers wake to renew on time.
+            await asyncio.sleep(self.lease_ms / 10_000)
             try:
                 await self.tick()
             except Exception:
                 log.exception("lease step failed")
-            # Candidates poll a few times per lease; writers wake to renew on time.
-            await asyncio.sleep(self.lease_ms / 10_000)
 
     async def close(self) -> None:
         """Finish the round in progress, fail what is still queued."""
@@ -304,17 +318,12 @@ class CommitWriter:
     ) -> tuple[ErrorCode, TopicInfo | None]:
         async with self._serial:
             sequencer = self._require_writer()
-            for existing in sequencer.topics_by_id.values():
-                if existing.name == name:
-                    return ErrorCode.topic_already_exists, existing
+            existing = _named(sequencer, name)
+            if existing is not None:
+                return ErrorCode.topic_already_exists, existing
             topic = TopicInfo(name, uuid.uuid4(), partition_count, dict(configs))
             await self._put_topic(sequencer, topic, 0)
             return ErrorCode.none, topic
-
-    async def put_topic(self, topic: TopicInfo, old_partition_count: int) -> None:
-        """Store a changed topic (partitions added, configs altered)."""
-        async with self._serial:
-            await self._put_topic(self._require_writer(), topic, old_partition_count)
 
     async def _put_topic(self, sequencer: Sequencer, topic: TopicInfo, old_count: int) -> None:
         try:
@@ -328,7 +337,7 @@ class CommitWriter:
     async def delete_topic(self, name: str) -> ErrorCode:
         async with self._serial:
             sequencer = self._require_writer()
-            topic = next((t for t in sequencer.topics_by_id.values() if t.name == name), None)
+            topic = _named(sequencer, name)
             if topic is None:
                 return ErrorCode.unknown_topic_or_partition
             try:
@@ -340,9 +349,31 @@ class CommitWriter:
             self._listener.on_topic_dropped(topic)
             return ErrorCode.none
 
-    def topic(self, name: str) -> TopicInfo | None:
-        sequencer = self._require_writer()
-        return next((t for t in sequencer.topics_by_id.values() if t.name == name), None)
+    async def create_partitions(self, name: str, new_total: int) -> ErrorCode:
+        async with self._serial:
+            sequencer = self._require_writer()
+            topic = _named(sequencer, name)
+            if topic is None:
+                return ErrorCode.unknown_topic_or_partition
+            if new_total <= topic.partition_count:
+                return ErrorCode.invalid_partitions
+            grown = TopicInfo(topic.name, topic.topic_id, new_total, topic.configs)
+            await self._put_topic(sequencer, grown, topic.partition_count)
+            return ErrorCode.none
+
+    async def alter_topic_configs(self, name: str, configs: Mapping[str, str | None]) -> ErrorCode:
+        async with self._serial:
+            sequencer = self._require_writer()
+            topic = _named(sequencer, name)
+            if topic is None:
+                return ErrorCode.unknown_topic_or_partition
+            changed = topic.with_configs(configs)
+            await self._put_topic(sequencer, changed, topic.partition_count)
+            return ErrorCode.none
+
+
+def _named(sequencer: Sequencer, name: str) -> TopicInfo | None:
+    return next((t for t in sequencer.topics_by_id.values() if t.name == name), None)
 
 
 def _fail(round_: Sequence[_Pending], error: CoordinatorError) -> None:

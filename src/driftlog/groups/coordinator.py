@@ -67,8 +67,12 @@ class GroupCoordinator:
         *,
         member_id_suffix: Callable[[], str] = random_member_id_suffix,
         groups_max: int = GROUPS_MAX,
+        owns: Callable[[str], bool] = lambda group_id: True,
     ) -> None:
         self._now_ms = now_ms
+        # In a cluster each group has one coordinating agent (cluster/placement.py);
+        # requests for the others' groups get NOT_COORDINATOR so clients look again.
+        self._owns = owns
         self._config = config if config is not None else GroupConfig()
         self._member_id_suffix = member_id_suffix
         self._groups_max = groups_max
@@ -108,9 +112,26 @@ class GroupCoordinator:
         self._joins.clear()
         self._syncs.clear()
 
+    def release_foreign_groups(self) -> None:
+        """Drop the groups another agent now coordinates (membership changed).
+
+        Parked joins and syncs are answered NOT_COORDINATOR, so their members
+        find the new coordinator and rejoin there (offsets are in the database).
+        """
+        for group_id in [g for g in self._groups if not self._owns(g)]:
+            del self._groups[group_id]
+            for key in [k for k in self._joins if k[0] == group_id]:
+                for join_waiter in self._joins.pop(key):
+                    if not join_waiter.done():
+                        join_waiter.set_result(JoinResult(ErrorCode.not_coordinator, key[1]))
+            for key in [k for k in self._syncs if k[0] == group_id]:
+                for sync_waiter in self._syncs.pop(key):
+                    if not sync_waiter.done():
+                        sync_waiter.set_result(SyncResult(ErrorCode.not_coordinator))
+
     # Membership -----------------------------------------------------------------
     async def join(self, group_id: str, request: JoinRequest) -> JoinResult:
-        if self._closed:
+        if self._closed or not self._owns(group_id):
             return JoinResult(ErrorCode.not_coordinator, request.member_id)
         error = validate_join(self._config, group_id, request)
         if error is not ErrorCode.none:
@@ -134,7 +155,7 @@ class GroupCoordinator:
         return await _wait(self._joins, key, waiter)
 
     async def sync(self, group_id: str, request: SyncRequest) -> SyncResult:
-        if self._closed:
+        if self._closed or not self._owns(group_id):
             return SyncResult(ErrorCode.not_coordinator)
         if not group_id:
             return SyncResult(ErrorCode.invalid_group_id)
@@ -157,6 +178,8 @@ class GroupCoordinator:
     ) -> ErrorCode:
         if not group_id:
             return ErrorCode.invalid_group_id
+        if not self._owns(group_id):
+            return ErrorCode.not_coordinator
         group = self._groups.get(group_id)
         if group is None:
             return ErrorCode.unknown_member_id
@@ -167,6 +190,8 @@ class GroupCoordinator:
     async def leave(self, group_id: str, members: Sequence[LeavingMember]) -> LeaveResult:
         if not group_id:
             return LeaveResult(ErrorCode.invalid_group_id)
+        if not self._owns(group_id):
+            return LeaveResult(ErrorCode.not_coordinator)
         group = self._groups.get(group_id)
         if group is None:
             return LeaveResult(
@@ -184,6 +209,8 @@ class GroupCoordinator:
         self, group_id: str, member_id: str, group_instance_id: str | None, generation_id: int
     ) -> ErrorCode:
         """May this commit go ahead? GROUP_ID_NOT_FOUND: no such group and generation >= 0."""
+        if not self._owns(group_id):
+            return ErrorCode.not_coordinator
         group = self._groups.get(group_id)
         if group is None:
             # Generation -1 is a consumer without group management (or an admin

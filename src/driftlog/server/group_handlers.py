@@ -87,29 +87,32 @@ async def handle_find_coordinator(ctx: RequestContext, request: Any) -> Any:
     module = response_module(FIND_COORDINATOR, ctx.api_version)
     agent = ctx.agent
     key_type = getattr(request, "key_type", _KEY_TYPE_GROUP)
-    if key_type in (_KEY_TYPE_GROUP, _KEY_TYPE_TRANSACTION):
-        found: dict[str, Any] = {
+
+    def find(key: str) -> dict[str, Any]:
+        if key_type not in (_KEY_TYPE_GROUP, _KEY_TYPE_TRANSACTION):
+            return {
+                "error_code": ErrorCode.invalid_request,
+                "error_message": f"unsupported coordinator key type {key_type}",
+                "node_id": -1,
+                "host": "",
+                "port": -1,
+            }
+        chosen = agent.group_coordinator(key)
+        return {
             "error_code": ErrorCode.none,
             "error_message": None,
-            "node_id": agent.node_id,
-            "host": agent.advertised_host,
-            "port": agent.advertised_port,
+            "node_id": chosen.node_id,
+            "host": chosen.host,
+            "port": chosen.port,
         }
-    else:
-        found = {
-            "error_code": ErrorCode.invalid_request,
-            "error_message": f"unsupported coordinator key type {key_type}",
-            "node_id": -1,
-            "host": "",
-            "port": -1,
-        }
+
     if ctx.api_version >= 4:
         # KIP-699: v4+ looks up a batch of keys at once.
         coordinators = tuple(
-            build(module.Coordinator, key=key, **found) for key in request.coordinator_keys
+            build(module.Coordinator, key=key, **find(key)) for key in request.coordinator_keys
         )
         return build(module.FindCoordinatorResponse, coordinators=coordinators)
-    return build(module.FindCoordinatorResponse, **found)
+    return build(module.FindCoordinatorResponse, **find(request.key))
 
 
 # Membership ------------------------------------------------------------------------
@@ -229,6 +232,20 @@ async def handle_describe_groups(ctx: RequestContext, request: Any) -> Any:
         extra: dict[str, Any] = {}
         if with_operations:
             extra["authorized_operations"] = _GROUP_OPERATIONS
+        if not agent.owns_group(group_id):
+            described.append(
+                build(
+                    module.DescribedGroup,
+                    error_code=ErrorCode.not_coordinator,
+                    group_id=group_id,
+                    group_state="",
+                    protocol_type="",
+                    protocol_data="",
+                    members=(),
+                    **extra,
+                )
+            )
+            continue
         description = agent.groups.describe(group_id)
         if description is not None:
             members = tuple(
@@ -296,7 +313,8 @@ async def handle_list_groups(ctx: RequestContext, request: Any) -> Any:
         overviews.extend(
             GroupOverview(group_id, "", GroupState.EMPTY)
             for group_id in await agent.coordinator.groups_with_offsets()
-            if group_id not in live
+            # Each agent lists the groups it coordinates: clients merge all agents' lists.
+            if group_id not in live and agent.owns_group(group_id)
         )
     groups = tuple(
         build(

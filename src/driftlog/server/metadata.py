@@ -1,15 +1,17 @@
-"""Metadata: this agent leads every partition; topics are auto-created when allowed."""
+"""Metadata: live agents as brokers, zone-aware leaders; topics auto-created when allowed."""
 
 from __future__ import annotations
 
 import datetime
 import re
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.coordinator.api import TopicInfo
+from driftlog.cluster.placement import client_zone, partition_leader
+from driftlog.coordinator.api import AgentInfo, TopicInfo
 from driftlog.protocol.schema import build, response_module
 from driftlog.server.context import RequestContext
 
@@ -41,6 +43,25 @@ async def ensure_topic(ctx: RequestContext, name: str) -> tuple[ErrorCode, Topic
     if error == ErrorCode.topic_already_exists:
         error = ErrorCode.none
     return error, topic
+
+
+def _partition(
+    module: Any, topic: TopicInfo, partition: int, live: Sequence[AgentInfo], zone: str | None
+) -> Any:
+    # Every agent serves every partition; the leader named is where we want this
+    # client's traffic (its zone, spread by partition).
+    leader = partition_leader(topic.topic_id.bytes, partition, live, zone)
+    node = leader.node_id if leader is not None else -1
+    return build(
+        module.MetadataResponsePartition,
+        error_code=ErrorCode.none,
+        partition_index=partition,
+        leader_id=node,
+        leader_epoch=0,
+        replica_nodes=(node,),
+        isr_nodes=(node,),
+        offline_replicas=(),
+    )
 
 
 async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
@@ -75,22 +96,13 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
                 error = ErrorCode.none if topic else ErrorCode.unknown_topic_or_partition
             found.append((name, error, topic))
 
-    node = agent.node_id
+    live = agent.membership.live
+    zone = client_zone(ctx.client_id)
     for name, error, topic in found:
         partitions = ()
         if topic is not None:
             partitions = tuple(
-                build(
-                    module.MetadataResponsePartition,
-                    error_code=ErrorCode.none,
-                    partition_index=p,
-                    leader_id=node,
-                    leader_epoch=0,
-                    replica_nodes=(node,),
-                    isr_nodes=(node,),
-                    offline_replicas=(),
-                )
-                for p in range(topic.partition_count)
+                _partition(module, topic, p, live, zone) for p in range(topic.partition_count)
             )
         topics.append(
             build(
@@ -103,19 +115,22 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
                 topic_authorized_operations=-2147483648,
             )
         )
-    broker = build(
-        module.MetadataResponseBroker,
-        node_id=node,
-        host=agent.advertised_host,
-        port=agent.advertised_port,
-        rack=agent.config.zone or None,
+    brokers = tuple(
+        build(
+            module.MetadataResponseBroker,
+            node_id=a.node_id,
+            host=a.host,
+            port=a.port,
+            rack=a.zone or None,
+        )
+        for a in live
     )
     return build(
         module.MetadataResponse,
         throttle_time=datetime.timedelta(0),
-        brokers=(broker,),
+        brokers=brokers,
         cluster_id=agent.cluster_id,
-        controller_id=node,
+        controller_id=agent.node_id,
         topics=tuple(topics),
         cluster_authorized_operations=-2147483648,
         error_code=ErrorCode.none,

@@ -1,0 +1,1 @@
+"""Cluster mode: membership, placement of leaders and group coordinators, the writer RPC."""

@@ -1,0 +1,85 @@
+"""Cluster membership: this agent's heartbeat and the list of live agents.
+
+Each agent upserts its row (id, broker id, address, zone, RPC address) every
+`heartbeat_ms` and reads back the agents heard from within `timeout_ms`.
+Metadata and group-coordinator placement use that list, so a dead agent
+drops out of both about `timeout_ms` after its last beat. When the database
+cannot be reached, the last list is kept (and this agent is always in it).
+Without a shared database (the embedded default) the list is this agent alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from driftlog.clock import Clock
+from driftlog.coordinator.api import AgentInfo, CoordinatorError
+from driftlog.coordinator.backend import Backend
+
+log = logging.getLogger(__name__)
+
+
+class Membership:
+    def __init__(
+        self,
+        backend: Backend,
+        clock: Clock,
+        me: AgentInfo,
+        *,
+        shared: bool,
+        heartbeat_ms: int = 1_000,
+        timeout_ms: int = 5_000,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._on_change = on_change
+        self._backend = backend
+        self._clock = clock
+        self.me = me
+        self._shared = shared
+        self._heartbeat_ms = heartbeat_ms
+        self._timeout_ms = timeout_ms
+        self.live: list[AgentInfo] = [me]
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if not self._shared:
+            return
+        await self.tick()
+        self._task = asyncio.create_task(self._loop(), name="membership")
+
+    async def tick(self) -> None:
+        now_ms = self._clock.wall_ms()
+        try:
+            await self._backend.heartbeat(dataclasses.replace(self.me, heartbeat_ms=now_ms))
+            live = await self._backend.live_agents(now_ms - self._timeout_ms)
+        except CoordinatorError as e:
+            log.warning("heartbeat failed: %s", e)
+            return
+        if all(a.agent_id != self.me.agent_id for a in live):
+            live.append(self.me)
+        live.sort(key=lambda a: (a.node_id, a.agent_id))
+        changed = [a.agent_id for a in live] != [a.agent_id for a in self.live]
+        self.live = live
+        if changed:
+            self._on_change()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_ms / 1000)
+            await self.tick()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._shared:
+            with contextlib.suppress(CoordinatorError):
+                await self._backend.remove_agent(self.me.agent_id)
+
+    def by_node(self, node_id: int) -> AgentInfo | None:
+        return next((a for a in self.live if a.node_id == node_id), None)

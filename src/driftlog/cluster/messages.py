@@ -1,0 +1,205 @@
+"""The writer RPC's messages: plain JSON values, encoded and decoded here. Pure.
+
+Frames are a 4-byte big-endian length followed by one JSON object. An agent
+sends the writer:
+
+    {"op": "commit", "id": N, "key": K, "size": S, "batches": [BATCH, ...]}
+    {"op": "admin", "id": N, "action": A, "name": T, "partitions": P, "configs": {...}}
+    {"op": "subscribe"}
+
+BATCH is [topic id hex, partition, byte offset, byte length, record count,
+base timestamp, max timestamp, producer id, producer epoch, base sequence].
+The writer answers each request with the same id:
+
+    {"id": N, "outcomes": [[error code, base offset, log append time, log start], ...]}
+    {"id": N, "error_code": E, "topic": TOPIC or null}          (admin)
+    {"id": N, "error": "not_writer" | "fenced" | "unavailable", "message": M}
+
+and streams to subscribers what became durable, in commit order:
+
+    {"op": "applied", "batches": [[topic id hex, partition, object key, byte offset,
+                                   byte length, base offset, last offset,
+                                   max timestamp, log append time], ...]}
+    {"op": "topic", "topic": TOPIC}   {"op": "topic_dropped", "topic": TOPIC}
+    {"op": "reloaded"}                (the writer reloaded: resynchronize from the database)
+
+TOPIC is [name, topic id hex, partition count, {config: value}].
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from driftlog.coordinator.api import (
+    BatchLocation,
+    BatchToCommit,
+    CommitOutcome,
+    CommitRequest,
+    CoordinatorError,
+    CoordinatorUnavailable,
+    Fenced,
+    NotWriter,
+    TopicInfo,
+)
+from driftlog.coordinator.sequencer import SequencedObject
+
+LENGTH = struct.Struct(">I")
+# A commit of a flush-sized object carries a few thousand batches; admin is tiny.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+
+Message = dict[str, Any]
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame or message."""
+
+
+def encode(message: Message) -> bytes:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    return LENGTH.pack(len(body)) + body
+
+
+def decode(body: bytes) -> Message:
+    try:
+        message = json.loads(body)
+    except ValueError as e:
+        raise ProtocolError(f"not JSON: {e}") from e
+    if not isinstance(message, dict):
+        raise ProtocolError("a message must be a JSON object")
+    return message
+
+
+# Commits ---------------------------------------------------------------------------
+
+
+def commit_message(request_id: int, request: CommitRequest) -> Message:
+    return {
+        "op": "commit",
+        "id": request_id,
+        "key": request.object_key,
+        "size": request.object_size,
+        "batches": [
+            [
+                b.topic_id.hex,
+                b.partition,
+                b.byte_offset,
+                b.byte_length,
+                b.record_count,
+                b.base_timestamp_ms,
+                b.max_timestamp_ms,
+                b.producer_id,
+                b.producer_epoch,
+                b.base_sequence,
+            ]
+            for b in request.batches
+        ],
+    }
+
+
+def commit_request(message: Message) -> CommitRequest:
+    try:
+        batches = [
+            BatchToCommit(uuid.UUID(hex=b[0]), *(int(v) for v in b[1:10]))
+            for b in message["batches"]
+        ]
+        return CommitRequest(str(message["key"]), int(message["size"]), batches)
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise ProtocolError(f"bad commit: {e!r}") from e
+
+
+def outcomes_reply(request_id: int, outcomes: Sequence[CommitOutcome]) -> Message:
+    return {
+        "id": request_id,
+        "outcomes": [
+            [int(o.error), o.base_offset, o.log_append_time_ms, o.log_start_offset]
+            for o in outcomes
+        ],
+    }
+
+
+def reply_outcomes(reply: Message) -> list[CommitOutcome]:
+    raise_error(reply)
+    return [CommitOutcome(ErrorCode(e), b, t, s) for e, b, t, s in reply["outcomes"]]
+
+
+# Errors ----------------------------------------------------------------------------
+
+
+def error_reply(request_id: int, error: CoordinatorError) -> Message:
+    kind = (
+        "fenced"
+        if isinstance(error, Fenced)
+        else "not_writer"
+        if isinstance(error, NotWriter)
+        else "unavailable"
+    )
+    return {"id": request_id, "error": kind, "message": str(error)}
+
+
+def raise_error(reply: Message) -> None:
+    kind = reply.get("error")
+    if kind is None:
+        return
+    message = f"writer: {reply.get('message', '')}"
+    if kind == "fenced":
+        raise Fenced(message)
+    if kind == "not_writer":
+        raise NotWriter(message)
+    raise CoordinatorUnavailable(message)
+
+
+# Topics ----------------------------------------------------------------------------
+
+
+def topic_value(topic: TopicInfo) -> list[Any]:
+    return [topic.name, topic.topic_id.hex, topic.partition_count, dict(topic.configs)]
+
+
+def topic_from(value: Sequence[Any]) -> TopicInfo:
+    name, tid, count, configs = value
+    return TopicInfo(str(name), uuid.UUID(hex=tid), int(count), dict(configs))
+
+
+def admin_reply(request_id: int, error: ErrorCode, topic: TopicInfo | None) -> Message:
+    return {
+        "id": request_id,
+        "error_code": int(error),
+        "topic": topic_value(topic) if topic else None,
+    }
+
+
+# Events ----------------------------------------------------------------------------
+
+
+def applied_event(objects: Sequence[SequencedObject]) -> Message:
+    return {
+        "op": "applied",
+        "batches": [
+            [
+                r.topic_id.hex,
+                r.partition,
+                r.location.object_key,
+                r.location.byte_offset,
+                r.location.byte_length,
+                r.location.base_offset,
+                r.location.last_offset,
+                r.location.max_timestamp_ms,
+                r.location.log_append_time_ms,
+            ]
+            for o in objects
+            for r in o.rows
+        ],
+    }
+
+
+def applied_batches(event: Message) -> list[tuple[uuid.UUID, int, BatchLocation]]:
+    out = []
+    for tid, partition, key, *numbers in event["batches"]:
+        out.append((uuid.UUID(hex=tid), int(partition), BatchLocation(str(key), *numbers)))
+    return out

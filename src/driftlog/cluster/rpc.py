@@ -1,0 +1,313 @@
+"""The writer RPC over TCP: agents send commits and topic changes to the lease holder,
+and the lease holder streams what became durable back to every agent.
+
+Messages are in `messages.py`. Each agent serves the RPC (`WriterServer`) on
+its own address, which it publishes in the lease row when it takes the lease;
+while it is not the writer it answers `not_writer`. Every agent runs a
+`WriterClient` that follows the lease: it connects to the holder's address,
+subscribes to its stream (feeding the local view), and carries requests.
+A broken connection fails the requests in flight with `CoordinatorUnavailable`;
+the caller re-sends them, which is safe because commits are idempotent by
+object key. After (re)subscribing, the client resynchronizes its view from the
+database, so nothing committed while it was disconnected is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from driftlog.cluster import messages
+from driftlog.cluster.messages import Message, ProtocolError
+from driftlog.coordinator.api import (
+    CommitOutcome,
+    CommitRequest,
+    CoordinatorError,
+    CoordinatorUnavailable,
+    NotWriter,
+    TopicInfo,
+)
+from driftlog.coordinator.backend import Backend
+from driftlog.coordinator.sequencer import SequencedObject, SequencerSnapshot
+from driftlog.coordinator.view import CoordinatorView
+from driftlog.coordinator.writer import CommitWriter
+
+log = logging.getLogger(__name__)
+
+# A subscriber that lets this much pile up unread is dropped (it resynchronizes).
+MAX_SUBSCRIBER_BACKLOG_BYTES = 256 * 1024 * 1024
+REQUEST_TIMEOUT_S = 10.0
+RECONNECT_BACKOFF_S = 0.2
+
+
+async def read_message(reader: asyncio.StreamReader) -> Message:
+    header = await reader.readexactly(messages.LENGTH.size)
+    (length,) = messages.LENGTH.unpack(header)
+    if length > messages.MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {length} bytes exceeds {messages.MAX_FRAME_BYTES}")
+    return messages.decode(await reader.readexactly(length))
+
+
+class WriterServer:
+    """The writer side: serves requests when this agent holds the lease, streams events."""
+
+    def __init__(
+        self, writer: CommitWriter, host: str, port: int = 0, advertise_host: str = ""
+    ) -> None:
+        self._writer = writer
+        self._host = host
+        self._port = port
+        self._advertise_host = advertise_host or host
+        self._server: asyncio.Server | None = None
+        self._subscribers: set[asyncio.StreamWriter] = set()
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        """Listen; returns the address to publish (host:port)."""
+        self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"{self._advertise_host}:{port}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # Events from the writer (a WriterListener) -------------------------------------
+    def on_applied(self, objects: Sequence[SequencedObject]) -> None:
+        if self._subscribers:
+            self._broadcast(messages.applied_event(objects))
+
+    def on_reloaded(self, snapshot: SequencerSnapshot) -> None:
+        self._broadcast({"op": "reloaded"})
+
+    def on_topic_put(self, topic: TopicInfo) -> None:
+        self._broadcast({"op": "topic", "topic": messages.topic_value(topic)})
+
+    def on_topic_dropped(self, topic: TopicInfo) -> None:
+        self._broadcast({"op": "topic_dropped", "topic": messages.topic_value(topic)})
+
+    def _broadcast(self, message: Message) -> None:
+        frame = messages.encode(message)
+        for subscriber in list(self._subscribers):
+            transport = subscriber.transport
+            if transport.get_write_buffer_size() > MAX_SUBSCRIBER_BACKLOG_BYTES:
+                log.warning("dropping a subscriber that stopped reading")
+                self._subscribers.discard(subscriber)
+                subscriber.close()
+                continue
+            subscriber.write(frame)
+
+    # Connections -------------------------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._connections.add(writer)
+        try:
+            while True:
+                message = await read_message(reader)
+                op = message.get("op")
+                if op == "commit":
+                    self._commit(message, writer)
+                elif op == "admin":
+                    self._spawn(self._admin(message, writer))
+                elif op == "subscribe":
+                    self._subscribers.add(writer)
+                else:
+                    raise ProtocolError(f"unknown op {op!r}")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except ProtocolError as e:
+            log.warning("closing writer RPC connection: %s", e)
+        finally:
+            self._subscribers.discard(writer)
+            self._connections.discard(writer)
+            writer.close()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _commit(self, message: Message, writer: asyncio.StreamWriter) -> None:
+        request_id = int(message.get("id", -1))
+        request = messages.commit_request(message)
+        # Submitted now, in arrival order: the writer commits in submission order.
+        future = self._writer.submit(request)
+        self._spawn(self._answer_commit(request_id, future, writer))
+
+    async def _answer_commit(
+        self,
+        request_id: int,
+        future: asyncio.Future[list[CommitOutcome]],
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        try:
+            reply = messages.outcomes_reply(request_id, await future)
+        except CoordinatorError as e:
+            reply = messages.error_reply(request_id, e)
+        if not writer.is_closing():
+            writer.write(messages.encode(reply))
+
+    async def _admin(self, message: Message, writer: asyncio.StreamWriter) -> None:
+        request_id = int(message.get("id", -1))
+        try:
+            error, topic = await self._admin_action(message)
+            reply = messages.admin_reply(request_id, error, topic)
+        except CoordinatorError as e:
+            reply = messages.error_reply(request_id, e)
+        except (KeyError, TypeError, ValueError) as e:
+            reply = messages.error_reply(request_id, CoordinatorUnavailable(f"bad admin: {e!r}"))
+        if not writer.is_closing():
+            writer.write(messages.encode(reply))
+
+    async def _admin_action(self, message: Message) -> tuple[ErrorCode, TopicInfo | None]:
+        action = message["action"]
+        name = str(message["name"])
+        w = self._writer
+        if action == "create_topic":
+            return await w.create_topic(name, int(message["partitions"]), message["configs"])
+        if action == "delete_topic":
+            return await w.delete_topic(name), None
+        if action == "create_partitions":
+            return await w.create_partitions(name, int(message["partitions"])), None
+        if action == "alter_configs":
+            return await w.alter_topic_configs(name, message["configs"]), None
+        raise ValueError(f"unknown admin action {action!r}")
+
+
+class WriterClient:
+    """The agent side: follows the lease holder, carries requests, feeds the view."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        view: CoordinatorView,
+        *,
+        shard: int = 0,
+        is_local_writer: Callable[[], bool],
+        holder: str,
+    ) -> None:
+        self._backend = backend
+        self._view = view
+        self._shard = shard
+        self._is_local_writer = is_local_writer
+        self._holder = holder
+        self._writer: asyncio.StreamWriter | None = None
+        self._connected_to = ""
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self.resyncs = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="writer-client")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._writer is not None:
+            self._writer.close()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                lease = await self._backend.read_lease(self._shard)
+                if lease is None or lease.holder == self._holder or not lease.address:
+                    # No writer yet, or it is this agent (its view is fed locally).
+                    await asyncio.sleep(RECONNECT_BACKOFF_S)
+                    continue
+                await self._follow(lease.address)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, CoordinatorError, ProtocolError, asyncio.IncompleteReadError) as e:
+                log.info("writer connection: %r", e)
+            except Exception:
+                log.exception("writer client failed")
+            self._disconnected()
+            await asyncio.sleep(RECONNECT_BACKOFF_S)
+
+    async def _follow(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, int(port)), REQUEST_TIMEOUT_S
+        )
+        self._writer = writer
+        self._connected_to = address
+        writer.write(messages.encode({"op": "subscribe"}))
+        # Subscribed first, then read the database: whatever the stream brings
+        # that the database already showed is skipped by the view.
+        await self._view.resync()
+        self.resyncs += 1
+        self._connected.set()
+        log.info("following writer at %s", address)
+        while True:
+            message = await read_message(reader)
+            request_id = message.get("id")
+            if request_id is not None:
+                future = self._pending.pop(int(request_id), None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+                continue
+            op = message.get("op")
+            if op == "applied":
+                self._view.on_remote_applied(messages.applied_batches(message))
+            elif op == "topic":
+                self._view.on_topic_put(messages.topic_from(message["topic"]))
+            elif op == "topic_dropped":
+                self._view.on_topic_dropped(messages.topic_from(message["topic"]))
+            elif op == "reloaded":
+                await self._view.resync()
+                self.resyncs += 1
+
+    def _disconnected(self) -> None:
+        self._connected.clear()
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = None
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(CoordinatorUnavailable("lost the connection to the writer"))
+
+    async def call(self, message: Message) -> Message:
+        """Send one request to the writer and wait for its reply."""
+        writer = self._writer
+        if writer is None or not self._connected.is_set():
+            raise NotWriter("not connected to a writer")
+        request_id = next(self._ids)
+        message["id"] = request_id
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        writer.write(messages.encode(message))
+        try:
+            return await asyncio.wait_for(future, REQUEST_TIMEOUT_S)
+        except TimeoutError as e:
+            self._pending.pop(request_id, None)
+            raise CoordinatorUnavailable("the writer did not answer in time") from e
+
+    def send_commit(self, request: CommitRequest) -> asyncio.Future[Message]:
+        """Send a commit now (keeping submission order on the wire); await the reply later."""
+        writer = self._writer
+        if writer is None or not self._connected.is_set():
+            raise NotWriter("not connected to a writer")
+        request_id = next(self._ids)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        writer.write(messages.encode(messages.commit_message(request_id, request)))
+        return future
