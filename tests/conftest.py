@@ -170,3 +170,60 @@ def moto_server() -> Iterator[MotoServer]:
     """One moto S3 server for the session; give each test its own bucket (`create_bucket`)."""
     with MotoServer() as server:
         yield server
+
+
+@dataclass
+class Cluster:
+    """Agents sharing one PostgreSQL database and one S3 bucket (moto), on loopback."""
+
+    dsn: str
+    bucket: str
+    env: dict[str, str]
+    root: Path
+    agents: list[AgentProcess] = field(default_factory=list)
+    # Short timings so failover tests run in seconds (defaults are for production).
+    timing_args: tuple[str, ...] = (
+        "--lease-ms", "2000", "--heartbeat-ms", "250", "--agent-timeout-ms", "1500",
+    )  # fmt: skip
+
+    def add(self, zone: str = "a", *extra: str) -> AgentProcess:
+        node_id = len(self.agents) + 1
+        agent = AgentProcess(
+            self.root / f"agent-{node_id}",
+            free_port(),
+            [
+                "--coordinator", self.dsn,
+                "--object-store", f"s3://{self.bucket}",
+                "--node-id", str(node_id),
+                "--agent-id", f"agent-{node_id}",
+                "--zone", zone,
+                "--flush-ms", "20",
+                "--default-partitions", "3",
+                *self.timing_args,
+                *extra,
+            ],
+            self.env,
+        )  # fmt: skip
+        agent.start()
+        self.agents.append(agent)
+        return agent
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(a.bootstrap for a in self.agents)
+
+    def stop(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+
+
+@pytest.fixture
+def cluster(postgres_dsn: str, moto_server: MotoServer, tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster with no agents yet: `cluster.add(zone)` starts one."""
+    bucket = f"cluster-{uuid.uuid4().hex[:12]}"
+    moto_server.create_bucket(bucket)
+    c = Cluster(postgres_dsn, bucket, moto_server.env(), tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()

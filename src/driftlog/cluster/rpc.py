@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 MAX_SUBSCRIBER_BACKLOG_BYTES = 256 * 1024 * 1024
 REQUEST_TIMEOUT_S = 10.0
 RECONNECT_BACKOFF_S = 0.2
+# How often a follower re-reads the lease: a writer that hangs (a pause, a frozen VM)
+# keeps its TCP connections open, so followers leave it when the lease moves on.
+LEASE_CHECK_S = 0.25
 
 
 async def read_message(reader: asyncio.StreamReader) -> Message:
@@ -256,6 +259,26 @@ class WriterClient:
         self.resyncs += 1
         self._connected.set()
         log.info("following writer at %s", address)
+        watch = asyncio.create_task(self._watch_lease(address, writer))
+        try:
+            await self._read_stream(reader)
+        finally:
+            watch.cancel()
+
+    async def _watch_lease(self, address: str, writer: asyncio.StreamWriter) -> None:
+        """Drop the connection once the lease names another writer (or this agent)."""
+        while True:
+            await asyncio.sleep(LEASE_CHECK_S)
+            try:
+                lease = await self._backend.read_lease(self._shard)
+            except CoordinatorError:
+                continue
+            if lease is None or lease.address != address or lease.holder == self._holder:
+                log.info("the lease moved from %s; leaving it", address)
+                writer.close()
+                return
+
+    async def _read_stream(self, reader: asyncio.StreamReader) -> None:
         while True:
             message = await read_message(reader)
             request_id = message.get("id")

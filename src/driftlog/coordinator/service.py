@@ -34,6 +34,7 @@ from driftlog.coordinator.api import (
     CommitRequest,
     CommittedOffset,
     CoordinatorError,
+    CoordinatorUnavailable,
     NotWriter,
     PartitionOffsets,
     TopicInfo,
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRY_BACKOFF_S = 0.05
+# A writer that holds its lease but does not answer (overloaded, paused) is asked again.
+REMOTE_COMMIT_TIMEOUT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -151,7 +154,7 @@ class AgentCoordinator:
             return self.writer.submit(request)
         if self.client is not None:
             reply = self.client.send_commit(request)
-            return _decoded(reply)
+            return _decoded(reply, REMOTE_COMMIT_TIMEOUT_S)
         raise NotWriter("no writer")
 
     async def _send_loop(self) -> None:
@@ -298,8 +301,12 @@ class AgentCoordinator:
         return await self.backend.groups_with_offsets()
 
 
-async def _decoded(reply: Awaitable[messages.Message]) -> list[CommitOutcome]:
-    return messages.reply_outcomes(await reply)
+async def _decoded(reply: Awaitable[messages.Message], timeout_s: float) -> list[CommitOutcome]:
+    try:
+        return messages.reply_outcomes(await asyncio.wait_for(reply, timeout_s))
+    except TimeoutError as e:
+        # Re-sending is safe: a commit that did land is answered from the database.
+        raise CoordinatorUnavailable("the writer did not answer in time") from e
 
 
 def _ignore(future: asyncio.Future[list[CommitOutcome]]) -> None:
