@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit soak bench clean system-deps
+.PHONY: run test lint typecheck unit soak bench bench-coordinator cluster clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ test: $(STAMP) system-deps lint typecheck
 # duplicated (idempotent) or reordered, or offsets have gaps. `make soak DURATION=600 SEED=1`.
 soak: $(STAMP)
 	$(BIN)/python tests/soak/checker.py --duration $(or $(DURATION),600) --seed $(or $(SEED),1)
+
+# A local cluster: PostgreSQL, moto's S3 server and three agents in two zones (Ctrl-C stops it).
+cluster: $(STAMP) system-deps
+	$(BIN)/python tools/local_cluster.py
+
+# Object commits/s and latency with 1, 8 and 32 agents committing to one writer on PostgreSQL.
+bench-coordinator: $(STAMP) system-deps
+	$(BIN)/python bench/coordinator.py
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'

@@ -3,13 +3,15 @@
 Frames are a 4-byte big-endian length followed by one JSON object. An agent
 sends the writer:
 
-    {"op": "commit", "id": N, "key": K, "size": S, "batches": [BATCH, ...]}
+    {"op": "commit", "id": N, "key": K, "size": S, "retry": R, "batches": [BATCH, ...]}
     {"op": "admin", "id": N, "action": A, "name": T, "partitions": P, "configs": {...}}
     {"op": "subscribe"}
 
 BATCH is [topic id hex, partition, byte offset, byte length, record count,
 base timestamp, max timestamp, producer id, producer epoch, base sequence].
-The writer answers each request with the same id:
+R is true when the agent re-sends a commit whose answer it did not get; only then
+does the writer look the key up among committed objects. The writer answers each
+request with the same id:
 
     {"id": N, "outcomes": [[error code, base offset, log append time, log start], ...]}
     {"id": N, "error_code": E, "topic": TOPIC or null}          (admin)
@@ -28,6 +30,7 @@ TOPIC is [name, topic id hex, partition count, {config: value}].
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 import uuid
@@ -84,6 +87,7 @@ def commit_message(request_id: int, request: CommitRequest) -> Message:
         "id": request_id,
         "key": request.object_key,
         "size": request.object_size,
+        "retry": request.retry,
         "batches": [
             [
                 b.topic_id.hex,
@@ -102,13 +106,21 @@ def commit_message(request_id: int, request: CommitRequest) -> Message:
     }
 
 
+@functools.lru_cache(maxsize=4096)
+def _topic_id(hex_id: str) -> uuid.UUID:
+    return uuid.UUID(hex=hex_id)
+
+
 def commit_request(message: Message) -> CommitRequest:
     try:
-        batches = [
-            BatchToCommit(uuid.UUID(hex=b[0]), *(int(v) for v in b[1:10]))
-            for b in message["batches"]
-        ]
-        return CommitRequest(str(message["key"]), int(message["size"]), batches)
+        batches = []
+        for b in message["batches"]:
+            if len(b) != 10 or not all(type(v) is int for v in b[1:]):
+                raise ValueError(f"batch {b!r}")
+            batches.append(BatchToCommit(_topic_id(b[0]), *b[1:]))
+        return CommitRequest(
+            str(message["key"]), int(message["size"]), batches, bool(message.get("retry"))
+        )
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise ProtocolError(f"bad commit: {e!r}") from e
 

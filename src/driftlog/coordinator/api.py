@@ -48,9 +48,12 @@ class TopicInfo:
         return TopicInfo(self.name, self.topic_id, self.partition_count, configs)
 
 
-@dataclass(frozen=True, slots=True)
-class BatchToCommit:
-    """One record batch inside an uploaded object, as the agent describes it."""
+class BatchToCommit(NamedTuple):
+    """One record batch inside an uploaded object, as the agent describes it.
+
+    Named tuples rather than frozen dataclasses for the values made per batch on
+    the commit path: they are several times cheaper to build.
+    """
 
     topic_id: uuid.UUID
     partition: int
@@ -64,8 +67,7 @@ class BatchToCommit:
     base_sequence: int = -1
 
 
-@dataclass(frozen=True, slots=True)
-class CommitOutcome:
+class CommitOutcome(NamedTuple):
     """The coordinator's answer for one `BatchToCommit`, in the same order."""
 
     error: ErrorCode
@@ -126,6 +128,9 @@ class CommitRequest:
     object_key: str
     object_size: int
     batches: Sequence[BatchToCommit]
+    # A re-send of a commit whose answer was lost: the writer checks whether the
+    # key is already committed (first sends carry fresh keys, so they skip that).
+    retry: bool = False
 
 
 class CoordinatorError(Exception):

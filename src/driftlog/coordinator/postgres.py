@@ -314,23 +314,9 @@ class PostgresBackend:
                     b" byte_offset, byte_length, max_timestamp_ms, log_append_time_ms,"
                     b" time_index_ms) FROM STDIN"
                 ) as copy:
-                    for o in objects:
-                        for r in o.rows:
-                            loc = r.location
-                            await copy.write_row(
-                                (
-                                    r.topic_id,
-                                    r.partition,
-                                    loc.last_offset,
-                                    loc.base_offset,
-                                    o.object_id,
-                                    loc.byte_offset,
-                                    loc.byte_length,
-                                    loc.max_timestamp_ms,
-                                    loc.log_append_time_ms,
-                                    r.time_index_ms,
-                                )
-                            )
+                    # Integers and uuids only: COPY's text format needs no escaping, and
+                    # one write of the whole round is much cheaper than a row at a time.
+                    await copy.write(_batch_rows(objects))
                 if updates:
                     await cursor.executemany(
                         b"INSERT INTO producer_states VALUES (%s, %s, %s, %s, %s)"
@@ -501,6 +487,23 @@ class PostgresBackend:
 
     async def groups_with_offsets(self) -> list[str]:
         return [r[0] for r in await self._fetch("SELECT DISTINCT group_id FROM group_offsets")]
+
+
+def _batch_rows(objects: Sequence[SequencedObject]) -> bytes:
+    topic_text: dict[uuid.UUID, str] = {}
+    lines = []
+    for o in objects:
+        object_id = o.object_id
+        for topic_id, partition, loc, time_index_ms in o.rows:
+            tid = topic_text.get(topic_id)
+            if tid is None:
+                tid = topic_text[topic_id] = str(topic_id)
+            lines.append(
+                f"{tid}\t{partition}\t{loc.last_offset}\t{loc.base_offset}\t{object_id}\t"
+                f"{loc.byte_offset}\t{loc.byte_length}\t{loc.max_timestamp_ms}\t"
+                f"{loc.log_append_time_ms}\t{time_index_ms}\n"
+            )
+    return "".join(lines).encode()
 
 
 async def _check_fence(conn: psycopg.AsyncConnection[Any], fence: Fence) -> None:

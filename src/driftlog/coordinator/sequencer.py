@@ -25,6 +25,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from kio.schema.errors import ErrorCode
 
@@ -39,8 +40,7 @@ ProducerKey = tuple[int, uuid.UUID, int]  # producer id, topic id, partition
 PartitionKey = tuple[uuid.UUID, int]
 
 
-@dataclass(frozen=True, slots=True)
-class BatchRow:
+class BatchRow(NamedTuple):
     """A committed batch as persisted."""
 
     topic_id: uuid.UUID

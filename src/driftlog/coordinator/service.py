@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -166,6 +167,8 @@ class AgentCoordinator:
                 try:
                     # Sent synchronously, in order: the writer commits in that order.
                     sends = [self._send(entry.request) for entry in entries]
+                    for entry in entries:
+                        entry.request = dataclasses.replace(entry.request, retry=True)
                 except CoordinatorError as e:
                     await self._back_off(e)
                     continue

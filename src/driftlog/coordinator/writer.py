@@ -254,9 +254,9 @@ class CommitWriter:
         try:
             if self._needs_reload:
                 await self._reload()
-            existing = await self._backend.committed_outcomes(
-                [request.object_key for request, _ in round_]
-            )
+            # Keys are unique per upload: only a re-sent commit can be committed already.
+            resent = [request.object_key for request, _ in round_ if request.retry]
+            existing = await self._backend.committed_outcomes(resent) if resent else {}
         except CoordinatorError as e:
             _fail(round_, e)
             return
