@@ -104,6 +104,7 @@ class SimulatedAgent:
         reader, writer = await asyncio.open_connection(host, int(port))
         stream, stream_writer = await asyncio.open_connection(host, int(port))
         stream_writer.write(messages.encode({"op": "subscribe"}))
+        await read_message(stream)  # the confirmation
         drain = asyncio.create_task(self._drain(stream))
         done = asyncio.Event()
 
@@ -191,10 +192,7 @@ def main() -> None:
     try:
         for agents in args.agents:
             database = f"bench_{uuid.uuid4().hex[:8]}"
-            if pg is not None:
-                db_dsn = pg.create_database(database)
-            else:
-                db_dsn = dsn
+            db_dsn = pg.create_database(database) if pg is not None else dsn
             results.append(run_one(db_dsn, args, agents))
     finally:
         if pg is not None:

@@ -212,7 +212,11 @@ def test_kill9_the_writer_under_load(cluster: Cluster) -> None:
     load.wait_acked(2000)
     epoch = lease_epoch(cluster)
     first.kill9()
+    killed_at = time.monotonic()
     acked_at_kill = len(load.acked)
+    while lease_holder(cluster) == "agent-1" and time.monotonic() < killed_at + 30:
+        time.sleep(0.05)
+    print(f"writer replaced {time.monotonic() - killed_at:.2f} s after kill -9 (lease 2 s)")
     load.wait_acked(acked_at_kill + 3000)
     assert lease_holder(cluster) in ("agent-2", "agent-3")
     assert lease_epoch(cluster) > epoch

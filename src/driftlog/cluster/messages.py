@@ -17,7 +17,8 @@ request with the same id:
     {"id": N, "error_code": E, "topic": TOPIC or null}          (admin)
     {"id": N, "error": "not_writer" | "fenced" | "unavailable", "message": M}
 
-and streams to subscribers what became durable, in commit order:
+confirms a subscription with {"op": "subscribed"} and then streams to the
+subscriber what became durable, in commit order:
 
     {"op": "applied", "batches": [[topic id hex, partition, object key, byte offset,
                                    byte length, base offset, last offset,

@@ -124,6 +124,8 @@ class WriterServer:
                     self._spawn(self._admin(message, writer))
                 elif op == "subscribe":
                     self._subscribers.add(writer)
+                    # From here on every event reaches this subscriber, after this.
+                    writer.write(messages.encode({"op": "subscribed"}))
                 else:
                     raise ProtocolError(f"unknown op {op!r}")
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -253,8 +255,12 @@ class WriterClient:
         self._writer = writer
         self._connected_to = address
         writer.write(messages.encode({"op": "subscribe"}))
-        # Subscribed first, then read the database: whatever the stream brings
-        # that the database already showed is skipped by the view.
+        # Subscribed first (confirmed by the writer), then read the database: a
+        # commit is either in what we read or in the stream after the confirmation
+        # (or both: the view skips what it already has).
+        confirmation = await asyncio.wait_for(read_message(reader), REQUEST_TIMEOUT_S)
+        if confirmation.get("op") != "subscribed":
+            raise ProtocolError(f"expected the subscription's confirmation, got {confirmation}")
         await self._view.resync()
         self.resyncs += 1
         self._connected.set()

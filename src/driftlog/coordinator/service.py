@@ -150,12 +150,12 @@ class AgentCoordinator:
         self._queue_wakeup.set()
         return future
 
-    def _send(self, request: CommitRequest) -> Awaitable[list[CommitOutcome]]:
+    def _send(self, request: CommitRequest) -> asyncio.Future[list[CommitOutcome]]:
         if self.writer.is_writer:
             return self.writer.submit(request)
         if self.client is not None:
             reply = self.client.send_commit(request)
-            return _decoded(reply, REMOTE_COMMIT_TIMEOUT_S)
+            return asyncio.ensure_future(_decoded(reply, REMOTE_COMMIT_TIMEOUT_S))
         raise NotWriter("no writer")
 
     async def _send_loop(self) -> None:
@@ -164,12 +164,16 @@ class AgentCoordinator:
             self._queue_wakeup.clear()
             while self._queue:
                 entries = list(self._queue)
+                sends: list[asyncio.Future[list[CommitOutcome]]] = []
                 try:
                     # Sent synchronously, in order: the writer commits in that order.
-                    sends = [self._send(entry.request) for entry in entries]
                     for entry in entries:
-                        entry.request = dataclasses.replace(entry.request, retry=True)
+                        sends.append(self._send(entry.request))
+                        if not entry.request.retry:
+                            entry.request = dataclasses.replace(entry.request, retry=True)
                 except CoordinatorError as e:
+                    for sent in sends:
+                        sent.add_done_callback(_ignore)
                     await self._back_off(e)
                     continue
                 for entry, send in zip(entries, sends, strict=True):
@@ -177,8 +181,7 @@ class AgentCoordinator:
                         outcomes = await send
                     except CoordinatorError as e:
                         for later in sends:
-                            if isinstance(later, asyncio.Future):
-                                later.add_done_callback(_ignore)
+                            later.add_done_callback(_ignore)
                         await self._back_off(e)
                         break
                     self._queue.popleft()
