@@ -12,6 +12,11 @@ from collections import OrderedDict
 # Stored batch bytes: bytes from the write path, or views of a ranged GET's buffer.
 BatchBytes = bytes | memoryview
 
+# What an entry costs beyond its payload (dict node, key tuple, object headers),
+# measured at about 300 bytes: without it a cache of tiny batches holds several
+# times its configured size.
+ENTRY_OVERHEAD_BYTES = 300
+
 
 class BatchCache:
     def __init__(self, max_bytes: int) -> None:
@@ -31,13 +36,14 @@ class BatchCache:
         return data
 
     def put(self, key: tuple[str, int], data: BatchBytes) -> None:
-        if len(data) > self.max_bytes:
+        cost = len(data) + ENTRY_OVERHEAD_BYTES
+        if cost > self.max_bytes:
             return
         old = self._entries.pop(key, None)
         if old is not None:
-            self.size_bytes -= len(old)
+            self.size_bytes -= len(old) + ENTRY_OVERHEAD_BYTES
         self._entries[key] = data
-        self.size_bytes += len(data)
+        self.size_bytes += cost
         while self.size_bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
-            self.size_bytes -= len(evicted)
+            self.size_bytes -= len(evicted) + ENTRY_OVERHEAD_BYTES
