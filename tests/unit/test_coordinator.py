@@ -27,6 +27,7 @@ from driftlog.coordinator.api import (
     NotWriter,
 )
 from driftlog.coordinator.backend import Backend, Fence
+from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
 from driftlog.coordinator.postgres import PostgresBackend
 from driftlog.coordinator.sequencer import SequencedObject
 from driftlog.coordinator.service import LocalCoordinator
@@ -65,10 +66,13 @@ class FlakyBackend:
         return getattr(self.inner, name)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 def backend_factory(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
     if request.param == "sqlite":
         return lambda: SqliteBackend(tmp_path / "c.sqlite3")
+    if request.param == "memory":
+        database = MemoryDatabase()  # shared by every backend of the test, like one server
+        return lambda: MemoryBackend(database)
     dsn: str = request.getfixturevalue("postgres_dsn")
     return lambda: PostgresBackend(dsn)
 

@@ -1,0 +1,215 @@
+"""A fault-injecting coordinator backend for tests and simulations: seeded, per call.
+
+Wraps any `Backend`. On each call, one draw from its own `random.Random` decides:
+
+- `fail_before`: raise `CoordinatorUnavailable` without making the call (the
+  database was unreachable; nothing happened);
+- `lose_reply`: make the call, then raise `CoordinatorUnavailable` (the
+  transaction committed and only its answer was lost);
+- otherwise pass the call and its result (or its own error) through.
+
+`CoordinatorUnavailable` is the only error injected: it is what backends raise
+for every driver failure. `methods` limits the faults to some calls, `lossless`
+exempts some from lost replies, `enabled` turns all faults off (setup, healing).
+
+`max_yields` lets the event loop run other tasks up to that many times before
+the call reaches the database and again before its reply arrives (a seeded
+number each time): with an in-memory backend, which never yields, that is how
+a simulation gets different interleavings of concurrent calls, deterministic
+for a seed (asyncio runs ready tasks in order).
+
+The same seed gives the same faults for the same sequence of calls; `injected`
+lists them for a replay log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from driftlog.coordinator.api import (
+    AgentInfo,
+    BatchLocation,
+    CommitOutcome,
+    CommittedOffset,
+    CoordinatorUnavailable,
+    PartitionOffsets,
+    TopicInfo,
+)
+from driftlog.coordinator.backend import Backend, Fence
+from driftlog.coordinator.lease import LeaseRecord
+from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendFaults:
+    fail_before: float = 0.0
+    lose_reply: float = 0.0
+    # Names of the `Backend` methods faults apply to; None: all but `close`.
+    methods: frozenset[str] | None = None
+    # Methods whose replies are never lost (they may still fail before the call).
+    lossless: frozenset[str] = frozenset()
+    max_yields: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.fail_before >= 0 and self.lose_reply >= 0 and self.max_yields >= 0):
+            raise ValueError("fault settings must not be negative")
+        if self.fail_before + self.lose_reply > 1:
+            raise ValueError("fault probabilities add up to more than 1")
+
+
+class FaultyBackend:
+    def __init__(self, inner: Backend, faults: BackendFaults, rng: random.Random | int = 0) -> None:
+        self.inner = inner
+        self.faults = faults
+        self.rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+        self.enabled = True
+        self.calls = 0
+        self.injected: list[tuple[int, str, str]] = []  # (call number, method, "before"/"lost")
+
+    async def _call(self, method: str, call: Callable[[], Awaitable[T]]) -> T:
+        self.calls += 1
+        faults = self.faults
+        # Drawn on every call, enabled or not: the draws depend on the calls only.
+        draw = self.rng.random()
+        yields_before = self.rng.randint(0, faults.max_yields)
+        yields_after = self.rng.randint(0, faults.max_yields)
+        applies = self.enabled and (faults.methods is None or method in faults.methods)
+        for _ in range(yields_before):
+            await asyncio.sleep(0)
+        if applies and draw < faults.fail_before:
+            self.injected.append((self.calls, method, "before"))
+            raise CoordinatorUnavailable(f"injected: {method} failed before reaching the database")
+        result = await call()
+        for _ in range(yields_after):
+            await asyncio.sleep(0)
+        if (
+            applies
+            and draw < faults.fail_before + faults.lose_reply
+            and method not in faults.lossless
+        ):
+            self.injected.append((self.calls, method, "lost"))
+            raise CoordinatorUnavailable(f"injected: the reply to {method} was lost")
+        return result
+
+    # Lifecycle ----------------------------------------------------------------
+    async def open(self) -> None:
+        await self._call("open", self.inner.open)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def cluster_id(self, proposed: str) -> str:
+        return await self._call("cluster_id", lambda: self.inner.cluster_id(proposed))
+
+    # Membership ---------------------------------------------------------------
+    async def heartbeat(self, agent: AgentInfo) -> None:
+        await self._call("heartbeat", lambda: self.inner.heartbeat(agent))
+
+    async def live_agents(self, since_ms: int) -> list[AgentInfo]:
+        return await self._call("live_agents", lambda: self.inner.live_agents(since_ms))
+
+    async def remove_agent(self, agent_id: str) -> None:
+        await self._call("remove_agent", lambda: self.inner.remove_agent(agent_id))
+
+    # Lease --------------------------------------------------------------------
+    async def read_lease(self, shard: int) -> LeaseRecord | None:
+        return await self._call("read_lease", lambda: self.inner.read_lease(shard))
+
+    async def try_acquire_lease(self, expected: LeaseRecord | None, new: LeaseRecord) -> bool:
+        return await self._call(
+            "try_acquire_lease", lambda: self.inner.try_acquire_lease(expected, new)
+        )
+
+    async def renew_lease(self, fence: Fence) -> None:
+        await self._call("renew_lease", lambda: self.inner.renew_lease(fence))
+
+    # Writer -------------------------------------------------------------------
+    async def load_sequencer(self, shard: int) -> SequencerSnapshot:
+        return await self._call("load_sequencer", lambda: self.inner.load_sequencer(shard))
+
+    async def committed_outcomes(self, keys: Sequence[str]) -> dict[str, list[CommitOutcome]]:
+        return await self._call("committed_outcomes", lambda: self.inner.committed_outcomes(keys))
+
+    async def persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
+        await self._call("persist_objects", lambda: self.inner.persist_objects(fence, objects))
+
+    async def put_topic(self, fence: Fence, topic: TopicInfo, old_partition_count: int) -> None:
+        await self._call(
+            "put_topic", lambda: self.inner.put_topic(fence, topic, old_partition_count)
+        )
+
+    async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None:
+        await self._call("drop_topic", lambda: self.inner.drop_topic(fence, topic))
+
+    # Reads --------------------------------------------------------------------
+    async def load_topics(self) -> list[TopicInfo]:
+        return await self._call("load_topics", self.inner.load_topics)
+
+    async def load_partition_offsets(self) -> dict[PartitionKey, PartitionOffsets]:
+        return await self._call("load_partition_offsets", self.inner.load_partition_offsets)
+
+    async def read_batches(
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        start_offset: int,
+        end_offset: int,
+        max_bytes: int,
+    ) -> list[BatchLocation]:
+        return await self._call(
+            "read_batches",
+            lambda: self.inner.read_batches(
+                topic_id, partition, start_offset, end_offset, max_bytes
+            ),
+        )
+
+    async def first_batch_at_time(
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        timestamp_ms: int,
+        start_offset: int,
+        end_offset: int,
+    ) -> BatchLocation | None:
+        return await self._call(
+            "first_batch_at_time",
+            lambda: self.inner.first_batch_at_time(
+                topic_id, partition, timestamp_ms, start_offset, end_offset
+            ),
+        )
+
+    async def last_time_index(self, topic_id: uuid.UUID, partition: int, end_offset: int) -> int:
+        return await self._call(
+            "last_time_index", lambda: self.inner.last_time_index(topic_id, partition, end_offset)
+        )
+
+    # Producer ids and group offsets -------------------------------------------
+    async def allocate_producer_id(self) -> int:
+        return await self._call("allocate_producer_id", self.inner.allocate_producer_id)
+
+    async def put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
+        await self._call("put_offsets", lambda: self.inner.put_offsets(group_id, offsets))
+
+    async def fetch_offsets(
+        self, group_id: str, partitions: Sequence[tuple[str, int]] | None
+    ) -> list[CommittedOffset]:
+        return await self._call(
+            "fetch_offsets", lambda: self.inner.fetch_offsets(group_id, partitions)
+        )
+
+    async def delete_group(self, group_id: str) -> None:
+        await self._call("delete_group", lambda: self.inner.delete_group(group_id))
+
+    async def groups_with_offsets(self) -> list[str]:
+        return await self._call("groups_with_offsets", self.inner.groups_with_offsets)
+
+
+def _is_backend(backend: FaultyBackend) -> Backend:
+    return backend  # mypy checks that FaultyBackend implements the protocol

@@ -1,0 +1,466 @@
+"""In-memory backend of the coordinator: the reference implementation of `Backend`. No I/O.
+
+Same semantics as `sqlite.py`, row for row: the lease compare-and-swap on the
+epoch, the fence check of every writer transaction (`Fenced` when the epoch was
+superseded, the expiry extended otherwise), unique object keys and batch
+primary keys (a violation is `CoordinatorUnavailable` and rolls back the whole
+transaction, as SQLite's IntegrityError does), no foreign keys (batches of a
+partition that does not exist are stored, as SQLite would), and the same
+paging and ordering for reads.
+
+The tables live in a `MemoryDatabase`; each `MemoryBackend` is one process's
+handle on it. Several writers and views sharing one database are several
+processes sharing one PostgreSQL. Every call runs to completion without
+yielding to the event loop, so a call is one atomic transaction; a
+simulation decides the interleaving between calls.
+"""
+
+from __future__ import annotations
+
+import bisect
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from driftlog.coordinator.api import (
+    AgentInfo,
+    BatchLocation,
+    CommitOutcome,
+    CommittedOffset,
+    CoordinatorUnavailable,
+    Fenced,
+    PartitionOffsets,
+    TopicInfo,
+)
+from driftlog.coordinator.backend import READ_BATCHES_PAGE, Backend, Fence, high_watermark
+from driftlog.coordinator.lease import LeaseRecord
+from driftlog.coordinator.producers import ProducerPartitionState
+from driftlog.coordinator.sequencer import (
+    PartitionKey,
+    PartitionSequence,
+    ProducerKey,
+    SequencedObject,
+    SequencerSnapshot,
+)
+
+
+class StoredObject(NamedTuple):
+    """A row of `objects`."""
+
+    object_id: int
+    key: str
+    size: int
+    committed_ms: int
+    outcomes: tuple[CommitOutcome, ...]
+
+
+class StoredBatch(NamedTuple):
+    """A row of `batches` (its partition is the key of the list that holds it)."""
+
+    last_offset: int
+    base_offset: int
+    object_id: int
+    byte_offset: int
+    byte_length: int
+    max_timestamp_ms: int
+    log_append_time_ms: int
+    time_index_ms: int
+
+
+@dataclass(slots=True)
+class _PartitionBatches:
+    """One partition's rows in primary-key order (`last_offset`), with the keys for bisect."""
+
+    last_offsets: list[int] = field(default_factory=list)
+    rows: list[StoredBatch] = field(default_factory=list)
+
+    def insert(self, row: StoredBatch) -> None:
+        at = bisect.bisect_left(self.last_offsets, row.last_offset)
+        self.last_offsets.insert(at, row.last_offset)
+        self.rows.insert(at, row)
+
+    def from_last_offset(self, last_offset: int) -> int:
+        """Index of the first row whose `last_offset` is at or after `last_offset`."""
+        return bisect.bisect_left(self.last_offsets, last_offset)
+
+
+@dataclass(slots=True)
+class MemoryDatabase:
+    """The shared tables. Tests may read them; only `MemoryBackend` writes them."""
+
+    cluster_id: str | None = None
+    agents: dict[str, AgentInfo] = field(default_factory=dict)
+    leases: dict[int, LeaseRecord] = field(default_factory=dict)
+    # In insertion order, as SQLite scans a rowid table.
+    topics: dict[uuid.UUID, TopicInfo] = field(default_factory=dict)
+    partitions: dict[PartitionKey, int] = field(default_factory=dict)  # log start offsets
+    objects: dict[int, StoredObject] = field(default_factory=dict)
+    object_ids_by_key: dict[str, int] = field(default_factory=dict)
+    batches: dict[PartitionKey, _PartitionBatches] = field(default_factory=dict)
+    producer_states: dict[ProducerKey, ProducerPartitionState] = field(default_factory=dict)
+    next_producer_id: int = 0
+    group_offsets: dict[tuple[str, str, int], CommittedOffset] = field(default_factory=dict)
+    # Incremented by every transaction that changed something (cheap change detection).
+    version: int = 0
+
+    def batch_rows(self, key: PartitionKey) -> Sequence[StoredBatch]:
+        """The partition's stored rows in offset order (do not modify)."""
+        part = self.batches.get(key)
+        return part.rows if part is not None else ()
+
+    def location(self, row: StoredBatch) -> BatchLocation | None:
+        """The row joined with its object, as reads return it (None if the object is gone)."""
+        obj = self.objects.get(row.object_id)
+        if obj is None:
+            return None
+        return BatchLocation(
+            obj.key,
+            row.byte_offset,
+            row.byte_length,
+            row.base_offset,
+            row.last_offset,
+            row.max_timestamp_ms,
+            row.log_append_time_ms,
+        )
+
+    def high_watermark(self, key: PartitionKey) -> int:
+        rows = self.batch_rows(key)
+        return high_watermark(self.partitions.get(key, 0), rows[-1].last_offset if rows else None)
+
+
+def _copy_topic(topic: TopicInfo) -> TopicInfo:
+    return TopicInfo(topic.name, topic.topic_id, topic.partition_count, dict(topic.configs))
+
+
+class MemoryBackend:
+    def __init__(self, database: MemoryDatabase | None = None) -> None:
+        self.database = database if database is not None else MemoryDatabase()
+        self._open = False
+
+    @property
+    def _db(self) -> MemoryDatabase:
+        if not self._open:
+            raise RuntimeError("memory backend not open")
+        return self.database
+
+    # Lifecycle ----------------------------------------------------------------
+    async def open(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    async def cluster_id(self, proposed: str) -> str:
+        db = self._db
+        if db.cluster_id is None:
+            db.cluster_id = proposed
+            db.version += 1
+        return db.cluster_id
+
+    # Membership ---------------------------------------------------------------
+    async def heartbeat(self, agent: AgentInfo) -> None:
+        db = self._db
+        db.agents[agent.agent_id] = agent
+        db.version += 1
+
+    async def live_agents(self, since_ms: int) -> list[AgentInfo]:
+        return sorted(
+            (a for a in self._db.agents.values() if a.heartbeat_ms >= since_ms),
+            key=lambda a: (a.node_id, a.agent_id),
+        )
+
+    async def remove_agent(self, agent_id: str) -> None:
+        db = self._db
+        db.agents.pop(agent_id, None)
+        db.version += 1
+
+    # Lease --------------------------------------------------------------------
+    async def read_lease(self, shard: int) -> LeaseRecord | None:
+        return self._db.leases.get(shard)
+
+    async def try_acquire_lease(self, expected: LeaseRecord | None, new: LeaseRecord) -> bool:
+        db = self._db
+        current = db.leases.get(new.shard)
+        if expected is None:
+            if current is not None:
+                return False
+        elif current is None or current.epoch != expected.epoch:
+            return False
+        db.leases[new.shard] = new
+        db.version += 1
+        return True
+
+    async def renew_lease(self, fence: Fence) -> None:
+        db = self._db
+        _check_fence(db, fence)
+        db.version += 1
+
+    # Writer -------------------------------------------------------------------
+    async def load_sequencer(self, shard: int) -> SequencerSnapshot:
+        db = self._db
+        partitions: dict[PartitionKey, PartitionSequence] = {}
+        for key, log_start in db.partitions.items():
+            rows = db.batch_rows(key)
+            last = rows[-1] if rows else None
+            hwm = high_watermark(log_start, last.last_offset if last else None)
+            partitions[key] = PartitionSequence(
+                log_start, hwm, hwm, last.time_index_ms if last else -1
+            )
+        producers = {key: state.copy() for key, state in db.producer_states.items()}
+        next_object_id = max(db.objects, default=0) + 1
+        return SequencerSnapshot(self._topics(), partitions, producers, next_object_id)
+
+    async def committed_outcomes(self, keys: Sequence[str]) -> dict[str, list[CommitOutcome]]:
+        db = self._db
+        out: dict[str, list[CommitOutcome]] = {}
+        for key in keys:
+            object_id = db.object_ids_by_key.get(key)
+            if object_id is not None:
+                out[key] = list(db.objects[object_id].outcomes)
+        return out
+
+    async def persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
+        db = self._db
+        lease = _fenced_lease(db, fence)
+        # Check every constraint before changing anything: one transaction.
+        object_ids: set[int] = set()
+        keys: set[str] = set()
+        rows: set[tuple[PartitionKey, int]] = set()
+        for o in objects:
+            if o.object_id in db.objects or o.object_id in object_ids:
+                raise _integrity(f"object id {o.object_id} exists")
+            if o.object_key in db.object_ids_by_key or o.object_key in keys:
+                raise _integrity(f"object key {o.object_key!r} exists")
+            object_ids.add(o.object_id)
+            keys.add(o.object_key)
+            for r in o.rows:
+                pk = ((r.topic_id, r.partition), r.location.last_offset)
+                part = db.batches.get(pk[0])
+                taken = part is not None and _contains(part.last_offsets, pk[1])
+                if taken or pk in rows:
+                    raise _integrity(f"batch {pk} exists")
+                rows.add(pk)
+        _extend(db, lease, fence)
+        for o in objects:
+            db.objects[o.object_id] = StoredObject(
+                o.object_id, o.object_key, o.object_size, o.committed_ms, tuple(o.outcomes)
+            )
+            db.object_ids_by_key[o.object_key] = o.object_id
+            for r in o.rows:
+                loc = r.location
+                db.batches.setdefault((r.topic_id, r.partition), _PartitionBatches()).insert(
+                    StoredBatch(
+                        loc.last_offset,
+                        loc.base_offset,
+                        o.object_id,
+                        loc.byte_offset,
+                        loc.byte_length,
+                        loc.max_timestamp_ms,
+                        loc.log_append_time_ms,
+                        r.time_index_ms,
+                    )
+                )
+        for o in objects:
+            for key, state in o.producer_updates.items():
+                db.producer_states[key] = state.copy()
+        db.version += 1
+
+    async def put_topic(self, fence: Fence, topic: TopicInfo, old_partition_count: int) -> None:
+        db = self._db
+        lease = _fenced_lease(db, fence)
+        existing = db.topics.get(topic.topic_id)
+        if existing is None and any(t.name == topic.name for t in db.topics.values()):
+            raise _integrity(f"topic name {topic.name!r} exists")
+        new_partitions = [
+            (topic.topic_id, p) for p in range(old_partition_count, topic.partition_count)
+        ]
+        if any(key in db.partitions for key in new_partitions):
+            raise _integrity(f"partitions of {topic.name!r} exist")
+        _extend(db, lease, fence)
+        if existing is None:
+            db.topics[topic.topic_id] = _copy_topic(topic)
+        else:
+            # ON CONFLICT (topic_id) DO UPDATE: count and configs change, the name stays.
+            db.topics[topic.topic_id] = TopicInfo(
+                existing.name, topic.topic_id, topic.partition_count, dict(topic.configs)
+            )
+        for key in new_partitions:
+            db.partitions[key] = 0
+        db.version += 1
+
+    async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None:
+        db = self._db
+        lease = _fenced_lease(db, fence)
+        _extend(db, lease, fence)
+        tid = topic.topic_id
+        db.topics.pop(tid, None)
+        for table in (db.partitions, db.batches):
+            for key in [k for k in table if k[0] == tid]:
+                del table[key]
+        for pkey in [k for k in db.producer_states if k[1] == tid]:
+            del db.producer_states[pkey]
+        db.version += 1
+
+    # Reads --------------------------------------------------------------------
+    async def load_topics(self) -> list[TopicInfo]:
+        return self._topics()
+
+    def _topics(self) -> list[TopicInfo]:
+        return [_copy_topic(t) for t in self._db.topics.values()]
+
+    async def load_partition_offsets(self) -> dict[PartitionKey, PartitionOffsets]:
+        snapshot = await self.load_sequencer(0)
+        return {
+            key: PartitionOffsets(p.log_start_offset, p.high_watermark)
+            for key, p in snapshot.partitions.items()
+        }
+
+    def _locations(self, rows: Sequence[StoredBatch]) -> Iterator[BatchLocation]:
+        """The rows joined with their objects (an inner join: rows without one drop out)."""
+        db = self._db
+        for row in rows:
+            location = db.location(row)
+            if location is not None:
+                yield location
+
+    async def read_batches(
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        start_offset: int,
+        end_offset: int,
+        max_bytes: int,
+    ) -> list[BatchLocation]:
+        part = self._db.batches.get((topic_id, partition))
+        out: list[BatchLocation] = []
+        if part is None:
+            return out
+        total = 0
+        position = start_offset
+        while position < end_offset:
+            # WHERE last_offset >= position AND base_offset < end ORDER BY last_offset LIMIT n
+            page: list[BatchLocation] = []
+            index = part.from_last_offset(position)
+            while index < len(part.rows) and len(page) < READ_BATCHES_PAGE:
+                row = part.rows[index]
+                index += 1
+                if row.base_offset < end_offset:
+                    page.extend(self._locations((row,)))
+            for location in page:
+                if out and total + location.byte_length > max_bytes:
+                    return out
+                out.append(location)
+                total += location.byte_length
+                if total >= max_bytes:
+                    return out
+            if len(page) < READ_BATCHES_PAGE:
+                break
+            position = out[-1].last_offset + 1
+        return out
+
+    async def first_batch_at_time(
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        timestamp_ms: int,
+        start_offset: int,
+        end_offset: int,
+    ) -> BatchLocation | None:
+        part = self._db.batches.get((topic_id, partition))
+        if part is None:
+            return None
+        # WHERE time_index_ms >= ts ORDER BY time_index_ms, last_offset LIMIT 1
+        candidates = [
+            (row.time_index_ms, row.last_offset, location)
+            for row in part.rows
+            if row.time_index_ms >= timestamp_ms
+            for location in self._locations((row,))
+        ]
+        found = min(candidates, key=lambda c: (c[0], c[1]))[2] if candidates else None
+        if found is not None and found.last_offset < start_offset:
+            # The time index is monotonic in offsets: past the log start, the
+            # first live batch is the answer.
+            live = self._locations(part.rows[part.from_last_offset(start_offset) :])
+            found = next(live, None)
+        if found is None:
+            return None
+        return found if found.base_offset < end_offset else None
+
+    async def last_time_index(self, topic_id: uuid.UUID, partition: int, end_offset: int) -> int:
+        part = self._db.batches.get((topic_id, partition))
+        if part is None:
+            return -1
+        # WHERE last_offset < end ORDER BY last_offset DESC LIMIT 1 (no join)
+        below = part.from_last_offset(end_offset)
+        return part.rows[below - 1].time_index_ms if below else -1
+
+    # Producer ids and group offsets -------------------------------------------
+    async def allocate_producer_id(self) -> int:
+        db = self._db
+        producer_id = db.next_producer_id
+        db.next_producer_id += 1
+        db.version += 1
+        return producer_id
+
+    async def put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
+        db = self._db
+        for o in offsets:
+            db.group_offsets[(group_id, o.topic, o.partition)] = o
+        db.version += 1
+
+    async def fetch_offsets(
+        self, group_id: str, partitions: Sequence[tuple[str, int]] | None
+    ) -> list[CommittedOffset]:
+        # In primary-key order, as SQLite's WITHOUT ROWID table returns them.
+        rows = [
+            offset
+            for key, offset in sorted(self._db.group_offsets.items(), key=lambda kv: kv[0])
+            if key[0] == group_id
+        ]
+        if partitions is None:
+            return rows
+        wanted = set(partitions)
+        return [r for r in rows if (r.topic, r.partition) in wanted]
+
+    async def delete_group(self, group_id: str) -> None:
+        db = self._db
+        for key in [k for k in db.group_offsets if k[0] == group_id]:
+            del db.group_offsets[key]
+        db.version += 1
+
+    async def groups_with_offsets(self) -> list[str]:
+        return sorted({key[0] for key in self._db.group_offsets})
+
+
+def _fenced_lease(db: MemoryDatabase, fence: Fence) -> LeaseRecord:
+    """The lease row if the fence's epoch is still the row's; `Fenced` otherwise."""
+    lease = db.leases.get(fence.shard)
+    if lease is None or lease.epoch != fence.epoch:
+        raise Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} was superseded")
+    return lease
+
+
+def _extend(db: MemoryDatabase, lease: LeaseRecord, fence: Fence) -> None:
+    if fence.expires_ms > lease.expires_ms:
+        db.leases[fence.shard] = LeaseRecord(
+            lease.shard, lease.holder, lease.address, lease.epoch, fence.expires_ms
+        )
+
+
+def _check_fence(db: MemoryDatabase, fence: Fence) -> None:
+    _extend(db, _fenced_lease(db, fence), fence)
+
+
+def _contains(sorted_values: list[int], value: int) -> bool:
+    at = bisect.bisect_left(sorted_values, value)
+    return at < len(sorted_values) and sorted_values[at] == value
+
+
+def _integrity(what: str) -> CoordinatorUnavailable:
+    """A constraint violation: SQLite's IntegrityError, which the backends report as this."""
+    return CoordinatorUnavailable(f"memory: constraint failed: {what}")
+
+
+def _is_backend(backend: MemoryBackend) -> Backend:
+    return backend  # mypy checks that MemoryBackend implements the protocol
