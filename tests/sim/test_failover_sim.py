@@ -6,9 +6,9 @@ a failure names its seed and replays exactly with `run_seed`. Longer runs:
     DRIFTLOG_SIM_SEEDS=2000 DRIFTLOG_SIM_FIRST_SEED=1000 DRIFTLOG_SIM_STEPS=600 \\
         .venv/bin/pytest -q tests/sim -x
 
-A bug the simulation found (seeds 1159 and 1350 among others) is reproduced
-deterministically by the `xfail(strict=True)` test at the end: once it is
-fixed, that test passes unexpectedly and fails the run; remove the marker then.
+A bug the simulation found (seeds 1159 and 1350 among others: a round
+sequenced while the one before it failed) is reproduced deterministically by
+the regression test at the end.
 """
 
 from __future__ import annotations
@@ -66,13 +66,6 @@ def test_a_seed_replays_exactly() -> None:
     assert first.db == second.db
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="writer.py (uncommitted pipelined rounds): _start_round checks _needs_reload"
-    " before awaiting committed_outcomes; if the round in flight fails meanwhile, the"
-    " new round is sequenced on the failed round's offsets and, that round being no"
-    " longer in _in_flight, persisted without waiting for it: a gap (seeds 1159, 1350)",
-)
 def test_a_round_sequenced_while_the_one_before_fails() -> None:
     """The simulation's seed 1350, made deterministic: offsets stay dense."""
 

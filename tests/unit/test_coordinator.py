@@ -63,6 +63,8 @@ class FlakyBackend:
         await self.inner.persist_objects(fence, objects)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "persist_objects_overlapping":
+            raise AttributeError(name)  # every commit goes through the failures above
         return getattr(self.inner, name)
 
 

@@ -20,9 +20,9 @@ request with the same id:
 confirms a subscription with {"op": "subscribed"} and then streams to the
 subscriber what became durable, in commit order:
 
-    {"op": "applied", "batches": [[topic id hex, partition, object key, byte offset,
-                                   byte length, base offset, last offset,
-                                   max timestamp, log append time], ...]}
+    {"op": "applied", "objects": [[object key, [[topic id hex, partition, byte offset,
+                                  byte length, base offset, last offset, max timestamp,
+                                  log append time], ...]], ...]}
     {"op": "topic", "topic": TOPIC}   {"op": "topic_dropped", "topic": TOPIC}
     {"op": "reloaded"}                (the writer reloaded: resynchronize from the database)
 
@@ -64,8 +64,12 @@ class ProtocolError(Exception):
     """The peer sent something that is not a valid frame or message."""
 
 
+# Messages are trees of lists, tuples and numbers built here: no cycles to look for.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+
+
 def encode(message: Message) -> bytes:
-    body = json.dumps(message, separators=(",", ":")).encode()
+    body = _ENCODER.encode(message).encode()
     return LENGTH.pack(len(body)) + body
 
 
@@ -114,9 +118,10 @@ def _topic_id(hex_id: str) -> uuid.UUID:
 
 def commit_request(message: Message) -> CommitRequest:
     try:
+        # Agents are trusted peers: shapes are checked, values are what they sent.
         batches = []
         for b in message["batches"]:
-            if len(b) != 10 or not all(type(v) is int for v in b[1:]):
+            if len(b) != 10:
                 raise ValueError(f"batch {b!r}")
             batches.append(BatchToCommit(_topic_id(b[0]), *b[1:]))
         return CommitRequest(
@@ -127,13 +132,8 @@ def commit_request(message: Message) -> CommitRequest:
 
 
 def outcomes_reply(request_id: int, outcomes: Sequence[CommitOutcome]) -> Message:
-    return {
-        "id": request_id,
-        "outcomes": [
-            [int(o.error), o.base_offset, o.log_append_time_ms, o.log_start_offset]
-            for o in outcomes
-        ],
-    }
+    # Outcomes are named tuples of ints (the error code is an IntEnum): JSON arrays as is.
+    return {"id": request_id, "outcomes": outcomes}
 
 
 def reply_outcomes(reply: Message) -> list[CommitOutcome]:
@@ -191,28 +191,23 @@ def admin_reply(request_id: int, error: ErrorCode, topic: TopicInfo | None) -> M
 
 
 def applied_event(objects: Sequence[SequencedObject]) -> Message:
-    return {
-        "op": "applied",
-        "batches": [
-            [
-                r.topic_id.hex,
-                r.partition,
-                r.location.object_key,
-                r.location.byte_offset,
-                r.location.byte_length,
-                r.location.base_offset,
-                r.location.last_offset,
-                r.location.max_timestamp_ms,
-                r.location.log_append_time_ms,
-            ]
-            for o in objects
-            for r in o.rows
-        ],
-    }
+    # Per object its key once, then its rows; per row the location without the key.
+    topic_hex: dict[uuid.UUID, str] = {}
+    out = []
+    for o in objects:
+        rows = []
+        for topic_id, partition, location, _ in o.rows:
+            tid = topic_hex.get(topic_id)
+            if tid is None:
+                tid = topic_hex[topic_id] = topic_id.hex
+            rows.append((tid, partition, *location[1:]))
+        out.append((o.object_key, rows))
+    return {"op": "applied", "objects": out}
 
 
 def applied_batches(event: Message) -> list[tuple[uuid.UUID, int, BatchLocation]]:
     out = []
-    for tid, partition, key, *numbers in event["batches"]:
-        out.append((uuid.UUID(hex=tid), int(partition), BatchLocation(str(key), *numbers)))
+    for key, rows in event["objects"]:
+        for tid, partition, *numbers in rows:
+            out.append((_topic_id(tid), partition, BatchLocation(key, *numbers)))
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -146,21 +147,9 @@ class WriterServer:
         request_id = int(message.get("id", -1))
         request = messages.commit_request(message)
         # Submitted now, in arrival order: the writer commits in submission order.
+        # Answered from a callback: a task per commit would cost more than the commit.
         future = self._writer.submit(request)
-        self._spawn(self._answer_commit(request_id, future, writer))
-
-    async def _answer_commit(
-        self,
-        request_id: int,
-        future: asyncio.Future[list[CommitOutcome]],
-        writer: asyncio.StreamWriter,
-    ) -> None:
-        try:
-            reply = messages.outcomes_reply(request_id, await future)
-        except CoordinatorError as e:
-            reply = messages.error_reply(request_id, e)
-        if not writer.is_closing():
-            writer.write(messages.encode(reply))
+        future.add_done_callback(functools.partial(_answer_commit, request_id, writer))
 
     async def _admin(self, message: Message, writer: asyncio.StreamWriter) -> None:
         request_id = int(message.get("id", -1))
@@ -187,6 +176,24 @@ class WriterServer:
         if action == "alter_configs":
             return await w.alter_topic_configs(name, message["configs"]), None
         raise ValueError(f"unknown admin action {action!r}")
+
+
+def _answer_commit(
+    request_id: int,
+    writer: asyncio.StreamWriter,
+    future: asyncio.Future[list[CommitOutcome]],
+) -> None:
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is None:
+        reply = messages.outcomes_reply(request_id, future.result())
+    elif isinstance(error, CoordinatorError):
+        reply = messages.error_reply(request_id, error)
+    else:
+        reply = messages.error_reply(request_id, CoordinatorUnavailable(repr(error)))
+    if not writer.is_closing():
+        writer.write(messages.encode(reply))
 
 
 class WriterClient:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from kio.schema.errors import ErrorCode
 
@@ -139,6 +139,20 @@ class Backend(Protocol):
     async def delete_group(self, group_id: str) -> None: ...
 
     async def groups_with_offsets(self) -> list[str]: ...
+
+
+@runtime_checkable
+class OverlappingBackend(Protocol):
+    """A backend whose transactions can overlap (PostgreSQL): the writer pipelines rounds.
+
+    `persist_objects_overlapping` writes the round's rows, then waits for `after`
+    (the previous round's outcome) and commits only if it succeeded, so rounds
+    commit in order and none commits on top of a failed one.
+    """
+
+    async def persist_objects_overlapping(
+        self, fence: Fence, objects: Sequence[SequencedObject], after: Awaitable[bool]
+    ) -> None: ...
 
 
 # Encodings shared by the backends ---------------------------------------------

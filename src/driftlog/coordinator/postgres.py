@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import psycopg
@@ -289,12 +289,32 @@ class PostgresBackend:
         return {key: decode_outcomes(outcomes) for key, outcomes in rows}
 
     async def persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
+        await self.persist_objects_overlapping(fence, objects, None)
+
+    async def persist_objects_overlapping(
+        self,
+        fence: Fence,
+        objects: Sequence[SequencedObject],
+        after: Awaitable[bool] | None,
+    ) -> None:
+        """One group commit. The rows go in first; the fence check comes last, right
+        before COMMIT, so the lease row is locked only briefly and the next round's
+        rows can be copied while this one commits (`after` orders the commits)."""
         updates: dict[ProducerKey, Any] = {}
         for o in objects:
             updates.update(o.producer_updates)
         try:
             async with self._pool.connection() as conn, conn.transaction():
-                await _check_fence(conn, fence)
+                # A cheap early look (no lock) so a deposed writer fails fast with
+                # Fenced; the locking check before COMMIT is the one that guarantees it.
+                cursor = await conn.execute(
+                    b"SELECT 1 FROM leases WHERE shard = %s AND epoch = %s",
+                    (fence.shard, fence.epoch),
+                )
+                if await cursor.fetchone() is None:
+                    raise Fenced(
+                        f"writer epoch {fence.epoch} of shard {fence.shard} was superseded"
+                    )
                 cursor = conn.cursor()
                 async with cursor.copy(
                     b"COPY objects (object_id, key, size, committed_ms, outcomes) FROM STDIN"
@@ -327,6 +347,9 @@ class PostgresBackend:
                             for (pid, tid, partition), s in updates.items()
                         ],
                     )
+                if after is not None and not await after:
+                    raise CoordinatorUnavailable("an earlier transaction failed")
+                await _check_fence(conn, fence)
         except (psycopg.Error, PoolTimeout) as e:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
 

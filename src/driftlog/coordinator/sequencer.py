@@ -64,6 +64,8 @@ class SequencedObject:
     outcomes: list[CommitOutcome]
     # Idempotence state after this object, to upsert with it.
     producer_updates: dict[ProducerKey, ProducerPartitionState] = field(default_factory=dict)
+    # The partition of each row, so applying it needs no lookup.
+    parts: list[PartitionSequence] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -87,6 +89,8 @@ class SequencerSnapshot:
 class Sequencer:
     def __init__(self, snapshot: SequencerSnapshot) -> None:
         self.topics_by_id: dict[uuid.UUID, TopicInfo] = {t.topic_id: t for t in snapshot.topics}
+        # Per topic: are batches stamped with the commit time (LogAppendTime)?
+        self._log_append = {t.topic_id: _log_append(t) for t in snapshot.topics}
         self.partitions = snapshot.partitions
         self.producers = snapshot.producers
         self.next_object_id = snapshot.next_object_id
@@ -94,11 +98,13 @@ class Sequencer:
     # Topics -----------------------------------------------------------------
     def put_topic(self, topic: TopicInfo) -> None:
         self.topics_by_id[topic.topic_id] = topic
+        self._log_append[topic.topic_id] = _log_append(topic)
         for partition in range(topic.partition_count):
             self.partitions.setdefault((topic.topic_id, partition), PartitionSequence())
 
     def drop_topic(self, topic_id: uuid.UUID) -> None:
         topic = self.topics_by_id.pop(topic_id, None)
+        self._log_append.pop(topic_id, None)
         if topic is None:
             return
         for partition in range(topic.partition_count):
@@ -123,14 +129,16 @@ class Sequencer:
     def _sequence_batch(
         self, obj: SequencedObject, batch: BatchToCommit, now_ms: int
     ) -> CommitOutcome:
-        part = self.partitions.get((batch.topic_id, batch.partition))
-        topic = self.topics_by_id.get(batch.topic_id)
-        if part is None or topic is None:
+        # The hot path of every commit: positional tuple construction, no helpers.
+        topic_id, partition = batch.topic_id, batch.partition
+        part = self.partitions.get((topic_id, partition))
+        log_append = self._log_append.get(topic_id)
+        if part is None or log_append is None:
             # The topic was deleted (or shrunk) between upload and commit.
             return CommitOutcome(ErrorCode.unknown_topic_or_partition)
         base_offset = part.next_offset
         if batch.producer_id >= 0:
-            key = (batch.producer_id, batch.topic_id, batch.partition)
+            key = (batch.producer_id, topic_id, partition)
             previous = self.producers.get(key)
             verdict = check_sequence(
                 previous, batch.producer_epoch, batch.base_sequence, batch.record_count
@@ -140,41 +148,41 @@ class Sequencer:
             if verdict.duplicate_of >= 0:
                 # A retry of a batch already committed: its original offset, nothing stored.
                 return CommitOutcome(
-                    ErrorCode.none,
-                    base_offset=verdict.duplicate_of,
-                    log_start_offset=part.log_start_offset,
+                    ErrorCode.none, verdict.duplicate_of, -1, part.log_start_offset
                 )
             state = record_batch(
                 previous, batch.producer_epoch, batch.base_sequence, batch.record_count, base_offset
             )
             self.producers[key] = state
             obj.producer_updates[key] = state
-        log_append = topic.configs.get("message.timestamp.type") == "LogAppendTime"
-        part.next_offset += batch.record_count
+        part.next_offset = next_offset = base_offset + batch.record_count
+        if log_append:
+            append_time_ms = timestamp_ms = now_ms
+        else:
+            append_time_ms, timestamp_ms = -1, batch.max_timestamp_ms
+        if timestamp_ms > part.time_index_ms:
+            part.time_index_ms = timestamp_ms
         location = BatchLocation(
-            object_key=obj.object_key,
-            byte_offset=batch.byte_offset,
-            byte_length=batch.byte_length,
-            base_offset=base_offset,
-            last_offset=base_offset + batch.record_count - 1,
-            max_timestamp_ms=batch.max_timestamp_ms,
-            log_append_time_ms=now_ms if log_append else -1,
+            obj.object_key,
+            batch.byte_offset,
+            batch.byte_length,
+            base_offset,
+            next_offset - 1,
+            batch.max_timestamp_ms,
+            append_time_ms,
         )
-        part.time_index_ms = max(
-            part.time_index_ms, now_ms if log_append else batch.max_timestamp_ms
-        )
-        obj.rows.append(BatchRow(batch.topic_id, batch.partition, location, part.time_index_ms))
-        return CommitOutcome(
-            ErrorCode.none,
-            base_offset=base_offset,
-            log_append_time_ms=location.log_append_time_ms,
-            log_start_offset=part.log_start_offset,
-        )
+        obj.rows.append(BatchRow(topic_id, partition, location, part.time_index_ms))
+        obj.parts.append(part)
+        return CommitOutcome(ErrorCode.none, base_offset, append_time_ms, part.log_start_offset)
 
     def applied(self, objects: Iterable[SequencedObject]) -> None:
         """The objects are durable: advance the high watermarks past their rows."""
         for obj in objects:
-            for row in obj.rows:
-                part = self.partitions.get((row.topic_id, row.partition))
-                if part is not None:
-                    part.high_watermark = max(part.high_watermark, row.location.last_offset + 1)
+            for part, row in zip(obj.parts, obj.rows, strict=True):
+                end = row.location.last_offset + 1
+                if end > part.high_watermark:
+                    part.high_watermark = end
+
+
+def _log_append(topic: TopicInfo) -> bool:
+    return topic.configs.get("message.timestamp.type") == "LogAppendTime"

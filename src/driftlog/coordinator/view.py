@@ -48,9 +48,7 @@ class CoordinatorView:
 
     # Changes reported by the writer ------------------------------------------------
     def on_applied(self, objects: Sequence[SequencedObject]) -> None:
-        self.on_remote_applied(
-            [(row.topic_id, row.partition, row.location) for obj in objects for row in obj.rows]
-        )
+        self.on_remote_applied([row[:3] for obj in objects for row in obj.rows])
 
     def on_remote_applied(self, batches: Sequence[tuple[uuid.UUID, int, BatchLocation]]) -> None:
         """Committed batches, in commit order (from the local writer or the writer's stream).

@@ -40,7 +40,7 @@ from driftlog.coordinator.api import (
     NotWriter,
     TopicInfo,
 )
-from driftlog.coordinator.backend import Backend, Fence
+from driftlog.coordinator.backend import Backend, Fence, OverlappingBackend
 from driftlog.coordinator.lease import HeldLease, LeaseRecord, may_acquire
 from driftlog.coordinator.sequencer import SequencedObject, Sequencer, SequencerSnapshot
 
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 # Bounds one group-commit round so a burst cannot build an unbounded transaction.
 MAX_OBJECTS_PER_TRANSACTION = 256
+# Rounds in flight at once: one committing while the next is sequenced and copied.
+MAX_ROUNDS_IN_FLIGHT = 2
 # How long close() lets the round in progress finish.
 CLOSE_ROUND_S = 10.0
 DEFAULT_LEASE_MS = 10_000
@@ -111,6 +113,8 @@ class CommitWriter:
         self._sequencer: Sequencer | None = None
         self._needs_reload = False
         self._pending: list[_Pending] = []
+        self._in_flight: list[asyncio.Task[bool]] = []
+        self._in_flight_objects: dict[str, SequencedObject] = {}
         self._wakeup = asyncio.Event()
         self._serial = asyncio.Lock()  # one round or topic change at a time
         self._tick_lock = asyncio.Lock()  # the timer's tick and a test's never interleave
@@ -239,58 +243,139 @@ class CommitWriter:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending and self.lease is not None:
+                if len(self._in_flight) >= MAX_ROUNDS_IN_FLIGHT:
+                    await asyncio.wait({self._in_flight[0]})
+                    continue
                 round_ = self._pending[:MAX_OBJECTS_PER_TRANSACTION]
                 del self._pending[: len(round_)]
                 try:
                     async with self._serial:
-                        await self.commit_round(round_)
+                        await self._start_round(round_)
                 except Exception as e:
                     # Never let one bad round stop the writer: everyone behind it would hang.
                     log.exception("coordinator round failed")
                     _fail(round_, CoordinatorUnavailable(repr(e)))
+        await self._settle()
 
     async def commit_round(self, round_: list[_Pending]) -> None:
-        """Sequence and persist one round of commits, then answer them."""
+        """Sequence and persist one round of commits and answer them, to completion."""
+        async with self._serial:
+            task = await self._start_round(round_)
+        if task is not None:
+            await task
+
+    async def _settle(self) -> None:
+        """Wait until no round is in flight."""
+        while self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+
+    async def _start_round(self, round_: list[_Pending]) -> asyncio.Task[bool] | None:
+        """Sequence a round and start persisting it; returns the task that finishes it.
+
+        Rounds are pipelined: on a backend whose transactions can overlap
+        (PostgreSQL), the next round is sequenced and copied while the previous
+        one commits, and commits only after it (failing if it failed).
+        """
+        retried = [r.object_key for r, _ in round_ if r.retry]
         try:
-            if self._needs_reload:
-                await self._reload()
-            # Keys are unique per upload: only a re-sent commit can be committed already.
-            resent = [request.object_key for request, _ in round_ if request.retry]
-            existing = await self._backend.committed_outcomes(resent) if resent else {}
+            while True:
+                if self._needs_reload:
+                    await self._settle()
+                    await self._reload()
+                # Keys are unique per upload: only a re-sent commit can be committed
+                # already (or be in a round still in flight).
+                still_in_flight = [k for k in retried if k in self._in_flight_objects]
+                resent = [k for k in retried if k not in self._in_flight_objects]
+                existing = await self._backend.committed_outcomes(resent) if resent else {}
+                # While we waited, a round in flight may have failed (this round must not
+                # be sequenced on its offsets) or finished (look its keys up too).
+                if not self._needs_reload and all(
+                    k in self._in_flight_objects for k in still_in_flight
+                ):
+                    break
         except CoordinatorError as e:
             _fail(round_, e)
-            return
+            return None
         if self.lease is None or self._sequencer is None:
             _fail(round_, NotWriter("lost the lease"))
-            return
+            return None
         now_ms = self._clock.wall_ms()
         started_s = self._clock.monotonic_s()
         sequenced: list[SequencedObject] = []
         answers: dict[str, list[CommitOutcome] | SequencedObject] = dict(existing)
         for request, _ in round_:
-            if request.object_key not in answers:
-                obj = self._sequencer.sequence(
-                    request.object_key, request.object_size, request.batches, now_ms
-                )
-                sequenced.append(obj)
-                answers[request.object_key] = obj
+            key = request.object_key
+            if key in answers:
+                continue
+            in_flight = self._in_flight_objects.get(key)
+            if in_flight is not None:
+                # Its round commits before this one, or this one fails with it.
+                answers[key] = in_flight
+                continue
+            obj = self._sequencer.sequence(key, request.object_size, request.batches, now_ms)
+            sequenced.append(obj)
+            answers[key] = obj
+            self._in_flight_objects[key] = obj
+        previous = self._in_flight[-1] if self._in_flight else None
+        task = asyncio.create_task(
+            self._finish_round(round_, sequenced, answers, self._fence(), previous, started_s)
+        )
+        self._in_flight.append(task)
+        return task
+
+    async def _finish_round(
+        self,
+        round_: list[_Pending],
+        sequenced: list[SequencedObject],
+        answers: dict[str, list[CommitOutcome] | SequencedObject],
+        fence: Fence,
+        previous: asyncio.Task[bool] | None,
+        started_s: float,
+    ) -> bool:
         try:
-            if sequenced:
-                await self._backend.persist_objects(self._fence(), sequenced)
+            return await self._persist_and_answer(
+                round_, sequenced, answers, fence, previous, started_s
+            )
+        finally:
+            self._in_flight.remove(asyncio.current_task())  # type: ignore[arg-type]
+            for obj in sequenced:
+                self._in_flight_objects.pop(obj.object_key, None)
+
+    async def _persist_and_answer(
+        self,
+        round_: list[_Pending],
+        sequenced: list[SequencedObject],
+        answers: dict[str, list[CommitOutcome] | SequencedObject],
+        fence: Fence,
+        previous: asyncio.Task[bool] | None,
+        started_s: float,
+    ) -> bool:
+        after = _succeeded(previous)
+        try:
+            if not sequenced:
+                if not await after:
+                    raise CoordinatorUnavailable("an earlier transaction failed")
+            elif isinstance(self._backend, OverlappingBackend):
+                await self._backend.persist_objects_overlapping(fence, sequenced, after)
+            else:
+                if not await after:
+                    raise CoordinatorUnavailable("an earlier transaction failed")
+                await self._backend.persist_objects(fence, sequenced)
         except Fenced as e:
             self._step_down(str(e))
             _fail(round_, e)
-            return
+            return False
         except Exception as e:
             log.error("commit of %d objects failed: %r", len(sequenced), e)
             # The outcome is unknown (a COMMIT can fail after reaching disk):
             # reload what the database holds before sequencing again.
             self._needs_reload = True
             _fail(round_, e if isinstance(e, CoordinatorError) else CoordinatorUnavailable(repr(e)))
-            return
+            return False
         if self.lease is not None:
             self.lease.renewed_at_s = max(self.lease.renewed_at_s, started_s)
-        self._sequencer.applied(sequenced)
+        if self._sequencer is not None:
+            self._sequencer.applied(sequenced)
         if sequenced:
             self.transactions += 1
             self.commits_persisted += len(sequenced)
@@ -300,6 +385,7 @@ class CommitWriter:
             outcomes = answer.outcomes if isinstance(answer, SequencedObject) else answer
             if not future.done():
                 future.set_result(outcomes)
+        return True
 
     async def _reload(self) -> None:
         snapshot = await self._backend.load_sequencer(self.shard)
@@ -317,7 +403,7 @@ class CommitWriter:
         self, name: str, partition_count: int, configs: Mapping[str, str]
     ) -> tuple[ErrorCode, TopicInfo | None]:
         async with self._serial:
-            sequencer = self._require_writer()
+            sequencer = await self._ready_for_topic_change()
             existing = _named(sequencer, name)
             if existing is not None:
                 return ErrorCode.topic_already_exists, existing
@@ -331,12 +417,23 @@ class CommitWriter:
         except Fenced as e:
             self._step_down(str(e))
             raise
+        except CoordinatorError:
+            self._needs_reload = True  # it may have committed: ask the database
+            raise
         sequencer.put_topic(topic)
         self._listener.on_topic_put(topic)
 
+    async def _ready_for_topic_change(self) -> Sequencer:
+        # Ordered after the rounds before it, on state that matches the database.
+        await self._settle()
+        self._require_writer()
+        if self._needs_reload:
+            await self._reload()
+        return self._require_writer()
+
     async def delete_topic(self, name: str) -> ErrorCode:
         async with self._serial:
-            sequencer = self._require_writer()
+            sequencer = await self._ready_for_topic_change()
             topic = _named(sequencer, name)
             if topic is None:
                 return ErrorCode.unknown_topic_or_partition
@@ -345,13 +442,16 @@ class CommitWriter:
             except Fenced as e:
                 self._step_down(str(e))
                 raise
+            except CoordinatorError:
+                self._needs_reload = True  # it may have committed: ask the database
+                raise
             sequencer.drop_topic(topic.topic_id)
             self._listener.on_topic_dropped(topic)
             return ErrorCode.none
 
     async def create_partitions(self, name: str, new_total: int) -> ErrorCode:
         async with self._serial:
-            sequencer = self._require_writer()
+            sequencer = await self._ready_for_topic_change()
             topic = _named(sequencer, name)
             if topic is None:
                 return ErrorCode.unknown_topic_or_partition
@@ -363,7 +463,7 @@ class CommitWriter:
 
     async def alter_topic_configs(self, name: str, configs: Mapping[str, str | None]) -> ErrorCode:
         async with self._serial:
-            sequencer = self._require_writer()
+            sequencer = await self._ready_for_topic_change()
             topic = _named(sequencer, name)
             if topic is None:
                 return ErrorCode.unknown_topic_or_partition
@@ -374,6 +474,21 @@ class CommitWriter:
 
 def _named(sequencer: Sequencer, name: str) -> TopicInfo | None:
     return next((t for t in sequencer.topics_by_id.values() if t.name == name), None)
+
+
+def _succeeded(previous: asyncio.Task[bool] | None) -> asyncio.Future[bool]:
+    """Resolves True once the previous round committed (or when there is none)."""
+    result: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def settle(task: asyncio.Task[bool]) -> None:
+        if not result.done():
+            result.set_result(not task.cancelled() and task.exception() is None and task.result())
+
+    if previous is None:
+        result.set_result(True)
+    else:
+        previous.add_done_callback(settle)
+    return result
 
 
 def _fail(round_: Sequence[_Pending], error: CoordinatorError) -> None:
