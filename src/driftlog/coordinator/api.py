@@ -93,8 +93,7 @@ class BatchLocation(NamedTuple):
     log_append_time_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionOffsets:
+class PartitionOffsets(NamedTuple):
     log_start_offset: int
     high_watermark: int
 

@@ -63,14 +63,16 @@ class CoordinatorView:
             current = self._offsets.get(key)
             if current is None:
                 continue
-            fresh = [loc for loc in locations if loc.base_offset >= current.high_watermark]
-            if not fresh:
-                continue
-            if fresh[0].base_offset != current.high_watermark:
+            hwm = current.high_watermark
+            if locations[0].base_offset < hwm:  # already known (a resync overlapped)
+                locations = [loc for loc in locations if loc.base_offset >= hwm]
+                if not locations:
+                    continue
+            if locations[0].base_offset != hwm:
                 self.tail.invalidate(key)  # a gap: the cache must stay contiguous
-            self.tail.append(key, fresh)
+            self.tail.append(key, locations)
             self._offsets[key] = PartitionOffsets(
-                current.log_start_offset, fresh[-1].last_offset + 1
+                current.log_start_offset, locations[-1].last_offset + 1
             )
         self._wake(by_partition.keys())
 
@@ -174,6 +176,8 @@ class CoordinatorView:
 
     # Long polling -----------------------------------------------------------------------
     def _wake(self, partitions: Iterable[PartitionKey]) -> None:
+        if not self._waiters:
+            return
         for key in partitions:
             waiting = self._waiters.pop(key, None)
             for waiter in waiting or ():
