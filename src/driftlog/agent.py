@@ -65,7 +65,7 @@ class Agent:
         self.coordinator = AgentCoordinator(
             _open_backend(config),
             SYSTEM_CLOCK,
-            holder=config.holder_id,
+            holder=_lease_holder(config),
             rpc_host=config.listen_host if config.clustered else None,
             rpc_port=config.rpc_port,
             rpc_advertise_host=config.advertise_host,
@@ -245,12 +245,25 @@ class Agent:
             log.warning("%s", message)
 
 
+def _lease_holder(config: AgentConfig) -> str:
+    """Who this process is in the writer lease.
+
+    Embedded, the agent id alone: a restart takes its lease back at once. In a
+    cluster, the agent id and this process: two processes under one agent id (a
+    frozen pod and its replacement) must not take the lease from each other, and
+    a restarted agent waits like any other (a cleanly stopped writer releases it).
+    """
+    if not config.clustered:
+        return config.holder_id
+    return f"{config.holder_id}/{uuid.uuid4().hex[:8]}"
+
+
 def _open_backend(config: AgentConfig) -> Backend:
     url = config.coordinator_url
     if url is None:
         return SqliteBackend(config.sqlite_path)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresBackend(url)
+        return PostgresBackend(url, writer_idle_ms=config.lease_ms)
     raise ValueError(f"unsupported coordinator URL {url!r} (postgresql://...)")
 
 

@@ -31,7 +31,7 @@ def lease_holder(cluster: Cluster) -> str:
     with psycopg.connect(cluster.dsn) as conn:
         row = conn.execute("SELECT holder FROM leases WHERE shard = 0").fetchone()
     assert row is not None
-    return str(row[0])
+    return str(row[0]).split("/")[0]  # agent id / process
 
 
 def lease_epoch(cluster: Cluster) -> int:
@@ -124,6 +124,7 @@ def read_all(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> dict[i
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "reader", "enable.auto.commit": False}
     )
+    consumer.list_topics(topic, timeout=20)  # the client's metadata, before asking per partition
     ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 20)[1]
             for p in range(partitions)}  # fmt: skip
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])

@@ -74,8 +74,10 @@ class FakeAgent:
     def group_coordinator(self, group_id: str) -> AgentInfo:
         return self.me
 
+    foreign_groups: frozenset[str] = frozenset()
+
     def owns_group(self, group_id: str) -> bool:
-        return True
+        return group_id not in self.foreign_groups
 
 
 def roundtrip(entity: Any) -> Any:
@@ -463,5 +465,22 @@ def test_delete_groups(version: int) -> None:
             ("nope", ErrorCode.group_id_not_found),
         ]
         assert await agent.coordinator.groups_with_offsets() == []
+
+    run(scenario)
+
+
+def test_delete_groups_of_another_agent_is_not_coordinator() -> None:
+    """Only the coordinating agent knows whether a group is live: others never delete."""
+
+    async def scenario() -> None:
+        agent = FakeAgent()
+        agent.foreign_groups = frozenset({"elsewhere"})
+        committed = CommittedOffset("t", 0, 5, -1, "")
+        await agent.coordinator.commit_offsets("elsewhere", [committed])
+        response = await call(agent, 42, 2, groups_names=("elsewhere",))
+        assert [(r.group_id, r.error_code) for r in response.results] == [
+            ("elsewhere", ErrorCode.not_coordinator)
+        ]
+        assert await agent.coordinator.groups_with_offsets() == ["elsewhere"]
 
     run(scenario)

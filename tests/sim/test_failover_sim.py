@@ -56,7 +56,8 @@ def test_failover(seed: int) -> None:
     sim = run_seed(seed, STEPS)
     # The run did something: the writer changed hands and most commits went through.
     assert len(sim.ledger.acquired) >= 2, sim.stats
-    assert sim.stats["batches acknowledged"] > STEPS, sim.stats
+    # Progress, not a count: a writer that stopped committing would ack a handful.
+    assert sim.stats["batches acknowledged"] > STEPS // 2, sim.stats
 
 
 def test_a_seed_replays_exactly() -> None:

@@ -316,3 +316,33 @@ def test_writer_steps_down_when_it_cannot_renew(backend_factory: BackendFactory)
         await a.close()
 
     run(scenario)
+
+
+def test_a_round_that_breaks_while_sequencing_leaves_no_gap() -> None:
+    """A malformed batch fails its round midway: the writer reloads, and neither a gap
+    nor an acknowledgement of offsets that were never stored follows."""
+
+    async def scenario() -> None:
+        coordinator = await started(MemoryBackend(MemoryDatabase()), FakeClock())
+        _, topic = await coordinator.create_topic("t", 1, {})
+        assert topic is not None
+        tid = topic.topic_id
+        good = batch(tid, 0, 5)
+        broken = good._replace(record_count="5")  # type: ignore[arg-type]
+        round_: list[Any] = []
+        loop = asyncio.get_running_loop()
+        for key, batches in (("good", [good]), ("broken", [broken])):
+            round_.append((CommitRequest(key, 1, batches), loop.create_future()))
+        await coordinator.writer.commit_round(round_)
+        assert all(isinstance(f.exception(), CoordinatorUnavailable) for _, f in round_)
+        [resent] = await commit(coordinator, "good", [good])
+        [after] = await commit(coordinator, "after", [batch(tid, 0, 1)])
+        found = await coordinator.find_batches(tid, 0, 0, 1 << 30)
+        assert [(b.object_key, b.base_offset) for b in found] == [
+            ("good", resent.base_offset),
+            ("after", after.base_offset),
+        ]
+        assert (resent.base_offset, after.base_offset) == (0, 5)
+        await coordinator.close()
+
+    run(scenario)

@@ -20,13 +20,14 @@ request with the same id:
 confirms a subscription with {"op": "subscribed"} and then streams to the
 subscriber what became durable, in commit order:
 
-    {"op": "applied", "objects": [[object key, [[topic id hex, partition, byte offset,
-                                  byte length, base offset, last offset, max timestamp,
-                                  log append time], ...]], ...]}
+    {"op": "applied", "objects": [[object key, [BATCH, ...], [OUTCOME, ...]], ...]}
     {"op": "topic", "topic": TOPIC}   {"op": "topic_dropped", "topic": TOPIC}
     {"op": "reloaded"}                (the writer reloaded: resynchronize from the database)
 
-TOPIC is [name, topic id hex, partition count, {config: value}].
+TOPIC is [name, topic id hex, partition count, {config: value}]. OUTCOME is
+[error code, base offset, log append time, log start offset]; the applied event
+repeats each object's batches as its agent sent them plus the outcomes, from
+which followers rebuild the coordinates (offsets, last offset = base + count - 1).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import functools
 import json
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kio.schema.errors import ErrorCode
@@ -51,6 +52,7 @@ from driftlog.coordinator.api import (
     NotWriter,
     TopicInfo,
 )
+from driftlog.coordinator.backend import outcomes_json
 from driftlog.coordinator.sequencer import SequencedObject
 
 LENGTH = struct.Struct(">I")
@@ -190,24 +192,60 @@ def admin_reply(request_id: int, error: ErrorCode, topic: TopicInfo | None) -> M
 # Events ----------------------------------------------------------------------------
 
 
-def applied_event(objects: Sequence[SequencedObject]) -> Message:
-    # Per object its key once, then its rows; per row the location without the key.
-    topic_hex: dict[uuid.UUID, str] = {}
-    out = []
+def raw_batches(body: bytes) -> bytes | None:
+    """The `batches` array of a commit frame's body, as sent (it is the last member)."""
+    start = body.rfind(b'"batches":')
+    if start < 0 or not body.endswith(b"]}"):
+        return None
+    raw = body[start + len(b'"batches":') : -1]
+    return raw if raw.startswith(b"[") else None
+
+
+def applied_frame(objects: Sequence[SequencedObject], raw: Mapping[str, bytes]) -> bytes:
+    """The stream event for committed objects, as one frame.
+
+    Per object: its key, its batches as the agent sent them (`raw`, else encoded
+    here) and its outcomes as stored; followers rebuild the coordinates. Nothing
+    is encoded per batch for objects that came over the RPC.
+    """
+    parts = []
     for o in objects:
-        rows = []
-        for topic_id, partition, location, _ in o.rows:
-            tid = topic_hex.get(topic_id)
-            if tid is None:
-                tid = topic_hex[topic_id] = topic_id.hex
-            rows.append((tid, partition, *location[1:]))
-        out.append((o.object_key, rows))
-    return {"op": "applied", "objects": out}
+        batches = raw.get(o.object_key)
+        if batches is None:
+            batches = _ENCODER.encode([[b[0].hex, *b[1:]] for b in o.batches]).encode()
+        parts.append(
+            b"[%s,%s,%s]" % (_ENCODER.encode(o.object_key).encode(), batches,
+                             outcomes_json(o).encode())
+        )  # fmt: skip
+    body = b'{"op":"applied","objects":[' + b",".join(parts) + b"]}"
+    return LENGTH.pack(len(body)) + body
 
 
 def applied_batches(event: Message) -> list[tuple[uuid.UUID, int, BatchLocation]]:
+    """The coordinates of the batches an `applied` event stored, in commit order.
+
+    Batches answered with an error have no coordinates; those answered as
+    duplicates carry an offset the follower already has, so it skips them.
+    """
     out = []
-    for key, rows in event["objects"]:
-        for tid, partition, *numbers in rows:
-            out.append((_topic_id(tid), partition, BatchLocation(key, *numbers)))
+    for key, batches, outcomes in event["objects"]:
+        for batch, (error, base_offset, append_time_ms, _) in zip(batches, outcomes, strict=True):
+            if error:
+                continue
+            tid, partition, byte_offset, byte_length, count, _, max_timestamp_ms = batch[:7]
+            location = BatchLocation(
+                key,
+                byte_offset,
+                byte_length,
+                base_offset,
+                base_offset + count - 1,
+                max_timestamp_ms,
+                append_time_ms,
+            )
+            out.append((_topic_id(tid), partition, location))
     return out
+
+
+def outcomes_reply_frame(request_id: int, obj_outcomes_json: str) -> bytes:
+    body = b'{"id":%d,"outcomes":%s}' % (request_id, obj_outcomes_json.encode())
+    return LENGTH.pack(len(body)) + body

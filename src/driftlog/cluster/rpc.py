@@ -41,6 +41,8 @@ from driftlog.coordinator.writer import CommitWriter
 
 log = logging.getLogger(__name__)
 
+# Commits whose batches are kept (as received) until the stream forwards them.
+MAX_RAW_BATCHES_KEPT = 100_000
 # A subscriber that lets this much pile up unread is dropped (it resynchronizes).
 MAX_SUBSCRIBER_BACKLOG_BYTES = 256 * 1024 * 1024
 REQUEST_TIMEOUT_S = 10.0
@@ -50,12 +52,16 @@ RECONNECT_BACKOFF_S = 0.2
 LEASE_CHECK_S = 0.25
 
 
-async def read_message(reader: asyncio.StreamReader) -> Message:
+async def read_body(reader: asyncio.StreamReader) -> bytes:
     header = await reader.readexactly(messages.LENGTH.size)
     (length,) = messages.LENGTH.unpack(header)
     if length > messages.MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {length} bytes exceeds {messages.MAX_FRAME_BYTES}")
-    return messages.decode(await reader.readexactly(length))
+    return await reader.readexactly(length)
+
+
+async def read_message(reader: asyncio.StreamReader) -> Message:
+    return messages.decode(await read_body(reader))
 
 
 class WriterServer:
@@ -72,6 +78,7 @@ class WriterServer:
         self._subscribers: set[asyncio.StreamWriter] = set()
         self._connections: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._raw_batches: dict[str, bytes] = {}
 
     async def start(self) -> str:
         """Listen; returns the address to publish (host:port)."""
@@ -89,8 +96,11 @@ class WriterServer:
 
     # Events from the writer (a WriterListener) -------------------------------------
     def on_applied(self, objects: Sequence[SequencedObject]) -> None:
+        raw = self._raw_batches
         if self._subscribers:
-            self._broadcast(messages.applied_event(objects))
+            self._broadcast_frame(messages.applied_frame(objects, raw))
+        for o in objects:
+            raw.pop(o.object_key, None)
 
     def on_reloaded(self, snapshot: SequencerSnapshot) -> None:
         self._broadcast({"op": "reloaded"})
@@ -102,25 +112,34 @@ class WriterServer:
         self._broadcast({"op": "topic_dropped", "topic": messages.topic_value(topic)})
 
     def _broadcast(self, message: Message) -> None:
-        frame = messages.encode(message)
+        self._broadcast_frame(messages.encode(message))
+
+    def _broadcast_frame(self, frame: bytes) -> None:
         for subscriber in list(self._subscribers):
             transport = subscriber.transport
+            if transport.is_closing():
+                self._subscribers.discard(subscriber)  # gone; its reader cleans up
+                continue
             if transport.get_write_buffer_size() > MAX_SUBSCRIBER_BACKLOG_BYTES:
                 log.warning("dropping a subscriber that stopped reading")
                 self._subscribers.discard(subscriber)
                 subscriber.close()
                 continue
-            subscriber.write(frame)
+            try:
+                subscriber.write(frame)
+            except (RuntimeError, ConnectionError):
+                self._subscribers.discard(subscriber)
 
     # Connections -------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(writer)
         try:
             while True:
-                message = await read_message(reader)
+                body = await read_body(reader)
+                message = messages.decode(body)
                 op = message.get("op")
                 if op == "commit":
-                    self._commit(message, writer)
+                    self._commit(message, body, writer)
                 elif op == "admin":
                     self._spawn(self._admin(message, writer))
                 elif op == "subscribe":
@@ -143,9 +162,16 @@ class WriterServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _commit(self, message: Message, writer: asyncio.StreamWriter) -> None:
+    def _commit(self, message: Message, body: bytes, writer: asyncio.StreamWriter) -> None:
         request_id = int(message.get("id", -1))
         request = messages.commit_request(message)
+        raw = messages.raw_batches(body)
+        if raw is not None and self._subscribers:
+            # Forwarded as is in the stream; dropped when the object is applied (or
+            # bounded, should it never be).
+            if len(self._raw_batches) >= MAX_RAW_BATCHES_KEPT:
+                self._raw_batches.clear()
+            self._raw_batches[request.object_key] = raw
         # Submitted now, in arrival order: the writer commits in submission order.
         # Answered from a callback: a task per commit would cost more than the commit.
         future = self._writer.submit(request)
@@ -288,7 +314,7 @@ class WriterClient:
                 continue
             if lease is None or lease.address != address or lease.holder == self._holder:
                 log.info("the lease moved from %s; leaving it", address)
-                writer.close()
+                self._disconnected()  # at once: no request may go to the old writer now
                 return
 
     async def _read_stream(self, reader: asyncio.StreamReader) -> None:
@@ -321,11 +347,15 @@ class WriterClient:
             if not future.done():
                 future.set_exception(CoordinatorUnavailable("lost the connection to the writer"))
 
+    def _usable_writer(self) -> asyncio.StreamWriter:
+        writer = self._writer
+        if writer is None or not self._connected.is_set() or writer.is_closing():
+            raise NotWriter("not connected to a writer")
+        return writer
+
     async def call(self, message: Message) -> Message:
         """Send one request to the writer and wait for its reply."""
-        writer = self._writer
-        if writer is None or not self._connected.is_set():
-            raise NotWriter("not connected to a writer")
+        writer = self._usable_writer()
         request_id = next(self._ids)
         message["id"] = request_id
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -339,9 +369,7 @@ class WriterClient:
 
     def send_commit(self, request: CommitRequest) -> asyncio.Future[Message]:
         """Send a commit now (keeping submission order on the wire); await the reply later."""
-        writer = self._writer
-        if writer is None or not self._connected.is_set():
-            raise NotWriter("not connected to a writer")
+        writer = self._usable_writer()
         request_id = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future

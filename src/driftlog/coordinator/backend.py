@@ -78,6 +78,10 @@ class Backend(Protocol):
         """Extend the lease; `Fenced` if the epoch is no longer the row's."""
         ...
 
+    async def release_lease(self, fence: Fence) -> None:
+        """Let the lease expire now, if it is still this epoch's (a clean stop)."""
+        ...
+
     # Writer -------------------------------------------------------------------
     async def load_sequencer(self, shard: int) -> SequencerSnapshot: ...
 
@@ -158,11 +162,19 @@ class OverlappingBackend(Protocol):
 # Encodings shared by the backends ---------------------------------------------
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+
+
 def encode_outcomes(outcomes: Sequence[CommitOutcome]) -> str:
-    return json.dumps(
-        [[int(o.error), o.base_offset, o.log_append_time_ms, o.log_start_offset] for o in outcomes],
-        separators=(",", ":"),
-    )
+    # Named tuples of ints (the error code is an IntEnum) encode as arrays of numbers.
+    return _JSON.encode(outcomes)
+
+
+def outcomes_json(obj: SequencedObject) -> str:
+    """The object's outcomes as JSON, encoded once and kept on the object."""
+    if not obj.outcomes_json:
+        obj.outcomes_json = _JSON.encode(obj.outcomes)
+    return obj.outcomes_json
 
 
 def decode_outcomes(text: str) -> list[CommitOutcome]:

@@ -130,6 +130,9 @@ class FaultyBackend:
     async def renew_lease(self, fence: Fence) -> None:
         await self._call("renew_lease", lambda: self.inner.renew_lease(fence))
 
+    async def release_lease(self, fence: Fence) -> None:
+        await self._call("release_lease", lambda: self.inner.release_lease(fence))
+
     # Writer -------------------------------------------------------------------
     async def load_sequencer(self, shard: int) -> SequencerSnapshot:
         return await self._call("load_sequencer", lambda: self.inner.load_sequencer(shard))

@@ -18,6 +18,7 @@ simulation decides the interleaving between calls.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -195,6 +196,13 @@ class MemoryBackend:
         db = self._db
         _check_fence(db, fence)
         db.version += 1
+
+    async def release_lease(self, fence: Fence) -> None:
+        db = self._db
+        lease = db.leases.get(fence.shard)
+        if lease is not None and lease.epoch == fence.epoch:
+            db.leases[fence.shard] = dataclasses.replace(lease, expires_ms=0)
+            db.version += 1
 
     # Writer -------------------------------------------------------------------
     async def load_sequencer(self, shard: int) -> SequencerSnapshot:

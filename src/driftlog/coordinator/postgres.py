@@ -33,9 +33,9 @@ from driftlog.coordinator.backend import (
     decode_outcomes,
     decode_producer_state,
     encode_configs,
-    encode_outcomes,
     encode_producer_batches,
     high_watermark,
+    outcomes_json,
 )
 from driftlog.coordinator.lease import LeaseRecord
 from driftlog.coordinator.sequencer import (
@@ -134,22 +134,54 @@ _LOCATION = (
 
 
 class PostgresBackend:
-    def __init__(self, dsn: str, *, max_connections: int = 8, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        max_connections: int = 8,
+        timeout_s: float = 5.0,
+        writer_idle_ms: int = 5_000,
+    ) -> None:
         self._dsn = dsn
         self._timeout_s = timeout_s
+        connect = {
+            "autocommit": True,
+            "connect_timeout": max(1, int(timeout_s)),
+            # Notice a dead peer in seconds, not hours, on both sides.
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+        }
         self._pool = AsyncConnectionPool(
             dsn,
             min_size=1,
             max_size=max_connections,
             open=False,
             timeout=timeout_s,
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout_s))},
+            kwargs=connect,
+        )
+        # The writer's own connections: reads (catching-up consumers) cannot starve its
+        # commits and lease renewals. A writer that stops mid-transaction (paused,
+        # partitioned) would hold index entries its successor needs: the server ends
+        # such a session after a lease (idle in transaction) or a silent peer.
+        server_options = (
+            f"-c idle_in_transaction_session_timeout={writer_idle_ms}"
+            " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+        )
+        self._write_pool = AsyncConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=3,
+            open=False,
+            timeout=timeout_s,
+            kwargs={**connect, "options": server_options},
         )
 
     # Lifecycle ----------------------------------------------------------------
     async def open(self) -> None:
         try:
             await self._pool.open(wait=True, timeout=self._timeout_s)
+            await self._write_pool.open(wait=True, timeout=self._timeout_s)
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
                 await conn.execute(
@@ -172,11 +204,15 @@ class PostgresBackend:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
 
     async def close(self) -> None:
+        await self._write_pool.close()
         await self._pool.close()
 
-    async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    async def _fetch(
+        self, query: str, params: Sequence[Any] = (), *, writer: bool = False
+    ) -> list[tuple[Any, ...]]:
+        pool = self._write_pool if writer else self._pool
         try:
-            async with self._pool.connection() as conn:
+            async with pool.connection() as conn:
                 cursor = await conn.execute(query.encode(), params)
                 return await cursor.fetchall()
         except (psycopg.Error, PoolTimeout) as e:
@@ -233,18 +269,27 @@ class PostgresBackend:
                 "INSERT INTO leases (holder, address, epoch, expires_ms, shard)"
                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
                 row,
+                writer=True,
             )
         else:
             rows = await self._fetch(
                 "UPDATE leases SET holder = %s, address = %s, epoch = %s, expires_ms = %s"
                 " WHERE shard = %s AND epoch = %s RETURNING 1",
                 (*row, expected.epoch),
+                writer=True,
             )
         return len(rows) == 1
 
+    async def release_lease(self, fence: Fence) -> None:
+        await self._fetch(
+            "UPDATE leases SET expires_ms = 0 WHERE shard = %s AND epoch = %s RETURNING 1",
+            (fence.shard, fence.epoch),
+            writer=True,
+        )
+
     async def renew_lease(self, fence: Fence) -> None:
         try:
-            async with self._pool.connection() as conn:
+            async with self._write_pool.connection() as conn:
                 await _check_fence(conn, fence)
         except (psycopg.Error, PoolTimeout) as e:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
@@ -284,7 +329,7 @@ class PostgresBackend:
 
     async def committed_outcomes(self, keys: Sequence[str]) -> dict[str, list[CommitOutcome]]:
         rows = await self._fetch(
-            "SELECT key, outcomes FROM objects WHERE key = ANY(%s)", (list(keys),)
+            "SELECT key, outcomes FROM objects WHERE key = ANY(%s)", (list(keys),), writer=True
         )
         return {key: decode_outcomes(outcomes) for key, outcomes in rows}
 
@@ -304,31 +349,12 @@ class PostgresBackend:
         for o in objects:
             updates.update(o.producer_updates)
         try:
-            async with self._pool.connection() as conn, conn.transaction():
-                # A cheap early look (no lock) so a deposed writer fails fast with
-                # Fenced; the locking check before COMMIT is the one that guarantees it.
-                cursor = await conn.execute(
-                    b"SELECT 1 FROM leases WHERE shard = %s AND epoch = %s",
-                    (fence.shard, fence.epoch),
-                )
-                if await cursor.fetchone() is None:
-                    raise Fenced(
-                        f"writer epoch {fence.epoch} of shard {fence.shard} was superseded"
-                    )
+            async with self._write_pool.connection() as conn, conn.transaction():
                 cursor = conn.cursor()
                 async with cursor.copy(
                     b"COPY objects (object_id, key, size, committed_ms, outcomes) FROM STDIN"
                 ) as copy:
-                    for o in objects:
-                        await copy.write_row(
-                            (
-                                o.object_id,
-                                o.object_key,
-                                o.object_size,
-                                o.committed_ms,
-                                encode_outcomes(o.outcomes),
-                            )
-                        )
+                    await copy.write(_object_rows(objects))
                 async with cursor.copy(
                     b"COPY batches (topic_id, partition, last_offset, base_offset, object_id,"
                     b" byte_offset, byte_length, max_timestamp_ms, log_append_time_ms,"
@@ -350,12 +376,21 @@ class PostgresBackend:
                 if after is not None and not await after:
                     raise CoordinatorUnavailable("an earlier transaction failed")
                 await _check_fence(conn, fence)
+        except psycopg.errors.UniqueViolation as e:
+            # A deposed writer's object ids collide with its successor's: say so.
+            if await self._superseded(fence):
+                raise Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} superseded") from e
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
         except (psycopg.Error, PoolTimeout) as e:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
 
+    async def _superseded(self, fence: Fence) -> bool:
+        lease = await self.read_lease(fence.shard)
+        return lease is None or lease.epoch != fence.epoch
+
     async def put_topic(self, fence: Fence, topic: TopicInfo, old_partition_count: int) -> None:
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self._write_pool.connection() as conn, conn.transaction():
                 await _check_fence(conn, fence)
                 await conn.execute(
                     b"INSERT INTO topics VALUES (%s, %s, %s, %s) ON CONFLICT (topic_id) DO UPDATE"
@@ -377,7 +412,7 @@ class PostgresBackend:
 
     async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None:
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self._write_pool.connection() as conn, conn.transaction():
                 await _check_fence(conn, fence)
                 for table in ("topics", "partitions", "batches", "producer_states"):
                     await conn.execute(
@@ -510,6 +545,18 @@ class PostgresBackend:
 
     async def groups_with_offsets(self) -> list[str]:
         return [r[0] for r in await self._fetch("SELECT DISTINCT group_id FROM group_offsets")]
+
+
+# COPY's text format: backslash, tab, newline and carriage return are escaped.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _object_rows(objects: Sequence[SequencedObject]) -> bytes:
+    return "".join(
+        f"{o.object_id}\t{o.object_key.translate(_COPY_ESCAPES)}\t{o.object_size}\t"
+        f"{o.committed_ms}\t{outcomes_json(o).translate(_COPY_ESCAPES)}\n"
+        for o in objects
+    ).encode()
 
 
 def _batch_rows(objects: Sequence[SequencedObject]) -> bytes:

@@ -66,6 +66,10 @@ class SequencedObject:
     producer_updates: dict[ProducerKey, ProducerPartitionState] = field(default_factory=dict)
     # The partition of each row, so applying it needs no lookup.
     parts: list[PartitionSequence] = field(default_factory=list)
+    # The batches as the agent described them (what the writer's stream forwards).
+    batches: Sequence[BatchToCommit] = ()
+    # The outcomes as JSON, encoded once for the database, the reply and the stream.
+    outcomes_json: str = ""
 
 
 @dataclass(slots=True)
@@ -120,7 +124,9 @@ class Sequencer:
         batches: Sequence[BatchToCommit],
         now_ms: int,
     ) -> SequencedObject:
-        obj = SequencedObject(self.next_object_id, object_key, object_size, now_ms, [], [])
+        obj = SequencedObject(
+            self.next_object_id, object_key, object_size, now_ms, [], [], batches=batches
+        )
         self.next_object_id += 1
         for batch in batches:
             obj.outcomes.append(self._sequence_batch(obj, batch, now_ms))

@@ -50,6 +50,8 @@ T = TypeVar("T")
 RETRY_BACKOFF_S = 0.05
 # A writer that holds its lease but does not answer (overloaded, paused) is asked again.
 REMOTE_COMMIT_TIMEOUT_S = 5.0
+# The same bound for this agent's own writer (a stuck database, a lost answer).
+COMMIT_WAIT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -152,7 +154,7 @@ class AgentCoordinator:
 
     def _send(self, request: CommitRequest) -> asyncio.Future[list[CommitOutcome]]:
         if self.writer.is_writer:
-            return self.writer.submit(request)
+            return asyncio.ensure_future(_within(self.writer.submit(request), COMMIT_WAIT_S))
         if self.client is not None:
             reply = self.client.send_commit(request)
             return asyncio.ensure_future(_decoded(reply, REMOTE_COMMIT_TIMEOUT_S))
@@ -171,18 +173,20 @@ class AgentCoordinator:
                         sends.append(self._send(entry.request))
                         if not entry.request.retry:
                             entry.request = dataclasses.replace(entry.request, retry=True)
-                except CoordinatorError as e:
+                except Exception as e:
                     for sent in sends:
                         sent.add_done_callback(_ignore)
-                    await self._back_off(e)
+                    await self._back_off(_retriable(e))
                     continue
                 for entry, send in zip(entries, sends, strict=True):
                     try:
                         outcomes = await send
-                    except CoordinatorError as e:
+                    except Exception as e:
+                        # Whatever went wrong, the commit is re-sent (it is idempotent by
+                        # key): this loop must never die, or the agent's produce path hangs.
                         for later in sends:
                             later.add_done_callback(_ignore)
-                        await self._back_off(e)
+                        await self._back_off(_retriable(e))
                         break
                     self._queue.popleft()
                     if not entry.future.done():
@@ -305,6 +309,22 @@ class AgentCoordinator:
 
     async def groups_with_offsets(self) -> list[str]:
         return await self.backend.groups_with_offsets()
+
+
+def _retriable(error: Exception) -> CoordinatorError:
+    if isinstance(error, CoordinatorError):
+        return error
+    log.warning("commit attempt failed unexpectedly: %r", error)
+    return CoordinatorUnavailable(repr(error))
+
+
+async def _within(
+    future: asyncio.Future[list[CommitOutcome]], timeout_s: float
+) -> list[CommitOutcome]:
+    try:
+        return await asyncio.wait_for(future, timeout_s)
+    except TimeoutError as e:
+        raise CoordinatorUnavailable("the writer did not answer in time") from e
 
 
 async def _decoded(reply: Awaitable[messages.Message], timeout_s: float) -> list[CommitOutcome]:

@@ -33,9 +33,9 @@ from driftlog.coordinator.backend import (
     decode_outcomes,
     decode_producer_state,
     encode_configs,
-    encode_outcomes,
     encode_producer_batches,
     high_watermark,
+    outcomes_json,
 )
 from driftlog.coordinator.lease import LeaseRecord
 from driftlog.coordinator.producers import ProducerPartitionState, record_batch
@@ -269,6 +269,16 @@ class SqliteBackend:
     async def renew_lease(self, fence: Fence) -> None:
         await self._run(self._renew_lease, fence)
 
+    async def release_lease(self, fence: Fence) -> None:
+        await self._run(self._release_lease, fence)
+
+    def _release_lease(self, fence: Fence) -> None:
+        with _Transaction(self.db) as db:
+            db.execute(
+                "UPDATE leases SET expires_ms = 0 WHERE shard = ? AND epoch = ?",
+                (fence.shard, fence.epoch),
+            )
+
     def _renew_lease(self, fence: Fence) -> None:
         with _Transaction(self.db) as db:
             _check_fence(db, fence)
@@ -333,7 +343,7 @@ class SqliteBackend:
                         o.object_key,
                         o.object_size,
                         o.committed_ms,
-                        encode_outcomes(o.outcomes),
+                        outcomes_json(o),
                     )
                     for o in objects
                 ],

@@ -83,13 +83,15 @@ class CoordinatorView:
         self._set_topics(topics)
         for key, new in offsets.items():
             old = self._offsets.get(key)
-            if old is None or old.high_watermark > new.high_watermark:
-                self.tail.invalidate(key)
+            if old is None:
                 self._offsets[key] = new
-            elif old.high_watermark < new.high_watermark or old != new:
+            elif old != new:
+                # Never lower a watermark: what the view showed was durable, and a read
+                # racing with newer commits may be older than the view.
                 self.tail.invalidate(key)
                 self._offsets[key] = PartitionOffsets(
-                    new.log_start_offset, max(old.high_watermark, new.high_watermark)
+                    max(old.log_start_offset, new.log_start_offset),
+                    max(old.high_watermark, new.high_watermark),
                 )
         for key in set(self._offsets) - set(offsets):
             del self._offsets[key]
@@ -103,8 +105,11 @@ class CoordinatorView:
             for key, p in snapshot.partitions.items()
         }
         for key, new in offsets.items():
-            if self._offsets.get(key) != new:
+            old = self._offsets.get(key)
+            if old is not None and old != new:
                 self.tail.invalidate(key)
+                if old.high_watermark > new.high_watermark:
+                    offsets[key] = PartitionOffsets(new.log_start_offset, old.high_watermark)
         self._offsets = offsets
         self._wake(list(self._waiters))
 

@@ -23,6 +23,7 @@ drive it with a fake clock; `start()` runs it on a timer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -142,12 +143,13 @@ class CommitWriter:
         if self.lease.lapsed(now_s):
             self._step_down("the lease lapsed without renewal")
         elif self.lease.renew_due(now_s):
+            fence = self._fence()
             try:
-                await self._backend.renew_lease(self._fence())
-                if self.lease is not None:
+                await self._backend.renew_lease(fence)
+                if self.lease is not None and self.lease.epoch == fence.epoch:
                     self.lease.renewed_at_s = now_s
             except Fenced as e:
-                self._step_down(str(e))
+                self._step_down(str(e), fence.epoch)
             except CoordinatorError as e:
                 log.warning("lease renewal failed: %s", e)
 
@@ -167,9 +169,16 @@ class CommitWriter:
             )
             if not await self._backend.try_acquire_lease(record, new):
                 return
-            snapshot = await self._backend.load_sequencer(self.shard)
         except CoordinatorError as e:
             log.warning("lease acquisition failed: %s", e)
+            return
+        try:
+            snapshot = await self._backend.load_sequencer(self.shard)
+        except CoordinatorError as e:
+            # Holding a lease we cannot use would keep everyone else out: let it go.
+            log.warning("loading the writer state failed: %s; releasing the lease", e)
+            with contextlib.suppress(CoordinatorError):
+                await self._backend.release_lease(Fence(self.shard, new.epoch, now_ms))
             return
         self._sequencer = Sequencer(snapshot)
         self._needs_reload = False
@@ -179,8 +188,10 @@ class CommitWriter:
         self._listener.on_reloaded(snapshot)
         self._wakeup.set()
 
-    def _step_down(self, why: str) -> None:
-        if self.lease is None:
+    def _step_down(self, why: str, epoch: int | None = None) -> None:
+        """Stop being the writer; `epoch` names the term that failed (a late failure of
+        an earlier term must not depose the current one)."""
+        if self.lease is None or (epoch is not None and epoch != self.lease.epoch):
             return
         log.error("no longer writer of shard %d (epoch %d): %s", self.shard, self.lease.epoch, why)
         self.lease = None
@@ -207,7 +218,7 @@ class CommitWriter:
                 log.exception("lease step failed")
 
     async def close(self) -> None:
-        """Finish the round in progress, fail what is still queued."""
+        """Finish the round in progress, fail what is still queued, release the lease."""
         self._closing = True
         self._wakeup.set()
         for task in self._tasks:
@@ -219,6 +230,11 @@ class CommitWriter:
             else:
                 task.cancel()
         self._fail_pending(NotWriter("coordinator closed"))
+        if self.lease is not None:
+            # Another agent can take over now instead of after the lease runs out.
+            with contextlib.suppress(CoordinatorError):
+                await self._backend.release_lease(self._fence())
+            self.lease = None
 
     # Commits ----------------------------------------------------------------
     def submit(self, request: CommitRequest) -> asyncio.Future[list[CommitOutcome]]:
@@ -253,7 +269,11 @@ class CommitWriter:
                         await self._start_round(round_)
                 except Exception as e:
                     # Never let one bad round stop the writer: everyone behind it would hang.
+                    # It may have been partly sequenced: forget that, reload before the next.
                     log.exception("coordinator round failed")
+                    for request, _ in round_:
+                        self._in_flight_objects.pop(request.object_key, None)
+                    self._needs_reload = True
                     _fail(round_, CoordinatorUnavailable(repr(e)))
         await self._settle()
 
@@ -303,19 +323,29 @@ class CommitWriter:
         started_s = self._clock.monotonic_s()
         sequenced: list[SequencedObject] = []
         answers: dict[str, list[CommitOutcome] | SequencedObject] = dict(existing)
-        for request, _ in round_:
-            key = request.object_key
-            if key in answers:
-                continue
-            in_flight = self._in_flight_objects.get(key)
-            if in_flight is not None:
-                # Its round commits before this one, or this one fails with it.
-                answers[key] = in_flight
-                continue
-            obj = self._sequencer.sequence(key, request.object_size, request.batches, now_ms)
-            sequenced.append(obj)
-            answers[key] = obj
-            self._in_flight_objects[key] = obj
+        try:
+            for request, _ in round_:
+                key = request.object_key
+                if key in answers:
+                    continue
+                in_flight = self._in_flight_objects.get(key)
+                if in_flight is not None:
+                    # Its round commits before this one, or this one fails with it.
+                    answers[key] = in_flight
+                    continue
+                obj = self._sequencer.sequence(key, request.object_size, request.batches, now_ms)
+                sequenced.append(obj)
+                answers[key] = obj
+                self._in_flight_objects[key] = obj
+        except Exception as e:
+            # A malformed request broke sequencing midway: what was sequenced is not
+            # persisted, so the state is ahead of the database. Start again from it.
+            log.exception("sequencing a round failed")
+            for obj in sequenced:
+                self._in_flight_objects.pop(obj.object_key, None)
+            self._needs_reload = True
+            _fail(round_, CoordinatorUnavailable(repr(e)))
+            return None
         previous = self._in_flight[-1] if self._in_flight else None
         task = asyncio.create_task(
             self._finish_round(round_, sequenced, answers, self._fence(), previous, started_s)
@@ -362,29 +392,39 @@ class CommitWriter:
                     raise CoordinatorUnavailable("an earlier transaction failed")
                 await self._backend.persist_objects(fence, sequenced)
         except Fenced as e:
-            self._step_down(str(e))
+            self._step_down(str(e), fence.epoch)
             _fail(round_, e)
             return False
         except Exception as e:
             log.error("commit of %d objects failed: %r", len(sequenced), e)
-            # The outcome is unknown (a COMMIT can fail after reaching disk):
-            # reload what the database holds before sequencing again.
-            self._needs_reload = True
-            _fail(round_, e if isinstance(e, CoordinatorError) else CoordinatorUnavailable(repr(e)))
+            error = e if isinstance(e, CoordinatorError) else CoordinatorUnavailable(repr(e))
+            _fail(round_, error)
+            if self.lease is not None and fence.epoch == self.lease.epoch:
+                # The outcome is unknown (a COMMIT can fail after reaching disk): reload
+                # what the database holds before sequencing again, and send back what
+                # queued behind this round so it is re-sent after it, in order.
+                self._needs_reload = True
+                self._fail_pending(error)
             return False
-        if self.lease is not None:
+        if self.lease is not None and fence.epoch == self.lease.epoch:
             self.lease.renewed_at_s = max(self.lease.renewed_at_s, started_s)
-        if self._sequencer is not None:
-            self._sequencer.applied(sequenced)
+            if self._sequencer is not None:
+                self._sequencer.applied(sequenced)
         if sequenced:
             self.transactions += 1
             self.commits_persisted += len(sequenced)
-            self._listener.on_applied(sequenced)
+        # Durable: answer first, then tell the listeners (whose failure must not leave
+        # a committed round unanswered).
         for request, future in round_:
             answer = answers[request.object_key]
             outcomes = answer.outcomes if isinstance(answer, SequencedObject) else answer
             if not future.done():
                 future.set_result(outcomes)
+        if sequenced:
+            try:
+                self._listener.on_applied(sequenced)
+            except Exception:
+                log.exception("a listener failed on a committed round")
         return True
 
     async def _reload(self) -> None:
@@ -412,10 +452,11 @@ class CommitWriter:
             return ErrorCode.none, topic
 
     async def _put_topic(self, sequencer: Sequencer, topic: TopicInfo, old_count: int) -> None:
+        fence = self._fence()
         try:
-            await self._backend.put_topic(self._fence(), topic, old_count)
+            await self._backend.put_topic(fence, topic, old_count)
         except Fenced as e:
-            self._step_down(str(e))
+            self._step_down(str(e), fence.epoch)
             raise
         except CoordinatorError:
             self._needs_reload = True  # it may have committed: ask the database
@@ -437,10 +478,11 @@ class CommitWriter:
             topic = _named(sequencer, name)
             if topic is None:
                 return ErrorCode.unknown_topic_or_partition
+            fence = self._fence()
             try:
-                await self._backend.drop_topic(self._fence(), topic)
+                await self._backend.drop_topic(fence, topic)
             except Fenced as e:
-                self._step_down(str(e))
+                self._step_down(str(e), fence.epoch)
                 raise
             except CoordinatorError:
                 self._needs_reload = True  # it may have committed: ask the database

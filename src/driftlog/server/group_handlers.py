@@ -336,6 +336,16 @@ async def handle_delete_groups(ctx: RequestContext, request: Any) -> Any:
     with_offsets = set(await agent.coordinator.groups_with_offsets())
     results: list[Any] = []
     for group_id in request.groups_names:
+        if not agent.owns_group(group_id):
+            # Only the coordinating agent knows whether the group is live.
+            results.append(
+                build(
+                    module.DeletableGroupResult,
+                    group_id=group_id,
+                    error_code=ErrorCode.not_coordinator,
+                )
+            )
+            continue
         error = agent.groups.delete_group(group_id)
         if error is ErrorCode.group_id_not_found and group_id in with_offsets:
             error = ErrorCode.none  # only offsets are left of it
