@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from conftest import AgentProcess, Cluster
 from services import MotoServer, PostgresServer
@@ -335,5 +336,41 @@ def test_postgresql_restart_under_load(moto_server: MotoServer, tmp_path: Path) 
             # While it was down the agents said so, and recovered by themselves.
             assert "postgresql" in logs
             assert "Traceback" not in logs
+        finally:
+            cluster.stop()
+
+
+def test_database_down_gives_retriable_errors_not_dropped_connections(
+    moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """With PostgreSQL down, requests that need it are answered with retriable Kafka
+    errors (the agent stays up and keeps answering), and work again once it is back."""
+    with PostgresServer() as pg:
+        bucket = f"pg-down-{uuid.uuid4().hex[:8]}"
+        moto_server.create_bucket(bucket)
+        cluster = Cluster(pg.dsn, bucket, moto_server.env(), tmp_path)
+        cluster.timing_args = ("--lease-ms", "1000", "--heartbeat-ms", "250")
+        try:
+            agent = cluster.add("a")
+            create_topic(agent.bootstrap, "up")
+            pg.stop(mode="immediate")
+            admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+            future = admin.create_topics([NewTopic("down", 1, 1)], request_timeout=60)["down"]
+            with pytest.raises(KafkaException) as raised:
+                future.result(60)
+            error = raised.value.args[0]
+            assert error.code() == KafkaError.REQUEST_TIMED_OUT, error  # our answer, no drop
+            # Still serving what needs no database.
+            assert "up" in admin.list_topics(timeout=10).topics
+            pg.start()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    admin.create_topics([NewTopic("down", 1, 1)])["down"].result(30)
+                    break
+                except KafkaException:
+                    time.sleep(0.5)
+            assert "down" in admin.list_topics(timeout=10).topics
+            assert agent.process is not None and agent.process.poll() is None
         finally:
             cluster.stop()

@@ -12,6 +12,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from driftlog.coordinator.api import CoordinatorError
 from driftlog.protocol.schema import build, response_module
 from driftlog.server.context import RequestContext
 from driftlog.server.metadata import topic_name_error
@@ -63,9 +64,12 @@ async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
             error, message = ErrorCode.invalid_config, config_error
         topic_id = uuid.UUID(int=0)
         if error == ErrorCode.none and not request.validate_only:
-            error, info = await agent.coordinator.create_topic(
-                topic.name, count, {k: v for k, v in configs.items() if v is not None}
-            )
+            try:
+                error, info = await agent.coordinator.create_topic(
+                    topic.name, count, {k: v for k, v in configs.items() if v is not None}
+                )
+            except CoordinatorError as e:
+                error, message, info = ErrorCode.request_timed_out, str(e), None
             if info is not None:
                 topic_id = info.topic_id
         stored = {k: v for k, v in configs.items() if v is not None}
@@ -119,7 +123,10 @@ async def handle_delete_topics(ctx: RequestContext, request: Any) -> Any:
                 else ErrorCode.unknown_topic_id
             )
         else:
-            error = await coordinator.delete_topic(topic.name)
+            try:
+                error = await coordinator.delete_topic(topic.name)
+            except CoordinatorError:
+                error = ErrorCode.request_timed_out  # retriable: the writer is unreachable
         results.append(
             build(
                 module.DeletableTopicResult,
@@ -149,7 +156,10 @@ async def handle_create_partitions(ctx: RequestContext, request: Any) -> Any:
         elif request.validate_only:
             error = ErrorCode.none
         else:
-            error = await coordinator.create_partitions(topic.name, topic.count)
+            try:
+                error = await coordinator.create_partitions(topic.name, topic.count)
+            except CoordinatorError:
+                error = ErrorCode.request_timed_out  # retriable: the writer is unreachable
         results.append(
             build(
                 module.CreatePartitionsTopicResult,
@@ -240,7 +250,10 @@ async def _alter(
         return ErrorCode.invalid_config, config_error
     if validate_only:
         return ErrorCode.none, None
-    return await ctx.agent.coordinator.alter_topic_configs(topic.name, changes), None
+    try:
+        return await ctx.agent.coordinator.alter_topic_configs(topic.name, changes), None
+    except CoordinatorError as e:
+        return ErrorCode.request_timed_out, str(e)
 
 
 async def handle_alter_configs(ctx: RequestContext, request: Any) -> Any:

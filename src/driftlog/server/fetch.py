@@ -24,7 +24,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.coordinator.api import BatchLocation, TopicInfo
+from driftlog.coordinator.api import BatchLocation, CoordinatorError, TopicInfo
 from driftlog.protocol.schema import build, response_module
 from driftlog.server.context import RequestContext
 
@@ -87,9 +87,13 @@ async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], in
                 continue
             # find_batches always includes the first batch, so a response that is
             # still empty gets at least one batch whatever the limits say (KIP-74).
-            locations = await coordinator.find_batches(
-                topic.topic_id, fp.partition, offset, max(limit, 1)
-            )
+            try:
+                locations = await coordinator.find_batches(
+                    topic.topic_id, fp.partition, offset, max(limit, 1)
+                )
+            except CoordinatorError:
+                part.error = ErrorCode.kafka_storage_error  # retriable: the index is unreachable
+                continue
             if locations and total > 0 and locations[0].byte_length > limit:
                 continue  # only the response's first batch may exceed the limits
             part.locations = tuple(locations)

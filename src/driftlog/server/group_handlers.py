@@ -16,7 +16,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.coordinator.api import CommittedOffset, TopicInfo
+from driftlog.coordinator.api import CommittedOffset, CoordinatorError, TopicInfo
 from driftlog.groups.machine import (
     GroupOverview,
     GroupState,
@@ -420,11 +420,52 @@ async def handle_offset_commit(ctx: RequestContext, request: Any) -> Any:
             )
         )
     if to_commit:
-        await agent.coordinator.commit_offsets(request.group_id, to_commit)
+        try:
+            await agent.coordinator.commit_offsets(request.group_id, to_commit)
+        except CoordinatorError as e:
+            # Retriable: the client looks the coordinator up again and re-commits.
+            agent.log_client_error("coordinator", OFFSET_COMMIT, f"offset commit failed: {e}")
+            topics = [
+                build(
+                    module.OffsetCommitResponseTopic,
+                    name=t.name,
+                    topic_id=t.topic_id,
+                    partitions=tuple(
+                        build(
+                            module.OffsetCommitResponsePartition,
+                            partition_index=p.partition_index,
+                            error_code=ErrorCode.coordinator_not_available,
+                        )
+                        for p in t.partitions
+                    ),
+                )
+                for t in topics
+            ]
     return build(module.OffsetCommitResponse, topics=tuple(topics))
 
 
 async def handle_offset_fetch(ctx: RequestContext, request: Any) -> Any:
+    try:
+        return await _offset_fetch(ctx, request)
+    except CoordinatorError as e:
+        ctx.agent.log_client_error("coordinator", OFFSET_FETCH, f"offset fetch failed: {e}")
+        module = response_module(OFFSET_FETCH, ctx.api_version)
+        unavailable = ErrorCode.coordinator_not_available
+        if ctx.api_version >= 8:
+            groups = tuple(
+                build(
+                    module.OffsetFetchResponseGroup,
+                    group_id=g.group_id,
+                    topics=(),
+                    error_code=unavailable,
+                )
+                for g in request.groups
+            )
+            return build(module.OffsetFetchResponse, groups=groups)
+        return build(module.OffsetFetchResponse, topics=(), error_code=unavailable)
+
+
+async def _offset_fetch(ctx: RequestContext, request: Any) -> Any:
     version = ctx.api_version
     module = response_module(OFFSET_FETCH, version)
     if version >= 8:

@@ -11,7 +11,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from driftlog.cluster.placement import client_zone, partition_leader
-from driftlog.coordinator.api import AgentInfo, TopicInfo
+from driftlog.coordinator.api import AgentInfo, CoordinatorError, TopicInfo
 from driftlog.protocol.schema import build, response_module
 from driftlog.server.context import RequestContext
 
@@ -39,7 +39,11 @@ async def ensure_topic(ctx: RequestContext, name: str) -> tuple[ErrorCode, Topic
         return ErrorCode.unknown_topic_or_partition, None
     if topic_name_error(name):
         return ErrorCode.invalid_topic_exception, None
-    error, topic = await coordinator.create_topic(name, ctx.agent.config.default_partitions, {})
+    try:
+        error, topic = await coordinator.create_topic(name, ctx.agent.config.default_partitions, {})
+    except CoordinatorError:
+        # Retriable, as Kafka answers while a topic is being created.
+        return ErrorCode.leader_not_available, None
     if error == ErrorCode.topic_already_exists:
         error = ErrorCode.none
     return error, topic

@@ -12,6 +12,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from driftlog.coordinator.api import CoordinatorError
 from driftlog.protocol.schema import build, response_module
 from driftlog.server.context import RequestContext
 
@@ -27,7 +28,11 @@ async def handle_init_producer_id(ctx: RequestContext, request: Any) -> Any:
         error, producer_id, epoch = ErrorCode.unsupported_version, -1, -1
     else:
         error, epoch = ErrorCode.none, 0
-        producer_id = await ctx.agent.coordinator.allocate_producer_id()
+        try:
+            producer_id = await ctx.agent.coordinator.allocate_producer_id()
+        except CoordinatorError as e:
+            ctx.agent.log_client_error("coordinator", INIT_PRODUCER_ID, f"no producer id: {e}")
+            error, producer_id, epoch = ErrorCode.coordinator_not_available, -1, -1
     return build(
         module.InitProducerIdResponse,
         throttle_time=datetime.timedelta(0),
