@@ -222,6 +222,34 @@ async def handle_leave_group(ctx: RequestContext, request: Any) -> Any:
 
 
 async def handle_describe_groups(ctx: RequestContext, request: Any) -> Any:
+    try:
+        return await _describe_groups(ctx, request)
+    except CoordinatorError:
+        module = response_module(DESCRIBE_GROUPS, ctx.api_version)
+        extra = (
+            {"authorized_operations": _GROUP_OPERATIONS}
+            if getattr(request, "include_authorized_operations", False)
+            else {}
+        )
+        return build(
+            module.DescribeGroupsResponse,
+            groups=tuple(
+                build(
+                    module.DescribedGroup,
+                    error_code=ErrorCode.coordinator_not_available,
+                    group_id=group_id,
+                    group_state="",
+                    protocol_type="",
+                    protocol_data="",
+                    members=(),
+                    **extra,
+                )
+                for group_id in request.groups
+            ),
+        )
+
+
+async def _describe_groups(ctx: RequestContext, request: Any) -> Any:
     version = ctx.api_version
     module = response_module(DESCRIBE_GROUPS, version)
     agent = ctx.agent
@@ -301,6 +329,16 @@ async def handle_describe_groups(ctx: RequestContext, request: Any) -> Any:
 
 
 async def handle_list_groups(ctx: RequestContext, request: Any) -> Any:
+    try:
+        return await _list_groups(ctx, request)
+    except CoordinatorError:
+        module = response_module(LIST_GROUPS, ctx.api_version)
+        return build(
+            module.ListGroupsResponse, error_code=ErrorCode.coordinator_not_available, groups=()
+        )
+
+
+async def _list_groups(ctx: RequestContext, request: Any) -> Any:
     module = response_module(LIST_GROUPS, ctx.api_version)
     agent = ctx.agent
     # Kafka compares states and types case-insensitively (KIP-518, KIP-848).
@@ -331,6 +369,24 @@ async def handle_list_groups(ctx: RequestContext, request: Any) -> Any:
 
 
 async def handle_delete_groups(ctx: RequestContext, request: Any) -> Any:
+    try:
+        return await _delete_groups(ctx, request)
+    except CoordinatorError:
+        module = response_module(DELETE_GROUPS, ctx.api_version)
+        return build(
+            module.DeleteGroupsResponse,
+            results=tuple(
+                build(
+                    module.DeletableGroupResult,
+                    group_id=group_id,
+                    error_code=ErrorCode.coordinator_not_available,
+                )
+                for group_id in request.groups_names
+            ),
+        )
+
+
+async def _delete_groups(ctx: RequestContext, request: Any) -> Any:
     module = response_module(DELETE_GROUPS, ctx.api_version)
     agent = ctx.agent
     with_offsets = set(await agent.coordinator.groups_with_offsets())
