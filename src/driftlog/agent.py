@@ -23,6 +23,7 @@ from driftlog.config import AgentConfig
 from driftlog.coordinator.api import AgentInfo
 from driftlog.coordinator.backend import Backend
 from driftlog.coordinator.postgres import PostgresBackend
+from driftlog.coordinator.retention import RetentionPolicy
 from driftlog.coordinator.service import AgentCoordinator
 from driftlog.coordinator.sqlite import SqliteBackend
 from driftlog.groups.coordinator import GroupCoordinator
@@ -70,6 +71,9 @@ class Agent:
             rpc_port=config.rpc_port,
             rpc_advertise_host=config.advertise_host,
             lease_ms=config.lease_ms,
+            retention=RetentionPolicy(
+                config.log_retention_ms, config.log_retention_bytes, config.retention_check_ms
+            ),
         )
         self.cache = BatchCache(config.cache_bytes)
         self.fetcher = BatchFetcher(self.store, self.cache)

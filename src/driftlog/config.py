@@ -28,6 +28,10 @@ class AgentConfig:
     # Membership: agents heartbeat this often and count as gone after agent_timeout_ms.
     heartbeat_ms: int = 1_000
     agent_timeout_ms: int = 5_000
+    # Broker defaults of retention.ms / retention.bytes, and how often they are applied.
+    log_retention_ms: int = 7 * 24 * 3600 * 1000
+    log_retention_bytes: int = -1
+    retention_check_ms: int = 60_000
     flush_ms: int = 250
     flush_bytes: int = 8 * MiB
     max_uploads: int = 4

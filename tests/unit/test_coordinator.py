@@ -346,3 +346,66 @@ def test_a_round_that_breaks_while_sequencing_leaves_no_gap() -> None:
         await coordinator.close()
 
     run(scenario)
+
+
+def test_delete_records_and_retention(backend_factory: BackendFactory) -> None:
+    """Log starts move forward (DeleteRecords, retention by time and size) and stay moved."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        coordinator = await started(backend_factory(), clock)
+        writer = coordinator.writer
+        _, topic = await coordinator.create_topic("t", 2, {"retention.ms": "-1"})
+        assert topic is not None
+        tid = topic.topic_id
+        now = clock.wall_ms()
+        # Partition 0: five batches of 4 records, 100 bytes each, timestamps an hour apart.
+        for i in range(5):
+            await commit(coordinator, f"p0-{i}", [batch(tid, 0, 4, now - (5 - i) * 3_600_000)])
+        # DeleteRecords: inside a batch, then beyond the end, then backwards (no change).
+        answers = await coordinator.delete_records([(tid, 0, 6), (tid, 1, 3), (tid, 0, 99)])
+        assert answers[0] == (ErrorCode.none, 6)
+        assert answers[1][0] == ErrorCode.offset_out_of_range  # partition 1 is empty
+        assert answers[2][0] == ErrorCode.offset_out_of_range
+        assert await coordinator.delete_records([(tid, 0, 2)]) == [(ErrorCode.none, 6)]
+        offsets = coordinator.partition_offsets(tid, 0)
+        assert offsets is not None and offsets.log_start_offset == 6
+        found = await coordinator.find_batches(tid, 0, 6, 1 << 30)
+        assert [b.base_offset for b in found][:1] == [4]  # the batch holding offset 6
+
+        # Retention by time: three hours keep the two newest batches.
+        await coordinator.alter_topic_configs("t", {"retention.ms": str(3 * 3_600_000 - 1)})
+        assert await writer.enforce_retention() == 1
+        offsets = coordinator.partition_offsets(tid, 0)
+        assert offsets is not None and offsets.log_start_offset == 12
+        # Retention by size: 150 bytes keep one whole batch.
+        await coordinator.alter_topic_configs("t", {"retention.ms": "-1", "retention.bytes": "150"})
+        assert await writer.enforce_retention() == 1
+        offsets = coordinator.partition_offsets(tid, 0)
+        assert offsets is not None and (offsets.log_start_offset, offsets.high_watermark) == (
+            16,
+            20,
+        )
+        assert await writer.enforce_retention() == 0  # nothing more to do
+        # -1 empties the partition; offsets go on from the high watermark.
+        assert await coordinator.delete_records([(tid, 0, -1)]) == [(ErrorCode.none, 20)]
+        [after] = await commit(coordinator, "p0-after", [batch(tid, 0, 1)])
+        assert after.base_offset == 20
+        await coordinator.close()
+
+        # All of it is durable: a new writer sees the same log starts, and the batches
+        # before them are gone from the index.
+        again = await started(backend_factory(), clock)
+        offsets = again.partition_offsets(tid, 0)
+        assert offsets is not None and (offsets.log_start_offset, offsets.high_watermark) == (
+            20,
+            21,
+        )
+        assert [b.base_offset for b in await again.find_batches(tid, 0, 20, 1 << 30)] == [20]
+        assert (
+            await again.batch_at_timestamp(tid, 0, 0)
+            == (await again.find_batches(tid, 0, 20, 1 << 30))[0]
+        )
+        await again.close()
+
+    run(scenario)

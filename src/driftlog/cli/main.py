@@ -118,6 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster mode: an agent silent this long leaves Metadata and its groups move",
     )
     option(
+        "--log-retention-ms",
+        "LOG_RETENTION_MS",
+        d.log_retention_ms,
+        "retention.ms of topics that do not set it (-1: keep forever)",
+    )
+    option(
+        "--log-retention-bytes",
+        "LOG_RETENTION_BYTES",
+        d.log_retention_bytes,
+        "retention.bytes per partition of topics that do not set it (-1: no limit)",
+    )
+    option(
+        "--retention-check-ms",
+        "RETENTION_CHECK_MS",
+        d.retention_check_ms,
+        "how often the writer moves log starts past expired data",
+    )
+    option(
         "--flush-ms",
         "FLUSH_MS",
         d.flush_ms,
@@ -196,6 +214,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         rpc_port=int(args.rpc_port),
         heartbeat_ms=int(args.heartbeat_ms),
         agent_timeout_ms=int(args.agent_timeout_ms),
+        log_retention_ms=int(args.log_retention_ms),
+        log_retention_bytes=int(args.log_retention_bytes),
+        retention_check_ms=int(args.retention_check_ms),
         flush_ms=int(args.flush_ms),
         flush_bytes=int(args.flush_bytes),
         cache_bytes=int(args.cache_bytes),

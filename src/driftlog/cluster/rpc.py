@@ -19,6 +19,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ from driftlog.coordinator.api import (
     NotWriter,
     TopicInfo,
 )
-from driftlog.coordinator.backend import Backend
+from driftlog.coordinator.backend import Backend, LogStart
 from driftlog.coordinator.sequencer import SequencedObject, SequencerSnapshot
 from driftlog.coordinator.view import CoordinatorView
 from driftlog.coordinator.writer import CommitWriter
@@ -111,6 +112,9 @@ class WriterServer:
     def on_topic_dropped(self, topic: TopicInfo) -> None:
         self._broadcast({"op": "topic_dropped", "topic": messages.topic_value(topic)})
 
+    def on_log_starts(self, starts: Sequence[LogStart]) -> None:
+        self._broadcast({"op": "log_starts", "partitions": [[t.hex, p, o] for t, p, o in starts]})
+
     def _broadcast(self, message: Message) -> None:
         self._broadcast_frame(messages.encode(message))
 
@@ -142,6 +146,8 @@ class WriterServer:
                     self._commit(message, body, writer)
                 elif op == "admin":
                     self._spawn(self._admin(message, writer))
+                elif op == "delete_records":
+                    self._spawn(self._delete_records(message, writer))
                 elif op == "subscribe":
                     self._subscribers.add(writer)
                     # From here on every event reaches this subscriber, after this.
@@ -202,6 +208,19 @@ class WriterServer:
         if action == "alter_configs":
             return await w.alter_topic_configs(name, message["configs"]), None
         raise ValueError(f"unknown admin action {action!r}")
+
+    async def _delete_records(self, message: Message, writer: asyncio.StreamWriter) -> None:
+        request_id = int(message.get("id", -1))
+        try:
+            requests = [(uuid.UUID(hex=t), int(p), int(o)) for t, p, o in message["partitions"]]
+            answers = await self._writer.advance_log_starts(requests)
+            reply: Message = {"id": request_id, "results": [[int(e), s] for e, s in answers]}
+        except CoordinatorError as e:
+            reply = messages.error_reply(request_id, e)
+        except (KeyError, TypeError, ValueError) as e:
+            reply = messages.error_reply(request_id, CoordinatorUnavailable(f"bad request: {e!r}"))
+        if not writer.is_closing():
+            writer.write(messages.encode(reply))
 
 
 def _answer_commit(
@@ -333,6 +352,10 @@ class WriterClient:
                 self._view.on_topic_put(messages.topic_from(message["topic"]))
             elif op == "topic_dropped":
                 self._view.on_topic_dropped(messages.topic_from(message["topic"]))
+            elif op == "log_starts":
+                self._view.on_log_starts(
+                    [LogStart(uuid.UUID(hex=t), p, o) for t, p, o in message["partitions"]]
+                )
             elif op == "reloaded":
                 await self._view.resync()
                 self.resyncs += 1

@@ -16,7 +16,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from kio.schema.errors import ErrorCode
 
@@ -34,6 +34,12 @@ from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, Sequen
 
 # Rows per round trip when a read walks the batch index.
 READ_BATCHES_PAGE = 256
+
+
+class LogStart(NamedTuple):
+    topic_id: uuid.UUID
+    partition: int
+    log_start_offset: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,17 @@ class Backend(Protocol):
         ...
 
     async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None: ...
+
+    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart]) -> None:
+        """Move log starts forward and forget the batches wholly before them."""
+        ...
+
+    async def log_start_for_bytes(
+        self, topic_id: uuid.UUID, partition: int, keep_bytes: int, start_offset: int
+    ) -> int:
+        """The smallest log start from `start_offset` on that leaves at most `keep_bytes`
+        of batches (whole batches: the first kept one starts the log)."""
+        ...
 
     # Reads --------------------------------------------------------------------
     async def load_topics(self) -> list[TopicInfo]: ...

@@ -40,7 +40,7 @@ from driftlog.coordinator.api import (
     PartitionOffsets,
     TopicInfo,
 )
-from driftlog.coordinator.backend import Backend, Fence
+from driftlog.coordinator.backend import Backend, Fence, LogStart
 from driftlog.coordinator.lease import LeaseRecord
 from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
 
@@ -129,6 +129,17 @@ class FaultyBackend:
 
     async def renew_lease(self, fence: Fence) -> None:
         await self._call("renew_lease", lambda: self.inner.renew_lease(fence))
+
+    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart]) -> None:
+        await self._call("set_log_starts", lambda: self.inner.set_log_starts(fence, starts))
+
+    async def log_start_for_bytes(
+        self, topic_id: uuid.UUID, partition: int, keep_bytes: int, start_offset: int
+    ) -> int:
+        return await self._call(
+            "log_start_for_bytes",
+            lambda: self.inner.log_start_for_bytes(topic_id, partition, keep_bytes, start_offset),
+        )
 
     async def release_lease(self, fence: Fence) -> None:
         await self._call("release_lease", lambda: self.inner.release_lease(fence))

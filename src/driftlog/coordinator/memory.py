@@ -34,7 +34,7 @@ from driftlog.coordinator.api import (
     PartitionOffsets,
     TopicInfo,
 )
-from driftlog.coordinator.backend import READ_BATCHES_PAGE, Backend, Fence, high_watermark
+from driftlog.coordinator.backend import READ_BATCHES_PAGE, Backend, Fence, LogStart, high_watermark
 from driftlog.coordinator.lease import LeaseRecord
 from driftlog.coordinator.producers import ProducerPartitionState
 from driftlog.coordinator.sequencer import (
@@ -296,6 +296,33 @@ class MemoryBackend:
         for key in new_partitions:
             db.partitions[key] = 0
         db.version += 1
+
+    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart]) -> None:
+        db = self._db
+        lease = _fenced_lease(db, fence)
+        _extend(db, lease, fence)
+        for tid, partition, log_start in starts:
+            key = (tid, partition)
+            if key in db.partitions and db.partitions[key] < log_start:
+                db.partitions[key] = log_start
+            part = db.batches.get(key)
+            if part is not None:
+                keep = part.from_last_offset(log_start)
+                del part.rows[:keep]
+                del part.last_offsets[:keep]
+        db.version += 1
+
+    async def log_start_for_bytes(
+        self, topic_id: uuid.UUID, partition: int, keep_bytes: int, start_offset: int
+    ) -> int:
+        part = self._db.batches.get((topic_id, partition))
+        rows = part.rows[part.from_last_offset(start_offset) :] if part is not None else []
+        kept = 0
+        for row in reversed(rows):
+            kept += row.byte_length
+            if kept > keep_bytes:
+                return max(start_offset, row.last_offset + 1)
+        return start_offset
 
     async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None:
         db = self._db

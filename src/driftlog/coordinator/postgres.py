@@ -30,6 +30,7 @@ from driftlog.coordinator.api import (
 from driftlog.coordinator.backend import (
     READ_BATCHES_PAGE,
     Fence,
+    LogStart,
     decode_outcomes,
     decode_producer_state,
     encode_configs,
@@ -420,6 +421,39 @@ class PostgresBackend:
                     )
         except (psycopg.Error, PoolTimeout) as e:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
+    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart]) -> None:
+        try:
+            async with self._write_pool.connection() as conn, conn.transaction():
+                cursor = conn.cursor()
+                await cursor.executemany(
+                    b"UPDATE partitions SET log_start_offset = %s WHERE topic_id = %s"
+                    b" AND partition = %s AND log_start_offset < %s",
+                    [(s.log_start_offset, s.topic_id, s.partition, s.log_start_offset)
+                     for s in starts],
+                )  # fmt: skip
+                await cursor.executemany(
+                    b"DELETE FROM batches WHERE topic_id = %s AND partition = %s"
+                    b" AND last_offset < %s",
+                    [(s.topic_id, s.partition, s.log_start_offset) for s in starts],
+                )
+                await _check_fence(conn, fence)
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
+    async def log_start_for_bytes(
+        self, topic_id: uuid.UUID, partition: int, keep_bytes: int, start_offset: int
+    ) -> int:
+        # Newest first, summing sizes: the first batch that does not fit ends the log.
+        rows = await self._fetch(
+            "SELECT last_offset FROM (SELECT last_offset, sum(byte_length) OVER"
+            " (ORDER BY last_offset DESC) AS kept FROM batches WHERE topic_id = %s"
+            " AND partition = %s AND last_offset >= %s) AS newest WHERE kept > %s"
+            " ORDER BY last_offset DESC LIMIT 1",
+            (topic_id, partition, start_offset, keep_bytes),
+            writer=True,
+        )
+        return start_offset if not rows else max(start_offset, int(rows[0][0]) + 1)
 
     # Reads --------------------------------------------------------------------
     async def load_topics(self) -> list[TopicInfo]:

@@ -181,6 +181,23 @@ class Sequencer:
         obj.parts.append(part)
         return CommitOutcome(ErrorCode.none, base_offset, append_time_ms, part.log_start_offset)
 
+    def advance_log_start(self, key: PartitionKey, offset: int) -> tuple[ErrorCode, int]:
+        """Move a partition's log start forward (DeleteRecords, retention).
+
+        -1 means the high watermark (Kafka's "delete everything"). Past the high
+        watermark is OFFSET_OUT_OF_RANGE; at or before the log start changes nothing.
+        Call with no round in flight: the high watermark is then the next offset.
+        """
+        part = self.partitions.get(key)
+        if part is None:
+            return ErrorCode.unknown_topic_or_partition, -1
+        target = part.high_watermark if offset == -1 else offset
+        if not 0 <= target <= part.high_watermark:
+            return ErrorCode.offset_out_of_range, part.log_start_offset
+        if target > part.log_start_offset:
+            part.log_start_offset = target
+        return ErrorCode.none, part.log_start_offset
+
     def applied(self, objects: Iterable[SequencedObject]) -> None:
         """The objects are durable: advance the high watermarks past their rows."""
         for obj in objects:

@@ -41,6 +41,7 @@ from driftlog.coordinator.api import (
     TopicInfo,
 )
 from driftlog.coordinator.backend import Backend
+from driftlog.coordinator.retention import RetentionPolicy
 from driftlog.coordinator.view import CoordinatorView
 from driftlog.coordinator.writer import DEFAULT_LEASE_MS, CommitWriter, Listeners
 
@@ -73,13 +74,14 @@ class AgentCoordinator:
         rpc_advertise_host: str | None = None,
         lease_ms: int = DEFAULT_LEASE_MS,
         commit_timeout_s: float | None = None,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         self.backend = backend
         self._clock = clock
         self.view = CoordinatorView(backend)
         self._listeners = Listeners(self.view)
         self.writer = CommitWriter(
-            backend, clock, self._listeners, holder=holder, lease_ms=lease_ms
+            backend, clock, self._listeners, holder=holder, lease_ms=lease_ms, retention=retention
         )
         self.commit_timeout_s = (
             commit_timeout_s if commit_timeout_s is not None else 2 * lease_ms / 1000 + 5
@@ -268,6 +270,18 @@ class AgentCoordinator:
             lambda: self.writer.alter_topic_configs(name, configs),
             message,
             lambda r: ErrorCode(r["error_code"]),
+        )
+
+    async def delete_records(
+        self, requests: Sequence[tuple[uuid.UUID, int, int]]
+    ) -> list[tuple[ErrorCode, int]]:
+        """Move log starts forward (DeleteRecords): per request, the error and low watermark."""
+        message = {"op": "delete_records",
+                   "partitions": [[t.hex, p, o] for t, p, o in requests]}  # fmt: skip
+        return await self._admin(
+            lambda: self.writer.advance_log_starts(requests),
+            message,
+            lambda r: [(ErrorCode(e), s) for e, s in r["results"]],
         )
 
     async def allocate_producer_id(self) -> int:

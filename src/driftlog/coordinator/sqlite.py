@@ -30,6 +30,7 @@ from driftlog.coordinator.api import (
 from driftlog.coordinator.backend import (
     READ_BATCHES_PAGE,
     Fence,
+    LogStart,
     decode_outcomes,
     decode_producer_state,
     encode_configs,
@@ -406,6 +407,43 @@ class SqliteBackend:
             _check_fence(db, fence)
             for table in ("topics", "partitions", "batches", "producer_states"):
                 db.execute(f"DELETE FROM {table} WHERE topic_id = ?", (tid,))
+
+    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart]) -> None:
+        await self._run(self._set_log_starts, fence, starts)
+
+    def _set_log_starts(self, fence: Fence, starts: Sequence[LogStart]) -> None:
+        with _Transaction(self.db) as db:
+            _check_fence(db, fence)
+            for tid, partition, log_start in starts:
+                db.execute(
+                    "UPDATE partitions SET log_start_offset = ? WHERE topic_id = ?"
+                    " AND partition = ? AND log_start_offset < ?",
+                    (log_start, tid.bytes, partition, log_start),
+                )
+                db.execute(
+                    "DELETE FROM batches WHERE topic_id = ? AND partition = ? AND last_offset < ?",
+                    (tid.bytes, partition, log_start),
+                )
+
+    async def log_start_for_bytes(
+        self, topic_id: uuid.UUID, partition: int, keep_bytes: int, start_offset: int
+    ) -> int:
+        return await self._run(
+            self._log_start_for_bytes, topic_id, partition, keep_bytes, start_offset
+        )
+
+    def _log_start_for_bytes(
+        self, topic_id: uuid.UUID, partition: int, keep_bytes: int, start_offset: int
+    ) -> int:
+        # Newest first, summing sizes: the first batch that does not fit ends the log.
+        row = self.db.execute(
+            "SELECT last_offset FROM (SELECT last_offset, sum(byte_length) OVER"
+            " (ORDER BY last_offset DESC) AS kept FROM batches WHERE topic_id = ?"
+            " AND partition = ? AND last_offset >= ?) WHERE kept > ?"
+            " ORDER BY last_offset DESC LIMIT 1",
+            (topic_id.bytes, partition, start_offset, keep_bytes),
+        ).fetchone()
+        return start_offset if row is None else max(start_offset, int(row[0]) + 1)
 
     # Reads --------------------------------------------------------------------
     async def load_topics(self) -> list[TopicInfo]:

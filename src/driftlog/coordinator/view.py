@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 
 from driftlog.coordinator.api import BatchLocation, PartitionOffsets, TopicInfo
-from driftlog.coordinator.backend import Backend
+from driftlog.coordinator.backend import Backend, LogStart
 from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
 from driftlog.coordinator.tail import TailIndex
 
@@ -121,6 +121,15 @@ class CoordinatorView:
         self._topics_by_id[topic.topic_id] = topic
         for partition in range(topic.partition_count):
             self._offsets.setdefault((topic.topic_id, partition), PartitionOffsets(0, 0))
+
+    def on_log_starts(self, starts: Sequence[LogStart]) -> None:
+        for topic_id, partition, log_start in starts:
+            key = (topic_id, partition)
+            current = self._offsets.get(key)
+            if current is not None and log_start > current.log_start_offset:
+                self._offsets[key] = PartitionOffsets(
+                    log_start, max(current.high_watermark, log_start)
+                )
 
     def on_topic_dropped(self, topic: TopicInfo) -> None:
         self._topics_by_name.pop(topic.name, None)

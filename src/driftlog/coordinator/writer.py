@@ -41,8 +41,9 @@ from driftlog.coordinator.api import (
     NotWriter,
     TopicInfo,
 )
-from driftlog.coordinator.backend import Backend, Fence, OverlappingBackend
+from driftlog.coordinator.backend import Backend, Fence, LogStart, OverlappingBackend
 from driftlog.coordinator.lease import HeldLease, LeaseRecord, may_acquire
+from driftlog.coordinator.retention import RetentionPolicy, limits_for, time_cutoff_ms
 from driftlog.coordinator.sequencer import SequencedObject, Sequencer, SequencerSnapshot
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class WriterListener(Protocol):
     def on_reloaded(self, snapshot: SequencerSnapshot) -> None: ...
     def on_topic_put(self, topic: TopicInfo) -> None: ...
     def on_topic_dropped(self, topic: TopicInfo) -> None: ...
+    def on_log_starts(self, starts: Sequence[LogStart]) -> None: ...
 
 
 class Listeners:
@@ -87,6 +89,10 @@ class Listeners:
         for listener in self.listeners:
             listener.on_topic_dropped(topic)
 
+    def on_log_starts(self, starts: Sequence[LogStart]) -> None:
+        for listener in self.listeners:
+            listener.on_log_starts(starts)
+
 
 _Pending = tuple[CommitRequest, "asyncio.Future[list[CommitOutcome]]"]
 
@@ -102,7 +108,9 @@ class CommitWriter:
         address: str = "",
         shard: int = 0,
         lease_ms: int = DEFAULT_LEASE_MS,
+        retention: RetentionPolicy | None = None,
     ) -> None:
+        self.retention = retention or RetentionPolicy()
         self._backend = backend
         self._clock = clock
         self._listener = listener
@@ -207,6 +215,56 @@ class CommitWriter:
         await self.tick()
         self._tasks.append(asyncio.create_task(self._lease_loop(), name="writer-lease"))
         self._tasks.append(asyncio.create_task(self._write_loop(), name="writer-commits"))
+        self._tasks.append(asyncio.create_task(self._retention_loop(), name="writer-retention"))
+
+    async def _retention_loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.retention.check_ms / 1000)
+            try:
+                await self.enforce_retention()
+            except CoordinatorError as e:
+                log.warning("retention check failed: %s", e)
+            except Exception:
+                log.exception("retention check failed")
+
+    async def enforce_retention(self) -> int:
+        """Move the log start of every partition past what retention expired.
+
+        Returns how many partitions moved. Only the writer enforces; the database
+        lookups use the indexes on batches (time index, offsets)."""
+        sequencer = self._sequencer
+        if self.lease is None or sequencer is None:
+            return 0
+        now_ms = self._clock.wall_ms()
+        requests: list[tuple[uuid.UUID, int, int]] = []
+        for topic in list(sequencer.topics_by_id.values()):
+            limits = limits_for(topic.configs, self.retention)
+            if limits.unlimited:
+                continue
+            cutoff = time_cutoff_ms(limits, now_ms)
+            for partition in range(topic.partition_count):
+                part = sequencer.partitions.get((topic.topic_id, partition))
+                if part is None or part.high_watermark == part.log_start_offset:
+                    continue
+                start, end = part.log_start_offset, part.high_watermark
+                target = start
+                if cutoff is not None:
+                    kept = await self._backend.first_batch_at_time(
+                        topic.topic_id, partition, cutoff, start, end
+                    )
+                    target = max(target, kept.base_offset if kept is not None else end)
+                if limits.retention_bytes >= 0:
+                    target = max(
+                        target,
+                        await self._backend.log_start_for_bytes(
+                            topic.topic_id, partition, limits.retention_bytes, start
+                        ),
+                    )
+                if target > start:
+                    requests.append((topic.topic_id, partition, min(target, end)))
+        if requests:
+            await self.advance_log_starts(requests)
+        return len(requests)
 
     async def _lease_loop(self) -> None:
         while not self._closing:
@@ -490,6 +548,34 @@ class CommitWriter:
             sequencer.drop_topic(topic.topic_id)
             self._listener.on_topic_dropped(topic)
             return ErrorCode.none
+
+    async def advance_log_starts(
+        self, requests: Sequence[tuple[uuid.UUID, int, int]]
+    ) -> list[tuple[ErrorCode, int]]:
+        """Move log starts forward (DeleteRecords, retention): per (topic id, partition,
+        offset), the error and the log start after it. -1 means the high watermark."""
+        async with self._serial:
+            sequencer = await self._ready_for_topic_change()
+            answers = [sequencer.advance_log_start((t, p), o) for t, p, o in requests]
+            moved = {
+                (t, p): start
+                for (t, p, _), (error, start) in zip(requests, answers, strict=True)
+                if error == ErrorCode.none
+            }
+            starts = [LogStart(t, p, start) for (t, p), start in moved.items()]
+            if not starts:
+                return answers
+            fence = self._fence()
+            try:
+                await self._backend.set_log_starts(fence, starts)
+            except Fenced as e:
+                self._step_down(str(e), fence.epoch)
+                raise
+            except CoordinatorError:
+                self._needs_reload = True  # the sequencer moved; the database may not have
+                raise
+            self._listener.on_log_starts(starts)
+            return answers
 
     async def create_partitions(self, name: str, new_total: int) -> ErrorCode:
         async with self._serial:

@@ -20,6 +20,7 @@ from driftlog.topic_config import BROKER_CONFIGS, TOPIC_CONFIGS, effective, inva
 
 CREATE_TOPICS = 19
 DELETE_TOPICS = 20
+DELETE_RECORDS = 21
 DESCRIBE_CONFIGS = 32
 ALTER_CONFIGS = 33
 CREATE_PARTITIONS = 37
@@ -99,6 +100,59 @@ async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
             )
         )
     return build(module.CreateTopicsResponse, throttle_time=_NO_THROTTLE, topics=tuple(results))
+
+
+async def handle_delete_records(ctx: RequestContext, request: Any) -> Any:
+    """DeleteRecords: move each partition's log start (offset -1: to the high watermark).
+
+    The records before it become unreadable at once (ListOffsets earliest and Fetch
+    follow the new log start); their bytes go when garbage collection runs.
+    """
+    module = response_module(DELETE_RECORDS, ctx.api_version)
+    coordinator = ctx.agent.coordinator
+    wanted: list[tuple[uuid.UUID, int, int]] = []
+    answers: dict[tuple[str, int], tuple[ErrorCode, int]] = {}
+    for t in request.topics:
+        topic = coordinator.topic(t.name)
+        for p in t.partitions:
+            if topic is None or not 0 <= p.partition_index < topic.partition_count:
+                answers[(t.name, p.partition_index)] = (ErrorCode.unknown_topic_or_partition, -1)
+            elif p.offset < -1:
+                answers[(t.name, p.partition_index)] = (ErrorCode.offset_out_of_range, -1)
+            else:
+                wanted.append((topic.topic_id, p.partition_index, p.offset))
+    if wanted:
+        try:
+            results = await coordinator.delete_records(wanted)
+        except CoordinatorError:
+            results = [(ErrorCode.request_timed_out, -1)] * len(wanted)  # retriable
+        by_key = {(tid, p): r for (tid, p, _), r in zip(wanted, results, strict=True)}
+        for t in request.topics:
+            topic = coordinator.topic(t.name)
+            for p in t.partitions:
+                if topic is not None and (topic.topic_id, p.partition_index) in by_key:
+                    answers[(t.name, p.partition_index)] = by_key[
+                        (topic.topic_id, p.partition_index)
+                    ]
+    topics = tuple(
+        build(
+            module.DeleteRecordsTopicResult,
+            name=t.name,
+            partitions=tuple(
+                build(
+                    module.DeleteRecordsPartitionResult,
+                    partition_index=p.partition_index,
+                    low_watermark=answers.get((t.name, p.partition_index), (0, -1))[1],
+                    error_code=answers.get(
+                        (t.name, p.partition_index), (ErrorCode.unknown_topic_or_partition, -1)
+                    )[0],
+                )
+                for p in t.partitions
+            ),
+        )
+        for t in request.topics
+    )
+    return build(module.DeleteRecordsResponse, throttle_time=_NO_THROTTLE, topics=topics)
 
 
 async def handle_delete_topics(ctx: RequestContext, request: Any) -> Any:

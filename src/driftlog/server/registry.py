@@ -24,6 +24,7 @@ _CORE: dict[int, tuple[Handler, int, int]] = {
     18: (handle_api_versions, 0, 4),
     19: (admin.handle_create_topics, 2, 7),
     20: (admin.handle_delete_topics, 1, 6),
+    21: (admin.handle_delete_records, 0, 2),
     22: (handle_init_producer_id, 0, 5),
     32: (admin.handle_describe_configs, 1, 4),
     33: (admin.handle_alter_configs, 0, 2),
