@@ -374,3 +374,20 @@ def test_database_down_gives_retriable_errors_not_dropped_connections(
             assert agent.process is not None and agent.process.poll() is None
         finally:
             cluster.stop()
+
+
+def test_delete_records_through_a_follower(cluster: Cluster) -> None:
+    a = cluster.add("a")
+    b = cluster.add("b")
+    create_topic(a.bootstrap, "dr", 1)
+    producer = Producer({"bootstrap.servers": a.bootstrap, "linger.ms": 0})
+    for i in range(10):
+        producer.produce("dr", value=f"v{i}".encode(), partition=0)
+        producer.flush(10)
+    admin = AdminClient({"bootstrap.servers": b.bootstrap})  # b sends it to the writer
+    futures = admin.delete_records([TopicPartition("dr", 0, 7)])
+    assert next(iter(futures.values())).result(20).low_watermark == 7
+    for agent in (a, b):
+        consumer = Consumer({"bootstrap.servers": agent.bootstrap, "group.id": "w"})
+        assert consumer.get_watermark_offsets(TopicPartition("dr", 0), timeout=10) == (7, 10)
+        consumer.close()
