@@ -32,11 +32,23 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_USER = "postgres"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
+    """Until something accepts connections on 127.0.0.1:`port`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -166,7 +178,7 @@ class PostgresServer:
             self._init_cluster()
             # The port is picked before the postmaster binds it: retry if another took it since.
             for attempt in range(5):
-                self.port = _free_port()
+                self.port = free_port()
                 try:
                     self._pg_ctl_start()
                     break
@@ -298,7 +310,7 @@ class MotoServer:
         binary = Path(sys.executable).parent / "moto_server"
         if not binary.exists():
             raise RuntimeError(f"{binary} is missing: install the dev extras (`make test`)")
-        self.port = _free_port()
+        self.port = free_port()
         fd, log = tempfile.mkstemp(prefix="driftlog-moto-", suffix=".log")
         self.log_path = Path(log)
         with os.fdopen(fd, "wb") as out:

@@ -176,6 +176,31 @@ class OverlappingBackend(Protocol):
     ) -> None: ...
 
 
+class BatchCollector:
+    """Gathers a read's batches page by page: stops once about `max_bytes` are in
+    (the first batch always counts, as Kafka returns at least one)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.batches: list[BatchLocation] = []
+        self.total_bytes = 0
+
+    def add_page(self, page: Sequence[BatchLocation]) -> bool:
+        """Take what fits from one page; True when the read is complete."""
+        for location in page:
+            if self.batches and self.total_bytes + location.byte_length > self.max_bytes:
+                return True
+            self.batches.append(location)
+            self.total_bytes += location.byte_length
+            if self.total_bytes >= self.max_bytes:
+                return True
+        return len(page) < READ_BATCHES_PAGE
+
+    @property
+    def next_offset(self) -> int:
+        return self.batches[-1].last_offset + 1
+
+
 # Encodings shared by the backends ---------------------------------------------
 
 

@@ -34,7 +34,14 @@ from driftlog.coordinator.api import (
     PartitionOffsets,
     TopicInfo,
 )
-from driftlog.coordinator.backend import READ_BATCHES_PAGE, Backend, Fence, LogStart, high_watermark
+from driftlog.coordinator.backend import (
+    READ_BATCHES_PAGE,
+    Backend,
+    BatchCollector,
+    Fence,
+    LogStart,
+    high_watermark,
+)
 from driftlog.coordinator.lease import LeaseRecord
 from driftlog.coordinator.producers import ProducerPartitionState
 from driftlog.coordinator.sequencer import (
@@ -368,10 +375,9 @@ class MemoryBackend:
         max_bytes: int,
     ) -> list[BatchLocation]:
         part = self._db.batches.get((topic_id, partition))
-        out: list[BatchLocation] = []
+        collector = BatchCollector(max_bytes)
         if part is None:
-            return out
-        total = 0
+            return collector.batches
         position = start_offset
         while position < end_offset:
             # WHERE last_offset >= position AND base_offset < end ORDER BY last_offset LIMIT n
@@ -382,17 +388,10 @@ class MemoryBackend:
                 index += 1
                 if row.base_offset < end_offset:
                     page.extend(self._locations((row,)))
-            for location in page:
-                if out and total + location.byte_length > max_bytes:
-                    return out
-                out.append(location)
-                total += location.byte_length
-                if total >= max_bytes:
-                    return out
-            if len(page) < READ_BATCHES_PAGE:
+            if collector.add_page(page):
                 break
-            position = out[-1].last_offset + 1
-        return out
+            position = collector.next_offset
+        return collector.batches
 
     async def first_batch_at_time(
         self,

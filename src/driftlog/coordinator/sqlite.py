@@ -29,6 +29,7 @@ from driftlog.coordinator.api import (
 )
 from driftlog.coordinator.backend import (
     READ_BATCHES_PAGE,
+    BatchCollector,
     Fence,
     LogStart,
     decode_outcomes,
@@ -484,8 +485,7 @@ class SqliteBackend:
         end_offset: int,
         max_bytes: int,
     ) -> list[BatchLocation]:
-        out: list[BatchLocation] = []
-        total = 0
+        collector = BatchCollector(max_bytes)
         position = start_offset
         while position < end_offset:
             rows = self.db.execute(
@@ -494,18 +494,10 @@ class SqliteBackend:
                 " AND b.base_offset < ? ORDER BY b.last_offset LIMIT ?",
                 (topic_id.bytes, partition, position, end_offset, READ_BATCHES_PAGE),
             ).fetchall()
-            for row in rows:
-                location = BatchLocation(*row)
-                if out and total + location.byte_length > max_bytes:
-                    return out
-                out.append(location)
-                total += location.byte_length
-                if total >= max_bytes:
-                    return out
-            if len(rows) < READ_BATCHES_PAGE:
+            if collector.add_page([BatchLocation(*row) for row in rows]):
                 break
-            position = out[-1].last_offset + 1
-        return out
+            position = collector.next_offset
+        return collector.batches
 
     async def first_batch_at_time(
         self,
