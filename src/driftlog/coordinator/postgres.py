@@ -164,10 +164,12 @@ class PostgresBackend:
         )
         # The writer's own connections: reads (catching-up consumers) cannot starve its
         # commits and lease renewals. A writer that stops mid-transaction (paused,
-        # partitioned) would hold index entries its successor needs: the server ends
-        # such a session after a lease (idle in transaction) or a silent peer.
+        # partitioned) would hold index entries its successor needs: the server cancels
+        # its statement after a lease (a COPY waiting for data counts), ends the session
+        # after a lease idle in a transaction, and notices a vanished peer by keepalives.
         server_options = (
-            f"-c idle_in_transaction_session_timeout={writer_idle_ms}"
+            f"-c statement_timeout={writer_idle_ms}"
+            f" -c idle_in_transaction_session_timeout={writer_idle_ms}"
             " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
         )
         self._write_pool = AsyncConnectionPool(
