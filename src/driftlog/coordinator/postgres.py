@@ -167,8 +167,9 @@ class PostgresBackend:
         # partitioned) would hold index entries its successor needs: the server cancels
         # its statement after a lease (a COPY waiting for data counts), ends the session
         # after a lease idle in a transaction, and notices a vanished peer by keepalives.
+        # A statement gets at least 10 s: a round is bounded (writer.py) and takes far less.
         server_options = (
-            f"-c statement_timeout={writer_idle_ms}"
+            f"-c statement_timeout={max(2 * writer_idle_ms, 10_000)}"
             f" -c idle_in_transaction_session_timeout={writer_idle_ms}"
             " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
         )

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 # Bounds one group-commit round so a burst cannot build an unbounded transaction.
 MAX_OBJECTS_PER_TRANSACTION = 256
+MAX_BATCHES_PER_TRANSACTION = 50_000
 # Rounds in flight at once: one committing while the next is sequenced and copied.
 MAX_ROUNDS_IN_FLIGHT = 2
 # How long close() lets the round in progress finish.
@@ -320,8 +321,7 @@ class CommitWriter:
                 if len(self._in_flight) >= MAX_ROUNDS_IN_FLIGHT:
                     await asyncio.wait({self._in_flight[0]})
                     continue
-                round_ = self._pending[:MAX_OBJECTS_PER_TRANSACTION]
-                del self._pending[: len(round_)]
+                round_ = self._take_round()
                 try:
                     async with self._serial:
                         await self._start_round(round_)
@@ -334,6 +334,19 @@ class CommitWriter:
                     self._needs_reload = True
                     _fail(round_, CoordinatorUnavailable(repr(e)))
         await self._settle()
+
+    def _take_round(self) -> list[_Pending]:
+        """The next round: at most MAX_OBJECTS_PER_TRANSACTION objects and, past the
+        first object, MAX_BATCHES_PER_TRANSACTION batches (a transaction stays short)."""
+        count, batches = 0, 0
+        for request, _ in self._pending[:MAX_OBJECTS_PER_TRANSACTION]:
+            batches += len(request.batches)
+            if count and batches > MAX_BATCHES_PER_TRANSACTION:
+                break
+            count += 1
+        round_ = self._pending[:count]
+        del self._pending[:count]
+        return round_
 
     async def commit_round(self, round_: list[_Pending]) -> None:
         """Sequence and persist one round of commits and answer them, to completion."""
