@@ -241,5 +241,13 @@ def encode_configs(topic: TopicInfo) -> str:
     return json.dumps(dict(topic.configs), sort_keys=True)
 
 
+def partition_offsets(snapshot: SequencerSnapshot) -> dict[PartitionKey, PartitionOffsets]:
+    """Log starts and high watermarks as a read view wants them, from a loaded snapshot."""
+    return {
+        key: PartitionOffsets(p.log_start_offset, p.high_watermark)
+        for key, p in snapshot.partitions.items()
+    }
+
+
 def high_watermark(log_start_offset: int, last_offset: int | None) -> int:
     return max(log_start_offset, -1 if last_offset is None else last_offset + 1)

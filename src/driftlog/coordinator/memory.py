@@ -41,6 +41,7 @@ from driftlog.coordinator.backend import (
     Fence,
     LogStart,
     high_watermark,
+    partition_offsets,
 )
 from driftlog.coordinator.lease import LeaseRecord
 from driftlog.coordinator.producers import ProducerPartitionState
@@ -352,11 +353,7 @@ class MemoryBackend:
         return [_copy_topic(t) for t in self._db.topics.values()]
 
     async def load_partition_offsets(self) -> dict[PartitionKey, PartitionOffsets]:
-        snapshot = await self.load_sequencer(0)
-        return {
-            key: PartitionOffsets(p.log_start_offset, p.high_watermark)
-            for key, p in snapshot.partitions.items()
-        }
+        return partition_offsets(await self.load_sequencer(0))
 
     def _locations(self, rows: Sequence[StoredBatch]) -> Iterator[BatchLocation]:
         """The rows joined with their objects (an inner join: rows without one drop out)."""

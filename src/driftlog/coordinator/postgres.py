@@ -38,6 +38,7 @@ from driftlog.coordinator.backend import (
     encode_producer_batches,
     high_watermark,
     outcomes_json,
+    partition_offsets,
 )
 from driftlog.coordinator.lease import LeaseRecord
 from driftlog.coordinator.sequencer import (
@@ -468,11 +469,7 @@ class PostgresBackend:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
 
     async def load_partition_offsets(self) -> dict[PartitionKey, PartitionOffsets]:
-        snapshot = await self.load_sequencer(0)
-        return {
-            key: PartitionOffsets(p.log_start_offset, p.high_watermark)
-            for key, p in snapshot.partitions.items()
-        }
+        return partition_offsets(await self.load_sequencer(0))
 
     async def read_batches(
         self,

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 
 from driftlog.coordinator.api import BatchLocation, PartitionOffsets, TopicInfo
-from driftlog.coordinator.backend import Backend, LogStart
+from driftlog.coordinator.backend import Backend, LogStart, partition_offsets
 from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
 from driftlog.coordinator.tail import TailIndex
 
@@ -36,10 +36,10 @@ class CoordinatorView:
         self.database_reads = 0
 
     async def load(self) -> None:
-        topics = await self._backend.load_topics()
-        offsets = await self._backend.load_partition_offsets()
-        self._set_topics(topics)
-        self._offsets = offsets
+        # One consistent read: topics and watermarks from the same snapshot.
+        snapshot = await self._backend.load_sequencer(0)
+        self._set_topics(snapshot.topics)
+        self._offsets = partition_offsets(snapshot)
         self.tail.clear()
 
     def _set_topics(self, topics: Iterable[TopicInfo]) -> None:
@@ -78,9 +78,9 @@ class CoordinatorView:
 
     async def resync(self) -> None:
         """Reload topics and watermarks from the database (after missing the writer's stream)."""
-        topics = await self._backend.load_topics()
-        offsets = await self._backend.load_partition_offsets()
-        self._set_topics(topics)
+        snapshot = await self._backend.load_sequencer(0)
+        offsets = partition_offsets(snapshot)
+        self._set_topics(snapshot.topics)
         for key, new in offsets.items():
             old = self._offsets.get(key)
             if old is None:
