@@ -291,6 +291,10 @@ class AgentCoordinator:
     def partition_offsets(self, topic_id: uuid.UUID, partition: int) -> PartitionOffsets | None:
         return self.view.partition_offsets(topic_id, partition)
 
+    def forget_cached(self, partitions: Sequence[tuple[uuid.UUID, int]]) -> None:
+        """Forget cached coordinates of these partitions (see `CoordinatorView.forget_cached`)."""
+        self.view.forget_cached(partitions)
+
     async def find_batches(
         self, topic_id: uuid.UUID, partition: int, start_offset: int, max_bytes: int
     ) -> list[BatchLocation]:

@@ -131,6 +131,14 @@ class CoordinatorView:
                     log_start, max(current.high_watermark, log_start)
                 )
 
+    def forget_cached(self, partitions: Iterable[PartitionKey]) -> None:
+        """Drop these partitions' cached coordinates: the next read asks the database.
+
+        Called when coordinates moved (compaction) or a read found an object gone.
+        """
+        for key in partitions:
+            self.tail.invalidate(key)
+
     def on_topic_dropped(self, topic: TopicInfo) -> None:
         self._topics_by_name.pop(topic.name, None)
         self._topics_by_id.pop(topic.topic_id, None)
