@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 from batch_builder import build_batch
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
 from confluent_kafka.admin import (
     AclOperation,
     AdminClient,
@@ -385,6 +392,24 @@ def test_describe_cluster(agent: AgentProcess) -> None:
         AclOperation.DESCRIBE_CONFIGS,
         AclOperation.ALTER_CONFIGS,
         AclOperation.IDEMPOTENT_WRITE,
+    }
+
+    # Metadata's topic flag (librdkafka's DescribeTopics) likewise.
+    admin.create_topics([NewTopic("described", 2)])["described"].result(10)
+    [topic] = admin.describe_topics(
+        TopicCollection(["described"]), include_authorized_operations=True
+    ).values()
+    description = topic.result(10)
+    assert len(description.partitions) == 2
+    assert set(description.authorized_operations) == {
+        AclOperation.READ,
+        AclOperation.WRITE,
+        AclOperation.CREATE,
+        AclOperation.DELETE,
+        AclOperation.ALTER,
+        AclOperation.DESCRIBE,
+        AclOperation.DESCRIBE_CONFIGS,
+        AclOperation.ALTER_CONFIGS,
     }
 
 
