@@ -48,6 +48,7 @@ class ObjectRef(NamedTuple):
     object_id: int
     key: str
     size: int
+    level: int = 0  # 0: as uploaded; n + 1: written by compacting level-n objects
 
 
 class ObjectBatch(NamedTuple):
@@ -72,12 +73,13 @@ class BatchMove(NamedTuple):
 
 
 class NewObject(NamedTuple):
-    """An object the compactor wrote (level 1: it is not compacted again)."""
+    """An object the compactor wrote, one level above the objects it merged."""
 
     object_id: int
     key: str
     size: int
     committed_ms: int
+    level: int = 1
 
 
 class ObjectCounts(NamedTuple):
@@ -202,8 +204,8 @@ class Backend(Protocol):
     async def compaction_candidates(
         self, committed_before_ms: int, smaller_than: int, limit: int
     ) -> list[ObjectRef]:
-        """Live objects never compacted, smaller than `smaller_than` bytes and committed
-        before `committed_before_ms`, oldest first."""
+        """Live objects smaller than `smaller_than` bytes committed before
+        `committed_before_ms`, by level, oldest first."""
         ...
 
     async def batches_in_objects(self, object_ids: Sequence[int]) -> list[ObjectBatch]:

@@ -354,7 +354,12 @@ class MemoryBackend:
         _extend(db, lease, fence)
         new_id = new_object.object_id
         db.objects[new_id] = StoredObject(
-            new_id, new_object.key, new_object.size, new_object.committed_ms, (), level=1
+            new_id,
+            new_object.key,
+            new_object.size,
+            new_object.committed_ms,
+            (),
+            level=new_object.level,
         )
         db.object_ids_by_key[new_object.key] = new_id
         db.references[new_id] = 0
@@ -417,14 +422,13 @@ class MemoryBackend:
         self, committed_before_ms: int, smaller_than: int, limit: int
     ) -> list[ObjectRef]:
         found = [
-            ObjectRef(o.object_id, o.key, o.size)
+            ObjectRef(o.object_id, o.key, o.size, o.level)
             for o in self._db.objects.values()
             if o.dead_since_ms is None
-            and o.level == 0
             and o.size < smaller_than
             and o.committed_ms < committed_before_ms
         ]
-        return sorted(found)[:limit]
+        return sorted(found, key=lambda o: (o.level, o.object_id))[:limit]
 
     async def batches_in_objects(self, object_ids: Sequence[int]) -> list[ObjectBatch]:
         wanted = set(object_ids)

@@ -142,7 +142,7 @@ MIGRATIONS: list[str] = [
         WHERE dead_since_ms IS NOT NULL AND deleted_ms IS NULL;
     CREATE INDEX objects_deleted ON objects (committed_ms) WHERE deleted_ms IS NOT NULL;
     CREATE INDEX objects_compactable ON objects (size, object_id)
-        WHERE dead_since_ms IS NULL AND level = 0;
+        WHERE dead_since_ms IS NULL;
     UPDATE objects SET dead_since_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
         WHERE NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id);
     """,
@@ -163,8 +163,8 @@ _DEAD_OBJECTS = (
     " ORDER BY dead_since_ms LIMIT %s"
 )
 _COMPACTION_CANDIDATES = (
-    "SELECT object_id, key, size FROM objects WHERE dead_since_ms IS NULL AND level = 0"
-    " AND size < %s AND committed_ms < %s ORDER BY object_id LIMIT %s"
+    "SELECT object_id, key, size, level FROM objects WHERE dead_since_ms IS NULL"
+    " AND size < %s AND committed_ms < %s ORDER BY level, object_id LIMIT %s"
 )
 _OBJECT_COUNTS = (
     "SELECT count(*) FILTER (WHERE dead_since_ms IS NULL),"
@@ -518,8 +518,14 @@ class PostgresBackend:
                 cursor = conn.cursor()
                 await cursor.execute(
                     b"INSERT INTO objects (object_id, key, size, committed_ms, outcomes, level)"
-                    b" VALUES (%s, %s, %s, %s, '[]', 1)",
-                    (new_id, new_object.key, new_object.size, new_object.committed_ms),
+                    b" VALUES (%s, %s, %s, %s, '[]', %s)",
+                    (
+                        new_id,
+                        new_object.key,
+                        new_object.size,
+                        new_object.committed_ms,
+                        new_object.level,
+                    ),
                 )
                 await cursor.executemany(
                     b"UPDATE batches SET object_id = %s, byte_offset = %s WHERE topic_id = %s"

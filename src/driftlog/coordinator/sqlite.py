@@ -151,7 +151,7 @@ CREATE INDEX objects_dead ON objects (dead_since_ms)
     WHERE dead_since_ms IS NOT NULL AND deleted_ms IS NULL;
 CREATE INDEX objects_deleted ON objects (committed_ms) WHERE deleted_ms IS NOT NULL;
 CREATE INDEX objects_compactable ON objects (size, object_id)
-    WHERE dead_since_ms IS NULL AND level = 0;
+    WHERE dead_since_ms IS NULL;
 UPDATE objects SET dead_since_ms = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
     WHERE NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)
 """
@@ -176,8 +176,8 @@ _DEAD_OBJECTS = (
     " ORDER BY dead_since_ms LIMIT ?"
 )
 _COMPACTION_CANDIDATES = (
-    "SELECT object_id, key, size FROM objects WHERE dead_since_ms IS NULL AND level = 0"
-    " AND size < ? AND committed_ms < ? ORDER BY object_id LIMIT ?"
+    "SELECT object_id, key, size, level FROM objects WHERE dead_since_ms IS NULL"
+    " AND size < ? AND committed_ms < ? ORDER BY level, object_id LIMIT ?"
 )
 _OBJECT_COUNTS = (
     "SELECT sum(dead_since_ms IS NULL), sum(CASE WHEN dead_since_ms IS NULL THEN size END),"
@@ -505,8 +505,14 @@ class SqliteBackend:
             _check_fence(db, fence)
             db.execute(
                 "INSERT INTO objects (object_id, key, size, committed_ms, outcomes, level)"
-                " VALUES (?, ?, ?, ?, '[]', 1)",
-                (new_id, new_object.key, new_object.size, new_object.committed_ms),
+                " VALUES (?, ?, ?, ?, '[]', ?)",
+                (
+                    new_id,
+                    new_object.key,
+                    new_object.size,
+                    new_object.committed_ms,
+                    new_object.level,
+                ),
             )
             db.executemany(
                 "UPDATE batches SET object_id = ?, byte_offset = ? WHERE topic_id = ?"

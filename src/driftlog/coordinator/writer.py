@@ -627,7 +627,7 @@ class CommitWriter:
             return answers
 
     async def relocate(
-        self, key: str, size: int, moves: Sequence[BatchMove]
+        self, key: str, size: int, moves: Sequence[BatchMove], level: int = 1
     ) -> tuple[NewObject, int] | None:
         """The compactor's swap: `moves` now live in the uploaded object `key`.
 
@@ -639,7 +639,7 @@ class CommitWriter:
             now_ms = self._clock.wall_ms()
             if self._too_old(key, now_ms):
                 return None
-            new_object = NewObject(sequencer.take_object_id(), key, size, now_ms)
+            new_object = NewObject(sequencer.take_object_id(), key, size, now_ms, level)
             fence = self._fence()
             try:
                 moved = await self._backend.relocate_batches(fence, new_object, moves, now_ms)

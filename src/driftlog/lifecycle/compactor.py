@@ -14,7 +14,11 @@ old objects stay readable for the garbage collector's grace period.
 Batches deleted while the compactor copies (retention) are simply not
 moved; their bytes in the new object are garbage until the whole object dies.
 A crash before the swap leaves an orphan, which the garbage collector removes.
-The new object is level 1: it is not compacted again (no rewrite loops).
+Levels bound the rewriting: uploads are level 0, and merging objects of level
+n writes one of level n + 1. Two level-0 objects are worth merging; higher
+levels wait for `FAN_IN` objects, so each byte is rewritten about
+log_FAN_IN(objects) times at most, however slowly data trickles in, and
+objects of `small_object_bytes` or more are left alone.
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ from driftlog.storage.api import ObjectNotFound, ObjectStore, ObjectStoreError
 
 log = logging.getLogger(__name__)
 
-# The writer's swap: (key, size, moves) -> the stored object and the batches moved,
-# or None when the upload is too old to commit.
-Relocate = Callable[[str, int, Sequence[BatchMove]], Awaitable[tuple[NewObject, int] | None]]
+# The writer's swap: (key, size, moves, level) -> the stored object and the batches
+# moved, or None when the upload is too old to commit.
+Relocate = Callable[[str, int, Sequence[BatchMove], int], Awaitable[tuple[NewObject, int] | None]]
+
+# Objects of a level above 0 are merged once this many of them wait.
+FAN_IN = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +100,10 @@ class Compactor:
         candidates = await self._backend.compaction_candidates(
             now_ms - config.min_age_ms, config.small_object_bytes, config.max_objects_per_run
         )
-        chosen = _fill(candidates, config.target_object_bytes)
-        if len(chosen) < 2:
-            return 0  # rewriting one object alone gains nothing
+        chosen = _choose(candidates, config.target_object_bytes)
+        if not chosen:
+            return 0
+        level = chosen[0].level + 1
         batches = await self._backend.batches_in_objects([o.object_id for o in chosen])
         chunks, moves = await self._copy(chosen, batches)
         if not moves:
@@ -105,7 +113,7 @@ class Compactor:
         await self._store.put_new(key, chunks)
         self.stats.bytes_written += size
         try:
-            swapped = await self._relocate(key, size, moves)
+            swapped = await self._relocate(key, size, moves, level)
         except CoordinatorError:
             raise  # the upload is an orphan now; the garbage collector removes it
         if swapped is None:
@@ -162,13 +170,20 @@ class Compactor:
         return chunks, moves
 
 
-def _fill(candidates: Sequence[ObjectRef], target_bytes: int) -> list[ObjectRef]:
-    """The oldest candidates that fit in one output object (at least one)."""
-    chosen: list[ObjectRef] = []
-    total = 0
+def _choose(candidates: Sequence[ObjectRef], target_bytes: int) -> list[ObjectRef]:
+    """The oldest objects of the lowest level with enough of them to merge, as many as
+    fit in one output object; empty when no level has enough."""
+    by_level: dict[int, list[ObjectRef]] = {}
     for obj in candidates:
-        if chosen and total + obj.size > target_bytes:
-            break
-        chosen.append(obj)
-        total += obj.size
-    return chosen
+        by_level.setdefault(obj.level, []).append(obj)
+    for level in sorted(by_level):
+        chosen: list[ObjectRef] = []
+        total = 0
+        for obj in by_level[level]:
+            if chosen and total + obj.size > target_bytes:
+                break
+            chosen.append(obj)
+            total += obj.size
+        if len(chosen) >= (2 if level == 0 else FAN_IN):
+            return chosen
+    return []
