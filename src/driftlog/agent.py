@@ -245,6 +245,7 @@ class Agent:
             "object_bytes_put": s.bytes_put,
             "object_bytes_got": s.bytes_got,
             "object_deletes": s.deletes,
+            "missing_objects": self.fetcher.missing.count,
             "gc_dead_objects_deleted": self.collector.stats.dead_deleted,
             "gc_orphans_deleted": self.collector.stats.orphans_deleted,
             "compaction_objects_written": self.compactor.stats.objects_written,
