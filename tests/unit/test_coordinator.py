@@ -29,7 +29,7 @@ from driftlog.coordinator.api import (
 from driftlog.coordinator.backend import Backend, Fence
 from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
 from driftlog.coordinator.postgres import PostgresBackend
-from driftlog.coordinator.sequencer import SequencedObject
+from driftlog.coordinator.sequencer import SequencedObject, Sequencer
 from driftlog.coordinator.service import LocalCoordinator
 from driftlog.coordinator.sqlite import SqliteBackend
 from driftlog.coordinator.tail import TailIndex
@@ -407,5 +407,50 @@ def test_delete_records_and_retention(backend_factory: BackendFactory) -> None:
             == (await again.find_batches(tid, 0, 20, 1 << 30))[0]
         )
         await again.close()
+
+    run(scenario)
+
+
+def test_a_writer_stopped_mid_transaction_does_not_block_its_successor(
+    postgres_dsn: str,
+) -> None:
+    """A writer frozen with a transaction open (rows copied, COMMIT never sent) holds
+    unique-index entries for the object ids and offsets its successor will use; the
+    successor ends that transaction when it takes the lease instead of waiting on it."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        # Server-side timeouts far longer than the test: only the successor can end it
+        # (a session waiting for its client mid-COPY escapes those timeouts anyway).
+        frozen_backend = PostgresBackend(postgres_dsn, writer_idle_ms=60_000)
+        a = await started(frozen_backend, clock, holder="a", commit_timeout_s=0)
+        _, topic = await a.create_topic("t", 1, {})
+        assert topic is not None and a.writer.lease is not None
+        tid = topic.topic_id
+        await commit(a, "a1", [batch(tid, 0, 3)])
+
+        sequencer = Sequencer(await frozen_backend.load_sequencer(0))
+        frozen = sequencer.sequence("frozen", 100, [batch(tid, 0, 2)], clock.wall_ms())
+        fence = Fence(0, a.writer.lease.epoch, clock.wall_ms() + LEASE_MS)
+        never: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        stuck = asyncio.create_task(
+            frozen_backend.persist_objects_overlapping(fence, [frozen], never)
+        )
+        await asyncio.sleep(0.5)  # its rows are copied; it waits before its COMMIT
+
+        clock.advance(LEASE_MS + 1)
+        b = await started(PostgresBackend(postgres_dsn), clock, holder="b", commit_timeout_s=0)
+        await b.writer.tick()
+        assert b.writer.is_writer
+        [taken_over] = await asyncio.wait_for(commit(b, "b1", [batch(tid, 0, 2)]), 5)
+        assert taken_over.base_offset == 3  # the same offsets the frozen writer held
+
+        never.set_result(True)  # it wakes up: its session is gone, nothing commits
+        with pytest.raises(CoordinatorUnavailable):
+            await stuck
+        found = await b.find_batches(tid, 0, 0, 1 << 30)
+        assert [(x.object_key, x.base_offset) for x in found] == [("a1", 0), ("b1", 3)]
+        for c in (a, b):
+            await c.close()
 
     run(scenario)

@@ -148,7 +148,8 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-_MIGRATION_LOCK = 0x647269667430  # any constant shared by all agents
+_MIGRATION_LOCK = 0x647269667430
+_WRITER_SESSION_PREFIX = "driftlog-writer-"  # any constant shared by all agents
 
 # Objects whose last reference a transaction removed: mark the candidates before the
 # batches go, then unmark those still referenced (by the index on batches.object_id).
@@ -212,6 +213,9 @@ class PostgresBackend:
         # its statement after a lease (a COPY waiting for data counts), ends the session
         # after a lease idle in a transaction, and notices a vanished peer by keepalives.
         # A statement gets at least 10 s: a round is bounded (writer.py) and takes far less.
+        # Names this process's writer sessions, so a new lease holder can end the old
+        # holder's open transactions (see `_end_other_writer_transactions`).
+        self._writer_session_name = f"{_WRITER_SESSION_PREFIX}{uuid.uuid4().hex}"
         server_options = (
             f"-c statement_timeout={max(2 * writer_idle_ms, 10_000)}"
             f" -c idle_in_transaction_session_timeout={writer_idle_ms}"
@@ -223,7 +227,11 @@ class PostgresBackend:
             max_size=3,
             open=False,
             timeout=timeout_s,
-            kwargs={**connect, "options": server_options},
+            kwargs={
+                **connect,
+                "options": server_options,
+                "application_name": self._writer_session_name,
+            },
         )
 
     # Lifecycle ----------------------------------------------------------------
@@ -327,7 +335,30 @@ class PostgresBackend:
                 (*row, expected.epoch),
                 writer=True,
             )
-        return len(rows) == 1
+        if len(rows) != 1:
+            return False
+        await self._end_other_writer_transactions()
+        return True
+
+    async def _end_other_writer_transactions(self) -> None:
+        """End every transaction another process's writer sessions have open.
+
+        A deposed writer that stopped mid-transaction (paused, partitioned) keeps
+        its uncommitted rows, and so its unique-index entries: the new writer, which
+        numbers objects and offsets from what is committed, would wait on them. The
+        statement timeout does not help once such a session waits for its client
+        to finish a COPY. Its epoch is no longer the lease's, so nothing it has open
+        could commit anyway (the fence check comes last): end those sessions now.
+        Sessions outside a transaction are left alone. PostgreSQL lets a role
+        terminate its own sessions; all agents connect as the same role.
+        """
+        await self._fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE %s"
+            " AND application_name <> %s AND xact_start IS NOT NULL",
+            (_WRITER_SESSION_PREFIX + "%", self._writer_session_name),
+            writer=True,
+        )
 
     async def release_lease(self, fence: Fence) -> None:
         await self._fetch(
