@@ -23,6 +23,7 @@ objects of `small_object_bytes` or more are left alone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ Relocate = Callable[[str, int, Sequence[BatchMove], int], Awaitable[tuple[NewObj
 
 # Objects of a level above 0 are merged once this many of them wait.
 FAN_IN = 4
+# Source objects read at once.
+READS_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,18 +144,24 @@ class Compactor:
         for batch in batches:
             by_object.setdefault(batch.object_id, []).append(batch)
         data: dict[tuple[int, int], bytes] = {}
-        for object_id, in_object in by_object.items():
+        # Several GETs at once: on S3 each is a round trip, and small objects are many.
+        limit = asyncio.Semaphore(READS_IN_FLIGHT)
+
+        async def read(object_id: int, in_object: list[ObjectBatch]) -> None:
             ranges = [(b.byte_offset, b.byte_offset + b.byte_length) for b in in_object]
-            try:
-                parts = await self._store.get_ranges(keys[object_id], ranges)
-            except ObjectNotFound:
-                # Its batches stay where they are; the fetch path reports the loss.
-                self.stats.missing_objects += 1
-                log.error("compaction: object %s is missing from the store", keys[object_id])
-                continue
+            async with limit:
+                try:
+                    parts = await self._store.get_ranges(keys[object_id], ranges)
+                except ObjectNotFound:
+                    # Its batches stay where they are; the fetch path reports the loss.
+                    self.stats.missing_objects += 1
+                    log.error("compaction: object %s is missing from the store", keys[object_id])
+                    return
             for batch, part in zip(in_object, parts, strict=True):
                 data[(object_id, batch.byte_offset)] = bytes(part)
                 self.stats.bytes_read += batch.byte_length
+
+        await asyncio.gather(*(read(oid, in_object) for oid, in_object in by_object.items()))
         chunks: list[bytes] = []
         moves: list[BatchMove] = []
         position = 0
