@@ -161,9 +161,11 @@ class Cluster:
     env: dict[str, str]
     root: Path
     agents: list[AgentProcess] = field(default_factory=list)
-    # Short timings so failover tests run in seconds (defaults are for production).
+    # Short timings so failover tests run in seconds (defaults are for production). The
+    # agent timeout leaves room for heartbeats delayed on a loaded 2-core machine:
+    # membership that flaps moves group coordinators and restarts rebalances.
     timing_args: tuple[str, ...] = (
-        "--lease-ms", "2000", "--heartbeat-ms", "250", "--agent-timeout-ms", "1500",
+        "--lease-ms", "2000", "--heartbeat-ms", "250", "--agent-timeout-ms", "3000",
     )  # fmt: skip
 
     def add(self, zone: str = "a", *extra: str) -> AgentProcess:

@@ -1,7 +1,7 @@
 """A cluster of agents on a real PostgreSQL and a real S3 server (moto), with real clients.
 
 Each test starts its own agents (`cluster` fixture) with short timings (lease
-2 s, agents time out after 1.5 s of silence), kills some of them, and checks
+2 s, agents time out after 3 s of silence), kills some of them, and checks
 that every acknowledged record is read back exactly once with dense offsets.
 """
 

@@ -25,12 +25,19 @@ def test_produce_on_one_consume_on_another(cluster: Cluster) -> None:
     )
     consumer.subscribe(["smoke"])
     seen: list[bytes] = []
+    errors: list[str] = []
     deadline = time.monotonic() + 90  # a group join under load takes a few seconds
     while time.monotonic() < deadline:
         message = consumer.poll(0.2)
         if message is not None and message.error() is None:
             seen.append(message.value())
+        elif message is not None:
+            errors.append(str(message.error()))
         if len(seen) == 100:
             break
     consumer.close()
-    assert sorted(seen) == sorted(f"v{i}".encode() for i in range(100))
+    # A rare failure (nothing consumed in 90 s) has not been reproduced: keep the evidence.
+    assert sorted(seen) == sorted(f"v{i}".encode() for i in range(100)), (
+        f"saw {len(seen)}; consumer errors {errors[:10]}\n--- agent a ---\n"
+        f"{a.log_text()[-4000:]}\n--- agent b ---\n{b.log_text()[-4000:]}"
+    )

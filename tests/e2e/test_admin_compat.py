@@ -209,10 +209,11 @@ def test_replica_assignments_across_a_cluster(cluster: Cluster) -> None:
     cluster.add("a")
     cluster.add("b")
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
-    deadline = time.monotonic() + 15
-    while len(admin.list_topics(timeout=10).brokers) < 2 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30
+    nodes: list[int] = []
+    while nodes != [1, 2] and time.monotonic() < deadline:
+        nodes = sorted(admin.list_topics(timeout=10).brokers)
         time.sleep(0.2)
-    nodes = sorted(admin.list_topics(timeout=10).brokers)
     assert nodes == [1, 2]
 
     admin.create_topics([NewTopic("spread", 2, replica_assignment=[[1, 2], [2, 1]])])[
