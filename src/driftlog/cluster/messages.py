@@ -48,6 +48,7 @@ from driftlog.coordinator.api import (
     CommitRequest,
     CoordinatorError,
     CoordinatorUnavailable,
+    EncodedOutcomes,
     Fenced,
     NotWriter,
     TopicInfo,
@@ -246,6 +247,10 @@ def applied_batches(event: Message) -> list[tuple[uuid.UUID, int, BatchLocation]
     return out
 
 
-def outcomes_reply_frame(request_id: int, obj_outcomes_json: str) -> bytes:
-    body = b'{"id":%d,"outcomes":%s}' % (request_id, obj_outcomes_json.encode())
-    return LENGTH.pack(len(body)) + body
+def outcomes_reply_frame(request_id: int, outcomes: Sequence[CommitOutcome]) -> bytes:
+    """The reply to a commit, as one frame; outcomes already encoded (the JSON the writer
+    stored) are not encoded again."""
+    if isinstance(outcomes, EncodedOutcomes):
+        body = b'{"id":%d,"outcomes":%s}' % (request_id, outcomes.json.encode())
+        return LENGTH.pack(len(body)) + body
+    return encode(outcomes_reply(request_id, outcomes))

@@ -232,13 +232,15 @@ def _answer_commit(
         return
     error = future.exception()
     if error is None:
-        reply = messages.outcomes_reply(request_id, future.result())
+        frame = messages.outcomes_reply_frame(request_id, future.result())
     elif isinstance(error, CoordinatorError):
-        reply = messages.error_reply(request_id, error)
+        frame = messages.encode(messages.error_reply(request_id, error))
     else:
-        reply = messages.error_reply(request_id, CoordinatorUnavailable(repr(error)))
+        frame = messages.encode(
+            messages.error_reply(request_id, CoordinatorUnavailable(repr(error)))
+        )
     if not writer.is_closing():
-        writer.write(messages.encode(reply))
+        writer.write(frame)
 
 
 class WriterClient:
