@@ -59,28 +59,38 @@ class TailIndex:
         )
         self.size = 0
 
-    def append(self, key: PartitionKey, batches: Sequence[BatchLocation]) -> None:
-        """Add newly committed batches (in offset order) at the partition's end."""
+    def append(
+        self, key: PartitionKey, batches: Sequence[BatchLocation], restart: bool = False
+    ) -> None:
+        """Add newly committed batches (in offset order) at the partition's end; with
+        `restart`, or when they do not follow what is cached, they replace it."""
         if not batches:
             return
-        tail = self._tails.get(key)
+        tails = self._tails
+        tail = tails.get(key)
         if tail is None:
-            tail = self._tails[key] = _PartitionTail()
+            tail = tails[key] = _PartitionTail()
         else:
-            self._tails.move_to_end(key)
-            if len(tail) and tail.batches[-1].last_offset + 1 != batches[0].base_offset:
+            tails.move_to_end(key)
+            cached = tail.batches
+            if restart or (
+                len(cached) > tail.head and cached[-1].last_offset + 1 != batches[0].base_offset
+            ):
                 self._clear(key)  # not contiguous: start again from here
-                tail = self._tails[key] = _PartitionTail()
-        for batch in batches:
-            tail.base_offsets.append(batch.base_offset)
-            tail.batches.append(batch)
+                tail = tails[key] = _PartitionTail()
+        if len(batches) == 1:
+            tail.base_offsets.append(batches[0].base_offset)
+            tail.batches.append(batches[0])
+        else:
+            tail.base_offsets.extend([batch.base_offset for batch in batches])
+            tail.batches.extend(batches)
         self.size += len(batches)
-        excess = len(tail) - self.max_batches_per_partition
+        excess = len(tail.batches) - tail.head - self.max_batches_per_partition
         if excess > 0:
             tail.drop_front(excess)
             self.size -= excess
-        while self.size > self.max_batches and len(self._tails) > 1:
-            oldest = next(iter(self._tails))
+        while self.size > self.max_batches and len(tails) > 1:
+            oldest = next(iter(tails))
             if oldest == key:
                 break
             self._clear(oldest)

@@ -48,7 +48,17 @@ class CoordinatorView:
 
     # Changes reported by the writer ------------------------------------------------
     def on_applied(self, objects: Sequence[SequencedObject]) -> None:
-        self.on_remote_applied([row[:3] for obj in objects for row in obj.rows])
+        # Rows straight from the local writer, grouped without copying them.
+        by_partition: dict[PartitionKey, list[BatchLocation]] = {}
+        for obj in objects:
+            for row in obj.rows:
+                key = (row[0], row[1])
+                locations = by_partition.get(key)
+                if locations is None:
+                    by_partition[key] = [row[2]]
+                else:
+                    locations.append(row[2])
+        self._apply(by_partition)
 
     def on_remote_applied(self, batches: Sequence[tuple[uuid.UUID, int, BatchLocation]]) -> None:
         """Committed batches, in commit order (from the local writer or the writer's stream).
@@ -58,22 +68,32 @@ class CoordinatorView:
         """
         by_partition: dict[PartitionKey, list[BatchLocation]] = {}
         for topic_id, partition, location in batches:
-            by_partition.setdefault((topic_id, partition), []).append(location)
+            key = (topic_id, partition)
+            locations = by_partition.get(key)
+            if locations is None:
+                by_partition[key] = [location]
+            else:
+                locations.append(location)
+        self._apply(by_partition)
+
+    def _apply(self, by_partition: dict[PartitionKey, list[BatchLocation]]) -> None:
+        """Each partition's committed batches, in offset order: per partition, one lookup
+        of its offsets, one tail append, one store (a key hashes a uuid in Python)."""
+        offsets = self._offsets
+        append = self.tail.append
+        new = tuple.__new__
         for key, locations in by_partition.items():
-            current = self._offsets.get(key)
+            current = offsets.get(key)
             if current is None:
                 continue
-            hwm = current.high_watermark
+            log_start, hwm = current
             if locations[0].base_offset < hwm:  # already known (a resync overlapped)
                 locations = [loc for loc in locations if loc.base_offset >= hwm]
                 if not locations:
                     continue
-            if locations[0].base_offset != hwm:
-                self.tail.invalidate(key)  # a gap: the cache must stay contiguous
-            self.tail.append(key, locations)
-            self._offsets[key] = PartitionOffsets(
-                current.log_start_offset, locations[-1].last_offset + 1
-            )
+            # A gap (not contiguous with what the view has) clears the partition's cache.
+            append(key, locations, locations[0].base_offset != hwm)
+            offsets[key] = new(PartitionOffsets, (log_start, locations[-1].last_offset + 1))
         self._wake(by_partition.keys())
 
     async def resync(self) -> None:
