@@ -10,6 +10,7 @@ and batches, then upserts of the producer states that changed.
 from __future__ import annotations
 
 import json
+import struct
 import uuid
 from collections.abc import Awaitable, Sequence
 from typing import Any
@@ -364,10 +365,10 @@ class PostgresBackend:
                 async with cursor.copy(
                     b"COPY batches (topic_id, partition, last_offset, base_offset, object_id,"
                     b" byte_offset, byte_length, max_timestamp_ms, log_append_time_ms,"
-                    b" time_index_ms) FROM STDIN"
+                    b" time_index_ms) FROM STDIN (FORMAT BINARY)"
                 ) as copy:
-                    # Integers and uuids only: COPY's text format needs no escaping, and
-                    # one write of the whole round is much cheaper than a row at a time.
+                    # Fixed-size binary rows, one write for the whole round: cheaper to
+                    # build than text and cheaper for the server to parse.
                     await copy.write(_batch_rows(objects))
                 if updates:
                     await cursor.executemany(
@@ -585,21 +586,34 @@ def _object_rows(objects: Sequence[SequencedObject]) -> bytes:
     ).encode()
 
 
+# COPY's binary format (PostgreSQL docs, "COPY", "Binary Format"): a signature, flags
+# and header extension length, then per row the field count and each field as a
+# length and its big-endian value, then -1 as the trailer.
+_COPY_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_BINARY_TRAILER = struct.pack(">h", -1)
+# A batches row: topic_id uuid, partition integer, last_offset, base_offset, object_id,
+# byte_offset bigint, byte_length integer, max_timestamp_ms, log_append_time_ms,
+# time_index_ms bigint.
+_BATCH_ROW = struct.Struct(">h i16s ii iq iq iq iq ii iq iq iq")
+
+
 def _batch_rows(objects: Sequence[SequencedObject]) -> bytes:
-    topic_text: dict[uuid.UUID, str] = {}
-    lines = []
+    pack = _BATCH_ROW.pack
+    rows = [_COPY_BINARY_HEADER]
+    last_topic: uuid.UUID | None = None
+    tid = b""
     for o in objects:
         object_id = o.object_id
         for topic_id, partition, loc, time_index_ms in o.rows:
-            tid = topic_text.get(topic_id)
-            if tid is None:
-                tid = topic_text[topic_id] = str(topic_id)
-            lines.append(
-                f"{tid}\t{partition}\t{loc.last_offset}\t{loc.base_offset}\t{object_id}\t"
-                f"{loc.byte_offset}\t{loc.byte_length}\t{loc.max_timestamp_ms}\t"
-                f"{loc.log_append_time_ms}\t{time_index_ms}\n"
-            )
-    return "".join(lines).encode()
+            if topic_id is not last_topic:  # rows come in runs of a topic
+                last_topic, tid = topic_id, topic_id.bytes
+            rows.append(
+                pack(10, 16, tid, 4, partition, 8, loc.last_offset, 8, loc.base_offset,
+                     8, object_id, 8, loc.byte_offset, 4, loc.byte_length,
+                     8, loc.max_timestamp_ms, 8, loc.log_append_time_ms, 8, time_index_ms)
+            )  # fmt: skip
+    rows.append(_COPY_BINARY_TRAILER)
+    return b"".join(rows)
 
 
 async def _check_fence(conn: psycopg.AsyncConnection[Any], fence: Fence) -> None:
