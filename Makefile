@@ -50,9 +50,11 @@ cluster: $(STAMP) system-deps
 bench-coordinator: $(STAMP) system-deps
 	$(BIN)/python bench/coordinator.py
 
+# Driftlog vs Tansu throughput, then compaction and GC of many small objects (about 1.5 min).
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/produce_consume.py
+	$(BIN)/python bench/lifecycle.py
 
 clean:
 	rm -rf $(VENV) .driftlog .pytest_cache .mypy_cache .ruff_cache

@@ -27,6 +27,10 @@ from driftlog.coordinator.retention import RetentionPolicy
 from driftlog.coordinator.service import AgentCoordinator
 from driftlog.coordinator.sqlite import SqliteBackend
 from driftlog.groups.coordinator import GroupCoordinator
+from driftlog.lifecycle.compactor import CompactionConfig, Compactor
+from driftlog.lifecycle.gc import GcConfig, ObjectCollector
+from driftlog.lifecycle.keys import max_commit_age_ms
+from driftlog.lifecycle.runner import PeriodicJob
 from driftlog.protocol.codec import (
     MalformedRequest,
     Request,
@@ -74,7 +78,47 @@ class Agent:
             retention=RetentionPolicy(
                 config.log_retention_ms, config.log_retention_bytes, config.retention_check_ms
             ),
+            max_commit_age_ms=max_commit_age_ms(config.gc_orphan_grace_ms),
         )
+        writer = self.coordinator.writer
+        self.collector = ObjectCollector(
+            self.coordinator.backend,
+            self.store,
+            SYSTEM_CLOCK,
+            GcConfig(
+                interval_ms=max(config.gc_interval_ms, 1),
+                delete_grace_ms=config.gc_delete_grace_ms,
+                orphan_grace_ms=config.gc_orphan_grace_ms,
+                orphan_scan_interval_ms=config.gc_orphan_scan_ms,
+                max_deletes_per_s=config.gc_max_deletes_per_s,
+            ),
+        )
+        self.compactor = Compactor(
+            self.coordinator.backend,
+            self.store,
+            SYSTEM_CLOCK,
+            writer.relocate,
+            CompactionConfig(
+                interval_ms=max(config.compaction_interval_ms, 1),
+                min_age_ms=config.compaction_min_age_ms,
+                small_object_bytes=config.compaction_small_object_bytes,
+                target_object_bytes=config.compaction_target_bytes,
+            ),
+        )
+        self._lifecycle_jobs = [
+            PeriodicJob(
+                "garbage-collection",
+                self.collector.collect,
+                config.gc_interval_ms,
+                lambda: writer.is_writer,
+            ),
+            PeriodicJob(
+                "compaction",
+                self.compactor.compact_once,
+                config.compaction_interval_ms,
+                lambda: writer.is_writer,
+            ),
+        ]
         self.cache = BatchCache(config.cache_bytes)
         self.fetcher = BatchFetcher(self.store, self.cache)
         self.pipeline = WritePipeline(
@@ -147,6 +191,8 @@ class Agent:
         self.cluster_id = await self.coordinator.backend.cluster_id(self._proposed_cluster_id())
         await self.membership.start()
         await self.groups.start()
+        for job in self._lifecycle_jobs:
+            job.start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._new_connection,
@@ -184,6 +230,8 @@ class Agent:
             await asyncio.sleep(0.01)
         for connection in list(self._connections):
             connection.close()
+        for job in self._lifecycle_jobs:
+            await job.close()
         await self.groups.close()
         await self.membership.close()
         await self.coordinator.close()
@@ -196,6 +244,13 @@ class Agent:
             "object_gets": s.gets,
             "object_bytes_put": s.bytes_put,
             "object_bytes_got": s.bytes_got,
+            "object_deletes": s.deletes,
+            "missing_objects": self.fetcher.missing.count,
+            "gc_dead_objects_deleted": self.collector.stats.dead_deleted,
+            "gc_orphans_deleted": self.collector.stats.orphans_deleted,
+            "compaction_objects_written": self.compactor.stats.objects_written,
+            "compaction_objects_compacted": self.compactor.stats.objects_compacted,
+            "compaction_batches_moved": self.compactor.stats.batches_moved,
             "coordinator_commits": self.coordinator.commits_persisted,
             "coordinator_transactions": self.coordinator.transactions,
             "cache_hits": self.cache.hits,

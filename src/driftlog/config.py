@@ -32,6 +32,17 @@ class AgentConfig:
     log_retention_ms: int = 7 * 24 * 3600 * 1000
     log_retention_bytes: int = -1
     retention_check_ms: int = 60_000
+    # Garbage collection (lifecycle/gc.py) and compaction (lifecycle/compactor.py),
+    # run by the writer. An interval of 0 turns the job off.
+    gc_interval_ms: int = 30_000
+    gc_delete_grace_ms: int = 60_000
+    gc_orphan_grace_ms: int = 3_600_000
+    gc_orphan_scan_ms: int = 600_000
+    gc_max_deletes_per_s: int = 200
+    compaction_interval_ms: int = 60_000
+    compaction_min_age_ms: int = 60_000
+    compaction_small_object_bytes: int = 4 * MiB
+    compaction_target_bytes: int = 64 * MiB
     flush_ms: int = 250
     flush_bytes: int = 8 * MiB
     max_uploads: int = 4

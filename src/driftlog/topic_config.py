@@ -1,9 +1,9 @@
-"""Topic configs Driftlog understands: names, defaults, validation. Pure.
+"""Topic and dynamic broker configs Driftlog understands: names, defaults, validation. Pure.
 
 Only configs whose meaning Driftlog honours (or that are harmless to store,
 such as replication settings that object storage makes moot) are accepted;
 anything else is INVALID_CONFIG, so users are not misled into thinking a
-setting took effect.
+setting took effect. The inert ones are listed in the README.
 """
 
 from __future__ import annotations
@@ -34,13 +34,27 @@ def _one_of(*choices: str) -> Callable[[str], bool]:
     return lambda value: value in choices
 
 
+NO_BOUND_MS = 2**63 - 1  # Long.MAX_VALUE, Kafka's "no limit"
+
 TOPIC_CONFIGS: Mapping[str, ConfigSpec] = {
     "cleanup.policy": ConfigSpec("delete", _one_of("delete")),
     "retention.ms": ConfigSpec("604800000", _int_at_least(-1)),
     "retention.bytes": ConfigSpec("-1", _int_at_least(-1)),
     "message.timestamp.type": ConfigSpec("CreateTime", _one_of("CreateTime", "LogAppendTime")),
     "max.message.bytes": ConfigSpec("1048588", _int_at_least(0)),
-    "compression.type": ConfigSpec("producer", _one_of("producer")),
+    # Kafka recompresses batches to the topic's codec; Driftlog never decodes
+    # batches on the write path, so every codec is stored as the producer sent it
+    # and the value is only stored and described back (README, partial features).
+    "compression.type": ConfigSpec(
+        "producer",
+        _one_of("uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"),
+        inert=True,
+    ),
+    # KIP-937 (Kafka 3.6): CreateTime records further than this in the past or the
+    # future are refused with INVALID_TIMESTAMP. Kafka 3.6's defaults (no bound):
+    # only a topic that sets one pays for decoding its batches on produce.
+    "message.timestamp.before.max.ms": ConfigSpec(str(NO_BOUND_MS), _int_at_least(0)),
+    "message.timestamp.after.max.ms": ConfigSpec(str(NO_BOUND_MS), _int_at_least(0)),
     "min.insync.replicas": ConfigSpec("1", _int_at_least(1), inert=True),
     "segment.bytes": ConfigSpec("1073741824", _int_at_least(14), inert=True),
     "segment.ms": ConfigSpec("604800000", _int_at_least(1), inert=True),
@@ -56,6 +70,19 @@ BROKER_CONFIGS: Mapping[str, str] = {
     "log.message.timestamp.type": "CreateTime",
     "offsets.topic.replication.factor": "1",
     "min.insync.replicas": "1",
+}
+
+
+# Dynamic broker configs (KIP-226) this agent applies itself, at once, to itself
+# alone, and only until it restarts (server/broker_configs.py). Kafka counts both
+# as dynamic. Anything needing the coordinator (retention, timestamp type) is left
+# out: every agent would have to agree on it.
+DYNAMIC_BROKER_CONFIGS: Mapping[str, Callable[[str], bool]] = {
+    # The default max.message.bytes of topics that do not set it (Produce checks it).
+    "message.max.bytes": _int_at_least(0),
+    # New connections beyond this are refused; 0 would also lock out the admin
+    # client that wants to raise it again, so the floor is 1 (Kafka allows 0).
+    "max.connections": _int_at_least(1),
 }
 
 

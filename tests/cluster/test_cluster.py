@@ -239,7 +239,9 @@ def test_a_paused_writer_is_fenced_when_it_comes_back(cluster: Cluster) -> None:
         while lease_holder(cluster) != "agent-2" and time.monotonic() < deadline:
             time.sleep(0.1)
         assert lease_holder(cluster) == "agent-2"
-        load.wait_acked(len(load.acked) + 1000)
+        # The client's requests in flight to the frozen agent must time out before its
+        # idempotent producer moves on (about a minute in librdkafka): allow for that.
+        load.wait_acked(len(load.acked) + 1000, timeout_s=150)
     finally:
         first.process.send_signal(signal.SIGCONT)
     # The old writer wakes up believing it leads: its next write is refused, it steps

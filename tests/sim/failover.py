@@ -257,8 +257,8 @@ class TrackedBackend(MemoryBackend):
         self._accepted(f"put_topic {topic.name}", fence.epoch)
         self.ledger.topic_changes.append((self.node, f"put {topic.name}", topic.topic_id))
 
-    async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None:
-        await super().drop_topic(fence, topic)
+    async def drop_topic(self, fence: Fence, topic: TopicInfo, now_ms: int) -> None:
+        await super().drop_topic(fence, topic, now_ms)
         self._accepted(f"drop_topic {topic.name}", fence.epoch)
         self.ledger.topic_changes.append((self.node, f"drop {topic.name}", topic.topic_id))
 

@@ -10,6 +10,7 @@ import asyncio
 import errno
 import os
 import stat
+import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,12 @@ import obstore
 import pytest
 from obstore.store import LocalStore
 
-from driftlog.storage.api import ObjectAlreadyExists, ObjectNotFound, ObjectStoreError
+from driftlog.storage.api import (
+    ObjectAlreadyExists,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStoreError,
+)
 from driftlog.storage.local import LocalObjectStore
 from driftlog.storage.obstore import open_store
 
@@ -83,6 +89,14 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
     monkeypatch.setattr(os, "writev", writev)
     monkeypatch.setattr(os, "link", link)
     yield rec
+
+
+async def listed(store: LocalObjectStore, prefix: str) -> list[str]:
+    return sorted(info.key for page in await pages_of(store, prefix) for info in page)
+
+
+async def pages_of(store: LocalObjectStore, prefix: str) -> list[list[ObjectInfo]]:
+    return [page async for page in store.list_objects(prefix)]
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -256,6 +270,82 @@ def test_delete_is_idempotent(tmp_path: Path) -> None:
     assert (tmp_path / KEY).read_bytes() == b"y"
 
 
+def test_delete_many_is_idempotent_and_counts_keys(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path)
+    keys = [f"objects/{i}" for i in range(5)]
+
+    async def body() -> None:
+        for key in keys:
+            await store.put_new(key, [key.encode()])
+        await store.put_new("objects/kept", [b"k"])
+        await store.delete_many([])
+        assert store.stats.deletes == 0  # nothing asked, nothing counted
+        # Existing, already deleted and never-existing keys (even in a missing directory).
+        await store.delete_many(keys[:2])
+        await store.delete_many([*keys, "objects/never", "gone-dir/never"])
+        assert store.stats.deletes == 2 + 7
+        assert await listed(store, "") == ["objects/kept"]
+        for key in keys:
+            with pytest.raises(ObjectNotFound):
+                await store.get_ranges(key, [(0, 1)])
+        await store.close()
+
+    run(body())
+
+
+def test_listing_comes_in_bounded_pages(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path, list_page_size=3)
+    keys = [f"objects/{i:02d}" for i in range(10)]
+
+    async def body() -> None:
+        before_ms = time.time_ns() // 1_000_000 - 1_000  # file times may lag the clock a little
+        for key in keys:
+            await store.put_new(key, [b"x" * int(key[-2:])])
+        await store.put_new("other/a/b", [b"deep"])
+        (tmp_path / "objects" / ".tmp-leftover").write_bytes(b"partial")
+        (tmp_path / ".hidden").mkdir()
+        (tmp_path / ".hidden" / "file").write_bytes(b"not an object")
+        pages = await pages_of(store, "")
+        assert all(1 <= len(page) <= 3 for page in pages)
+        infos = sorted((info for page in pages for info in page), key=lambda i: i.key)
+        assert [i.key for i in infos] == [*keys, "other/a/b"]
+        assert [i.size for i in infos] == [*range(10), 4]
+        now_ms = time.time_ns() // 1_000_000
+        assert all(before_ms <= i.last_modified_ms <= now_ms for i in infos)
+        # A plain string prefix, as S3's: it may end inside a segment.
+        assert await listed(store, "objects/0") == keys[:10]
+        assert await listed(store, "objects/1") == []
+        assert await listed(store, "oth") == ["other/a/b"]
+        assert await listed(store, "other/a/b") == ["other/a/b"]
+        assert await listed(store, "objects/00/x") == []
+        await store.close()
+
+    run(body())
+
+
+def test_listing_tolerates_deletes_between_pages_and_early_exit(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path, list_page_size=2)
+    keys = [f"objects/{i}" for i in range(6)]
+
+    async def body() -> None:
+        for key in keys:
+            await store.put_new(key, [b"x"])
+        seen: list[str] = []
+        async for page in store.list_objects("objects/"):
+            seen.extend(info.key for info in page)
+            await store.delete_many(keys)  # everything goes while the listing runs
+        assert 2 <= len(seen) <= 6 and set(seen) <= set(keys)
+        for key in keys:
+            await store.put_new(key, [b"x"])
+        pages = store.list_objects("objects/")
+        first = await anext(pages)
+        assert len(first) == 2
+        await pages.aclose()  # type: ignore[attr-defined]
+        await store.close()
+
+    run(body())
+
+
 @pytest.mark.parametrize(
     "key",
     [
@@ -283,11 +373,17 @@ def test_keys_cannot_leave_the_root(tmp_path: Path, key: str) -> None:
             await store.get_ranges(key, [(0, 1)])
         with pytest.raises(ObjectStoreError, match="invalid object key"):
             await store.delete(key)
+        await store.put_new("objects/kept", [b"x"])
+        with pytest.raises(ObjectStoreError, match="invalid object key"):
+            await store.delete_many(["objects/kept", key])  # refused whole, before deleting
+        assert (root / "objects" / "kept").exists()
+        await store.delete_many(["objects/kept"])
         await store.close()
 
     run(body())
     assert sorted(p.name for p in tmp_path.iterdir()) == outside
-    assert list(root.iterdir()) == []
+    assert [p.name for p in root.iterdir()] == ["objects"]
+    assert list((root / "objects").iterdir()) == []
 
 
 def test_objects_survive_a_reopen_and_are_listed(tmp_path: Path) -> None:
@@ -303,10 +399,10 @@ def test_objects_survive_a_reopen_and_are_listed(tmp_path: Path) -> None:
         (tmp_path / "objects" / ".tmp-leftover-of-a-crash").write_bytes(b"partial")
         assert [bytes(p) for p in await store.get_ranges("objects/1", [(0, 3)])] == [b"one"]
         assert [bytes(p) for p in await store.get_ranges("other/3", [(1, 5)])] == [b"hree"]
-        assert await store.list_keys() == ["objects/1", "objects/2", "other/3"]
-        assert await store.list_keys("objects/") == ["objects/1", "objects/2"]
-        assert await store.list_keys("ot") == ["other/3"]
-        assert await store.list_keys("none") == []
+        assert await listed(store, "") == ["objects/1", "objects/2", "other/3"]
+        assert await listed(store, "objects/") == ["objects/1", "objects/2"]
+        assert await listed(store, "ot") == ["other/3"]
+        assert await listed(store, "none") == []
         with pytest.raises(ObjectAlreadyExists):
             await store.put_new("objects/1", [b"again"])
         await store.close()

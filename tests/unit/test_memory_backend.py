@@ -160,7 +160,7 @@ def test_memory_backend_answers_as_sqlite_does(tmp_path: Path) -> None:
         assert len(found) > 2 * READ_BATCHES_PAGE  # read in several pages
 
         # A dropped topic takes its partitions, batches and producer states with it.
-        await both(lambda b: b.drop_topic(fence, t1))
+        await both(lambda b: b.drop_topic(fence, t1, 5_000))
         await both.same_state()
         assert await both(lambda b: b.read_batches(t1.topic_id, 0, 0, 1 << 40, 1 << 40)) == []
 

@@ -136,6 +136,61 @@ def build_parser() -> argparse.ArgumentParser:
         "how often the writer moves log starts past expired data",
     )
     option(
+        "--gc-interval-ms",
+        "GC_INTERVAL_MS",
+        d.gc_interval_ms,
+        "how often the writer deletes dead and orphaned objects (0: never)",
+    )
+    option(
+        "--gc-delete-grace-ms",
+        "GC_DELETE_GRACE_MS",
+        d.gc_delete_grace_ms,
+        "how long an unreferenced object stays readable for fetches in flight",
+    )
+    option(
+        "--gc-orphan-grace-ms",
+        "GC_ORPHAN_GRACE_MS",
+        d.gc_orphan_grace_ms,
+        "age after which an uncommitted object is deleted; objects older than half"
+        " of it are refused at commit",
+    )
+    option(
+        "--gc-orphan-scan-ms",
+        "GC_ORPHAN_SCAN_MS",
+        d.gc_orphan_scan_ms,
+        "how often the store is listed to find orphans",
+    )
+    option(
+        "--gc-max-deletes-per-s",
+        "GC_MAX_DELETES_PER_S",
+        d.gc_max_deletes_per_s,
+        "upper bound on object deletions per second",
+    )
+    option(
+        "--compaction-interval-ms",
+        "COMPACTION_INTERVAL_MS",
+        d.compaction_interval_ms,
+        "how often the writer merges small objects into one (0: never)",
+    )
+    option(
+        "--compaction-min-age-ms",
+        "COMPACTION_MIN_AGE_MS",
+        d.compaction_min_age_ms,
+        "objects younger than this are left alone",
+    )
+    option(
+        "--compaction-small-object-bytes",
+        "COMPACTION_SMALL_OBJECT_BYTES",
+        d.compaction_small_object_bytes,
+        "objects smaller than this are compacted",
+    )
+    option(
+        "--compaction-target-bytes",
+        "COMPACTION_TARGET_BYTES",
+        d.compaction_target_bytes,
+        "size of the objects compaction writes",
+    )
+    option(
         "--flush-ms",
         "FLUSH_MS",
         d.flush_ms,
@@ -217,6 +272,15 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         log_retention_ms=int(args.log_retention_ms),
         log_retention_bytes=int(args.log_retention_bytes),
         retention_check_ms=int(args.retention_check_ms),
+        gc_interval_ms=int(args.gc_interval_ms),
+        gc_delete_grace_ms=int(args.gc_delete_grace_ms),
+        gc_orphan_grace_ms=int(args.gc_orphan_grace_ms),
+        gc_orphan_scan_ms=int(args.gc_orphan_scan_ms),
+        gc_max_deletes_per_s=int(args.gc_max_deletes_per_s),
+        compaction_interval_ms=int(args.compaction_interval_ms),
+        compaction_min_age_ms=int(args.compaction_min_age_ms),
+        compaction_small_object_bytes=int(args.compaction_small_object_bytes),
+        compaction_target_bytes=int(args.compaction_target_bytes),
         flush_ms=int(args.flush_ms),
         flush_bytes=int(args.flush_bytes),
         cache_bytes=int(args.cache_bytes),

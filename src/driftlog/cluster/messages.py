@@ -23,6 +23,9 @@ subscriber what became durable, in commit order:
     {"op": "applied", "objects": [[object key, [BATCH, ...], [OUTCOME, ...]], ...]}
     {"op": "topic", "topic": TOPIC}   {"op": "topic_dropped", "topic": TOPIC}
     {"op": "reloaded"}                (the writer reloaded: resynchronize from the database)
+    {"op": "log_starts", "partitions": [[topic id hex, partition, log start], ...]}
+    {"op": "relocated", "partitions": [[topic id hex, partition], ...]}
+                                      (compaction moved their batches: drop cached coordinates)
 
 TOPIC is [name, topic id hex, partition count, {config: value}]. OUTCOME is
 [error code, base offset, log append time, log start offset]; the applied event

@@ -36,7 +36,7 @@ from driftlog.coordinator.api import (
     TopicInfo,
 )
 from driftlog.coordinator.backend import Backend, LogStart
-from driftlog.coordinator.sequencer import SequencedObject, SequencerSnapshot
+from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
 from driftlog.coordinator.view import CoordinatorView
 from driftlog.coordinator.writer import CommitWriter
 
@@ -114,6 +114,9 @@ class WriterServer:
 
     def on_log_starts(self, starts: Sequence[LogStart]) -> None:
         self._broadcast({"op": "log_starts", "partitions": [[t.hex, p, o] for t, p, o in starts]})
+
+    def on_relocated(self, partitions: Sequence[PartitionKey]) -> None:
+        self._broadcast({"op": "relocated", "partitions": [[t.hex, p] for t, p in partitions]})
 
     def _broadcast(self, message: Message) -> None:
         self._broadcast_frame(messages.encode(message))
@@ -358,6 +361,8 @@ class WriterClient:
                 self._view.on_log_starts(
                     [LogStart(uuid.UUID(hex=t), p, o) for t, p, o in message["partitions"]]
                 )
+            elif op == "relocated":
+                self._view.forget_cached([(uuid.UUID(hex=t), p) for t, p in message["partitions"]])
             elif op == "reloaded":
                 await self._view.resync()
                 self.resyncs += 1

@@ -42,6 +42,53 @@ class LogStart(NamedTuple):
     log_start_offset: int
 
 
+class ObjectRef(NamedTuple):
+    """A row of `objects` as the lifecycle jobs see it."""
+
+    object_id: int
+    key: str
+    size: int
+    level: int = 0  # 0: as uploaded; n + 1: written by compacting level-n objects
+
+
+class ObjectBatch(NamedTuple):
+    """Where one live batch sits, for the compactor to copy it."""
+
+    topic_id: uuid.UUID
+    partition: int
+    last_offset: int
+    object_id: int
+    byte_offset: int
+    byte_length: int
+
+
+class BatchMove(NamedTuple):
+    """A batch the compactor copied: where it was, and its place in the new object."""
+
+    topic_id: uuid.UUID
+    partition: int
+    last_offset: int
+    from_object_id: int
+    byte_offset: int
+
+
+class NewObject(NamedTuple):
+    """An object the compactor wrote, one level above the objects it merged."""
+
+    object_id: int
+    key: str
+    size: int
+    committed_ms: int
+    level: int = 1
+
+
+class ObjectCounts(NamedTuple):
+    live_objects: int
+    live_bytes: int
+    dead_objects: int  # no batch references them; waiting for their grace period
+    deleted_objects: int  # gone from the store; the row stays for idempotent re-sends
+
+
 @dataclass(frozen=True, slots=True)
 class Fence:
     """The writer's credentials for one write: its lease epoch and the expiry to extend to."""
@@ -103,10 +150,26 @@ class Backend(Protocol):
         """Create or update a topic; partitions from `old_partition_count` on are new."""
         ...
 
-    async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None: ...
+    async def drop_topic(self, fence: Fence, topic: TopicInfo, now_ms: int) -> None:
+        """Forget the topic and its batches; objects left unreferenced are dead from `now_ms`."""
+        ...
 
-    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart]) -> None:
-        """Move log starts forward and forget the batches wholly before them."""
+    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart], now_ms: int) -> None:
+        """Move log starts forward and forget the batches wholly before them; objects left
+        unreferenced are dead from `now_ms`."""
+        ...
+
+    async def relocate_batches(
+        self,
+        fence: Fence,
+        new_object: NewObject,
+        moves: Sequence[BatchMove],
+        now_ms: int,
+    ) -> int:
+        """The compactor's swap, in one transaction: store `new_object`, point every
+        batch of `moves` that still exists in its old object at its place in the new
+        one, and mark the old objects left unreferenced dead from `now_ms`. Returns how
+        many batches moved (batches deleted meanwhile are skipped)."""
         ...
 
     async def log_start_for_bytes(
@@ -115,6 +178,41 @@ class Backend(Protocol):
         """The smallest log start from `start_offset` on that leaves at most `keep_bytes`
         of batches (whole batches: the first kept one starts the log)."""
         ...
+
+    # Object lifecycle (garbage collection, compaction) ------------------------
+    # An object is dead once no batch references it. References are only ever
+    # removed (an object's batches are written in the transaction that stores it,
+    # and compaction points batches at a new object), so a dead object stays dead.
+
+    async def dead_objects(self, dead_before_ms: int, limit: int) -> list[ObjectRef]:
+        """Objects dead since before `dead_before_ms`, not yet deleted, oldest first."""
+        ...
+
+    async def mark_objects_deleted(self, object_ids: Sequence[int], now_ms: int) -> None:
+        """Record that these dead objects are gone from the store (rows stay as tombstones)."""
+        ...
+
+    async def purge_tombstones(self, committed_before_ms: int, limit: int) -> int:
+        """Drop rows of deleted objects committed before `committed_before_ms` (no commit
+        of theirs can be re-sent any more); never the newest row, so ids are not reused."""
+        ...
+
+    async def known_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of `keys` have a row in `objects` (live, dead or deleted)."""
+        ...
+
+    async def compaction_candidates(
+        self, committed_before_ms: int, smaller_than: int, limit: int
+    ) -> list[ObjectRef]:
+        """Live objects smaller than `smaller_than` bytes committed before
+        `committed_before_ms`, by level, oldest first."""
+        ...
+
+    async def batches_in_objects(self, object_ids: Sequence[int]) -> list[ObjectBatch]:
+        """The live batches stored in these objects, by topic, partition and offset."""
+        ...
+
+    async def object_counts(self) -> ObjectCounts: ...
 
     # Reads --------------------------------------------------------------------
     async def load_topics(self) -> list[TopicInfo]: ...

@@ -40,7 +40,16 @@ from driftlog.coordinator.api import (
     PartitionOffsets,
     TopicInfo,
 )
-from driftlog.coordinator.backend import Backend, Fence, LogStart
+from driftlog.coordinator.backend import (
+    Backend,
+    BatchMove,
+    Fence,
+    LogStart,
+    NewObject,
+    ObjectBatch,
+    ObjectCounts,
+    ObjectRef,
+)
 from driftlog.coordinator.lease import LeaseRecord
 from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
 
@@ -130,8 +139,8 @@ class FaultyBackend:
     async def renew_lease(self, fence: Fence) -> None:
         await self._call("renew_lease", lambda: self.inner.renew_lease(fence))
 
-    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart]) -> None:
-        await self._call("set_log_starts", lambda: self.inner.set_log_starts(fence, starts))
+    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart], now_ms: int) -> None:
+        await self._call("set_log_starts", lambda: self.inner.set_log_starts(fence, starts, now_ms))
 
     async def log_start_for_bytes(
         self, topic_id: uuid.UUID, partition: int, keep_bytes: int, start_offset: int
@@ -159,8 +168,51 @@ class FaultyBackend:
             "put_topic", lambda: self.inner.put_topic(fence, topic, old_partition_count)
         )
 
-    async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None:
-        await self._call("drop_topic", lambda: self.inner.drop_topic(fence, topic))
+    async def drop_topic(self, fence: Fence, topic: TopicInfo, now_ms: int) -> None:
+        await self._call("drop_topic", lambda: self.inner.drop_topic(fence, topic, now_ms))
+
+    async def relocate_batches(
+        self, fence: Fence, new_object: NewObject, moves: Sequence[BatchMove], now_ms: int
+    ) -> int:
+        return await self._call(
+            "relocate_batches",
+            lambda: self.inner.relocate_batches(fence, new_object, moves, now_ms),
+        )
+
+    # Object lifecycle ---------------------------------------------------------
+    async def dead_objects(self, dead_before_ms: int, limit: int) -> list[ObjectRef]:
+        return await self._call(
+            "dead_objects", lambda: self.inner.dead_objects(dead_before_ms, limit)
+        )
+
+    async def mark_objects_deleted(self, object_ids: Sequence[int], now_ms: int) -> None:
+        await self._call(
+            "mark_objects_deleted", lambda: self.inner.mark_objects_deleted(object_ids, now_ms)
+        )
+
+    async def purge_tombstones(self, committed_before_ms: int, limit: int) -> int:
+        return await self._call(
+            "purge_tombstones", lambda: self.inner.purge_tombstones(committed_before_ms, limit)
+        )
+
+    async def known_keys(self, keys: Sequence[str]) -> set[str]:
+        return await self._call("known_keys", lambda: self.inner.known_keys(keys))
+
+    async def compaction_candidates(
+        self, committed_before_ms: int, smaller_than: int, limit: int
+    ) -> list[ObjectRef]:
+        return await self._call(
+            "compaction_candidates",
+            lambda: self.inner.compaction_candidates(committed_before_ms, smaller_than, limit),
+        )
+
+    async def batches_in_objects(self, object_ids: Sequence[int]) -> list[ObjectBatch]:
+        return await self._call(
+            "batches_in_objects", lambda: self.inner.batches_in_objects(object_ids)
+        )
+
+    async def object_counts(self) -> ObjectCounts:
+        return await self._call("object_counts", self.inner.object_counts)
 
     # Reads --------------------------------------------------------------------
     async def load_topics(self) -> list[TopicInfo]:

@@ -38,8 +38,13 @@ from driftlog.coordinator.backend import (
     READ_BATCHES_PAGE,
     Backend,
     BatchCollector,
+    BatchMove,
     Fence,
     LogStart,
+    NewObject,
+    ObjectBatch,
+    ObjectCounts,
+    ObjectRef,
     high_watermark,
     partition_offsets,
 )
@@ -62,6 +67,9 @@ class StoredObject(NamedTuple):
     size: int
     committed_ms: int
     outcomes: tuple[CommitOutcome, ...]
+    level: int = 0
+    dead_since_ms: int | None = None
+    deleted_ms: int | None = None
 
 
 class StoredBatch(NamedTuple):
@@ -107,6 +115,8 @@ class MemoryDatabase:
     objects: dict[int, StoredObject] = field(default_factory=dict)
     object_ids_by_key: dict[str, int] = field(default_factory=dict)
     batches: dict[PartitionKey, _PartitionBatches] = field(default_factory=dict)
+    # Batches per object: what PostgreSQL's index on batches.object_id answers.
+    references: dict[int, int] = field(default_factory=dict)
     producer_states: dict[ProducerKey, ProducerPartitionState] = field(default_factory=dict)
     next_producer_id: int = 0
     group_offsets: dict[tuple[str, str, int], CommittedOffset] = field(default_factory=dict)
@@ -132,6 +142,13 @@ class MemoryDatabase:
             row.max_timestamp_ms,
             row.log_append_time_ms,
         )
+
+    def unreference(self, object_id: int, count: int, now_ms: int) -> None:
+        left = self.references.get(object_id, 0) - count
+        self.references[object_id] = left
+        obj = self.objects.get(object_id)
+        if left <= 0 and obj is not None and obj.dead_since_ms is None:
+            self.objects[object_id] = obj._replace(dead_since_ms=now_ms)
 
     def high_watermark(self, key: PartitionKey) -> int:
         rows = self.batch_rows(key)
@@ -260,9 +277,15 @@ class MemoryBackend:
         _extend(db, lease, fence)
         for o in objects:
             db.objects[o.object_id] = StoredObject(
-                o.object_id, o.object_key, o.object_size, o.committed_ms, tuple(o.outcomes)
+                o.object_id,
+                o.object_key,
+                o.object_size,
+                o.committed_ms,
+                tuple(o.outcomes),
+                dead_since_ms=None if o.rows else o.committed_ms,
             )
             db.object_ids_by_key[o.object_key] = o.object_id
+            db.references[o.object_id] = len(o.rows)
             for r in o.rows:
                 loc = r.location
                 db.batches.setdefault((r.topic_id, r.partition), _PartitionBatches()).insert(
@@ -305,7 +328,7 @@ class MemoryBackend:
             db.partitions[key] = 0
         db.version += 1
 
-    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart]) -> None:
+    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart], now_ms: int) -> None:
         db = self._db
         lease = _fenced_lease(db, fence)
         _extend(db, lease, fence)
@@ -316,9 +339,117 @@ class MemoryBackend:
             part = db.batches.get(key)
             if part is not None:
                 keep = part.from_last_offset(log_start)
+                _unreference(db, part.rows[:keep], now_ms)
                 del part.rows[:keep]
                 del part.last_offsets[:keep]
         db.version += 1
+
+    async def relocate_batches(
+        self, fence: Fence, new_object: NewObject, moves: Sequence[BatchMove], now_ms: int
+    ) -> int:
+        db = self._db
+        lease = _fenced_lease(db, fence)
+        if new_object.object_id in db.objects or new_object.key in db.object_ids_by_key:
+            raise _integrity(f"object {new_object} exists")
+        _extend(db, lease, fence)
+        new_id = new_object.object_id
+        db.objects[new_id] = StoredObject(
+            new_id,
+            new_object.key,
+            new_object.size,
+            new_object.committed_ms,
+            (),
+            level=new_object.level,
+        )
+        db.object_ids_by_key[new_object.key] = new_id
+        db.references[new_id] = 0
+        moved = 0
+        for move in moves:
+            part = db.batches.get((move.topic_id, move.partition))
+            if part is None:
+                continue
+            at = part.from_last_offset(move.last_offset)
+            if at == len(part.rows) or part.last_offsets[at] != move.last_offset:
+                continue  # deleted meanwhile (retention)
+            row = part.rows[at]
+            if row.object_id != move.from_object_id:
+                continue
+            part.rows[at] = row._replace(object_id=new_id, byte_offset=move.byte_offset)
+            db.references[new_id] += 1
+            db.unreference(move.from_object_id, 1, now_ms)
+            moved += 1
+        db.unreference(new_id, 0, now_ms)
+        db.version += 1
+        return moved
+
+    # Object lifecycle ---------------------------------------------------------
+    async def dead_objects(self, dead_before_ms: int, limit: int) -> list[ObjectRef]:
+        dead = sorted(
+            (o for o in self._db.objects.values() if _dead_before(o, dead_before_ms)),
+            key=lambda o: (o.dead_since_ms, o.object_id),
+        )
+        return [ObjectRef(o.object_id, o.key, o.size) for o in dead[:limit]]
+
+    async def mark_objects_deleted(self, object_ids: Sequence[int], now_ms: int) -> None:
+        db = self._db
+        for object_id in object_ids:
+            obj = db.objects.get(object_id)
+            if obj is not None and obj.deleted_ms is None and obj.dead_since_ms is not None:
+                db.objects[object_id] = obj._replace(deleted_ms=now_ms)
+        db.version += 1
+
+    async def purge_tombstones(self, committed_before_ms: int, limit: int) -> int:
+        db = self._db
+        newest = max(db.objects, default=0)
+        purged = [
+            o
+            for o in db.objects.values()
+            if o.deleted_ms is not None
+            and o.committed_ms < committed_before_ms
+            and o.object_id < newest
+        ][:limit]
+        for obj in purged:
+            del db.objects[obj.object_id]
+            del db.object_ids_by_key[obj.key]
+            db.references.pop(obj.object_id, None)
+        db.version += 1
+        return len(purged)
+
+    async def known_keys(self, keys: Sequence[str]) -> set[str]:
+        return {key for key in keys if key in self._db.object_ids_by_key}
+
+    async def compaction_candidates(
+        self, committed_before_ms: int, smaller_than: int, limit: int
+    ) -> list[ObjectRef]:
+        found = [
+            ObjectRef(o.object_id, o.key, o.size, o.level)
+            for o in self._db.objects.values()
+            if o.dead_since_ms is None
+            and o.size < smaller_than
+            and o.committed_ms < committed_before_ms
+        ]
+        return sorted(found, key=lambda o: (o.level, o.object_id))[:limit]
+
+    async def batches_in_objects(self, object_ids: Sequence[int]) -> list[ObjectBatch]:
+        wanted = set(object_ids)
+        found = [
+            ObjectBatch(tid, partition, row.last_offset, row.object_id, row.byte_offset,
+                        row.byte_length)
+            for (tid, partition), part in self._db.batches.items()
+            for row in part.rows
+            if row.object_id in wanted
+        ]  # fmt: skip
+        return sorted(found, key=lambda b: (b.topic_id.bytes, b.partition, b.last_offset))
+
+    async def object_counts(self) -> ObjectCounts:
+        objects = self._db.objects.values()
+        live = [o for o in objects if o.dead_since_ms is None]
+        return ObjectCounts(
+            len(live),
+            sum(o.size for o in live),
+            sum(1 for o in objects if o.dead_since_ms is not None and o.deleted_ms is None),
+            sum(1 for o in objects if o.deleted_ms is not None),
+        )
 
     async def log_start_for_bytes(
         self, topic_id: uuid.UUID, partition: int, keep_bytes: int, start_offset: int
@@ -332,12 +463,14 @@ class MemoryBackend:
                 return max(start_offset, row.last_offset + 1)
         return start_offset
 
-    async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None:
+    async def drop_topic(self, fence: Fence, topic: TopicInfo, now_ms: int) -> None:
         db = self._db
         lease = _fenced_lease(db, fence)
         _extend(db, lease, fence)
         tid = topic.topic_id
         db.topics.pop(tid, None)
+        for key in [k for k in db.batches if k[0] == tid]:
+            _unreference(db, db.batches[key].rows, now_ms)
         for table in (db.partitions, db.batches):
             for key in [k for k in table if k[0] == tid]:
                 del table[key]
@@ -462,6 +595,22 @@ class MemoryBackend:
 
     async def groups_with_offsets(self) -> list[str]:
         return sorted({key[0] for key in self._db.group_offsets})
+
+
+def _unreference(db: MemoryDatabase, rows: Sequence[StoredBatch], now_ms: int) -> None:
+    counts: dict[int, int] = {}
+    for row in rows:
+        counts[row.object_id] = counts.get(row.object_id, 0) + 1
+    for object_id, count in counts.items():
+        db.unreference(object_id, count, now_ms)
+
+
+def _dead_before(obj: StoredObject, dead_before_ms: int) -> bool:
+    return (
+        obj.dead_since_ms is not None
+        and obj.dead_since_ms < dead_before_ms
+        and obj.deleted_ms is None
+    )
 
 
 def _fenced_lease(db: MemoryDatabase, fence: Fence) -> LeaseRecord:

@@ -31,8 +31,13 @@ from driftlog.coordinator.api import (
 from driftlog.coordinator.backend import (
     READ_BATCHES_PAGE,
     BatchCollector,
+    BatchMove,
     Fence,
     LogStart,
+    NewObject,
+    ObjectBatch,
+    ObjectCounts,
+    ObjectRef,
     decode_outcomes,
     decode_producer_state,
     encode_configs,
@@ -127,9 +132,47 @@ MIGRATIONS: list[str] = [
         heartbeat_ms bigint NOT NULL
     );
     """,
+    # The object lifecycle. An object is dead once no batch references it (found
+    # through batches_by_object); dead objects wait out a grace period, are deleted
+    # from the store and stay as tombstone rows (deleted_ms) for a while.
+    """
+    ALTER TABLE objects ADD COLUMN level integer NOT NULL DEFAULT 0,
+        ADD COLUMN dead_since_ms bigint, ADD COLUMN deleted_ms bigint;
+    CREATE INDEX batches_by_object ON batches (object_id);
+    CREATE INDEX objects_dead ON objects (dead_since_ms)
+        WHERE dead_since_ms IS NOT NULL AND deleted_ms IS NULL;
+    CREATE INDEX objects_deleted ON objects (committed_ms) WHERE deleted_ms IS NOT NULL;
+    CREATE INDEX objects_compactable ON objects (size, object_id)
+        WHERE dead_since_ms IS NULL;
+    UPDATE objects SET dead_since_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+        WHERE NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x647269667430  # any constant shared by all agents
+
+# Objects whose last reference a transaction removed: mark the candidates before the
+# batches go, then unmark those still referenced (by the index on batches.object_id).
+_UNMARK_REFERENCED = (
+    b"UPDATE objects SET dead_since_ms = NULL WHERE dead_since_ms = %s AND deleted_ms IS NULL"
+    b" AND EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)"
+)
+_DEAD_OBJECTS = (
+    "SELECT object_id, key, size FROM objects WHERE dead_since_ms IS NOT NULL"
+    " AND dead_since_ms < %s AND deleted_ms IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)"
+    " ORDER BY dead_since_ms LIMIT %s"
+)
+_COMPACTION_CANDIDATES = (
+    "SELECT object_id, key, size, level FROM objects WHERE dead_since_ms IS NULL"
+    " AND size < %s AND committed_ms < %s ORDER BY level, object_id LIMIT %s"
+)
+_OBJECT_COUNTS = (
+    "SELECT count(*) FILTER (WHERE dead_since_ms IS NULL),"
+    " sum(size) FILTER (WHERE dead_since_ms IS NULL),"
+    " count(*) FILTER (WHERE dead_since_ms IS NOT NULL AND deleted_ms IS NULL),"
+    " count(*) FILTER (WHERE deleted_ms IS NOT NULL) FROM objects"
+)
 
 _LOCATION = (
     "o.key, b.byte_offset, b.byte_length, b.base_offset, b.last_offset,"
@@ -370,6 +413,13 @@ class PostgresBackend:
                     # Fixed-size binary rows, one write for the whole round: cheaper to
                     # build than text and cheaper for the server to parse.
                     await copy.write(_batch_rows(objects))
+                refused = [o.object_id for o in objects if not o.rows]
+                if refused:  # every batch refused (duplicates): nothing references them
+                    await cursor.execute(
+                        b"UPDATE objects SET dead_since_ms = committed_ms"
+                        b" WHERE object_id = ANY(%s)",
+                        (refused,),
+                    )
                 if updates:
                     await cursor.executemany(
                         b"INSERT INTO producer_states VALUES (%s, %s, %s, %s, %s)"
@@ -417,18 +467,24 @@ class PostgresBackend:
         except (psycopg.Error, PoolTimeout) as e:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
 
-    async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None:
+    async def drop_topic(self, fence: Fence, topic: TopicInfo, now_ms: int) -> None:
         try:
             async with self._write_pool.connection() as conn, conn.transaction():
                 await _check_fence(conn, fence)
+                await conn.execute(
+                    b"UPDATE objects SET dead_since_ms = %s WHERE dead_since_ms IS NULL AND"
+                    b" object_id IN (SELECT object_id FROM batches WHERE topic_id = %s)",
+                    (now_ms, topic.topic_id),
+                )
                 for table in ("topics", "partitions", "batches", "producer_states"):
                     await conn.execute(
                         f"DELETE FROM {table} WHERE topic_id = %s".encode(), (topic.topic_id,)
                     )
+                await conn.execute(_UNMARK_REFERENCED, (now_ms,))
         except (psycopg.Error, PoolTimeout) as e:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
 
-    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart]) -> None:
+    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart], now_ms: int) -> None:
         try:
             async with self._write_pool.connection() as conn, conn.transaction():
                 cursor = conn.cursor()
@@ -439,13 +495,108 @@ class PostgresBackend:
                      for s in starts],
                 )  # fmt: skip
                 await cursor.executemany(
+                    b"UPDATE objects SET dead_since_ms = %s WHERE dead_since_ms IS NULL AND"
+                    b" object_id IN (SELECT object_id FROM batches WHERE topic_id = %s"
+                    b" AND partition = %s AND last_offset < %s)",
+                    [(now_ms, s.topic_id, s.partition, s.log_start_offset) for s in starts],
+                )
+                await cursor.executemany(
                     b"DELETE FROM batches WHERE topic_id = %s AND partition = %s"
                     b" AND last_offset < %s",
                     [(s.topic_id, s.partition, s.log_start_offset) for s in starts],
                 )
+                await cursor.execute(_UNMARK_REFERENCED, (now_ms,))
                 await _check_fence(conn, fence)
         except (psycopg.Error, PoolTimeout) as e:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
+    async def relocate_batches(
+        self, fence: Fence, new_object: NewObject, moves: Sequence[BatchMove], now_ms: int
+    ) -> int:
+        new_id = new_object.object_id
+        try:
+            async with self._write_pool.connection() as conn, conn.transaction():
+                cursor = conn.cursor()
+                await cursor.execute(
+                    b"INSERT INTO objects (object_id, key, size, committed_ms, outcomes, level)"
+                    b" VALUES (%s, %s, %s, %s, '[]', %s)",
+                    (
+                        new_id,
+                        new_object.key,
+                        new_object.size,
+                        new_object.committed_ms,
+                        new_object.level,
+                    ),
+                )
+                await cursor.executemany(
+                    b"UPDATE batches SET object_id = %s, byte_offset = %s WHERE topic_id = %s"
+                    b" AND partition = %s AND last_offset = %s AND object_id = %s",
+                    [(new_id, m.byte_offset, m.topic_id, m.partition, m.last_offset,
+                      m.from_object_id)
+                     for m in moves],
+                )  # fmt: skip
+                await cursor.execute(
+                    b"UPDATE objects SET dead_since_ms = %s WHERE object_id = ANY(%s)"
+                    b" AND dead_since_ms IS NULL AND NOT EXISTS"
+                    b" (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)",
+                    (now_ms, sorted({m.from_object_id for m in moves} | {new_id})),
+                )
+                await cursor.execute(
+                    b"SELECT count(*) FROM batches WHERE object_id = %s", (new_id,)
+                )
+                row = await cursor.fetchone()
+                await _check_fence(conn, fence)
+        except psycopg.errors.UniqueViolation as e:
+            if await self._superseded(fence):
+                raise Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} superseded") from e
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+        assert row is not None
+        return int(row[0])
+
+    # Object lifecycle ---------------------------------------------------------
+    async def dead_objects(self, dead_before_ms: int, limit: int) -> list[ObjectRef]:
+        rows = await self._fetch(_DEAD_OBJECTS, (dead_before_ms, limit))
+        return [ObjectRef(*row) for row in rows]
+
+    async def mark_objects_deleted(self, object_ids: Sequence[int], now_ms: int) -> None:
+        await self._fetch(
+            "UPDATE objects SET deleted_ms = %s WHERE object_id = ANY(%s) AND deleted_ms IS NULL"
+            " AND dead_since_ms IS NOT NULL RETURNING 1",
+            (now_ms, list(object_ids)),
+        )
+
+    async def purge_tombstones(self, committed_before_ms: int, limit: int) -> int:
+        rows = await self._fetch(
+            "DELETE FROM objects WHERE object_id IN (SELECT object_id FROM objects"
+            " WHERE deleted_ms IS NOT NULL AND committed_ms < %s AND object_id <"
+            " (SELECT max(object_id) FROM objects) LIMIT %s) RETURNING 1",
+            (committed_before_ms, limit),
+        )
+        return len(rows)
+
+    async def known_keys(self, keys: Sequence[str]) -> set[str]:
+        rows = await self._fetch("SELECT key FROM objects WHERE key = ANY(%s)", (list(keys),))
+        return {key for (key,) in rows}
+
+    async def compaction_candidates(
+        self, committed_before_ms: int, smaller_than: int, limit: int
+    ) -> list[ObjectRef]:
+        rows = await self._fetch(_COMPACTION_CANDIDATES, (smaller_than, committed_before_ms, limit))
+        return [ObjectRef(*row) for row in rows]
+
+    async def batches_in_objects(self, object_ids: Sequence[int]) -> list[ObjectBatch]:
+        rows = await self._fetch(
+            "SELECT topic_id, partition, last_offset, object_id, byte_offset, byte_length"
+            " FROM batches WHERE object_id = ANY(%s) ORDER BY topic_id, partition, last_offset",
+            (list(object_ids),),
+        )
+        return [ObjectBatch(*row) for row in rows]
+
+    async def object_counts(self) -> ObjectCounts:
+        [row] = await self._fetch(_OBJECT_COUNTS)
+        return ObjectCounts(*(int(v or 0) for v in row))
 
     async def log_start_for_bytes(
         self, topic_id: uuid.UUID, partition: int, keep_bytes: int, start_offset: int

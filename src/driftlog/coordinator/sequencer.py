@@ -136,6 +136,11 @@ class Sequencer:
             del self.producers[key]
 
     # Write path -------------------------------------------------------------
+    def take_object_id(self) -> int:
+        """An id for an object that is not a commit (the compactor's output)."""
+        self.next_object_id += 1
+        return self.next_object_id - 1
+
     def sequence(
         self,
         object_key: str,

@@ -75,13 +75,20 @@ class AgentCoordinator:
         lease_ms: int = DEFAULT_LEASE_MS,
         commit_timeout_s: float | None = None,
         retention: RetentionPolicy | None = None,
+        max_commit_age_ms: int | None = None,
     ) -> None:
         self.backend = backend
         self._clock = clock
         self.view = CoordinatorView(backend)
         self._listeners = Listeners(self.view)
         self.writer = CommitWriter(
-            backend, clock, self._listeners, holder=holder, lease_ms=lease_ms, retention=retention
+            backend,
+            clock,
+            self._listeners,
+            holder=holder,
+            lease_ms=lease_ms,
+            retention=retention,
+            max_commit_age_ms=max_commit_age_ms,
         )
         self.commit_timeout_s = (
             commit_timeout_s if commit_timeout_s is not None else 2 * lease_ms / 1000 + 5

@@ -30,8 +30,13 @@ from driftlog.coordinator.api import (
 from driftlog.coordinator.backend import (
     READ_BATCHES_PAGE,
     BatchCollector,
+    BatchMove,
     Fence,
     LogStart,
+    NewObject,
+    ObjectBatch,
+    ObjectCounts,
+    ObjectRef,
     decode_outcomes,
     decode_producer_state,
     encode_configs,
@@ -52,7 +57,7 @@ from driftlog.coordinator.sequencer import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -134,9 +139,50 @@ CREATE TABLE group_offsets (
 
 _AGENTS_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE agents") :].split(";")[0]
 
+# Version 4: the object lifecycle. An object is dead once no batch references it
+# (found through batches_by_object); dead objects wait out a grace period, are
+# deleted from the store and stay as tombstone rows (deleted_ms) for a while.
+_LIFECYCLE = """
+ALTER TABLE objects ADD COLUMN level INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE objects ADD COLUMN dead_since_ms INTEGER;
+ALTER TABLE objects ADD COLUMN deleted_ms INTEGER;
+CREATE INDEX batches_by_object ON batches (object_id);
+CREATE INDEX objects_dead ON objects (dead_since_ms)
+    WHERE dead_since_ms IS NOT NULL AND deleted_ms IS NULL;
+CREATE INDEX objects_deleted ON objects (committed_ms) WHERE deleted_ms IS NOT NULL;
+CREATE INDEX objects_compactable ON objects (size, object_id)
+    WHERE dead_since_ms IS NULL;
+UPDATE objects SET dead_since_ms = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+    WHERE NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)
+"""
+
+# Objects whose last reference a transaction removed: mark the candidates before the
+# batches go, then unmark those still referenced (by the index on batches.object_id).
+_UNMARK_REFERENCED = (
+    "UPDATE objects SET dead_since_ms = NULL WHERE dead_since_ms = ? AND deleted_ms IS NULL"
+    " AND EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)"
+)
+
 _LOCATION = (
     "o.key, b.byte_offset, b.byte_length, b.base_offset, b.last_offset,"
     " b.max_timestamp_ms, b.log_append_time_ms"
+)
+
+
+_DEAD_OBJECTS = (
+    "SELECT object_id, key, size FROM objects WHERE dead_since_ms IS NOT NULL"
+    " AND dead_since_ms < ? AND deleted_ms IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)"
+    " ORDER BY dead_since_ms LIMIT ?"
+)
+_COMPACTION_CANDIDATES = (
+    "SELECT object_id, key, size, level FROM objects WHERE dead_since_ms IS NULL"
+    " AND size < ? AND committed_ms < ? ORDER BY level, object_id LIMIT ?"
+)
+_OBJECT_COUNTS = (
+    "SELECT sum(dead_since_ms IS NULL), sum(CASE WHEN dead_since_ms IS NULL THEN size END),"
+    " sum(dead_since_ms IS NOT NULL AND deleted_ms IS NULL), sum(deleted_ms IS NOT NULL)"
+    " FROM objects"
 )
 
 
@@ -181,7 +227,9 @@ class SqliteBackend:
                     )
                 if version < 3:
                     db.execute(_AGENTS_TABLE)
-                    db.execute("UPDATE schema_version SET version = 3")
+                if version < 4:
+                    _execute_script(db, _LIFECYCLE)
+                db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
             elif "batches" in tables:
                 _migrate_from_v1(db)
             else:
@@ -322,15 +370,17 @@ class SqliteBackend:
         return await self._run(self._committed_outcomes, list(keys))
 
     def _committed_outcomes(self, keys: list[str]) -> dict[str, list[CommitOutcome]]:
-        out: dict[str, list[CommitOutcome]] = {}
+        return {key: decode_outcomes(outcomes) for key, outcomes in self._objects_by_key(keys)}
+
+    def _objects_by_key(self, keys: list[str]) -> list[tuple[str, str]]:
+        rows: list[tuple[str, str]] = []
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for key, outcomes in self.db.execute(
-                f"SELECT key, outcomes FROM objects WHERE key IN ({marks})", chunk
-            ):
-                out[key] = decode_outcomes(outcomes)
-        return out
+            rows.extend(
+                self.db.execute(f"SELECT key, outcomes FROM objects WHERE key IN ({marks})", chunk)
+            )
+        return rows
 
     async def persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
         await self._run(self._persist_objects, fence, objects)
@@ -339,7 +389,8 @@ class SqliteBackend:
         with _Transaction(self.db) as db:
             _check_fence(db, fence)
             db.executemany(
-                "INSERT INTO objects VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO objects (object_id, key, size, committed_ms, outcomes, dead_since_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     (
                         o.object_id,
@@ -347,6 +398,7 @@ class SqliteBackend:
                         o.object_size,
                         o.committed_ms,
                         outcomes_json(o),
+                        None if o.rows else o.committed_ms,  # every batch refused: dead now
                     )
                     for o in objects
                 ],
@@ -400,20 +452,26 @@ class SqliteBackend:
                 ],
             )
 
-    async def drop_topic(self, fence: Fence, topic: TopicInfo) -> None:
-        await self._run(self._drop_topic, fence, topic)
+    async def drop_topic(self, fence: Fence, topic: TopicInfo, now_ms: int) -> None:
+        await self._run(self._drop_topic, fence, topic, now_ms)
 
-    def _drop_topic(self, fence: Fence, topic: TopicInfo) -> None:
+    def _drop_topic(self, fence: Fence, topic: TopicInfo, now_ms: int) -> None:
         tid = topic.topic_id.bytes
         with _Transaction(self.db) as db:
             _check_fence(db, fence)
+            db.execute(
+                "UPDATE objects SET dead_since_ms = ? WHERE dead_since_ms IS NULL AND object_id"
+                " IN (SELECT object_id FROM batches WHERE topic_id = ?)",
+                (now_ms, tid),
+            )
             for table in ("topics", "partitions", "batches", "producer_states"):
                 db.execute(f"DELETE FROM {table} WHERE topic_id = ?", (tid,))
+            db.execute(_UNMARK_REFERENCED, (now_ms,))
 
-    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart]) -> None:
-        await self._run(self._set_log_starts, fence, starts)
+    async def set_log_starts(self, fence: Fence, starts: Sequence[LogStart], now_ms: int) -> None:
+        await self._run(self._set_log_starts, fence, starts, now_ms)
 
-    def _set_log_starts(self, fence: Fence, starts: Sequence[LogStart]) -> None:
+    def _set_log_starts(self, fence: Fence, starts: Sequence[LogStart], now_ms: int) -> None:
         with _Transaction(self.db) as db:
             _check_fence(db, fence)
             for tid, partition, log_start in starts:
@@ -423,9 +481,130 @@ class SqliteBackend:
                     (log_start, tid.bytes, partition, log_start),
                 )
                 db.execute(
+                    "UPDATE objects SET dead_since_ms = ? WHERE dead_since_ms IS NULL AND"
+                    " object_id IN (SELECT object_id FROM batches WHERE topic_id = ?"
+                    " AND partition = ? AND last_offset < ?)",
+                    (now_ms, tid.bytes, partition, log_start),
+                )
+                db.execute(
                     "DELETE FROM batches WHERE topic_id = ? AND partition = ? AND last_offset < ?",
                     (tid.bytes, partition, log_start),
                 )
+            db.execute(_UNMARK_REFERENCED, (now_ms,))
+
+    async def relocate_batches(
+        self, fence: Fence, new_object: NewObject, moves: Sequence[BatchMove], now_ms: int
+    ) -> int:
+        return await self._run(self._relocate_batches, fence, new_object, moves, now_ms)
+
+    def _relocate_batches(
+        self, fence: Fence, new_object: NewObject, moves: Sequence[BatchMove], now_ms: int
+    ) -> int:
+        new_id = new_object.object_id
+        with _Transaction(self.db) as db:
+            _check_fence(db, fence)
+            db.execute(
+                "INSERT INTO objects (object_id, key, size, committed_ms, outcomes, level)"
+                " VALUES (?, ?, ?, ?, '[]', ?)",
+                (
+                    new_id,
+                    new_object.key,
+                    new_object.size,
+                    new_object.committed_ms,
+                    new_object.level,
+                ),
+            )
+            db.executemany(
+                "UPDATE batches SET object_id = ?, byte_offset = ? WHERE topic_id = ?"
+                " AND partition = ? AND last_offset = ? AND object_id = ?",
+                [
+                    (new_id, m.byte_offset, m.topic_id.bytes, m.partition, m.last_offset,
+                     m.from_object_id)
+                    for m in moves
+                ],
+            )  # fmt: skip
+            sources = sorted({m.from_object_id for m in moves} | {new_id})
+            for start in range(0, len(sources), 500):
+                chunk = sources[start : start + 500]
+                db.execute(
+                    f"UPDATE objects SET dead_since_ms = ? WHERE object_id IN"
+                    f" ({','.join('?' * len(chunk))}) AND dead_since_ms IS NULL AND NOT EXISTS"
+                    " (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)",
+                    (now_ms, *chunk),
+                )
+            (moved,) = db.execute(
+                "SELECT count(*) FROM batches WHERE object_id = ?", (new_id,)
+            ).fetchone()
+            return int(moved)
+
+    # Object lifecycle ---------------------------------------------------------
+    async def dead_objects(self, dead_before_ms: int, limit: int) -> list[ObjectRef]:
+        return await self._run(self._rows_as_refs, _DEAD_OBJECTS, (dead_before_ms, limit))
+
+    def _rows_as_refs(self, query: str, params: tuple[Any, ...]) -> list[ObjectRef]:
+        return [ObjectRef(*row) for row in self.db.execute(query, params)]
+
+    async def mark_objects_deleted(self, object_ids: Sequence[int], now_ms: int) -> None:
+        await self._run(self._mark_objects_deleted, list(object_ids), now_ms)
+
+    def _mark_objects_deleted(self, object_ids: list[int], now_ms: int) -> None:
+        with _Transaction(self.db) as db:
+            for start in range(0, len(object_ids), 500):
+                chunk = object_ids[start : start + 500]
+                db.execute(
+                    f"UPDATE objects SET deleted_ms = ? WHERE object_id IN"
+                    f" ({','.join('?' * len(chunk))}) AND deleted_ms IS NULL"
+                    " AND dead_since_ms IS NOT NULL",
+                    (now_ms, *chunk),
+                )
+
+    async def purge_tombstones(self, committed_before_ms: int, limit: int) -> int:
+        return await self._run(self._purge_tombstones, committed_before_ms, limit)
+
+    def _purge_tombstones(self, committed_before_ms: int, limit: int) -> int:
+        with _Transaction(self.db) as db:
+            cursor = db.execute(
+                "DELETE FROM objects WHERE object_id IN (SELECT object_id FROM objects"
+                " WHERE deleted_ms IS NOT NULL AND committed_ms < ? AND object_id <"
+                " (SELECT max(object_id) FROM objects) LIMIT ?)",
+                (committed_before_ms, limit),
+            )
+            return cursor.rowcount
+
+    async def known_keys(self, keys: Sequence[str]) -> set[str]:
+        return {key for key, _ in await self._run(self._objects_by_key, list(keys))}
+
+    async def compaction_candidates(
+        self, committed_before_ms: int, smaller_than: int, limit: int
+    ) -> list[ObjectRef]:
+        return await self._run(
+            self._rows_as_refs, _COMPACTION_CANDIDATES, (smaller_than, committed_before_ms, limit)
+        )
+
+    async def batches_in_objects(self, object_ids: Sequence[int]) -> list[ObjectBatch]:
+        return await self._run(self._batches_in_objects, list(object_ids))
+
+    def _batches_in_objects(self, object_ids: list[int]) -> list[ObjectBatch]:
+        out: list[ObjectBatch] = []
+        for start in range(0, len(object_ids), 500):
+            chunk = object_ids[start : start + 500]
+            out.extend(
+                ObjectBatch(uuid.UUID(bytes=tid), *rest)
+                for tid, *rest in self.db.execute(
+                    "SELECT topic_id, partition, last_offset, object_id, byte_offset, byte_length"
+                    f" FROM batches WHERE object_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            )
+        out.sort(key=lambda b: (b.topic_id.bytes, b.partition, b.last_offset))
+        return out
+
+    async def object_counts(self) -> ObjectCounts:
+        return await self._run(self._object_counts)
+
+    def _object_counts(self) -> ObjectCounts:
+        row = self.db.execute(_OBJECT_COUNTS).fetchone()
+        return ObjectCounts(*(int(v or 0) for v in row))
 
     async def log_start_for_bytes(
         self, topic_id: uuid.UUID, partition: int, keep_bytes: int, start_offset: int
@@ -615,11 +794,16 @@ def _check_fence(db: sqlite3.Connection, fence: Fence) -> None:
         raise Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} was superseded")
 
 
-def _create_schema(db: sqlite3.Connection) -> None:
+def _execute_script(db: sqlite3.Connection, script: str) -> None:
     # Statement by statement: executescript() would commit the open transaction.
-    for statement in SCHEMA.split(";"):
+    for statement in script.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    _execute_script(db, SCHEMA)
+    _execute_script(db, _LIFECYCLE)
     db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
 
@@ -637,7 +821,8 @@ def _migrate_from_v1(db: sqlite3.Connection) -> None:
             "INSERT INTO partitions VALUES (?, ?, ?)", (uuid.UUID(tid).bytes, partition, log_start)
         )
     db.execute(
-        "INSERT INTO objects SELECT object_id, key, size, committed_ms, '[]' FROM old_objects"
+        "INSERT INTO objects (object_id, key, size, committed_ms, outcomes)"
+        " SELECT object_id, key, size, committed_ms, '[]' FROM old_objects"
     )
     producers: dict[ProducerKey, ProducerPartitionState] = {}
     time_index: dict[tuple[str, int], int] = {}
@@ -674,6 +859,10 @@ def _migrate_from_v1(db: sqlite3.Connection) -> None:
             (pid, tid.bytes, partition, s.epoch, encode_producer_batches(s))
             for (pid, tid, partition), s in producers.items()
         ],
+    )
+    db.execute(
+        "UPDATE objects SET dead_since_ms = committed_ms WHERE NOT EXISTS"
+        " (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)"
     )
     db.execute("INSERT INTO producer_ids SELECT * FROM old_producer_ids")
     db.execute("INSERT INTO group_offsets SELECT * FROM old_group_offsets")

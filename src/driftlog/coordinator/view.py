@@ -159,6 +159,9 @@ class CoordinatorView:
         for key in partitions:
             self.tail.invalidate(key)
 
+    def on_relocated(self, partitions: Sequence[PartitionKey]) -> None:
+        self.forget_cached(partitions)
+
     def on_topic_dropped(self, topic: TopicInfo) -> None:
         self._topics_by_name.pop(topic.name, None)
         self._topics_by_id.pop(topic.topic_id, None)

@@ -44,14 +44,22 @@ from driftlog.coordinator.api import (
 )
 from driftlog.coordinator.backend import (
     Backend,
+    BatchMove,
     Fence,
     LogStart,
+    NewObject,
     OverlappingBackend,
     outcomes_json,
 )
 from driftlog.coordinator.lease import HeldLease, LeaseRecord, may_acquire
 from driftlog.coordinator.retention import RetentionPolicy, limits_for, time_cutoff_ms
-from driftlog.coordinator.sequencer import SequencedObject, Sequencer, SequencerSnapshot
+from driftlog.coordinator.sequencer import (
+    PartitionKey,
+    SequencedObject,
+    Sequencer,
+    SequencerSnapshot,
+)
+from driftlog.lifecycle.keys import key_time_ms
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,7 @@ class WriterListener(Protocol):
     def on_topic_put(self, topic: TopicInfo) -> None: ...
     def on_topic_dropped(self, topic: TopicInfo) -> None: ...
     def on_log_starts(self, starts: Sequence[LogStart]) -> None: ...
+    def on_relocated(self, partitions: Sequence[PartitionKey]) -> None: ...
 
 
 class Listeners:
@@ -101,6 +110,10 @@ class Listeners:
         for listener in self.listeners:
             listener.on_log_starts(starts)
 
+    def on_relocated(self, partitions: Sequence[PartitionKey]) -> None:
+        for listener in self.listeners:
+            listener.on_relocated(partitions)
+
 
 _Pending = tuple[CommitRequest, "asyncio.Future[list[CommitOutcome]]"]
 
@@ -117,8 +130,12 @@ class CommitWriter:
         shard: int = 0,
         lease_ms: int = DEFAULT_LEASE_MS,
         retention: RetentionPolicy | None = None,
+        max_commit_age_ms: int | None = None,
     ) -> None:
         self.retention = retention or RetentionPolicy()
+        # Objects older than this are refused, so the garbage collector may take an
+        # uncommitted object past twice this age for an orphan (lifecycle/keys.py).
+        self.max_commit_age_ms = max_commit_age_ms
         self._backend = backend
         self._clock = clock
         self._listener = listener
@@ -411,6 +428,14 @@ class CommitWriter:
                     # Its round commits before this one, or this one fails with it.
                     answers[key] = in_flight
                     continue
+                if self._too_old(key, now_ms):
+                    # Not stored: the collector may already take it for an orphan. The
+                    # producer retries with a new upload.
+                    log.warning("refused the commit of %s: older than the commit age", key)
+                    answers[key] = [CommitOutcome(ErrorCode.request_timed_out)] * len(
+                        request.batches
+                    )
+                    continue
                 obj = self._sequencer.sequence(key, request.object_size, request.batches, now_ms)
                 sequenced.append(obj)
                 answers[key] = obj
@@ -430,6 +455,12 @@ class CommitWriter:
         )
         self._in_flight.append(task)
         return task
+
+    def _too_old(self, key: str, now_ms: int) -> bool:
+        if self.max_commit_age_ms is None:
+            return False
+        uploaded_ms = key_time_ms(key)
+        return uploaded_ms is not None and now_ms - uploaded_ms > self.max_commit_age_ms
 
     async def _finish_round(
         self,
@@ -562,7 +593,7 @@ class CommitWriter:
                 return ErrorCode.unknown_topic_or_partition
             fence = self._fence()
             try:
-                await self._backend.drop_topic(fence, topic)
+                await self._backend.drop_topic(fence, topic, self._clock.wall_ms())
             except Fenced as e:
                 self._step_down(str(e), fence.epoch)
                 raise
@@ -591,7 +622,7 @@ class CommitWriter:
                 return answers
             fence = self._fence()
             try:
-                await self._backend.set_log_starts(fence, starts)
+                await self._backend.set_log_starts(fence, starts, self._clock.wall_ms())
             except Fenced as e:
                 self._step_down(str(e), fence.epoch)
                 raise
@@ -600,6 +631,32 @@ class CommitWriter:
                 raise
             self._listener.on_log_starts(starts)
             return answers
+
+    async def relocate(
+        self, key: str, size: int, moves: Sequence[BatchMove], level: int = 1
+    ) -> tuple[NewObject, int] | None:
+        """The compactor's swap: `moves` now live in the uploaded object `key`.
+
+        Ordered after the rounds before it, like a topic change. Returns the object
+        as stored and how many batches moved; None if the object is too old to
+        commit (the collector may take it for an orphan: the compactor drops it)."""
+        async with self._serial:
+            sequencer = await self._ready_for_topic_change()
+            now_ms = self._clock.wall_ms()
+            if self._too_old(key, now_ms):
+                return None
+            new_object = NewObject(sequencer.take_object_id(), key, size, now_ms, level)
+            fence = self._fence()
+            try:
+                moved = await self._backend.relocate_batches(fence, new_object, moves, now_ms)
+            except Fenced as e:
+                self._step_down(str(e), fence.epoch)
+                raise
+            except CoordinatorError:
+                self._needs_reload = True  # the object id may be taken: ask the database
+                raise
+            self._listener.on_relocated(sorted({(m.topic_id, m.partition) for m in moves}))
+            return new_object, moved
 
     async def create_partitions(self, name: str, new_total: int) -> ErrorCode:
         async with self._serial:

@@ -3,29 +3,57 @@
 Given batch coordinates from the coordinator, returns the bytes a Fetch
 response carries. Adjacent ranges of one object are merged into one range so
 a partition's contiguous data costs one request.
+
+A failed read of one object affects only the groups (partitions) with batches in
+it, and each of those still gets its batches up to the first unreadable one: what
+the failure means (stale coordinates, a missing object, a transient error) is for
+the caller to decide, since only it can look the coordinates up again.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from driftlog.coordinator.api import BatchLocation
 from driftlog.read.cache import BatchBytes, BatchCache
+from driftlog.read.missing import MissingObjects
 from driftlog.records.batch import with_offsets, write_base_offset
-from driftlog.storage.api import ObjectStore
+from driftlog.storage.api import ObjectNotFound, ObjectStore
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFailure:
+    """The first batch of a group that could not be read, and why."""
+
+    location: BatchLocation
+    error: Exception  # ObjectNotFound, ObjectStoreError, or anything else the read raised
+
+    @property
+    def not_found(self) -> bool:
+        return isinstance(self.error, ObjectNotFound)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRead:
+    """A group's batches before its first unreadable one (all of them if `failure` is None)."""
+
+    data: bytearray
+    failure: ReadFailure | None = None
 
 
 class BatchFetcher:
     def __init__(self, store: ObjectStore, cache: BatchCache) -> None:
         self._store = store
         self._cache = cache
+        self.missing = MissingObjects()
 
-    async def read_many(self, groups: Sequence[Sequence[BatchLocation]]) -> list[bytearray]:
+    async def read_many(self, groups: Sequence[Sequence[BatchLocation]]) -> list[GroupRead]:
         """Each group's batches, in order, with their assigned offsets written in.
 
         Groups are partitions of one Fetch; what is not cached is read with one
-        ranged GET per object for all of them.
+        ranged GET per object for all of them, concurrently.
         """
         found: dict[tuple[str, int], BatchBytes] = {}
         missing: dict[str, list[BatchLocation]] = {}
@@ -37,23 +65,40 @@ class BatchFetcher:
                     missing.setdefault(loc.object_key, []).append(loc)
                 else:
                     found[key] = data
+        failed: dict[str, Exception] = {}
         if missing:
+            object_keys = list(missing)
             results = await asyncio.gather(
-                *(self._read_object(k, locs) for k, locs in missing.items())
+                *(self._read_object(k, missing[k]) for k in object_keys), return_exceptions=True
             )
-            for part in results:
-                found.update(part)
-        return [self._assemble(locations, found) for locations in groups]
+            for object_key, result in zip(object_keys, results, strict=True):
+                if isinstance(result, Exception):
+                    failed[object_key] = result
+                elif isinstance(result, BaseException):
+                    raise result  # cancellation and the like are not read failures
+                else:
+                    found.update(result)
+        return [self._assemble(locations, found, failed) for locations in groups]
 
     @staticmethod
     def _assemble(
-        locations: Sequence[BatchLocation], found: dict[tuple[str, int], BatchBytes]
-    ) -> bytearray:
+        locations: Sequence[BatchLocation],
+        found: dict[tuple[str, int], BatchBytes],
+        failed: dict[str, Exception],
+    ) -> GroupRead:
+        readable = 0
+        failure: ReadFailure | None = None
+        for loc in locations:
+            if (loc.object_key, loc.byte_offset) not in found:
+                failure = ReadFailure(loc, failed[loc.object_key])
+                break
+            readable += 1
         # One copy: each stored batch goes straight into the response buffer and
         # its offset is written there (LogAppendTime batches are rewritten whole).
-        out = bytearray(sum(loc.byte_length for loc in locations))
+        served = locations[:readable]
+        out = bytearray(sum(loc.byte_length for loc in served))
         position = 0
-        for loc in locations:
+        for loc in served:
             data = found[(loc.object_key, loc.byte_offset)]
             if loc.log_append_time_ms >= 0:
                 data = with_offsets(data, loc.base_offset, loc.log_append_time_ms)
@@ -61,10 +106,13 @@ class BatchFetcher:
             if loc.log_append_time_ms < 0:
                 write_base_offset(out, position, loc.base_offset)
             position += len(data)
-        return out
+        return GroupRead(out, failure)
 
     async def read_raw(self, location: BatchLocation) -> bytes:
-        """One batch as stored (no offsets written), for ListOffsets by time."""
+        """One batch as stored (no offsets written), for ListOffsets by time.
+
+        Raises the store's error (ObjectNotFound, ObjectStoreError) as it is.
+        """
         key = (location.object_key, location.byte_offset)
         data = self._cache.get(key)
         if data is None:

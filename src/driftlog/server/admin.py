@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
 from driftlog.coordinator.api import CoordinatorError
 from driftlog.protocol.schema import build, response_module
+from driftlog.server import broker_configs
 from driftlog.server.context import RequestContext
 from driftlog.server.metadata import topic_name_error
-from driftlog.topic_config import BROKER_CONFIGS, TOPIC_CONFIGS, effective, invalid_configs
+from driftlog.topic_config import (
+    BROKER_CONFIGS,
+    DYNAMIC_BROKER_CONFIGS,
+    effective,
+    invalid_configs,
+)
 
 CREATE_TOPICS = 19
 DELETE_TOPICS = 20
@@ -30,6 +37,7 @@ RESOURCE_TOPIC = 2
 RESOURCE_BROKER = 4
 # DescribeConfigs config_source values (KIP-226).
 SOURCE_TOPIC = 1
+SOURCE_DYNAMIC_BROKER = 2
 SOURCE_STATIC_BROKER = 4
 SOURCE_DEFAULT = 5
 MAX_PARTITIONS = 10_000
@@ -43,7 +51,9 @@ async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
     for topic in request.topics:
         configs = {c.name: c.value for c in topic.configs}
         count = topic.num_partitions
-        if count == -1:
+        if topic.assignments:
+            count = len(topic.assignments)
+        elif count == -1:
             count = agent.config.default_partitions
         error, message = ErrorCode.none, None
         if (name_error := topic_name_error(topic.name)) is not None:
@@ -54,11 +64,8 @@ async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
             error, message = ErrorCode.invalid_partitions, f"partition count {count} not allowed"
         elif topic.replication_factor == 0 or topic.replication_factor < -1:
             error, message = ErrorCode.invalid_replication_factor, "replication factor below 1"
-        elif topic.assignments:
-            error, message = (
-                ErrorCode.invalid_replica_assignment,
-                "manual replica assignment is meaningless in Driftlog",
-            )
+        elif topic.assignments and (count_error := _create_assignment_error(ctx, topic)):
+            error, message = count_error
         elif any(v is None for v in configs.values()):
             error, message = ErrorCode.invalid_config, "null config value"
         elif (config_error := invalid_configs(configs)) is not None:
@@ -90,16 +97,83 @@ async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
                         name=name,
                         value=value,
                         read_only=False,
-                        config_source=SOURCE_DEFAULT if is_default else SOURCE_TOPIC,
+                        config_source=source,
                         is_sensitive=False,
                     )
-                    for name, (value, is_default) in effective(stored).items()
+                    for name, (value, source) in topic_entries(ctx, stored).items()
                 )
                 if error == ErrorCode.none and hasattr(module, "CreatableTopicConfigs")
                 else None,
             )
         )
     return build(module.CreateTopicsResponse, throttle_time=_NO_THROTTLE, topics=tuple(results))
+
+
+def _live_node_ids(ctx: RequestContext) -> set[int]:
+    return {a.node_id for a in ctx.agent.membership.live}
+
+
+def _replica_lists_error(
+    replica_lists: Sequence[Sequence[int]], live: set[int], replicas: int | None = None
+) -> str | None:
+    """Why manual replica lists are invalid (KRaft's validateManualPartitionAssignment), or None.
+
+    Every agent serves every partition, so an accepted assignment changes nothing;
+    it is still checked as Kafka does, so tools that send one get Kafka's answers.
+    """
+    for brokers in replica_lists:
+        if not brokers:
+            return "The manual partition assignment includes an empty replica list."
+        seen: set[int] = set()
+        for broker in sorted(brokers):
+            if broker not in live:
+                return (
+                    f"The manual partition assignment includes broker {broker}, but no such "
+                    f"broker is registered (live brokers: {sorted(live)})."
+                )
+            if broker in seen:
+                return (
+                    f"The manual partition assignment includes the broker {broker} more than once."
+                )
+            seen.add(broker)
+        if replicas is not None and len(brokers) != replicas:
+            return (
+                f"The manual partition assignment includes a partition with {len(brokers)} "
+                "replica(s), but this is not consistent with previous partitions, which have "
+                f"{replicas} replica(s)."
+            )
+        replicas = len(brokers)
+    return None
+
+
+def _create_assignment_error(ctx: RequestContext, topic: Any) -> tuple[ErrorCode, str] | None:
+    """CreateTopics with `assignments`: Kafka's checks and messages, or None when valid."""
+    if topic.replication_factor != -1 or topic.num_partitions != -1:
+        return (
+            ErrorCode.invalid_request,
+            "Both numPartitions or replicationFactor and replicasAssignments were set. "
+            "Both cannot be used at the same time.",
+        )
+    by_index: dict[int, Sequence[int]] = {}
+    for assignment in topic.assignments:
+        if assignment.partition_index in by_index:
+            return (
+                ErrorCode.invalid_replica_assignment,
+                f"Found multiple manual partition assignments for partition "
+                f"{assignment.partition_index}",
+            )
+        by_index[assignment.partition_index] = assignment.broker_ids
+    if sorted(by_index) != list(range(len(by_index))):
+        return (
+            ErrorCode.invalid_replica_assignment,
+            "partitions should be a consecutive 0-based integer sequence",
+        )
+    if len(by_index) > MAX_PARTITIONS:
+        return ErrorCode.invalid_partitions, f"at most {MAX_PARTITIONS} partitions"
+    lists = [by_index[i] for i in range(len(by_index))]
+    if (reason := _replica_lists_error(lists, _live_node_ids(ctx))) is not None:
+        return ErrorCode.invalid_replica_assignment, reason
+    return None
 
 
 async def handle_delete_records(ctx: RequestContext, request: Any) -> Any:
@@ -207,6 +281,12 @@ async def handle_create_partitions(ctx: RequestContext, request: Any) -> Any:
             message = f"topic has {info.partition_count} partitions; {topic.count} is not more"
         elif topic.count > MAX_PARTITIONS:
             error, message = ErrorCode.invalid_partitions, f"at most {MAX_PARTITIONS} partitions"
+        elif topic.assignments is not None and (
+            reason := _new_partitions_assignment_error(
+                ctx, topic.count - info.partition_count, topic.assignments
+            )
+        ):
+            error, message = ErrorCode.invalid_replica_assignment, reason
         elif request.validate_only:
             error = ErrorCode.none
         else:
@@ -227,6 +307,22 @@ async def handle_create_partitions(ctx: RequestContext, request: Any) -> Any:
     )
 
 
+def _new_partitions_assignment_error(
+    ctx: RequestContext, additional: int, assignments: Sequence[Any]
+) -> str | None:
+    """CreatePartitions with assignments: one replica list per new partition (Kafka's checks).
+
+    Kafka also compares the lists' length with the topic's replication factor;
+    Driftlog keeps no replication factor, so the lists need only agree together.
+    """
+    if len(assignments) != additional:
+        return (
+            f"Attempted to add {additional} additional partition(s), but only "
+            f"{len(assignments)} assignment(s) were specified."
+        )
+    return _replica_lists_error([a.broker_ids for a in assignments], _live_node_ids(ctx))
+
+
 async def handle_describe_configs(ctx: RequestContext, request: Any) -> Any:
     module = response_module(DESCRIBE_CONFIGS, ctx.api_version)
     agent = ctx.agent
@@ -241,16 +337,22 @@ async def handle_describe_configs(ctx: RequestContext, request: Any) -> Any:
                 error = ErrorCode.unknown_topic_or_partition
                 message = f"no topic {resource.resource_name!r}"
             else:
-                for name, (value, is_default) in effective(topic.configs).items():
-                    source = SOURCE_DEFAULT if is_default else SOURCE_TOPIC
-                    entries.append((name, value, source, False))
+                entries.extend(
+                    (name, value, source, False)
+                    for name, (value, source) in topic_entries(ctx, topic.configs).items()
+                )
         elif resource.resource_type == RESOURCE_BROKER:
             if resource.resource_name not in ("", str(agent.node_id)):
                 error = ErrorCode.invalid_request
                 message = f"unknown broker {resource.resource_name!r}"
             else:
-                for name, value in broker_configs(ctx).items():
-                    entries.append((name, value, SOURCE_STATIC_BROKER, True))
+                dynamic = broker_configs.overrides(agent)
+                for name, value in broker_config_values(ctx).items():
+                    if name in dynamic:
+                        entries.append((name, dynamic[name], SOURCE_DYNAMIC_BROKER, False))
+                    else:
+                        read_only = name not in DYNAMIC_BROKER_CONFIGS
+                        entries.append((name, value, SOURCE_STATIC_BROKER, read_only))
         else:
             error = ErrorCode.invalid_request
             message = f"resource type {resource.resource_type} is not supported"
@@ -283,20 +385,74 @@ async def handle_describe_configs(ctx: RequestContext, request: Any) -> Any:
     return build(module.DescribeConfigsResponse, throttle_time=_NO_THROTTLE, results=tuple(results))
 
 
-def broker_configs(ctx: RequestContext) -> dict[str, str]:
+def topic_entries(ctx: RequestContext, stored: Mapping[str, str]) -> dict[str, tuple[str, int]]:
+    """Every topic config with its value and config source.
+
+    A topic without max.message.bytes follows this agent's dynamic
+    message.max.bytes, as Kafka reports it (DYNAMIC_BROKER_CONFIG).
+    """
+    entries = {
+        name: (value, SOURCE_DEFAULT if is_default else SOURCE_TOPIC)
+        for name, (value, is_default) in effective(stored).items()
+    }
+    dynamic = broker_configs.overrides(ctx.agent)
+    if "max.message.bytes" not in stored and "message.max.bytes" in dynamic:
+        entries["max.message.bytes"] = (dynamic["message.max.bytes"], SOURCE_DYNAMIC_BROKER)
+    return entries
+
+
+def broker_config_values(ctx: RequestContext) -> dict[str, str]:
+    """This agent's broker configs as started (dynamic overrides aside)."""
     config = ctx.agent.config
     values = dict(BROKER_CONFIGS)
     values["auto.create.topics.enable"] = str(config.auto_create_topics).lower()
     values["num.partitions"] = str(config.default_partitions)
-    values["message.max.bytes"] = TOPIC_CONFIGS["max.message.bytes"].default
+    values.update(broker_configs.static_values(ctx.agent))
     return values
+
+
+def _preflight(configs: Sequence[Any], *, incremental: bool) -> tuple[ErrorCode, str | None]:
+    """Kafka's checks before any resource is touched: duplicate keys, null values to set."""
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        return ErrorCode.invalid_request, "Error due to duplicate config keys"
+    nulls = [
+        c.name
+        for c in configs
+        if c.value is None and not (incremental and c.config_operation == OP_DELETE)
+    ]
+    if nulls:
+        return ErrorCode.invalid_request, "Null value not supported for : " + ", ".join(nulls)
+    return ErrorCode.none, None
+
+
+def _alter_broker(
+    ctx: RequestContext, name: str, changes: dict[str, str | None], validate_only: bool
+) -> tuple[ErrorCode, str | None]:
+    """Set (value) or remove (None) this agent's dynamic broker configs: all or none."""
+    error, message = broker_configs.check_resource(ctx.agent, name)
+    if error == ErrorCode.none:
+        # A delete of a config this agent never applies is refused too, as in Kafka.
+        error, message = broker_configs.validate(changes)
+    if error != ErrorCode.none or validate_only:
+        return error, message
+    current = dict(broker_configs.overrides(ctx.agent))
+    for config, value in changes.items():
+        if value is None:
+            current.pop(config, None)
+        else:
+            current[config] = value
+    broker_configs.apply(ctx.agent, current)
+    return ErrorCode.none, None
 
 
 async def _alter(
     ctx: RequestContext, resource: Any, changes: dict[str, str | None], validate_only: bool
 ) -> tuple[ErrorCode, str | None]:
+    if resource.resource_type == RESOURCE_BROKER:
+        return _alter_broker(ctx, resource.resource_name, changes, validate_only)
     if resource.resource_type != RESOURCE_TOPIC:
-        return ErrorCode.invalid_request, "only topic configs can be altered"
+        return ErrorCode.invalid_request, f"Unknown resource type {resource.resource_type}"
     topic = ctx.agent.coordinator.topic(resource.resource_name)
     if topic is None:
         return ErrorCode.unknown_topic_or_partition, f"no topic {resource.resource_name!r}"
@@ -316,11 +472,16 @@ async def handle_alter_configs(ctx: RequestContext, request: Any) -> Any:
     responses = []
     for resource in request.resources:
         changes: dict[str, str | None] = {c.name: c.value for c in resource.configs}
-        topic = ctx.agent.coordinator.topic(resource.resource_name)
-        if topic is not None:
-            for name in topic.configs:
-                changes.setdefault(name, None)
-        error, message = await _alter(ctx, resource, changes, request.validate_only)
+        if resource.resource_type == RESOURCE_BROKER:
+            existing: Iterable[str] = broker_configs.overrides(ctx.agent)
+        else:
+            topic = ctx.agent.coordinator.topic(resource.resource_name)
+            existing = topic.configs if topic is not None else ()
+        for name in list(existing):
+            changes.setdefault(name, None)
+        error, message = _preflight(resource.configs, incremental=False)
+        if error == ErrorCode.none:
+            error, message = await _alter(ctx, resource, changes, request.validate_only)
         responses.append(
             build(
                 module.AlterConfigsResourceResponse,
@@ -344,8 +505,7 @@ async def handle_incremental_alter_configs(ctx: RequestContext, request: Any) ->
     responses = []
     for resource in request.resources:
         changes: dict[str, str | None] = {}
-        error: ErrorCode = ErrorCode.none
-        message: str | None = None
+        error, message = _preflight(resource.configs, incremental=True)
         for config in resource.configs:
             if config.config_operation == OP_SET:
                 changes[config.name] = config.value

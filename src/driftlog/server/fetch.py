@@ -12,11 +12,19 @@ first non-empty partition is returned whole so a consumer always progresses.
 
 Incremental fetch sessions (KIP-227) are declined by answering session id 0,
 which makes clients send full fetch requests.
+
+A store failure affects only the partitions with batches in the object that
+failed. An object that is not found may only mean stale coordinates (compaction
+moved the batches, retention or garbage collection removed them): those
+partitions forget their cached coordinates and are planned once more from the
+database. Only if the database still names the missing object is it really lost:
+that partition gets CORRUPT_MESSAGE (see `LOST_DATA_ERROR`), the others their data.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,12 +36,25 @@ from driftlog.coordinator.api import BatchLocation, CoordinatorError, TopicInfo
 from driftlog.protocol.schema import build, response_module
 from driftlog.server.context import RequestContext
 
+log = logging.getLogger(__name__)
+
 FETCH = 1
 _NO_THROTTLE = datetime.timedelta(0)
 # Bounds a client's long poll regardless of what it asks for.
 MAX_WAIT_S = 30.0
 # Bounds one response's size whatever the client asks (Kafka's fetch.max.bytes).
 MAX_RESPONSE_BYTES = 55 * 1024 * 1024
+# Committed data whose object is gone for good. Not KAFKA_STORAGE_ERROR: every client
+# treats that as transient and retries silently, so a consumer would hang forever.
+# CORRUPT_MESSAGE is the code clients surface for data that cannot be read:
+# librdkafka hands it to the application as a consumer error (its default branch;
+# it retries after fetch.error.backoff.ms), the Java consumer throws KafkaException
+# from poll() ("Encountered corrupt message when fetching offset ..."), kafka-python
+# raises CorruptRecordError. UNKNOWN_SERVER_ERROR would only be logged and retried by
+# the Java consumer; OFFSET_OUT_OF_RANGE would make clients reset to the log start and
+# loop or silently skip data. As with a corrupt Kafka segment, the way past is the
+# operator's: DeleteRecords beyond the lost offsets, or the consumer seeking past them.
+LOST_DATA_ERROR = ErrorCode.corrupt_message
 
 
 @dataclass(slots=True)
@@ -43,6 +64,9 @@ class _PartitionPlan:
     high_watermark: int = -1
     log_start_offset: int = -1
     locations: tuple[BatchLocation, ...] = ()
+    fetch_offset: int = -1
+    max_bytes: int = 1  # what the plan asked find_batches for (re-planning asks the same)
+    records: bytes | bytearray = b""
 
 
 @dataclass(slots=True)
@@ -50,6 +74,7 @@ class _TopicPlan:
     name: str
     topic_id: uuid.UUID
     partitions: list[_PartitionPlan]
+    topic: TopicInfo | None = None
 
 
 async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], int]:
@@ -63,11 +88,12 @@ async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], in
         if uses_ids:
             topic = coordinator.topic_by_id(fetch_topic.topic_id)
             missing = ErrorCode.unknown_topic_id
-            plan = _TopicPlan("", fetch_topic.topic_id, [])
+            plan = _TopicPlan("", fetch_topic.topic_id, [], topic)
         else:
             topic = coordinator.topic(fetch_topic.topic)
             missing = ErrorCode.unknown_topic_or_partition
-            plan = _TopicPlan(fetch_topic.topic, topic.topic_id if topic else uuid.UUID(int=0), [])
+            topic_id = topic.topic_id if topic else uuid.UUID(int=0)
+            plan = _TopicPlan(fetch_topic.topic, topic_id, [], topic)
         plans.append(plan)
         for fp in fetch_topic.partitions:
             offsets = coordinator.partition_offsets(topic.topic_id, fp.partition) if topic else None
@@ -75,7 +101,11 @@ async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], in
                 plan.partitions.append(_PartitionPlan(fp.partition, missing))
                 continue
             part = _PartitionPlan(
-                fp.partition, ErrorCode.none, offsets.high_watermark, offsets.log_start_offset
+                fp.partition,
+                ErrorCode.none,
+                offsets.high_watermark,
+                offsets.log_start_offset,
+                fetch_offset=fp.fetch_offset,
             )
             plan.partitions.append(part)
             offset = fp.fetch_offset
@@ -87,9 +117,10 @@ async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], in
                 continue
             # find_batches always includes the first batch, so a response that is
             # still empty gets at least one batch whatever the limits say (KIP-74).
+            part.max_bytes = max(limit, 1)
             try:
                 locations = await coordinator.find_batches(
-                    topic.topic_id, fp.partition, offset, max(limit, 1)
+                    topic.topic_id, fp.partition, offset, part.max_bytes
                 )
             except CoordinatorError:
                 part.error = ErrorCode.kafka_storage_error  # retriable: the index is unreachable
@@ -120,38 +151,124 @@ async def handle_fetch(ctx: RequestContext, request: Any) -> Any:
     return await _respond(ctx, plans)
 
 
+async def _read(ctx: RequestContext, plans: list[_TopicPlan]) -> None:
+    """Fill in each planned partition's records, or its error if they cannot be read."""
+    wanted = [(t, p) for t in plans for p in t.partitions if p.locations]
+    if not wanted:
+        return
+    reads = await ctx.agent.fetcher.read_many([p.locations for _, p in wanted])
+    forget: list[tuple[uuid.UUID, int]] = []
+    stale: list[tuple[_TopicPlan, _PartitionPlan, BatchLocation]] = []
+    for (topic, part), read in zip(wanted, reads, strict=True):
+        part.records = read.data
+        failure = read.failure
+        if failure is None:
+            continue
+        if failure.not_found:
+            if not read.data:
+                stale.append((topic, part, failure.location))
+            forget.append((topic.topic_id, part.partition))
+        elif not read.data:
+            # Transient (or unknown): retriable, clients back off and fetch again.
+            ctx.agent.log_client_error("store", FETCH, f"fetch read failed: {failure.error!r}")
+            part.error = ErrorCode.kafka_storage_error
+        # With some data read, the partition answers that; the next fetch starts at the
+        # batch that failed and meets the failure alone.
+    if forget:
+        # The view's cached coordinates may be what is stale: the next lookups (the
+        # re-plan below, and later fetches) go to the database.
+        ctx.agent.coordinator.forget_cached(forget)
+    if stale:
+        await _replan(ctx, stale)
+
+
+async def _replan(
+    ctx: RequestContext, stale: list[tuple[_TopicPlan, _PartitionPlan, BatchLocation]]
+) -> None:
+    """Plan and read, once more, partitions whose first object was not found."""
+    coordinator = ctx.agent.coordinator
+    again: list[tuple[_TopicPlan, _PartitionPlan]] = []
+    for topic, part, lost in stale:
+        part.locations = ()
+        offsets = coordinator.partition_offsets(topic.topic_id, part.partition)
+        if offsets is None:  # the topic went away meanwhile
+            part.error = (
+                ErrorCode.unknown_topic_id if ctx.api_version >= 13
+                else ErrorCode.unknown_topic_or_partition
+            )  # fmt: skip
+            continue
+        part.high_watermark = offsets.high_watermark
+        part.log_start_offset = offsets.log_start_offset
+        if part.fetch_offset < offsets.log_start_offset:
+            part.error = ErrorCode.offset_out_of_range  # retention or DeleteRecords: as Kafka
+            continue
+        try:
+            locations = await coordinator.find_batches(
+                topic.topic_id, part.partition, part.fetch_offset, part.max_bytes
+            )
+        except CoordinatorError:
+            part.error = ErrorCode.kafka_storage_error
+            continue
+        if locations and locations[0].object_key == lost.object_key:
+            # The database still names the object the store just said is not there.
+            _report_lost(ctx, topic, part, lost)
+            continue
+        part.locations = tuple(locations)
+        again.append((topic, part))
+    if not again:
+        return
+    reads = await ctx.agent.fetcher.read_many([p.locations for _, p in again])
+    for (topic, part), read in zip(again, reads, strict=True):
+        part.records = read.data
+        failure = read.failure
+        if failure is None or read.data:
+            continue
+        if failure.not_found:
+            _report_lost(ctx, topic, part, failure.location)  # fresh coordinates, still gone
+        else:
+            ctx.agent.log_client_error("store", FETCH, f"fetch read failed: {failure.error!r}")
+            part.error = ErrorCode.kafka_storage_error
+
+
+def _report_lost(
+    ctx: RequestContext, topic: _TopicPlan, part: _PartitionPlan, lost: BatchLocation
+) -> None:
+    part.error = LOST_DATA_ERROR
+    part.records = b""
+    name = topic.topic.name if topic.topic is not None else str(topic.topic_id)
+    ctx.agent.fetcher.missing.report(
+        lost.object_key,
+        name,
+        part.partition,
+        lost.base_offset,
+        lost.last_offset,
+        time.monotonic(),
+    )
+
+
 async def _respond(ctx: RequestContext, plans: list[_TopicPlan]) -> Any:
     module = response_module(FETCH, ctx.api_version)
-    wanted = [p.locations for t in plans for p in t.partitions if p.locations]
-    data: Any = iter(())
-    error: ErrorCode = ErrorCode.none
     try:
-        data = iter(await ctx.agent.fetcher.read_many(wanted))
-    except Exception as e:
+        await _read(ctx, plans)
+    except Exception as e:  # a bug or a malformed stored batch: retriable, as before
         ctx.agent.log_client_error("store", FETCH, f"fetch read failed: {e!r}")
-        error = ErrorCode.kafka_storage_error
+        for part in (p for t in plans for p in t.partitions if p.locations):
+            part.error, part.records = ErrorCode.kafka_storage_error, b""
     responses = []
     for plan in plans:
         partitions = []
         for part in plan.partitions:
-            records: Any = b""
-            partition_error = part.error
-            if part.locations:
-                if error == ErrorCode.none:
-                    records = next(data)
-                else:
-                    partition_error = error
             partitions.append(
                 build(
                     module.PartitionData,
                     partition_index=part.partition,
-                    error_code=partition_error,
+                    error_code=part.error,
                     high_watermark=part.high_watermark,
                     last_stable_offset=part.high_watermark,
                     log_start_offset=part.log_start_offset,
                     aborted_transactions=None,
                     preferred_read_replica=-1,
-                    records=records,
+                    records=part.records,
                 )
             )
         responses.append(

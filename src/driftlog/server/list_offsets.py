@@ -1,17 +1,25 @@
-"""ListOffsets: earliest, latest, max timestamp, and the first offset at or after a time."""
+"""ListOffsets: earliest, latest, max timestamp, and the first offset at or after a time.
+
+Timestamps need one stored batch: a batch whose object is not found is looked up
+once more (its coordinates may be stale, see `server/fetch.py`); if the database
+still names the missing object the partition gets CORRUPT_MESSAGE, as Fetch does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.coordinator.api import TopicInfo
+from driftlog.coordinator.api import BatchLocation, TopicInfo
 from driftlog.protocol.schema import build, response_module
 from driftlog.records.timestamps import first_offset_at_or_after, max_timestamp_offset
 from driftlog.server.context import RequestContext
+from driftlog.server.fetch import LOST_DATA_ERROR
+from driftlog.storage.api import ObjectNotFound
 
 LIST_OFFSETS = 2
 LATEST = -1
@@ -19,6 +27,33 @@ EARLIEST = -2
 MAX_TIMESTAMP = -3  # KIP-734
 EARLIEST_LOCAL = -4  # KIP-405: all data is "local" here
 LATEST_TIERED = -5  # KIP-1005
+
+
+async def _batch_at(
+    ctx: RequestContext, topic: TopicInfo, partition: int, timestamp: int
+) -> tuple[BatchLocation, bytes | None] | ErrorCode | None:
+    """The first batch at or after `timestamp` and its stored bytes (None when the
+    batch carries its time itself: LogAppendTime); None if there is no such batch."""
+    coordinator = ctx.agent.coordinator
+    lost: BatchLocation | None = None
+    for _ in range(2):  # a second look if the object was not found: coordinates may be stale
+        location = await coordinator.batch_at_timestamp(topic.topic_id, partition, timestamp)
+        if location is None:
+            return None
+        if location.log_append_time_ms >= 0:
+            return location, None
+        if lost is not None and location.object_key == lost.object_key:
+            break  # the database still names the object the store said is not there
+        try:
+            return location, await ctx.agent.fetcher.read_raw(location)
+        except ObjectNotFound:
+            lost = location
+            coordinator.forget_cached([(topic.topic_id, partition)])
+    assert lost is not None
+    ctx.agent.fetcher.missing.report(
+        lost.object_key, topic.name, partition, lost.base_offset, lost.last_offset, time.monotonic()
+    )
+    return LOST_DATA_ERROR
 
 
 async def _lookup(
@@ -36,23 +71,27 @@ async def _lookup(
         timestamp = await coordinator.max_timestamp(topic.topic_id, partition)
         if timestamp < 0:
             return ErrorCode.none, -1, -1
-        location = await coordinator.batch_at_timestamp(topic.topic_id, partition, timestamp)
-        if location is None:
+        found_batch = await _batch_at(ctx, topic, partition, timestamp)
+        if found_batch is None:
             return ErrorCode.none, -1, -1
-        if location.log_append_time_ms >= 0:
+        if isinstance(found_batch, ErrorCode):
+            return found_batch, -1, -1
+        location, raw = found_batch
+        if raw is None:
             return ErrorCode.none, location.log_append_time_ms, location.base_offset
-        raw = await ctx.agent.fetcher.read_raw(location)
         # Decompressing and walking records is CPU work: keep it off the event loop.
         offset, found_ts = await asyncio.to_thread(max_timestamp_offset, raw, location.base_offset)
         return ErrorCode.none, found_ts, offset
     if timestamp < 0:
         return ErrorCode.invalid_request, -1, -1
-    location = await coordinator.batch_at_timestamp(topic.topic_id, partition, timestamp)
-    if location is None:
+    found_batch = await _batch_at(ctx, topic, partition, timestamp)
+    if found_batch is None:
         return ErrorCode.none, -1, -1
-    if location.log_append_time_ms >= 0:
+    if isinstance(found_batch, ErrorCode):
+        return found_batch, -1, -1
+    location, raw = found_batch
+    if raw is None:
         return ErrorCode.none, location.log_append_time_ms, location.base_offset
-    raw = await ctx.agent.fetcher.read_raw(location)
     found = await asyncio.to_thread(first_offset_at_or_after, raw, location.base_offset, timestamp)
     if found is None:
         return ErrorCode.none, -1, -1

@@ -1,4 +1,5 @@
-"""Metadata: live agents as brokers, zone-aware leaders; topics auto-created when allowed."""
+"""Metadata and DescribeCluster: live agents as brokers, zone-aware leaders; topics
+auto-created when allowed."""
 
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ from driftlog.protocol.schema import build, response_module
 from driftlog.server.context import RequestContext
 
 METADATA = 3
+DESCRIBE_CLUSTER = 60
+ENDPOINT_BROKERS = 1
+# "Not requested", the schema default of the authorized-operations fields.
+_OPERATIONS_OMITTED = -2147483648
+# Without an authorizer Kafka reports every operation the resource supports as
+# allowed (AclEntry.supportedOperations); Driftlog has no ACLs, so it does the same.
+# AclOperation codes: CREATE 5, ALTER 7, DESCRIBE 8, CLUSTER_ACTION 9,
+# DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12; READ 3, WRITE 4, DELETE 6.
+CLUSTER_OPERATIONS = sum(1 << op for op in (5, 7, 8, 9, 10, 11, 12))
+TOPIC_OPERATIONS = sum(1 << op for op in (3, 4, 5, 6, 7, 8, 10, 11))
 _ZERO_UUID = uuid.UUID(int=0)
 _LEGAL_TOPIC = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 
@@ -75,6 +86,8 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
     # v0 has no null topics: an empty list means all topics there (KIP-4 changed it in v1).
     all_topics = request.topics is None or (ctx.api_version == 0 and not request.topics)
     allow_create = getattr(request, "allow_auto_topic_creation", True)
+    include_topic_operations = getattr(request, "include_topic_authorized_operations", False)
+    include_cluster_operations = getattr(request, "include_cluster_authorized_operations", False)
 
     topics: list[Any] = []
     if all_topics:
@@ -116,7 +129,9 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
                 topic_id=topic.topic_id if topic else _ZERO_UUID,
                 is_internal=False,
                 partitions=partitions,
-                topic_authorized_operations=-2147483648,
+                topic_authorized_operations=TOPIC_OPERATIONS
+                if topic is not None and include_topic_operations
+                else _OPERATIONS_OMITTED,
             )
         )
     brokers = tuple(
@@ -136,6 +151,57 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
         cluster_id=agent.cluster_id,
         controller_id=agent.node_id,
         topics=tuple(topics),
-        cluster_authorized_operations=-2147483648,
+        cluster_authorized_operations=CLUSTER_OPERATIONS
+        if include_cluster_operations
+        else _OPERATIONS_OMITTED,
         error_code=ErrorCode.none,
+    )
+
+
+async def handle_describe_cluster(ctx: RequestContext, request: Any) -> Any:
+    """DescribeCluster (KIP-700): the live agents, as Metadata lists them.
+
+    Agents are brokers only; asking for controllers (KIP-919, endpoint type 2)
+    gets UNSUPPORTED_ENDPOINT_TYPE as a Kafka broker answers. No agent is ever
+    fenced, so include_fenced_brokers (v2) changes nothing.
+    """
+    module = response_module(DESCRIBE_CLUSTER, ctx.api_version)
+    agent = ctx.agent
+    endpoint_type = getattr(request, "endpoint_type", ENDPOINT_BROKERS)
+    if endpoint_type != ENDPOINT_BROKERS:
+        return build(
+            module.DescribeClusterResponse,
+            throttle_time=datetime.timedelta(0),
+            error_code=ErrorCode.unsupported_endpoint_type,
+            error_message=f"endpoint type {endpoint_type} is not served here: "
+            "Driftlog agents are brokers (endpoint type 1) and have no controllers",
+            endpoint_type=endpoint_type,
+            cluster_id=agent.cluster_id,
+            controller_id=-1,
+            brokers=(),
+        )
+    brokers = tuple(
+        build(
+            module.DescribeClusterBroker,
+            broker_id=a.node_id,
+            host=a.host,
+            port=a.port,
+            rack=a.zone or None,
+            is_fenced=False,
+        )
+        for a in agent.membership.live
+    )
+    return build(
+        module.DescribeClusterResponse,
+        throttle_time=datetime.timedelta(0),
+        error_code=ErrorCode.none,
+        error_message=None,
+        endpoint_type=ENDPOINT_BROKERS,
+        cluster_id=agent.cluster_id,
+        # Metadata names this agent as controller too: admin requests sent to it work.
+        controller_id=agent.node_id,
+        brokers=brokers,
+        cluster_authorized_operations=CLUSTER_OPERATIONS
+        if request.include_cluster_authorized_operations
+        else _OPERATIONS_OMITTED,
     )

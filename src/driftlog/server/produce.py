@@ -4,6 +4,10 @@ acks=0 gets no response; acks=1 and acks=-1 both mean "in object storage and
 committed" (there are no replicas to wait for). A batch that fails validation
 fails its partition with the Kafka error code, and the other partitions of the
 request go on (with acks=0 the connection is closed instead, as Kafka does).
+
+Records are not decoded, except for topics whose configs require a per-record
+check (server/record_checks.py): then an invalid record refuses the whole batch
+with KIP-467 record errors, as Kafka does.
 """
 
 from __future__ import annotations
@@ -16,17 +20,18 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from driftlog.clock import SYSTEM_CLOCK
 from driftlog.coordinator.api import CommitOutcome
 from driftlog.protocol.codec import EncodedBody, encode_body
 from driftlog.protocol.schema import build, response_module
 from driftlog.records.batch import BatchHeader, InvalidBatch, split_batches
+from driftlog.server import broker_configs
 from driftlog.server.context import RequestContext
 from driftlog.server.listener import ConnectionClosed
-from driftlog.topic_config import TOPIC_CONFIGS
+from driftlog.server.record_checks import RecordChecks, RecordErrors, check_records, checks_for
 
 PRODUCE = 0
 _NO_THROTTLE = datetime.timedelta(0)
-_DEFAULT_MAX_MESSAGE_BYTES = int(TOPIC_CONFIGS["max.message.bytes"].default)
 
 
 @dataclass(slots=True)
@@ -35,12 +40,16 @@ class _PartitionResult:
     partition: int
     error: ErrorCode = ErrorCode.none
     message: str | None = None
+    # KIP-467: (batch index, message) of each invalid record.
+    record_errors: tuple[tuple[int, str], ...] = ()
     # The validated batch and, once buffered, the future of its commit outcome.
     batch: tuple[bytes, BatchHeader] | None = None
     outcome: asyncio.Future[CommitOutcome] | None = None
 
 
-def _validate(records: bytes | None, max_bytes: int) -> tuple[bytes, BatchHeader]:
+def _validate(
+    records: bytes | None, max_bytes: int, checks: RecordChecks | None
+) -> tuple[bytes, BatchHeader]:
     """The partition's single batch, or InvalidBatch with the Kafka error to answer."""
     if not records:
         raise InvalidBatch(ErrorCode.corrupt_message, "no records")
@@ -57,6 +66,8 @@ def _validate(records: bytes | None, max_bytes: int) -> tuple[bytes, BatchHeader
             ErrorCode.message_too_large,
             f"batch of {header.size} bytes exceeds max.message.bytes {max_bytes}",
         )
+    if checks is not None:
+        check_records(records, header, checks, SYSTEM_CLOCK.wall_ms())
     return records, header
 
 
@@ -66,9 +77,12 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
     results: list[_PartitionResult] = []
     for topic_data in request.topic_data:
         topic = coordinator.topic(topic_data.name)
-        max_bytes = _DEFAULT_MAX_MESSAGE_BYTES
-        if topic is not None and "max.message.bytes" in topic.configs:
-            max_bytes = int(topic.configs["max.message.bytes"])
+        checks: RecordChecks | None = None
+        max_bytes = broker_configs.message_max_bytes(agent)
+        if topic is not None:
+            if "max.message.bytes" in topic.configs:
+                max_bytes = int(topic.configs["max.message.bytes"])
+            checks = checks_for(topic.configs)
         for partition_data in topic_data.partition_data:
             result = _PartitionResult(topic_data.name, partition_data.index)
             results.append(result)
@@ -76,12 +90,14 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
                 result.error = ErrorCode.unknown_topic_or_partition
                 continue
             try:
-                result.batch = _validate(partition_data.records, max_bytes)
+                result.batch = _validate(partition_data.records, max_bytes, checks)
             except InvalidBatch as e:
                 agent.log_client_error(
                     ctx.peer, PRODUCE, f"produce to {topic.name}-{result.partition}: {e}"
                 )
                 result.error, result.message = e.error, e.reason
+                if isinstance(e, RecordErrors):
+                    result.record_errors = tuple(e.record_errors)
 
     if request.acks == 0 and any(r.error != ErrorCode.none for r in results):
         # acks=0 has no response to carry the error: Kafka closes the connection
@@ -108,7 +124,7 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
 
     answers: list[_Answer] = []
     for r in results:
-        answer = _Answer(r.topic, r.partition, r.error, r.message)
+        answer = _Answer(r.topic, r.partition, r.error, r.message, record_errors=r.record_errors)
         if r.outcome is not None:
             outcome = await r.outcome
             answer.error = outcome.error
@@ -133,6 +149,7 @@ class _Answer:
     base_offset: int = -1
     log_start_offset: int = -1
     log_append_time_ms: int = -1
+    record_errors: tuple[tuple[int, str], ...] = ()
 
 
 def _response(version: int, answers: list[_Answer]) -> Any:
@@ -152,7 +169,16 @@ def _response(version: int, answers: list[_Answer]) -> Any:
                 base_offset=a.base_offset,
                 log_append_time=log_append_time,
                 log_start_offset=a.log_start_offset,
-                record_errors=(),
+                record_errors=tuple(
+                    build(
+                        module.BatchIndexAndErrorMessage,
+                        batch_index=index,
+                        batch_index_error_message=text,
+                    )
+                    for index, text in a.record_errors
+                )
+                if hasattr(module, "BatchIndexAndErrorMessage")
+                else (),
                 error_message=a.message,
             )
         )

@@ -12,7 +12,7 @@ from driftlog.server.context import Handler
 from driftlog.server.fetch import handle_fetch
 from driftlog.server.group_handlers import GROUP_API_VERSIONS, GROUP_HANDLERS
 from driftlog.server.list_offsets import handle_list_offsets
-from driftlog.server.metadata import handle_metadata
+from driftlog.server.metadata import handle_describe_cluster, handle_metadata
 from driftlog.server.produce import handle_produce
 from driftlog.server.producer_ids import handle_init_producer_id
 
@@ -30,6 +30,7 @@ _CORE: dict[int, tuple[Handler, int, int]] = {
     33: (admin.handle_alter_configs, 0, 2),
     37: (admin.handle_create_partitions, 0, 3),
     44: (admin.handle_incremental_alter_configs, 0, 1),
+    60: (handle_describe_cluster, 0, 2),
 }
 
 HANDLERS: dict[int, Handler] = {key: h for key, (h, _, _) in _CORE.items()} | GROUP_HANDLERS

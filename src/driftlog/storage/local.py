@@ -22,7 +22,7 @@ nothing or the whole object may be there, never part of one. How:
 A put that finds its key taken fsyncs the existing object and its directory before
 raising `ObjectAlreadyExists`: the write path counts a taken key on a retry as its
 own earlier, unacknowledged upload, so the object must be durable by then too.
-After a crash, temporary files of puts that never returned may remain; `list_keys`
+After a crash, temporary files of puts that never returned may remain; `list_objects`
 skips them. A delete is not fsynced: an object that reappears after a crash is an
 unreferenced orphan, which deleting it meant anyway.
 
@@ -36,13 +36,15 @@ import contextlib
 import os
 import stat
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from driftlog.storage.api import (
+    LIST_PAGE_SIZE,
     ObjectAlreadyExists,
+    ObjectInfo,
     ObjectNotFound,
     ObjectStoreError,
     ObjectStoreStats,
@@ -105,9 +107,11 @@ class LocalObjectStore:
         *,
         fsync: Callable[[int], None] = os.fsync,
         max_workers: int = 8,
+        list_page_size: int = LIST_PAGE_SIZE,
     ) -> None:
         self._root = Path(os.path.abspath(root))
         self._fsync = fsync
+        self._list_page_size = list_page_size
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="driftlog-local-store")
         # Directories whose entry (in their parent) this process has made durable.
         self._durable_dirs: set[Path] = set()
@@ -155,12 +159,33 @@ class LocalObjectStore:
         except (OSError, RuntimeError) as e:
             raise ObjectStoreError(f"delete {key}: {e}") from e
 
-    async def list_keys(self, prefix: str = "") -> list[str]:
-        """Keys starting with `prefix` (plain string prefix, as S3), sorted; no temporary files."""
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        paths = [self._path(key) for key in keys]  # a bad key fails before anything is deleted
+        self.stats.deletes += len(keys)
         try:
-            return await self._run(self._list, prefix)
+            await self._run(self._unlink_all, paths)
         except (OSError, RuntimeError) as e:
-            raise ObjectStoreError(f"list {prefix!r}: {e}") from e
+            raise ObjectStoreError(f"delete of {len(keys)} objects: {e}") from e
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[list[ObjectInfo]]:
+        pages = self._iter_pages(prefix)
+        try:
+            while True:
+                try:
+                    # One page per hop to the thread pool: directories are read as we go.
+                    page = await self._run(lambda: next(pages, None))
+                except (OSError, RuntimeError) as e:
+                    raise ObjectStoreError(f"list {prefix!r}: {e}") from e
+                if page is None:
+                    return
+                yield page
+        finally:
+            # ValueError: a cancelled caller left the generator running in its thread;
+            # it closes its directories when it is collected.
+            with contextlib.suppress(ValueError):
+                pages.close()
 
     async def close(self) -> None:
         # Calls already running finish; new ones fail with ObjectStoreError.
@@ -268,18 +293,43 @@ class LocalObjectStore:
         finally:
             os.close(fd)
 
-    def _list(self, prefix: str) -> list[str]:
-        keys: list[str] = []
-        for directory, subdirs, files in os.walk(self._root):
-            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-            relative = os.path.relpath(directory, self._root)
-            base = "" if relative == "." else relative.replace(os.sep, "/") + "/"
-            if not (base.startswith(prefix) or prefix.startswith(base)):
-                subdirs[:] = []
-                continue
-            keys.extend(
-                base + name
-                for name in files
-                if not name.startswith(".") and (base + name).startswith(prefix)
-            )
-        return sorted(keys)
+    @staticmethod
+    def _unlink_all(paths: list[Path]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.unlink(path)
+
+    def _iter_pages(self, prefix: str) -> Generator[list[ObjectInfo], None, None]:
+        """Pages of objects under `prefix`, scanning directories lazily (os.walk would hold
+        a whole directory's names, millions for `objects/`). Skips temporary files."""
+        page: list[ObjectInfo] = []
+        pending: list[tuple[str, str]] = [(str(self._root), "")]  # (directory, its key prefix)
+        while pending:
+            directory, base = pending.pop()
+            try:
+                entries = os.scandir(directory)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed since its parent was read
+            with entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    key = base + entry.name
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            sub = key + "/"
+                            if sub.startswith(prefix) or prefix.startswith(sub):
+                                pending.append((entry.path, sub))
+                            continue
+                        if not key.startswith(prefix):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted while we list
+                    if stat.S_ISREG(st.st_mode):
+                        page.append(ObjectInfo(key, st.st_size, st.st_mtime_ns // 1_000_000))
+                        if len(page) >= self._list_page_size:
+                            yield page
+                            page = []
+        if page:
+            yield page

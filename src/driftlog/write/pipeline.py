@@ -29,6 +29,7 @@ from kio.schema.errors import ErrorCode
 
 from driftlog.clock import SYSTEM_CLOCK, Clock
 from driftlog.coordinator.api import CommitOutcome, CommitRequest, Coordinator
+from driftlog.lifecycle.keys import new_object_key
 from driftlog.records.batch import BatchHeader
 from driftlog.storage.api import ObjectAlreadyExists, ObjectStore, ObjectStoreError
 from driftlog.write.buffer import PendingBatch, WriteBuffer
@@ -62,11 +63,6 @@ class PipelineTimings:
                 out[f"{name}_p50"] = round(samples[len(samples) // 2], 2)
                 out[f"{name}_p99"] = round(samples[int(len(samples) * 0.99)], 2)
         return out
-
-
-def new_object_key(now_ms: int) -> str:
-    # Time first so listings sort by age (useful for GC); uuid for uniqueness across agents.
-    return f"objects/{now_ms:013d}-{uuid.uuid4().hex}"
 
 
 class WritePipeline:

@@ -1,0 +1,1 @@
+"""Storage lifecycle: garbage collection of objects and compaction of small ones."""

@@ -1,0 +1,117 @@
+"""Dynamic broker configs (KIP-226) of one agent: validate, apply, describe. No I/O.
+
+AlterConfigs and IncrementalAlterConfigs on this agent's BROKER resource change
+the few configs in `topic_config.DYNAMIC_BROKER_CONFIGS`, which the agent reads
+live. They apply to this agent only and are forgotten on restart: Kafka keeps
+them in its metadata log, but here that would need the coordinator, so they are
+documented as per agent and not persisted. Cluster-wide defaults (the empty
+resource name) are refused for the same reason.
+
+Refusals follow Kafka's ConfigAdminManager: INVALID_REQUEST with a message
+naming the configs, and the whole resource is refused (nothing is applied).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from kio.schema.errors import ErrorCode
+
+from driftlog.topic_config import DYNAMIC_BROKER_CONFIGS, TOPIC_CONFIGS
+
+if TYPE_CHECKING:
+    from driftlog.agent import Agent
+
+_STATIC_MAX_MESSAGE_BYTES = int(TOPIC_CONFIGS["max.message.bytes"].default)
+
+
+@dataclasses.dataclass(slots=True)
+class _State:
+    static_max_connections: int
+    overrides: dict[str, str] = dataclasses.field(default_factory=dict)
+    message_max_bytes: int = _STATIC_MAX_MESSAGE_BYTES
+
+
+# One entry per Agent object (tests may run several in one process); weak so an
+# agent that is gone takes its overrides with it.
+_states: weakref.WeakKeyDictionary[Agent, _State] = weakref.WeakKeyDictionary()
+
+
+def _state(agent: Agent) -> _State:
+    state = _states.get(agent)
+    if state is None:
+        state = _State(static_max_connections=agent.config.max_connections)
+        _states[agent] = state
+    return state
+
+
+def overrides(agent: Agent) -> Mapping[str, str]:
+    """The dynamic values set on this agent (name to value)."""
+    state = _states.get(agent)
+    return state.overrides if state is not None else {}
+
+
+def message_max_bytes(agent: Agent) -> int:
+    """The largest batch a topic without its own max.message.bytes accepts."""
+    state = _states.get(agent)
+    return state.message_max_bytes if state is not None else _STATIC_MAX_MESSAGE_BYTES
+
+
+def static_values(agent: Agent) -> dict[str, str]:
+    """What each dynamic config is without an override (from the command line)."""
+    state = _states.get(agent)
+    max_connections = state.static_max_connections if state else agent.config.max_connections
+    return {
+        "message.max.bytes": str(_STATIC_MAX_MESSAGE_BYTES),
+        "max.connections": str(max_connections),
+    }
+
+
+def check_resource(agent: Agent, name: str) -> tuple[ErrorCode, str | None]:
+    """Whether a BROKER resource name may be altered here (Kafka's wording)."""
+    if name == "":
+        return (
+            ErrorCode.invalid_request,
+            "cluster-wide default broker configs are not supported: Driftlog applies "
+            f"dynamic broker configs per agent; name the broker id ({agent.node_id})",
+        )
+    try:
+        node_id = int(name)
+    except ValueError:
+        return ErrorCode.invalid_request, f"Node id must be an integer, but it is: {name}"
+    if node_id != agent.node_id:
+        return (
+            ErrorCode.invalid_request,
+            f"Unexpected broker id, expected {agent.node_id}, but received {name}",
+        )
+    return ErrorCode.none, None
+
+
+def validate(changes: Mapping[str, str | None]) -> tuple[ErrorCode, str | None]:
+    """Refuse configs this agent cannot change at runtime, and invalid values."""
+    refused = sorted(name for name in changes if name not in DYNAMIC_BROKER_CONFIGS)
+    if refused:
+        return (
+            ErrorCode.invalid_request,
+            f"Cannot update these configs dynamically: {', '.join(refused)} "
+            f"(this agent applies only {', '.join(sorted(DYNAMIC_BROKER_CONFIGS))})",
+        )
+    for name, value in changes.items():
+        if value is not None and not DYNAMIC_BROKER_CONFIGS[name](value):
+            return ErrorCode.invalid_request, f"Invalid value {value} for configuration {name}"
+    return ErrorCode.none, None
+
+
+def apply(agent: Agent, new_overrides: Mapping[str, str]) -> None:
+    """Make `new_overrides` the agent's whole set of dynamic values, effective at once."""
+    state = _state(agent)
+    state.overrides = dict(new_overrides)
+    state.message_max_bytes = int(new_overrides.get("message.max.bytes", _STATIC_MAX_MESSAGE_BYTES))
+    max_connections = int(new_overrides.get("max.connections", state.static_max_connections))
+    if max_connections != agent.config.max_connections:
+        # The agent reads config.max_connections on every accept; the config is a
+        # frozen value, so the change is a new value.
+        agent.config = dataclasses.replace(agent.config, max_connections=max_connections)

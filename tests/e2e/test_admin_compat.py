@@ -1,0 +1,500 @@
+"""Admin APIs that real tools use, through a real agent and confluent-kafka (librdkafka).
+
+compression.type values, manual replica assignments, dynamic broker configs,
+DescribeCluster, and KIP-467 per-record produce errors (with a raw client where
+the exact response fields matter).
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+import pytest
+from batch_builder import build_batch
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import (
+    AclOperation,
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+    NewPartitions,
+    NewTopic,
+)
+from conftest import AgentProcess, Cluster
+from kio.schema.api_versions.v3.request import ApiVersionsRequest
+from kio.schema.errors import ErrorCode
+from kio.schema.incremental_alter_configs.v1.request import (
+    AlterableConfig,
+    AlterConfigsResource,
+    IncrementalAlterConfigsRequest,
+)
+from kio.schema.produce.v11.request import PartitionProduceData, ProduceRequest, TopicProduceData
+from kio.schema.types import TopicName
+from kio.static.primitive import Records, i8, i16, i32, i32Timedelta
+from raw_client import RawClient
+
+CODECS = ["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]
+HOUR_MS = 3_600_000
+
+
+def _error_name(future: Any) -> str:
+    with pytest.raises(KafkaException) as raised:
+        future.result(10)
+    error: KafkaError = raised.value.args[0]
+    return str(error.name())
+
+
+def _error(future: Any) -> KafkaError:
+    with pytest.raises(KafkaException) as raised:
+        future.result(10)
+    error: KafkaError = raised.value.args[0]
+    return error
+
+
+def _topic_config(admin: AdminClient, topic: str) -> dict[str, Any]:
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    configs: dict[str, Any] = admin.describe_configs([resource])[resource].result(10)
+    return configs
+
+
+def _broker_config(admin: AdminClient, node_id: int = 0) -> dict[str, Any]:
+    resource = ConfigResource(ConfigResource.Type.BROKER, str(node_id))
+    configs: dict[str, Any] = admin.describe_configs([resource])[resource].result(10)
+    return configs
+
+
+def _consume(bootstrap: str, topic: str, n: int) -> list[bytes]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{topic}"})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    values: list[bytes] = []
+    deadline = time.monotonic() + 20
+    while len(values) < n and time.monotonic() < deadline:
+        message = consumer.poll(0.2)
+        if message is not None and not message.error():
+            values.append(message.value())
+    consumer.close()
+    return values
+
+
+def _high_watermark(bootstrap: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+    _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    consumer.close()
+    return int(high)
+
+
+# AlterConfigs is deprecated in the client, but tools still send it.
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated")
+def test_every_compression_type_is_accepted_stored_and_described(agent: AgentProcess) -> None:
+    admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+    # CreateTopics takes each of Kafka's values and DescribeConfigs gives it back.
+    for codec in CODECS:
+        admin.create_topics([NewTopic(f"c-{codec}", 1, config={"compression.type": codec})])[
+            f"c-{codec}"
+        ].result(10)
+        entry = _topic_config(admin, f"c-{codec}")["compression.type"]
+        assert entry.value == codec
+        assert entry.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    assert (
+        _error_name(
+            admin.create_topics([NewTopic("c-bad", 1, config={"compression.type": "brotli"})])[
+                "c-bad"
+            ]
+        )
+        == "INVALID_CONFIG"
+    )
+
+    # IncrementalAlterConfigs: set each value in turn, then delete back to the default.
+    for codec in CODECS:
+        change = ConfigResource(
+            ConfigResource.Type.TOPIC,
+            "c-producer",
+            incremental_configs=[
+                ConfigEntry("compression.type", codec, incremental_operation=AlterConfigOpType.SET)
+            ],
+        )
+        admin.incremental_alter_configs([change])[change].result(10)
+        assert _topic_config(admin, "c-producer")["compression.type"].value == codec
+    delete = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        "c-producer",
+        incremental_configs=[
+            ConfigEntry("compression.type", None, incremental_operation=AlterConfigOpType.DELETE)
+        ],
+    )
+    admin.incremental_alter_configs([delete])[delete].result(10)
+    entry = _topic_config(admin, "c-producer")["compression.type"]
+    assert (entry.value, entry.is_default) == ("producer", True)
+
+    # AlterConfigs (legacy, replaces the whole set).
+    legacy = ConfigResource(
+        ConfigResource.Type.TOPIC, "c-gzip", set_config={"compression.type": "lz4"}
+    )
+    admin.alter_configs([legacy])[legacy].result(10)
+    assert _topic_config(admin, "c-gzip")["compression.type"].value == "lz4"
+    bad = ConfigResource(ConfigResource.Type.TOPIC, "c-gzip", set_config={"compression.type": "x"})
+    assert _error_name(admin.alter_configs([bad])[bad]) == "INVALID_CONFIG"
+    assert _topic_config(admin, "c-gzip")["compression.type"].value == "lz4"
+
+    # Batches are stored as the producer compressed them (no recompression):
+    # a snappy producer on a gzip topic is read back intact by any consumer.
+    producer = Producer({"bootstrap.servers": agent.bootstrap, "compression.type": "snappy"})
+    for i in range(20):
+        producer.produce("c-lz4", value=b"record-%d" % i, partition=0)
+    assert producer.flush(20) == 0
+    assert _consume(agent.bootstrap, "c-lz4", 20) == [b"record-%d" % i for i in range(20)]
+
+
+def test_replica_assignments_naming_live_brokers(agent: AgentProcess) -> None:
+    admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+    [broker] = admin.list_topics(timeout=10).brokers.values()
+    node = broker.id  # as Metadata reports it
+
+    admin.create_topics([NewTopic("ra", 3, replica_assignment=[[node], [node], [node]])])[
+        "ra"
+    ].result(10)
+    assert len(admin.list_topics(timeout=10).topics["ra"].partitions) == 3
+    # validate_only checks without creating.
+    admin.create_topics([NewTopic("ra-dry", 1, replica_assignment=[[node]])], validate_only=True)[
+        "ra-dry"
+    ].result(10)
+    assert "ra-dry" not in admin.list_topics(timeout=10).topics
+
+    unknown = _error(
+        admin.create_topics([NewTopic("ra-x", 1, replica_assignment=[[node + 7]])])["ra-x"]
+    )
+    assert unknown.name() == "INVALID_REPLICA_ASSIGNMENT"
+    assert f"broker {node + 7}" in unknown.str()
+    twice = _error(
+        admin.create_topics([NewTopic("ra-y", 1, replica_assignment=[[node, node]])])["ra-y"]
+    )
+    assert twice.name() == "INVALID_REPLICA_ASSIGNMENT"
+    assert "more than once" in twice.str()
+    assert "ra-x" not in admin.list_topics(timeout=10).topics
+
+    # CreatePartitions: one replica list per new partition.
+    admin.create_partitions([NewPartitions("ra", 5, replica_assignment=[[node], [node]])])[
+        "ra"
+    ].result(10)
+    assert len(admin.list_topics(timeout=10).topics["ra"].partitions) == 5
+    short = _error(
+        admin.create_partitions([NewPartitions("ra", 8, replica_assignment=[[node]])])["ra"]
+    )
+    assert short.name() == "INVALID_REPLICA_ASSIGNMENT"
+    assert "3 additional partition(s), but only 1 assignment(s)" in short.str()
+    ghost = _error(
+        admin.create_partitions([NewPartitions("ra", 6, replica_assignment=[[node + 1]])])["ra"]
+    )
+    assert ghost.name() == "INVALID_REPLICA_ASSIGNMENT"
+    assert len(admin.list_topics(timeout=10).topics["ra"].partitions) == 5
+
+    # The partitions work like any others.
+    producer = Producer({"bootstrap.servers": agent.bootstrap})
+    producer.produce("ra", value=b"v", partition=4)
+    assert producer.flush(20) == 0
+
+
+def test_replica_assignments_across_a_cluster(cluster: Cluster) -> None:
+    cluster.add("a")
+    cluster.add("b")
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    deadline = time.monotonic() + 15
+    while len(admin.list_topics(timeout=10).brokers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    nodes = sorted(admin.list_topics(timeout=10).brokers)
+    assert nodes == [1, 2]
+
+    admin.create_topics([NewTopic("spread", 2, replica_assignment=[[1, 2], [2, 1]])])[
+        "spread"
+    ].result(10)
+    assert len(admin.list_topics(timeout=10).topics["spread"].partitions) == 2
+    uneven = _error(
+        admin.create_topics([NewTopic("uneven", 2, replica_assignment=[[1, 2], [2]])])["uneven"]
+    )
+    assert uneven.name() == "INVALID_REPLICA_ASSIGNMENT"
+    assert "not consistent with previous partitions" in uneven.str()
+    admin.create_partitions([NewPartitions("spread", 3, replica_assignment=[[2, 1]])])[
+        "spread"
+    ].result(10)
+    assert len(admin.list_topics(timeout=10).topics["spread"].partitions) == 3
+
+
+def _broker_change(node: int, *entries: ConfigEntry) -> ConfigResource:
+    return ConfigResource(ConfigResource.Type.BROKER, str(node), incremental_configs=list(entries))
+
+
+def _set(name: str, value: str) -> ConfigEntry:
+    return ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+
+
+def _connection_refused(bootstrap: str) -> bool:
+    """Whether a new connection is closed without an answer to ApiVersions."""
+    client = RawClient(bootstrap)
+    try:
+        request = ApiVersionsRequest(client_software_name="t", client_software_version="1")
+        client.send_bytes(client.encode(request))
+        return client.recv_frame() is None
+    except (TimeoutError, ConnectionResetError, BrokenPipeError):
+        return True
+    finally:
+        client.close()
+
+
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated")
+def test_dynamic_broker_configs(agent: AgentProcess) -> None:
+    admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+    admin.create_topics(
+        [NewTopic("dyn", 1), NewTopic("dyn-own", 1, config={"max.message.bytes": "100000"})]
+    )["dyn"].result(10)
+    time.sleep(0.5)
+    before = _broker_config(admin)
+    assert before["message.max.bytes"].value == "1048588"
+    assert not before["message.max.bytes"].is_read_only
+    assert before["message.max.bytes"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+    assert before["max.connections"].value == "10000"
+    assert before["auto.create.topics.enable"].is_read_only
+
+    # message.max.bytes: the default batch limit of topics without their own.
+    change = _broker_change(0, _set("message.max.bytes", "2000"))
+    admin.incremental_alter_configs([change])[change].result(10)
+    after = _broker_config(admin)
+    assert after["message.max.bytes"].value == "2000"
+    assert after["message.max.bytes"].source == ConfigSource.DYNAMIC_BROKER_CONFIG.value
+    topic_entry = _topic_config(admin, "dyn")["max.message.bytes"]
+    assert topic_entry.value == "2000"
+    assert topic_entry.source == ConfigSource.DYNAMIC_BROKER_CONFIG.value
+
+    failures: list[str] = []
+    producer = Producer({"bootstrap.servers": agent.bootstrap, "compression.type": "none"})
+
+    def report(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            failures.append(err.name())
+
+    producer.produce("dyn", value=b"x" * 5000, partition=0, on_delivery=report)
+    producer.produce("dyn-own", value=b"x" * 5000, partition=0, on_delivery=report)
+    producer.flush(20)
+    assert failures == ["MSG_SIZE_TOO_LARGE"]  # dyn-own keeps its own 100000
+
+    # max.connections: new connections beyond it are refused; the admin's stay.
+    change = _broker_change(0, _set("max.connections", "1"))
+    admin.incremental_alter_configs([change])[change].result(10)
+    assert _connection_refused(agent.bootstrap)
+    assert _broker_config(admin)["max.connections"].value == "1"
+
+    # DELETE returns to the value the agent was started with, at once.
+    delete = _broker_change(
+        0,
+        ConfigEntry("max.connections", None, incremental_operation=AlterConfigOpType.DELETE),
+        ConfigEntry("message.max.bytes", None, incremental_operation=AlterConfigOpType.DELETE),
+    )
+    admin.incremental_alter_configs([delete])[delete].result(10)
+    assert not _connection_refused(agent.bootstrap)
+    restored = _broker_config(admin)
+    assert restored["max.connections"].value == "10000"
+    assert restored["message.max.bytes"].value == "1048588"
+    assert restored["message.max.bytes"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+    producer.produce("dyn", value=b"x" * 5000, partition=0, on_delivery=report)
+    assert producer.flush(20) == 0
+    assert failures == ["MSG_SIZE_TOO_LARGE"]
+
+    # Refusals: per resource, INVALID_REQUEST with the configs named; nothing applied.
+    mixed = _broker_change(
+        0, _set("message.max.bytes", "3000"), _set("auto.create.topics.enable", "false")
+    )
+    refused = _error(admin.incremental_alter_configs([mixed])[mixed])
+    assert refused.name() == "INVALID_REQUEST"
+    assert "Cannot update these configs dynamically: auto.create.topics.enable" in refused.str()
+    assert _broker_config(admin)["message.max.bytes"].value == "1048588"
+    bad_value = _broker_change(0, _set("max.connections", "none"))
+    refused = _error(admin.incremental_alter_configs([bad_value])[bad_value])
+    assert refused.name() == "INVALID_REQUEST"
+    assert "Invalid value none for configuration max.connections" in refused.str()
+    # Resource names confluent-kafka will not send: the cluster-wide default and
+    # another broker's id (Kafka's wording for the latter).
+    client = RawClient(agent.bootstrap)
+    for name, expected in [
+        ("", "per agent"),
+        ("5", "Unexpected broker id, expected 0, but received 5"),
+        ("x", "Node id must be an integer, but it is: x"),
+    ]:
+        response = client.request(
+            IncrementalAlterConfigsRequest(
+                resources=(
+                    AlterConfigsResource(
+                        resource_type=i8(4),
+                        resource_name=name,
+                        configs=(
+                            AlterableConfig(
+                                name="message.max.bytes", config_operation=i8(0), value="3000"
+                            ),
+                        ),
+                    ),
+                ),
+                validate_only=False,
+            )
+        )
+        [result] = response.responses
+        assert result.error_code == ErrorCode.invalid_request
+        assert expected in (result.error_message or "")
+    client.close()
+    assert _broker_config(admin)["message.max.bytes"].value == "1048588"
+
+    # AlterConfigs (legacy) replaces the agent's whole dynamic set.
+    legacy = ConfigResource(
+        ConfigResource.Type.BROKER, "0", set_config={"message.max.bytes": "4000"}
+    )
+    admin.alter_configs([legacy])[legacy].result(10)
+    assert _broker_config(admin)["message.max.bytes"].value == "4000"
+    legacy = ConfigResource(ConfigResource.Type.BROKER, "0", set_config={"max.connections": "500"})
+    admin.alter_configs([legacy])[legacy].result(10)
+    configs = _broker_config(admin)
+    assert configs["max.connections"].value == "500"
+    assert configs["message.max.bytes"].value == "1048588"  # not in the set: back to static
+    legacy = ConfigResource(ConfigResource.Type.BROKER, "0", set_config={"num.partitions": "4"})
+    assert _error_name(admin.alter_configs([legacy])[legacy]) == "INVALID_REQUEST"
+
+    # Per agent and in memory only: a restart forgets the dynamic value.
+    agent.terminate()
+    agent.restart()
+    admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+    assert _broker_config(admin)["max.connections"].value == "10000"
+
+
+def test_describe_cluster(agent: AgentProcess) -> None:
+    admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+    plain = admin.describe_cluster(request_timeout=10).result(10)
+    assert plain.cluster_id
+    assert plain.controller is not None and plain.controller.id == 0
+    assert [(n.id, n.host, n.port) for n in plain.nodes] == [(0, "127.0.0.1", agent.port)]
+    assert plain.authorized_operations is None
+
+    full = admin.describe_cluster(include_authorized_operations=True, request_timeout=10).result(10)
+    assert full.cluster_id == plain.cluster_id
+    # No ACLs: every operation a Kafka cluster resource supports, as Kafka without
+    # an authorizer reports.
+    assert set(full.authorized_operations) == {
+        AclOperation.CREATE,
+        AclOperation.ALTER,
+        AclOperation.DESCRIBE,
+        AclOperation.CLUSTER_ACTION,
+        AclOperation.DESCRIBE_CONFIGS,
+        AclOperation.ALTER_CONFIGS,
+        AclOperation.IDEMPOTENT_WRITE,
+    }
+
+    # Metadata's topic flag (librdkafka's DescribeTopics) likewise.
+    admin.create_topics([NewTopic("described", 2)])["described"].result(10)
+    [topic] = admin.describe_topics(
+        TopicCollection(["described"]), include_authorized_operations=True
+    ).values()
+    description = topic.result(10)
+    assert len(description.partitions) == 2
+    assert set(description.authorized_operations) == {
+        AclOperation.READ,
+        AclOperation.WRITE,
+        AclOperation.CREATE,
+        AclOperation.DELETE,
+        AclOperation.ALTER,
+        AclOperation.DESCRIBE,
+        AclOperation.DESCRIBE_CONFIGS,
+        AclOperation.ALTER_CONFIGS,
+    }
+
+
+def _produce(topic: str, batch: bytes) -> Any:
+    return ProduceRequest(
+        transactional_id=None,
+        acks=i16(-1),
+        timeout=i32Timedelta.parse(datetime.timedelta(seconds=10)),
+        topic_data=(
+            TopicProduceData(
+                name=TopicName(topic),
+                partition_data=(PartitionProduceData(index=i32(0), records=Records(batch)),),
+            ),
+        ),
+    )
+
+
+def test_invalid_records_get_record_errors_and_nothing_is_stored(agent: AgentProcess) -> None:
+    admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+    bounded = {
+        "message.timestamp.before.max.ms": str(HOUR_MS),
+        "message.timestamp.after.max.ms": str(HOUR_MS),
+    }
+    admin.create_topics(
+        [
+            NewTopic("bounded", 1, config=bounded),
+            NewTopic("appended", 1, config={"message.timestamp.type": "LogAppendTime"}),
+        ]
+    )["bounded"].result(10)
+    time.sleep(0.5)
+    assert _topic_config(admin, "bounded")["message.timestamp.before.max.ms"].value == str(HOUR_MS)
+
+    # A real producer: an old record is refused with INVALID_TIMESTAMP, a current one stored.
+    failures: list[str] = []
+
+    def report(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            failures.append(err.name())
+
+    now_ms = int(time.time() * 1000)
+    producer = Producer({"bootstrap.servers": agent.bootstrap, "compression.type": "lz4"})
+    producer.produce("bounded", value=b"old", partition=0, timestamp=now_ms - 2 * HOUR_MS,
+                     on_delivery=report)  # fmt: skip
+    producer.flush(20)
+    assert failures == ["INVALID_TIMESTAMP"]
+    producer.produce("bounded", value=b"now", partition=0, on_delivery=report)
+    assert producer.flush(20) == 0
+    assert failures == ["INVALID_TIMESTAMP"]
+    assert _high_watermark(agent.bootstrap, "bounded") == 1
+
+    # The exact response: records 1 and 2 (two and four hours old) are named; the
+    # whole batch is refused, so record 0 is not stored either.
+    client = RawClient(agent.bootstrap)
+    now_ms = int(time.time() * 1000)
+    batch = build_batch([b"a", b"b", b"c"], base_timestamp_ms=now_ms,
+                        timestamp_step_ms=-2 * HOUR_MS)  # fmt: skip
+    response = client.request(_produce("bounded", batch))
+    [part] = response.responses[0].partition_responses
+    assert part.error_code == ErrorCode.invalid_timestamp
+    assert part.error_message == "One or more records have been rejected due to invalid timestamp"
+    assert [e.batch_index for e in part.record_errors] == [1, 2]
+    assert "is out of range" in (part.record_errors[0].batch_index_error_message or "")
+    assert part.base_offset == -1
+    # Future records too (after.max.ms).
+    batch = build_batch([b"a", b"b"], base_timestamp_ms=now_ms + 2 * HOUR_MS)
+    [part] = client.request(_produce("bounded", batch)).responses[0].partition_responses
+    assert part.error_code == ErrorCode.invalid_timestamp
+    assert [e.batch_index for e in part.record_errors] == [0, 1]
+    # A batch inside the bounds is stored after the refused ones.
+    batch = build_batch([b"a", b"b"], base_timestamp_ms=now_ms)
+    [part] = client.request(_produce("bounded", batch)).responses[0].partition_responses
+    assert (part.error_code, part.base_offset, part.record_errors) == (ErrorCode.none, 1, ())
+    assert _high_watermark(agent.bootstrap, "bounded") == 3
+
+    # A LogAppendTime topic refuses producer batches that claim LogAppendTime.
+    batch = build_batch([b"a", b"b", b"c"], attributes=0x08)
+    [part] = client.request(_produce("appended", batch)).responses[0].partition_responses
+    assert part.error_code == ErrorCode.invalid_timestamp
+    assert [e.batch_index for e in part.record_errors] == [0, 1, 2]
+    assert "LogAppendTime" in (part.record_errors[0].batch_index_error_message or "")
+    assert _high_watermark(agent.bootstrap, "appended") == 0
+    client.close()
+
+    # Topics without bounds are not checked: an old timestamp is stored as sent.
+    admin.create_topics([NewTopic("unbounded", 1)])["unbounded"].result(10)
+    producer.produce("unbounded", value=b"old", partition=0, timestamp=1000, on_delivery=report)
+    assert producer.flush(20) == 0
+    assert failures == ["INVALID_TIMESTAMP"]
