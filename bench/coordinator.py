@@ -95,7 +95,7 @@ class SimulatedAgent:
         def send() -> None:
             self._next_id += 1
             self._sent[self._next_id] = time.perf_counter()
-            writer.write(messages.encode(messages.commit_message(self._next_id, self._request())))
+            writer.write(messages.encode_commit(self._next_id, self._request()))
 
         for _ in range(self.depth):
             send()
