@@ -112,7 +112,6 @@ def main() -> None:
             for o in objs:
                 o.outcomes_json = ""
                 outcomes_json(o)
-            postgres._object_rows(objs)
             postgres._batch_rows(objs)
 
     raws = [

@@ -52,7 +52,7 @@ batches_strategy = st.builds(
 )
 requests_strategy = st.builds(
     CommitRequest,
-    st.text(max_size=40),
+    st.text(max_size=40).filter(lambda k: "\x00" not in k),
     INT64,
     st.lists(batches_strategy, max_size=12).map(lambda bs: sorted(bs, key=lambda b: b[0])),
     st.booleans(),

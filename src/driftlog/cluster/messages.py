@@ -11,7 +11,7 @@ An agent sends the writer:
     {"op": "subscribe"}
 
 COMMIT is, big-endian: 0x01, request id (int64), flags (uint8; bit 0: a
-re-send), object size (int64), key length (uint16), the key (UTF-8), BATCHES.
+re-send), object size (int64), key length (uint16), the key (UTF-8, no NUL), BATCHES.
 
 BATCHES is: topic count T (uint32), T topic ids (16 bytes each), batch count N
 (uint32), then N batches of 54 bytes each: topic index (uint32, < T),
@@ -163,6 +163,8 @@ def decode_commit(body: bytes) -> tuple[int, CommitRequest, bytes]:
         if tag != COMMIT or len(body) < start:
             raise ValueError("truncated")
         key = body[_COMMIT_HEAD.size : start].decode()
+        if "\x00" in key:  # no database stores it: it would fail the whole round
+            raise ValueError("NUL in the object key")
     except (struct.error, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise ProtocolError(f"bad commit: {e!r}") from e
     raw = body[start:]

@@ -174,6 +174,18 @@ _OBJECT_COUNTS = (
     " count(*) FILTER (WHERE deleted_ms IS NOT NULL) FROM objects"
 )
 
+# The last statement of a group commit: the fence check (`_check_fence`: it takes the
+# lease row's lock, ordering it against a takeover) and the round's objects, stored
+# only if the fence holds; returns how many lease rows matched (0: fenced).
+_STORE_OBJECTS_FENCED = (
+    b"WITH fence AS (UPDATE leases SET expires_ms = greatest(expires_ms, %s)"
+    b" WHERE shard = %s AND epoch = %s RETURNING 1),"
+    b" stored AS (INSERT INTO objects (object_id, key, size, committed_ms, outcomes,"
+    b" dead_since_ms) SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[],"
+    b" %s::bigint[], %s::text[], %s::bigint[]) WHERE EXISTS (SELECT FROM fence))"
+    b" SELECT count(*) FROM fence"
+)
+
 _LOCATION = (
     "o.key, b.byte_offset, b.byte_length, b.base_offset, b.last_offset,"
     " b.max_timestamp_ms, b.log_append_time_ms"
@@ -392,19 +404,17 @@ class PostgresBackend:
         objects: Sequence[SequencedObject],
         after: Awaitable[bool] | None,
     ) -> None:
-        """One group commit. The rows go in first; the fence check comes last, right
-        before COMMIT, so the lease row is locked only briefly and the next round's
-        rows can be copied while this one commits (`after` orders the commits)."""
+        """One group commit. The batch rows go in first (one COPY); the last statement
+        checks the fence and stores the objects, right before COMMIT, so the lease row
+        is locked only briefly and the next round's rows can be copied while this one
+        commits (`after` orders the commits). Every statement is a round trip with the
+        server and costs the writer more CPU than the rows it carries, hence few."""
         updates: dict[ProducerKey, Any] = {}
         for o in objects:
             updates.update(o.producer_updates)
         try:
             async with self._write_pool.connection() as conn, conn.transaction():
                 cursor = conn.cursor()
-                async with cursor.copy(
-                    b"COPY objects (object_id, key, size, committed_ms, outcomes) FROM STDIN"
-                ) as copy:
-                    await copy.write(_object_rows(objects))
                 async with cursor.copy(
                     b"COPY batches (topic_id, partition, last_offset, base_offset, object_id,"
                     b" byte_offset, byte_length, max_timestamp_ms, log_append_time_ms,"
@@ -413,13 +423,6 @@ class PostgresBackend:
                     # Fixed-size binary rows, one write for the whole round: cheaper to
                     # build than text and cheaper for the server to parse.
                     await copy.write(_batch_rows(objects))
-                refused = [o.object_id for o in objects if not o.rows]
-                if refused:  # every batch refused (duplicates): nothing references them
-                    await cursor.execute(
-                        b"UPDATE objects SET dead_since_ms = committed_ms"
-                        b" WHERE object_id = ANY(%s)",
-                        (refused,),
-                    )
                 if updates:
                     await cursor.executemany(
                         b"INSERT INTO producer_states VALUES (%s, %s, %s, %s, %s)"
@@ -432,7 +435,22 @@ class PostgresBackend:
                     )
                 if after is not None and not await after:
                     raise CoordinatorUnavailable("an earlier transaction failed")
-                await _check_fence(conn, fence)
+                # An object whose batches were all refused (duplicates) is stored dead:
+                # nothing references it.
+                await cursor.execute(
+                    _STORE_OBJECTS_FENCED,
+                    (
+                        fence.expires_ms,
+                        fence.shard,
+                        fence.epoch,
+                        *_object_arrays(objects),
+                    ),
+                )
+                row = await cursor.fetchone()
+                if row is None or not row[0]:
+                    raise Fenced(
+                        f"writer epoch {fence.epoch} of shard {fence.shard} was superseded"
+                    )
         except psycopg.errors.UniqueViolation as e:
             # A deposed writer's object ids collide with its successor's: say so.
             if await self._superseded(fence):
@@ -725,16 +743,27 @@ class PostgresBackend:
         return [r[0] for r in await self._fetch("SELECT DISTINCT group_id FROM group_offsets")]
 
 
-# COPY's text format: backslash, tab, newline and carriage return are escaped.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+def _object_arrays(objects: Sequence[SequencedObject]) -> tuple[str, ...]:
+    """The round's objects as array literals, column by column (`_STORE_OBJECTS_FENCED`).
+
+    Passed as text and cast by the server: psycopg's list adapters run Python code per
+    element, string formatting in C does not."""
+    keys = ",".join([_array_element(o.object_key) for o in objects])
+    # Outcomes are JSON arrays of integers: nothing in them needs escaping.
+    outcomes = '","'.join([outcomes_json(o) for o in objects])
+    return (
+        "{" + ",".join([str(o.object_id) for o in objects]) + "}",
+        "{" + keys + "}",
+        "{" + ",".join([str(o.object_size) for o in objects]) + "}",
+        "{" + ",".join([str(o.committed_ms) for o in objects]) + "}",
+        '{"' + outcomes + '"}',
+        "{" + ",".join(["NULL" if o.rows else str(o.committed_ms) for o in objects]) + "}",
+    )
 
 
-def _object_rows(objects: Sequence[SequencedObject]) -> bytes:
-    return "".join(
-        f"{o.object_id}\t{o.object_key.translate(_COPY_ESCAPES)}\t{o.object_size}\t"
-        f"{o.committed_ms}\t{outcomes_json(o).translate(_COPY_ESCAPES)}\n"
-        for o in objects
-    ).encode()
+def _array_element(text: str) -> str:
+    """A quoted element of a PostgreSQL array literal ("Arrays", "Array Value Input")."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # COPY's binary format (PostgreSQL docs, "COPY", "Binary Format"): a signature, flags
@@ -776,7 +805,11 @@ async def _check_fence(conn: psycopg.AsyncConnection[Any], fence: Fence) -> None
         (fence.expires_ms, fence.shard, fence.epoch),
     )
     if await cursor.fetchone() is None:
-        raise Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} was superseded")
+        raise _superseded_error(fence)
+
+
+def _superseded_error(fence: Fence) -> Fenced:
+    return Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} was superseded")
 
 
 async def _load_topics(conn: psycopg.AsyncConnection[Any]) -> list[TopicInfo]:
