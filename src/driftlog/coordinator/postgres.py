@@ -2,9 +2,9 @@
 
 Same tables as `sqlite.py` with PostgreSQL types. Migrations are applied at
 open under an advisory lock, so agents starting together do not race. The
-writer's group commit is one transaction: the fence check (which takes the
-lease row's lock, ordering it against a takeover), then COPY of the objects
-and batches, then upserts of the producer states that changed.
+writer's group commit is one transaction: COPY of the batches, upserts of the
+producer states that changed, then the fence check (which takes the lease row's
+lock, ordering it against a takeover) in the statement that stores the objects.
 """
 
 from __future__ import annotations
