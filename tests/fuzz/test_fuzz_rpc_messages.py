@@ -15,10 +15,12 @@ from typing import Any
 from fuzz.fuzzlib import SEED, mutate, mutations
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
+from kio.schema.errors import ErrorCode
 
 from driftlog.cluster import messages
 from driftlog.cluster.messages import ProtocolError
 from driftlog.coordinator.api import BatchLocation, BatchToCommit, CommitOutcome, CommitRequest
+from driftlog.coordinator.backend import decode_outcomes, encode_outcomes, outcomes_json
 from driftlog.coordinator.sequencer import SequencedObject
 
 SCALE = float(os.environ.get("DRIFTLOG_FUZZ_SCALE", "1"))
@@ -201,3 +203,23 @@ def test_outcomes_that_are_not_arrays_are_a_protocol_error() -> None:
             continue
         # A string error code is truthy: the batch is skipped, nothing is built from it.
         assert decoded == [] and json.loads(outcomes)[0][0] == "x"
+
+
+@fuzz(100)
+@seed(SEED)
+@given(
+    st.lists(
+        st.builds(
+            CommitOutcome,
+            st.sampled_from(list(ErrorCode)),
+            INT64,
+            INT64,
+            INT64,
+        ),
+        max_size=20,
+    )
+)
+def test_outcomes_json_is_the_encoders(outcomes: list[CommitOutcome]) -> None:
+    obj = SequencedObject(0, "k", 0, 0, [], outcomes)
+    assert outcomes_json(obj) == encode_outcomes(outcomes)
+    assert decode_outcomes(outcomes_json(obj)) == outcomes
