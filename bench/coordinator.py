@@ -12,8 +12,10 @@ agent also subscribes to the writer's stream of committed coordinates and drains
 it, as every agent does, so the writer pays for the fan-out.
 
 Printed per N: object commits/s, batches/s, commit latency p50/p99/max (from
-sending the commit to its answer), and database transactions per second (the
-group commit: many objects per transaction).
+sending the commit to its answer), database transactions per second (the
+group commit: many objects per transaction), and the writer process's CPU
+seconds per 1,000 commits over the measured window (user + system time from
+/proc, so the figure holds up when other work shares the machine).
 
 The seed's warning is the baseline: Inkless's PostgreSQL function locks partition
 rows per commit and manages about 230 commits/s at 8 agents on this class of
@@ -70,6 +72,7 @@ class SimulatedAgent:
         self.errors = 0
         self._sent: dict[int, float] = {}
         self._next_id = 0
+        self.answered_in_window = 0  # replies received between measure_from and stop_at
 
     def _request(self) -> CommitRequest:
         chosen = sorted(self.rng.sample(range(self.partitions), self.batches))
@@ -92,7 +95,7 @@ class SimulatedAgent:
         def send() -> None:
             self._next_id += 1
             self._sent[self._next_id] = time.perf_counter()
-            writer.write(messages.encode(messages.commit_message(self._next_id, self._request())))
+            writer.write(messages.encode_commit(self._next_id, self._request()))
 
         for _ in range(self.depth):
             send()
@@ -104,6 +107,8 @@ class SimulatedAgent:
                 self.errors += 1
             elif started >= measure_from:
                 self.latencies_ms.append((now - started) * 1000)
+            if measure_from <= now < stop_at:
+                self.answered_in_window += 1
             if now < stop_at:
                 send()
             elif not self._sent:
@@ -119,8 +124,14 @@ class SimulatedAgent:
             pass
 
 
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds the process used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_load(
-    address: str, topic_id: uuid.UUID, args: argparse.Namespace, agents: int
+    address: str, topic_id: uuid.UUID, args: argparse.Namespace, agents: int, writer_pid: int
 ) -> dict[str, Any]:
     simulated = [
         SimulatedAgent(i, topic_id, args.partitions, args.batches, args.depth)
@@ -129,7 +140,17 @@ async def run_load(
     start = time.perf_counter()
     measure_from = start + args.warmup
     stop_at = measure_from + args.seconds
+    cpu: list[float] = []
+
+    async def sample_cpu() -> None:
+        for at in (measure_from, stop_at):
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            cpu.append(cpu_s(writer_pid))
+
+    sampler = asyncio.create_task(sample_cpu())
     await asyncio.gather(*(a.run(address, stop_at, measure_from) for a in simulated))
+    await sampler
+    answered = sum(a.answered_in_window for a in simulated)
     latencies = sorted(x for a in simulated for x in a.latencies_ms)
     elapsed = args.seconds
     commits = len(latencies)
@@ -141,6 +162,8 @@ async def run_load(
         "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
         "max_ms": latencies[-1] if latencies else float("nan"),
         "errors": sum(a.errors for a in simulated),
+        "writer_cpu_s_per_1000": (cpu[1] - cpu[0]) * 1000 / max(answered, 1),
+        "writer_cpu_share": (cpu[1] - cpu[0]) / elapsed,
     }
 
 
@@ -181,13 +204,17 @@ def main() -> None:
     print()
     print(f"{args.batches} batches per object over {args.partitions} partitions, "
           f"{args.depth} commits in flight per agent, {args.seconds:.0f} s per row")  # fmt: skip
-    print("| agents | commits/s | batches/s | p50 ms | p99 ms | max ms | tx/s | objects/tx |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| agents | commits/s | batches/s | p50 ms | p99 ms | max ms | tx/s | objects/tx"
+        " | writer CPU s/1000 commits | writer CPU share |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['agents']} | {r['commits_per_s']:.0f} | {r['batches_per_s']:.0f} |"
             f" {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} |"
             f" {r['tx_per_s']:.0f} | {r['objects_per_tx']:.1f} |"
+            f" {r['writer_cpu_s_per_1000']:.3f} | {r['writer_cpu_share']:.0%} |"
         )
     if any(r["errors"] for r in results):
         print("errors:", [r["errors"] for r in results])
@@ -219,7 +246,7 @@ def run_one(dsn: str, args: argparse.Namespace, agents: int) -> dict[str, Any]:
                 topic_id = row[0]
         assert isinstance(topic_id, uuid.UUID)
         tx_before = transactions(dsn)
-        result = asyncio.run(run_load(f"127.0.0.1:{rpc_port}", topic_id, args, agents))
+        result = asyncio.run(run_load(f"127.0.0.1:{rpc_port}", topic_id, args, agents, process.pid))
         tx = transactions(dsn) - tx_before
         # Transactions over the whole run (warm-up and tail included), objects likewise.
         import psycopg

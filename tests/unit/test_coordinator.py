@@ -454,3 +454,23 @@ def test_a_writer_stopped_mid_transaction_does_not_block_its_successor(
             await c.close()
 
     run(scenario)
+
+
+def test_object_keys_with_quotes_and_backslashes_are_stored_as_sent(
+    backend_factory: BackendFactory,
+) -> None:
+    # PostgreSQL stores a round's objects through array literals: keys are quoted there.
+    async def scenario() -> None:
+        coordinator = await started(backend_factory(), FakeClock())
+        _, topic = await coordinator.create_topic("t", 2, {})
+        assert topic is not None
+        keys = ['a"b', "c\\d", "{e,f}", "NULL", "", 'g h\\"', "ünï"]
+        for key in keys:
+            await commit(coordinator, key, [batch(topic.topic_id, 0, 1)])
+        found = await coordinator.backend.committed_outcomes(keys)
+        assert {k: [o.base_offset for o in v] for k, v in found.items()} == {
+            k: [n] for n, k in enumerate(keys)
+        }
+        await coordinator.close()
+
+    run(scenario)

@@ -1,41 +1,58 @@
-"""The writer RPC's messages: plain JSON values, encoded and decoded here. Pure.
+"""The writer RPC's messages, encoded and decoded here. Pure.
 
-Frames are a 4-byte big-endian length followed by one JSON object. An agent
-sends the writer:
+Frames are a 4-byte big-endian length followed by a body. Commits, the bulk of
+the traffic, are binary; everything else is one JSON object. A body's first
+byte tells them apart: `{` is JSON, 0x01 a commit, 0x02 an `applied` event.
+An agent sends the writer:
 
-    {"op": "commit", "id": N, "key": K, "size": S, "retry": R, "batches": [BATCH, ...]}
+    COMMIT (binary, below)
     {"op": "admin", "id": N, "action": A, "name": T, "partitions": P, "configs": {...}}
+    {"op": "delete_records", "id": N, "partitions": [[topic id hex, partition, offset], ...]}
     {"op": "subscribe"}
 
-BATCH is [topic id hex, partition, byte offset, byte length, record count,
-base timestamp, max timestamp, producer id, producer epoch, base sequence].
-R is true when the agent re-sends a commit whose answer it did not get; only then
-does the writer look the key up among committed objects. The writer answers each
+COMMIT is, big-endian: 0x01, request id (int64), flags (uint8; bit 0: a
+re-send), object size (int64), key length (uint16), the key (UTF-8, no NUL), BATCHES.
+
+BATCHES is: topic count T (uint32), T topic ids (16 bytes each), batch count N
+(uint32), then N batches of 54 bytes each: topic index (uint32, < T),
+partition (int32, >= 0), byte offset (int64, >= 0), byte length (int32, >= 0),
+record count (int32, >= 1), base timestamp, max timestamp, producer id (int64
+each), producer epoch (int16), base sequence (int32). Its size must be exactly
+that; anything else is a protocol error and closes the connection.
+
+A re-send is a commit whose answer the agent did not get; only then does the
+writer look the key up among committed objects. The writer answers each
 request with the same id:
 
     {"id": N, "outcomes": [[error code, base offset, log append time, log start], ...]}
     {"id": N, "error_code": E, "topic": TOPIC or null}          (admin)
+    {"id": N, "results": [[error code, log start], ...]}        (delete_records)
     {"id": N, "error": "not_writer" | "fenced" | "unavailable", "message": M}
 
 confirms a subscription with {"op": "subscribed"} and then streams to the
 subscriber what became durable, in commit order:
 
-    {"op": "applied", "objects": [[object key, [BATCH, ...], [OUTCOME, ...]], ...]}
+    APPLIED (binary, below)
     {"op": "topic", "topic": TOPIC}   {"op": "topic_dropped", "topic": TOPIC}
     {"op": "reloaded"}                (the writer reloaded: resynchronize from the database)
     {"op": "log_starts", "partitions": [[topic id hex, partition, log start], ...]}
     {"op": "relocated", "partitions": [[topic id hex, partition], ...]}
                                       (compaction moved their batches: drop cached coordinates)
 
-TOPIC is [name, topic id hex, partition count, {config: value}]. OUTCOME is
-[error code, base offset, log append time, log start offset]; the applied event
-repeats each object's batches as its agent sent them plus the outcomes, from
-which followers rebuild the coordinates (offsets, last offset = base + count - 1).
+APPLIED is: 0x02, object count (uint32), then per object: key length (uint16),
+the key, BATCHES length (uint32), the object's BATCHES as its agent sent them
+(the same bytes: the writer forwards them without decoding them again),
+outcomes length (uint32), the outcomes as JSON (as stored with the object:
+[[error code, base offset, log append time, log start offset], ...], one per
+batch). Followers rebuild the coordinates (last offset = base + count - 1).
+
+TOPIC is [name, topic id hex, partition count, {config: value}].
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import struct
 import uuid
@@ -51,6 +68,7 @@ from driftlog.coordinator.api import (
     CommitRequest,
     CoordinatorError,
     CoordinatorUnavailable,
+    EncodedOutcomes,
     Fenced,
     NotWriter,
     TopicInfo,
@@ -59,6 +77,15 @@ from driftlog.coordinator.backend import outcomes_json
 from driftlog.coordinator.sequencer import SequencedObject
 
 LENGTH = struct.Struct(">I")
+COMMIT = 0x01
+APPLIED = 0x02
+_COMMIT_HEAD = struct.Struct(">BqBqH")  # tag, request id, flags, object size, key length
+_RETRY = 0x01
+_UINT16 = struct.Struct(">H")
+_UINT32 = struct.Struct(">I")
+# topic index, partition, byte offset, byte length, record count, base timestamp,
+# max timestamp, producer id, producer epoch, base sequence
+_BATCH = struct.Struct(">Iiqiiqqqhi")
 # A commit of a flush-sized object carries a few thousand batches; admin is tiny.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
@@ -91,49 +118,103 @@ def decode(body: bytes) -> Message:
 # Commits ---------------------------------------------------------------------------
 
 
-def commit_message(request_id: int, request: CommitRequest) -> Message:
-    return {
-        "op": "commit",
-        "id": request_id,
-        "key": request.object_key,
-        "size": request.object_size,
-        "retry": request.retry,
-        "batches": [
-            [
-                b.topic_id.hex,
-                b.partition,
-                b.byte_offset,
-                b.byte_length,
-                b.record_count,
-                b.base_timestamp_ms,
-                b.max_timestamp_ms,
-                b.producer_id,
-                b.producer_epoch,
-                b.base_sequence,
-            ]
-            for b in request.batches
-        ],
-    }
+def encode_commit(request_id: int, request: CommitRequest) -> bytes:
+    """A commit as one frame (length included)."""
+    key = request.object_key.encode()
+    body = b"".join(
+        (
+            _COMMIT_HEAD.pack(
+                COMMIT, request_id, _RETRY if request.retry else 0, request.object_size, len(key)
+            ),
+            key,
+            encode_batches(request.batches),
+        )
+    )
+    return LENGTH.pack(len(body)) + body
+
+
+def encode_batches(batches: Sequence[BatchToCommit]) -> bytes:
+    """BATCHES: the topic table, then one fixed-size record per batch."""
+    topics: dict[uuid.UUID, int] = {}
+    rows = []
+    pack = _BATCH.pack
+    last: uuid.UUID | None = None
+    index = 0
+    for b in batches:
+        if b[0] is not last:  # batches come in runs of a topic
+            last = b[0]
+            index = topics.setdefault(last, len(topics))
+        rows.append(pack(index, *b[1:]))
+    return b"".join(
+        (
+            _UINT32.pack(len(topics)),
+            *(t.bytes for t in topics),
+            _UINT32.pack(len(rows)),
+            *rows,
+        )
+    )
+
+
+def decode_commit(body: bytes) -> tuple[int, CommitRequest, bytes]:
+    """A commit frame's body: the request id, the request and its BATCHES as sent."""
+    try:
+        tag, request_id, flags, size, key_length = _COMMIT_HEAD.unpack_from(body)
+        start = _COMMIT_HEAD.size + key_length
+        if tag != COMMIT or len(body) < start:
+            raise ValueError("truncated")
+        key = body[_COMMIT_HEAD.size : start].decode()
+        if "\x00" in key:  # no database stores it: it would fail the whole round
+            raise ValueError("NUL in the object key")
+    except (struct.error, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(f"bad commit: {e!r}") from e
+    raw = body[start:]
+    return request_id, CommitRequest(key, size, decode_batches(raw), bool(flags & _RETRY)), raw
 
 
 @functools.lru_cache(maxsize=4096)
-def _topic_id(hex_id: str) -> uuid.UUID:
-    return uuid.UUID(hex=hex_id)
+def _topic_id_of(raw: bytes) -> uuid.UUID:
+    return uuid.UUID(bytes=raw)
 
 
-def commit_request(message: Message) -> CommitRequest:
+_new_tuple = tuple.__new__
+
+
+def decode_batches(raw: bytes) -> list[BatchToCommit]:
+    """BATCHES to named tuples, with every count and length checked against the bytes.
+
+    Per batch nothing runs in Python: the records are unpacked and regrouped by
+    column in C, which also makes the range checks cheap.
+    """
     try:
-        # Agents are trusted peers: shapes are checked, values are what they sent.
-        batches = []
-        for b in message["batches"]:
-            if len(b) != 10:
-                raise ValueError(f"batch {b!r}")
-            batches.append(BatchToCommit(_topic_id(b[0]), *b[1:]))
-        return CommitRequest(
-            str(message["key"]), int(message["size"]), batches, bool(message.get("retry"))
+        (topic_count,) = _UINT32.unpack_from(raw, 0)
+        at = 4 + 16 * topic_count
+        (count,) = _UINT32.unpack_from(raw, at)
+        at += 4
+        if len(raw) - at != count * _BATCH.size:
+            raise ValueError(f"{len(raw) - at} bytes for {count} batches")
+        if topic_count > count:
+            raise ValueError(f"{topic_count} topics for {count} batches")
+        if not count:
+            return []
+        topics = [_topic_id_of(raw[4 + 16 * i : 20 + 16 * i]) for i in range(topic_count)]
+        columns = list(zip(*_BATCH.iter_unpack(memoryview(raw)[at:]), strict=True))
+        if (
+            max(columns[0]) >= topic_count
+            or min(columns[1]) < 0  # partition
+            or min(columns[2]) < 0  # byte offset
+            or min(columns[3]) < 0  # byte length
+            or min(columns[4]) < 1  # record count
+        ):
+            raise ValueError("a batch field is out of range")
+    except (struct.error, ValueError) as e:
+        raise ProtocolError(f"bad batches: {e!r}") from e
+    return list(
+        map(
+            _new_tuple,
+            itertools.repeat(BatchToCommit),
+            zip(map(topics.__getitem__, columns[0]), *columns[1:], strict=True),
         )
-    except (KeyError, IndexError, TypeError, ValueError) as e:
-        raise ProtocolError(f"bad commit: {e!r}") from e
+    )
 
 
 def outcomes_reply(request_id: int, outcomes: Sequence[CommitOutcome]) -> Message:
@@ -195,60 +276,80 @@ def admin_reply(request_id: int, error: ErrorCode, topic: TopicInfo | None) -> M
 # Events ----------------------------------------------------------------------------
 
 
-def raw_batches(body: bytes) -> bytes | None:
-    """The `batches` array of a commit frame's body, as sent (it is the last member)."""
-    start = body.rfind(b'"batches":')
-    if start < 0 or not body.endswith(b"]}"):
-        return None
-    raw = body[start + len(b'"batches":') : -1]
-    return raw if raw.startswith(b"[") else None
-
-
 def applied_frame(objects: Sequence[SequencedObject], raw: Mapping[str, bytes]) -> bytes:
-    """The stream event for committed objects, as one frame.
+    """The stream event for committed objects, as one frame (APPLIED).
 
-    Per object: its key, its batches as the agent sent them (`raw`, else encoded
+    Per object: its key, its BATCHES as the agent sent them (`raw`, else encoded
     here) and its outcomes as stored; followers rebuild the coordinates. Nothing
     is encoded per batch for objects that came over the RPC.
     """
-    parts = []
+    parts = [b"", _UINT32.pack(len(objects))]
     for o in objects:
         batches = raw.get(o.object_key)
         if batches is None:
-            batches = _ENCODER.encode([[b[0].hex, *b[1:]] for b in o.batches]).encode()
-        parts.append(
-            b"[%s,%s,%s]" % (_ENCODER.encode(o.object_key).encode(), batches,
-                             outcomes_json(o).encode())
-        )  # fmt: skip
-    body = b'{"op":"applied","objects":[' + b",".join(parts) + b"]}"
-    return LENGTH.pack(len(body)) + body
+            batches = encode_batches(o.batches)
+        key = o.object_key.encode()
+        outcomes = outcomes_json(o).encode()
+        parts += (
+            _UINT16.pack(len(key)),
+            key,
+            _UINT32.pack(len(batches)),
+            batches,
+            _UINT32.pack(len(outcomes)),
+            outcomes,
+        )
+    parts[0] = LENGTH.pack(1 + sum(map(len, parts))) + b"\x02"
+    return b"".join(parts)
 
 
-def applied_batches(event: Message) -> list[tuple[uuid.UUID, int, BatchLocation]]:
-    """The coordinates of the batches an `applied` event stored, in commit order.
+def decode_applied(body: bytes) -> list[tuple[uuid.UUID, int, BatchLocation]]:
+    """The coordinates of the batches an APPLIED event stored, in commit order.
 
     Batches answered with an error have no coordinates; those answered as
     duplicates carry an offset the follower already has, so it skips them.
     """
     out = []
-    for key, batches, outcomes in event["objects"]:
-        for batch, (error, base_offset, append_time_ms, _) in zip(batches, outcomes, strict=True):
-            if error:
-                continue
-            tid, partition, byte_offset, byte_length, count, _, max_timestamp_ms = batch[:7]
-            location = BatchLocation(
-                key,
-                byte_offset,
-                byte_length,
-                base_offset,
-                base_offset + count - 1,
-                max_timestamp_ms,
-                append_time_ms,
-            )
-            out.append((_topic_id(tid), partition, location))
+    new = tuple.__new__
+    try:
+        if body[:1] != b"\x02":
+            raise ValueError("not an applied event")
+        (count,) = _UINT32.unpack_from(body, 1)
+        at = 5
+        for _ in range(count):
+            (length,) = _UINT16.unpack_from(body, at)
+            key = body[at + 2 : at + 2 + length].decode()
+            at += 2 + length
+            (length,) = _UINT32.unpack_from(body, at)
+            batches = decode_batches(body[at + 4 : at + 4 + length])
+            at += 4 + length
+            (length,) = _UINT32.unpack_from(body, at)
+            outcomes = json.loads(body[at + 4 : at + 4 + length])
+            at += 4 + length
+            if at > len(body):
+                raise ValueError("truncated")
+            for batch, (error, base_offset, append_time_ms, _) in zip(
+                batches, outcomes, strict=True
+            ):
+                if error:
+                    continue
+                tid, partition, byte_offset, byte_length, records, _, max_timestamp_ms = batch[:7]
+                location = new(
+                    BatchLocation,
+                    (key, byte_offset, byte_length, base_offset, base_offset + records - 1,
+                     max_timestamp_ms, append_time_ms),
+                )  # fmt: skip
+                out.append((tid, partition, location))
+        if at != len(body):
+            raise ValueError(f"{len(body) - at} bytes after the last object")
+    except (struct.error, ValueError, TypeError) as e:
+        raise ProtocolError(f"bad applied event: {e!r}") from e
     return out
 
 
-def outcomes_reply_frame(request_id: int, obj_outcomes_json: str) -> bytes:
-    body = b'{"id":%d,"outcomes":%s}' % (request_id, obj_outcomes_json.encode())
-    return LENGTH.pack(len(body)) + body
+def outcomes_reply_frame(request_id: int, outcomes: Sequence[CommitOutcome]) -> bytes:
+    """The reply to a commit, as one frame; outcomes already encoded (the JSON the writer
+    stored) are not encoded again."""
+    if isinstance(outcomes, EncodedOutcomes):
+        body = b'{"id":%d,"outcomes":%s}' % (request_id, outcomes.json.encode())
+        return LENGTH.pack(len(body)) + body
+    return encode(outcomes_reply(request_id, outcomes))

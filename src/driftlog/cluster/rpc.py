@@ -51,6 +51,8 @@ RECONNECT_BACKOFF_S = 0.2
 # How often a follower re-reads the lease: a writer that hangs (a pause, a frozen VM)
 # keeps its TCP connections open, so followers leave it when the lease moves on.
 LEASE_CHECK_S = 0.25
+_COMMIT_TAG = bytes([messages.COMMIT])
+_APPLIED_TAG = bytes([messages.APPLIED])
 
 
 async def read_body(reader: asyncio.StreamReader) -> bytes:
@@ -143,11 +145,12 @@ class WriterServer:
         try:
             while True:
                 body = await read_body(reader)
+                if body[:1] == _COMMIT_TAG:
+                    self._commit(body, writer)
+                    continue
                 message = messages.decode(body)
                 op = message.get("op")
-                if op == "commit":
-                    self._commit(message, body, writer)
-                elif op == "admin":
+                if op == "admin":
                     self._spawn(self._admin(message, writer))
                 elif op == "delete_records":
                     self._spawn(self._delete_records(message, writer))
@@ -171,11 +174,9 @@ class WriterServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _commit(self, message: Message, body: bytes, writer: asyncio.StreamWriter) -> None:
-        request_id = int(message.get("id", -1))
-        request = messages.commit_request(message)
-        raw = messages.raw_batches(body)
-        if raw is not None and self._subscribers:
+    def _commit(self, body: bytes, writer: asyncio.StreamWriter) -> None:
+        request_id, request, raw = messages.decode_commit(body)
+        if self._subscribers:
             # Forwarded as is in the stream; dropped when the object is applied (or
             # bounded, should it never be).
             if len(self._raw_batches) >= MAX_RAW_BATCHES_KEPT:
@@ -235,13 +236,15 @@ def _answer_commit(
         return
     error = future.exception()
     if error is None:
-        reply = messages.outcomes_reply(request_id, future.result())
+        frame = messages.outcomes_reply_frame(request_id, future.result())
     elif isinstance(error, CoordinatorError):
-        reply = messages.error_reply(request_id, error)
+        frame = messages.encode(messages.error_reply(request_id, error))
     else:
-        reply = messages.error_reply(request_id, CoordinatorUnavailable(repr(error)))
+        frame = messages.encode(
+            messages.error_reply(request_id, CoordinatorUnavailable(repr(error)))
+        )
     if not writer.is_closing():
-        writer.write(messages.encode(reply))
+        writer.write(frame)
 
 
 class WriterClient:
@@ -341,7 +344,11 @@ class WriterClient:
 
     async def _read_stream(self, reader: asyncio.StreamReader) -> None:
         while True:
-            message = await read_message(reader)
+            body = await read_body(reader)
+            if body[:1] == _APPLIED_TAG:
+                self._view.on_remote_applied(messages.decode_applied(body))
+                continue
+            message = messages.decode(body)
             request_id = message.get("id")
             if request_id is not None:
                 future = self._pending.pop(int(request_id), None)
@@ -349,9 +356,7 @@ class WriterClient:
                     future.set_result(message)
                 continue
             op = message.get("op")
-            if op == "applied":
-                self._view.on_remote_applied(messages.applied_batches(message))
-            elif op == "topic":
+            if op == "topic":
                 self._view.on_topic_put(messages.topic_from(message["topic"]))
             elif op == "topic_dropped":
                 self._view.on_topic_dropped(messages.topic_from(message["topic"]))
@@ -401,5 +406,5 @@ class WriterClient:
         request_id = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        writer.write(messages.encode(messages.commit_message(request_id, request)))
+        writer.write(messages.encode_commit(request_id, request))
         return future

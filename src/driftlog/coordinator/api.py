@@ -76,6 +76,17 @@ class CommitOutcome(NamedTuple):
     log_start_offset: int = 0
 
 
+class EncodedOutcomes(list[CommitOutcome]):
+    """An object's outcomes with their JSON (`[[error, base offset, log append time, log
+    start], ...]`), encoded once for the database: the writer RPC replies with it as is."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, outcomes: Sequence[CommitOutcome], json: str) -> None:
+        super().__init__(outcomes)
+        self.json = json
+
+
 class BatchLocation(NamedTuple):
     """Where a committed batch lives, and the offsets it was given.
 

@@ -310,10 +310,15 @@ def encode_outcomes(outcomes: Sequence[CommitOutcome]) -> str:
     return _JSON.encode(outcomes)
 
 
+# One outcome as JSON. Formatting in C, and about twice as fast as the JSON encoder,
+# which stringifies the error code (an IntEnum) through Python code.
+_OUTCOME_JSON = "[%d,%d,%d,%d]".__mod__
+
+
 def outcomes_json(obj: SequencedObject) -> str:
     """The object's outcomes as JSON, encoded once and kept on the object."""
     if not obj.outcomes_json:
-        obj.outcomes_json = _JSON.encode(obj.outcomes)
+        obj.outcomes_json = "[" + ",".join(map(_OUTCOME_JSON, obj.outcomes)) + "]"
     return obj.outcomes_json
 
 

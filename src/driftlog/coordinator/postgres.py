@@ -2,14 +2,15 @@
 
 Same tables as `sqlite.py` with PostgreSQL types. Migrations are applied at
 open under an advisory lock, so agents starting together do not race. The
-writer's group commit is one transaction: the fence check (which takes the
-lease row's lock, ordering it against a takeover), then COPY of the objects
-and batches, then upserts of the producer states that changed.
+writer's group commit is one transaction: COPY of the batches, upserts of the
+producer states that changed, then the fence check (which takes the lease row's
+lock, ordering it against a takeover) in the statement that stores the objects.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 import uuid
 from collections.abc import Awaitable, Sequence
 from typing import Any
@@ -172,6 +173,18 @@ _OBJECT_COUNTS = (
     " sum(size) FILTER (WHERE dead_since_ms IS NULL),"
     " count(*) FILTER (WHERE dead_since_ms IS NOT NULL AND deleted_ms IS NULL),"
     " count(*) FILTER (WHERE deleted_ms IS NOT NULL) FROM objects"
+)
+
+# The last statement of a group commit: the fence check (`_check_fence`: it takes the
+# lease row's lock, ordering it against a takeover) and the round's objects, stored
+# only if the fence holds; returns how many lease rows matched (0: fenced).
+_STORE_OBJECTS_FENCED = (
+    b"WITH fence AS (UPDATE leases SET expires_ms = greatest(expires_ms, %s)"
+    b" WHERE shard = %s AND epoch = %s RETURNING 1),"
+    b" stored AS (INSERT INTO objects (object_id, key, size, committed_ms, outcomes,"
+    b" dead_since_ms) SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[],"
+    b" %s::bigint[], %s::text[], %s::bigint[]) WHERE EXISTS (SELECT FROM fence))"
+    b" SELECT count(*) FROM fence"
 )
 
 _LOCATION = (
@@ -422,9 +435,11 @@ class PostgresBackend:
         objects: Sequence[SequencedObject],
         after: Awaitable[bool] | None,
     ) -> None:
-        """One group commit. The rows go in first; the fence check comes last, right
-        before COMMIT, so the lease row is locked only briefly and the next round's
-        rows can be copied while this one commits (`after` orders the commits)."""
+        """One group commit. The batch rows go in first (one COPY); the last statement
+        checks the fence and stores the objects, right before COMMIT, so the lease row
+        is locked only briefly and the next round's rows can be copied while this one
+        commits (`after` orders the commits). Every statement is a round trip with the
+        server and costs the writer more CPU than the rows it carries, hence few."""
         updates: dict[ProducerKey, Any] = {}
         for o in objects:
             updates.update(o.producer_updates)
@@ -432,24 +447,13 @@ class PostgresBackend:
             async with self._write_pool.connection() as conn, conn.transaction():
                 cursor = conn.cursor()
                 async with cursor.copy(
-                    b"COPY objects (object_id, key, size, committed_ms, outcomes) FROM STDIN"
-                ) as copy:
-                    await copy.write(_object_rows(objects))
-                async with cursor.copy(
                     b"COPY batches (topic_id, partition, last_offset, base_offset, object_id,"
                     b" byte_offset, byte_length, max_timestamp_ms, log_append_time_ms,"
-                    b" time_index_ms) FROM STDIN"
+                    b" time_index_ms) FROM STDIN (FORMAT BINARY)"
                 ) as copy:
-                    # Integers and uuids only: COPY's text format needs no escaping, and
-                    # one write of the whole round is much cheaper than a row at a time.
+                    # Fixed-size binary rows, one write for the whole round: cheaper to
+                    # build than text and cheaper for the server to parse.
                     await copy.write(_batch_rows(objects))
-                refused = [o.object_id for o in objects if not o.rows]
-                if refused:  # every batch refused (duplicates): nothing references them
-                    await cursor.execute(
-                        b"UPDATE objects SET dead_since_ms = committed_ms"
-                        b" WHERE object_id = ANY(%s)",
-                        (refused,),
-                    )
                 if updates:
                     await cursor.executemany(
                         b"INSERT INTO producer_states VALUES (%s, %s, %s, %s, %s)"
@@ -462,7 +466,22 @@ class PostgresBackend:
                     )
                 if after is not None and not await after:
                     raise CoordinatorUnavailable("an earlier transaction failed")
-                await _check_fence(conn, fence)
+                # An object whose batches were all refused (duplicates) is stored dead:
+                # nothing references it.
+                await cursor.execute(
+                    _STORE_OBJECTS_FENCED,
+                    (
+                        fence.expires_ms,
+                        fence.shard,
+                        fence.epoch,
+                        *_object_arrays(objects),
+                    ),
+                )
+                row = await cursor.fetchone()
+                if row is None or not row[0]:
+                    raise Fenced(
+                        f"writer epoch {fence.epoch} of shard {fence.shard} was superseded"
+                    )
         except psycopg.errors.UniqueViolation as e:
             # A deposed writer's object ids collide with its successor's: say so.
             if await self._superseded(fence):
@@ -755,33 +774,57 @@ class PostgresBackend:
         return [r[0] for r in await self._fetch("SELECT DISTINCT group_id FROM group_offsets")]
 
 
-# COPY's text format: backslash, tab, newline and carriage return are escaped.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+def _object_arrays(objects: Sequence[SequencedObject]) -> tuple[str, ...]:
+    """The round's objects as array literals, column by column (`_STORE_OBJECTS_FENCED`).
+
+    Passed as text and cast by the server: psycopg's list adapters run Python code per
+    element, string formatting in C does not."""
+    keys = ",".join([_array_element(o.object_key) for o in objects])
+    # Outcomes are JSON arrays of integers: nothing in them needs escaping.
+    outcomes = '","'.join([outcomes_json(o) for o in objects])
+    return (
+        "{" + ",".join([str(o.object_id) for o in objects]) + "}",
+        "{" + keys + "}",
+        "{" + ",".join([str(o.object_size) for o in objects]) + "}",
+        "{" + ",".join([str(o.committed_ms) for o in objects]) + "}",
+        '{"' + outcomes + '"}',
+        "{" + ",".join(["NULL" if o.rows else str(o.committed_ms) for o in objects]) + "}",
+    )
 
 
-def _object_rows(objects: Sequence[SequencedObject]) -> bytes:
-    return "".join(
-        f"{o.object_id}\t{o.object_key.translate(_COPY_ESCAPES)}\t{o.object_size}\t"
-        f"{o.committed_ms}\t{outcomes_json(o).translate(_COPY_ESCAPES)}\n"
-        for o in objects
-    ).encode()
+def _array_element(text: str) -> str:
+    """A quoted element of a PostgreSQL array literal ("Arrays", "Array Value Input")."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# COPY's binary format (PostgreSQL docs, "COPY", "Binary Format"): a signature, flags
+# and header extension length, then per row the field count and each field as a
+# length and its big-endian value, then -1 as the trailer.
+_COPY_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_BINARY_TRAILER = struct.pack(">h", -1)
+# A batches row: topic_id uuid, partition integer, last_offset, base_offset, object_id,
+# byte_offset bigint, byte_length integer, max_timestamp_ms, log_append_time_ms,
+# time_index_ms bigint.
+_BATCH_ROW = struct.Struct(">h i16s ii iq iq iq iq ii iq iq iq")
 
 
 def _batch_rows(objects: Sequence[SequencedObject]) -> bytes:
-    topic_text: dict[uuid.UUID, str] = {}
-    lines = []
+    pack = _BATCH_ROW.pack
+    rows = [_COPY_BINARY_HEADER]
+    last_topic: uuid.UUID | None = None
+    tid = b""
     for o in objects:
         object_id = o.object_id
         for topic_id, partition, loc, time_index_ms in o.rows:
-            tid = topic_text.get(topic_id)
-            if tid is None:
-                tid = topic_text[topic_id] = str(topic_id)
-            lines.append(
-                f"{tid}\t{partition}\t{loc.last_offset}\t{loc.base_offset}\t{object_id}\t"
-                f"{loc.byte_offset}\t{loc.byte_length}\t{loc.max_timestamp_ms}\t"
-                f"{loc.log_append_time_ms}\t{time_index_ms}\n"
-            )
-    return "".join(lines).encode()
+            if topic_id is not last_topic:  # rows come in runs of a topic
+                last_topic, tid = topic_id, topic_id.bytes
+            rows.append(
+                pack(10, 16, tid, 4, partition, 8, loc.last_offset, 8, loc.base_offset,
+                     8, object_id, 8, loc.byte_offset, 4, loc.byte_length,
+                     8, loc.max_timestamp_ms, 8, loc.log_append_time_ms, 8, time_index_ms)
+            )  # fmt: skip
+    rows.append(_COPY_BINARY_TRAILER)
+    return b"".join(rows)
 
 
 async def _check_fence(conn: psycopg.AsyncConnection[Any], fence: Fence) -> None:
@@ -793,7 +836,11 @@ async def _check_fence(conn: psycopg.AsyncConnection[Any], fence: Fence) -> None
         (fence.expires_ms, fence.shard, fence.epoch),
     )
     if await cursor.fetchone() is None:
-        raise Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} was superseded")
+        raise _superseded_error(fence)
+
+
+def _superseded_error(fence: Fence) -> Fenced:
+    return Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} was superseded")
 
 
 async def _load_topics(conn: psycopg.AsyncConnection[Any]) -> list[TopicInfo]:

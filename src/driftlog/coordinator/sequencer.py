@@ -90,25 +90,44 @@ class SequencerSnapshot:
     next_object_id: int
 
 
+class _TopicSequence(NamedTuple):
+    """What sequencing needs of a topic, found once per run of its batches."""
+
+    # The partitions' states by partition number (the same objects as in `partitions`).
+    partitions: list[PartitionSequence | None]
+    # Are batches stamped with the commit time (LogAppendTime)?
+    log_append: bool
+
+
 class Sequencer:
     def __init__(self, snapshot: SequencerSnapshot) -> None:
         self.topics_by_id: dict[uuid.UUID, TopicInfo] = {t.topic_id: t for t in snapshot.topics}
-        # Per topic: are batches stamped with the commit time (LogAppendTime)?
-        self._log_append = {t.topic_id: _log_append(t) for t in snapshot.topics}
         self.partitions = snapshot.partitions
         self.producers = snapshot.producers
         self.next_object_id = snapshot.next_object_id
+        # Per topic, for the hot path: a list index per batch instead of hashing a
+        # (uuid, partition) key (a uuid hashes in Python).
+        self._topics: dict[uuid.UUID, _TopicSequence] = {}
+        for topic in snapshot.topics:
+            self._index_topic(topic)
+
+    def _index_topic(self, topic: TopicInfo) -> None:
+        tid = topic.topic_id
+        self._topics[tid] = _TopicSequence(
+            [self.partitions.get((tid, p)) for p in range(topic.partition_count)],
+            _log_append(topic),
+        )
 
     # Topics -----------------------------------------------------------------
     def put_topic(self, topic: TopicInfo) -> None:
         self.topics_by_id[topic.topic_id] = topic
-        self._log_append[topic.topic_id] = _log_append(topic)
         for partition in range(topic.partition_count):
             self.partitions.setdefault((topic.topic_id, partition), PartitionSequence())
+        self._index_topic(topic)
 
     def drop_topic(self, topic_id: uuid.UUID) -> None:
         topic = self.topics_by_id.pop(topic_id, None)
-        self._log_append.pop(topic_id, None)
+        self._topics.pop(topic_id, None)
         if topic is None:
             return
         for partition in range(topic.partition_count):
@@ -129,62 +148,76 @@ class Sequencer:
         batches: Sequence[BatchToCommit],
         now_ms: int,
     ) -> SequencedObject:
+        # The hot path of every commit, per batch: no helper calls, no hashing of
+        # (uuid, partition) keys (an object's batches come sorted by topic, so the
+        # topic is looked up once per run), named tuples built with tuple.__new__
+        # (their generated __new__ is a Python function).
+        rows: list[BatchRow] = []
+        outcomes: list[CommitOutcome] = []
+        parts: list[PartitionSequence] = []
         obj = SequencedObject(
-            self.next_object_id, object_key, object_size, now_ms, [], [], batches=batches
-        )
+            self.next_object_id, object_key, object_size, now_ms, rows, outcomes,
+            parts=parts, batches=batches,
+        )  # fmt: skip
         self.next_object_id += 1
+        new = tuple.__new__
+        last_topic: uuid.UUID | None = None
+        topic_parts: list[PartitionSequence | None] = []
+        log_append = False
         for batch in batches:
-            obj.outcomes.append(self._sequence_batch(obj, batch, now_ms))
-        return obj
-
-    def _sequence_batch(
-        self, obj: SequencedObject, batch: BatchToCommit, now_ms: int
-    ) -> CommitOutcome:
-        # The hot path of every commit: positional tuple construction, no helpers.
-        topic_id, partition = batch.topic_id, batch.partition
-        part = self.partitions.get((topic_id, partition))
-        log_append = self._log_append.get(topic_id)
-        if part is None or log_append is None:
-            # The topic was deleted (or shrunk) between upload and commit.
-            return CommitOutcome(ErrorCode.unknown_topic_or_partition)
-        base_offset = part.next_offset
-        if batch.producer_id >= 0:
-            key = (batch.producer_id, topic_id, partition)
-            previous = self.producers.get(key)
-            verdict = check_sequence(
-                previous, batch.producer_epoch, batch.base_sequence, batch.record_count
-            )
-            if verdict.error != ErrorCode.none:
-                return CommitOutcome(verdict.error)
-            if verdict.duplicate_of >= 0:
-                # A retry of a batch already committed: its original offset, nothing stored.
-                return CommitOutcome(
-                    ErrorCode.none, verdict.duplicate_of, -1, part.log_start_offset
+            (
+                topic_id, partition, byte_offset, byte_length, record_count, _,
+                max_timestamp_ms, producer_id, producer_epoch, base_sequence,
+            ) = batch  # fmt: skip
+            if topic_id is not last_topic:
+                last_topic = topic_id
+                topic = self._topics.get(topic_id)
+                topic_parts, log_append = topic if topic is not None else ([], False)
+            part = topic_parts[partition] if 0 <= partition < len(topic_parts) else None
+            if part is None:
+                # The topic was deleted (or shrunk) between upload and commit.
+                outcomes.append(new(CommitOutcome, (_UNKNOWN, -1, -1, 0)))
+                continue
+            base_offset = part.next_offset
+            if producer_id >= 0:
+                key = (producer_id, topic_id, partition)
+                previous = self.producers.get(key)
+                verdict = check_sequence(previous, producer_epoch, base_sequence, record_count)
+                if verdict.error != ErrorCode.none:
+                    outcomes.append(CommitOutcome(verdict.error))
+                    continue
+                if verdict.duplicate_of >= 0:
+                    # A retry of a batch already committed: its original offset, nothing
+                    # stored.
+                    outcomes.append(
+                        CommitOutcome(
+                            ErrorCode.none, verdict.duplicate_of, -1, part.log_start_offset
+                        )
+                    )
+                    continue
+                state = record_batch(
+                    previous, producer_epoch, base_sequence, record_count, base_offset
                 )
-            state = record_batch(
-                previous, batch.producer_epoch, batch.base_sequence, batch.record_count, base_offset
+                self.producers[key] = state
+                obj.producer_updates[key] = state
+            part.next_offset = next_offset = base_offset + record_count
+            if log_append:
+                append_time_ms = timestamp_ms = now_ms
+            else:
+                append_time_ms, timestamp_ms = -1, max_timestamp_ms
+            if timestamp_ms > part.time_index_ms:
+                part.time_index_ms = timestamp_ms
+            location = new(
+                BatchLocation,
+                (object_key, byte_offset, byte_length, base_offset, next_offset - 1,
+                 max_timestamp_ms, append_time_ms),
+            )  # fmt: skip
+            rows.append(new(BatchRow, (topic_id, partition, location, part.time_index_ms)))
+            parts.append(part)
+            outcomes.append(
+                new(CommitOutcome, (_NONE, base_offset, append_time_ms, part.log_start_offset))
             )
-            self.producers[key] = state
-            obj.producer_updates[key] = state
-        part.next_offset = next_offset = base_offset + batch.record_count
-        if log_append:
-            append_time_ms = timestamp_ms = now_ms
-        else:
-            append_time_ms, timestamp_ms = -1, batch.max_timestamp_ms
-        if timestamp_ms > part.time_index_ms:
-            part.time_index_ms = timestamp_ms
-        location = BatchLocation(
-            obj.object_key,
-            batch.byte_offset,
-            batch.byte_length,
-            base_offset,
-            next_offset - 1,
-            batch.max_timestamp_ms,
-            append_time_ms,
-        )
-        obj.rows.append(BatchRow(topic_id, partition, location, part.time_index_ms))
-        obj.parts.append(part)
-        return CommitOutcome(ErrorCode.none, base_offset, append_time_ms, part.log_start_offset)
+        return obj
 
     def advance_log_start(self, key: PartitionKey, offset: int) -> tuple[ErrorCode, int]:
         """Move a partition's log start forward (DeleteRecords, retention).
@@ -210,6 +243,10 @@ class Sequencer:
                 end = row.location.last_offset + 1
                 if end > part.high_watermark:
                     part.high_watermark = end
+
+
+_NONE = ErrorCode.none
+_UNKNOWN = ErrorCode.unknown_topic_or_partition
 
 
 def _log_append(topic: TopicInfo) -> bool:

@@ -1,15 +1,21 @@
-"""A bounded cache of the newest batch coordinates per partition. Pure: no I/O.
+"""A view's state per partition, and the bounded cache of its newest batch coordinates.
+Pure: no I/O.
+
+Each partition a view knows is one `PartitionState`: its log start, its high
+watermark and its cached tail, so a commit round touches a partition through one
+object found by one lookup (hashing a (uuid, partition) key runs Python code).
 
 Tail readers (consumers near the high watermark, which is nearly all of them)
-find their batches here without a database query; older coordinates are looked
-up in the database by indexed range queries. Each partition's cache is a
-contiguous run of batches ending at the high watermark, so a hit is always
-complete; a gap (after a reload or an eviction) clears it.
+find their batches in the cached tail without a database query; older
+coordinates are looked up in the database by indexed range queries. Each
+partition's cache is a contiguous run of batches ending at the high watermark,
+so a hit is always complete; a gap (after a reload or an eviction) clears it.
 
-Memory bound: at most `max_batches` entries in all (about 250 bytes each:
+Memory bound: at most `max_batches` cached entries in all (about 250 bytes each:
 a named tuple of seven fields, the object key shared per object) and
-`max_batches_per_partition` per partition; the least recently appended
-partitions are dropped first.
+`max_batches_per_partition` per partition; the partitions least recently
+appended to are dropped first. `TailIndex` keeps that order, keyed by the states
+themselves (hashed by identity).
 """
 
 from __future__ import annotations
@@ -18,9 +24,8 @@ import bisect
 import collections
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from driftlog.coordinator.api import BatchLocation
+from driftlog.coordinator.api import BatchLocation, PartitionOffsets
 
 PartitionKey = tuple[uuid.UUID, int]
 
@@ -28,21 +33,39 @@ DEFAULT_MAX_BATCHES = 200_000
 DEFAULT_MAX_BATCHES_PER_PARTITION = 2_000
 
 
-@dataclass(slots=True)
-class _PartitionTail:
-    base_offsets: list[int] = field(default_factory=list)
-    batches: list[BatchLocation] = field(default_factory=list)
-    head: int = 0  # entries before `head` are dropped (compacted lazily)
+class PartitionState:
+    """One partition in a view: offsets plus the cached tail (`TailIndex` manages it)."""
 
-    def __len__(self) -> int:
+    __slots__ = ("base_offsets", "batches", "head", "high_watermark", "key", "log_start_offset")
+
+    def __init__(
+        self, key: PartitionKey, log_start_offset: int = 0, high_watermark: int = 0
+    ) -> None:
+        self.key = key
+        self.log_start_offset = log_start_offset
+        self.high_watermark = high_watermark
+        self.base_offsets: list[int] = []
+        self.batches: list[BatchLocation] = []
+        self.head = 0  # cached entries before `head` are dropped (compacted lazily)
+
+    @property
+    def offsets(self) -> PartitionOffsets:
+        return PartitionOffsets(self.log_start_offset, self.high_watermark)
+
+    def cached(self) -> int:
         return len(self.batches) - self.head
 
-    def drop_front(self, count: int) -> None:
+    def _drop_front(self, count: int) -> None:
         self.head += count
         if self.head > 1024 and self.head * 2 > len(self.batches):
             del self.base_offsets[: self.head]
             del self.batches[: self.head]
             self.head = 0
+
+    def _empty(self) -> None:
+        self.base_offsets = []
+        self.batches = []
+        self.head = 0
 
 
 class TailIndex:
@@ -53,69 +76,79 @@ class TailIndex:
     ) -> None:
         self.max_batches = max_batches
         self.max_batches_per_partition = max_batches_per_partition
-        # Least recently appended first.
-        self._tails: collections.OrderedDict[PartitionKey, _PartitionTail] = (
-            collections.OrderedDict()
-        )
+        # The states holding cached batches, least recently appended first.
+        self._lru: collections.OrderedDict[PartitionState, None] = collections.OrderedDict()
         self.size = 0
 
-    def append(self, key: PartitionKey, batches: Sequence[BatchLocation]) -> None:
-        """Add newly committed batches (in offset order) at the partition's end."""
+    def append(
+        self, state: PartitionState, batches: Sequence[BatchLocation], restart: bool = False
+    ) -> None:
+        """Add newly committed batches (in offset order) at the partition's end; with
+        `restart`, or when they do not follow what is cached, they replace it."""
         if not batches:
             return
-        tail = self._tails.get(key)
-        if tail is None:
-            tail = self._tails[key] = _PartitionTail()
+        lru = self._lru
+        try:
+            lru.move_to_end(state)
+        except KeyError:
+            state._empty()  # anything it holds is not counted here (another index's)
+            lru[state] = None
         else:
-            self._tails.move_to_end(key)
-            if len(tail) and tail.batches[-1].last_offset + 1 != batches[0].base_offset:
-                self._clear(key)  # not contiguous: start again from here
-                tail = self._tails[key] = _PartitionTail()
-        for batch in batches:
-            tail.base_offsets.append(batch.base_offset)
-            tail.batches.append(batch)
+            cached = state.batches
+            if restart or (
+                len(cached) > state.head and cached[-1].last_offset + 1 != batches[0].base_offset
+            ):
+                self.size -= len(cached) - state.head  # not contiguous: start again
+                state._empty()
+        if len(batches) == 1:
+            state.base_offsets.append(batches[0].base_offset)
+            state.batches.append(batches[0])
+        else:
+            state.base_offsets.extend([batch.base_offset for batch in batches])
+            state.batches.extend(batches)
         self.size += len(batches)
-        excess = len(tail) - self.max_batches_per_partition
+        excess = len(state.batches) - state.head - self.max_batches_per_partition
         if excess > 0:
-            tail.drop_front(excess)
+            state._drop_front(excess)
             self.size -= excess
-        while self.size > self.max_batches and len(self._tails) > 1:
-            oldest = next(iter(self._tails))
-            if oldest == key:
+        while self.size > self.max_batches and len(lru) > 1:
+            oldest = next(iter(lru))
+            if oldest is state:
                 break
-            self._clear(oldest)
+            self.invalidate(oldest)
 
-    def invalidate(self, key: PartitionKey) -> None:
-        if key in self._tails:
-            self._clear(key)
+    def invalidate(self, state: PartitionState) -> None:
+        """Drop the partition's cached batches."""
+        if self._lru.pop(state, 0) is None:
+            self.size -= state.cached()
+            state._empty()
 
     def clear(self) -> None:
-        self._tails.clear()
+        for state in self._lru:
+            state._empty()
+        self._lru.clear()
         self.size = 0
 
-    def _clear(self, key: PartitionKey) -> None:
-        self.size -= len(self._tails.pop(key))
-
     def find(
-        self, key: PartitionKey, start_offset: int, max_bytes: int
+        self, state: PartitionState, start_offset: int, max_bytes: int
     ) -> list[BatchLocation] | None:
         """The cached batches from `start_offset`, up to about `max_bytes`; None on a miss.
 
         The first batch is always included. A miss means the cache does not reach
         back to `start_offset`: ask the database.
         """
-        tail = self._tails.get(key)
+        batches = state.batches
+        head = state.head
         if (
-            tail is None
-            or not len(tail)
-            or start_offset < tail.base_offsets[tail.head]
-            or start_offset > tail.batches[-1].last_offset
+            len(batches) <= head
+            or start_offset < state.base_offsets[head]
+            or start_offset > batches[-1].last_offset
+            or state not in self._lru
         ):
             return None
-        index = bisect.bisect_right(tail.base_offsets, start_offset, lo=tail.head) - 1
+        index = bisect.bisect_right(state.base_offsets, start_offset, lo=head) - 1
         out: list[BatchLocation] = []
         total = 0
-        batches = tail.batches
         for i in range(index, len(batches)):
             location = batches[i]
             if location.last_offset < start_offset:

@@ -22,33 +22,85 @@ from collections.abc import Iterable, Sequence
 from driftlog.coordinator.api import BatchLocation, PartitionOffsets, TopicInfo
 from driftlog.coordinator.backend import Backend, LogStart, partition_offsets
 from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
-from driftlog.coordinator.tail import TailIndex
+from driftlog.coordinator.tail import PartitionState, TailIndex
 
 
 class CoordinatorView:
     def __init__(self, backend: Backend, tail: TailIndex | None = None) -> None:
         self._backend = backend
-        self.tail = tail or TailIndex()
+        self._tail = tail or TailIndex()
         self._topics_by_name: dict[str, TopicInfo] = {}
         self._topics_by_id: dict[uuid.UUID, TopicInfo] = {}
-        self._offsets: dict[PartitionKey, PartitionOffsets] = {}
+        # Every partition's state, by key and (for the commit path, which sees runs of
+        # one topic) by topic and partition number: the same objects.
+        self._partitions: dict[PartitionKey, PartitionState] = {}
+        self._by_topic: dict[uuid.UUID, list[PartitionState | None]] = {}
         self._waiters: dict[PartitionKey, set[asyncio.Future[None]]] = {}
         self.database_reads = 0
+
+    @property
+    def tail(self) -> TailIndex:
+        return self._tail
+
+    @tail.setter
+    def tail(self, tail: TailIndex) -> None:
+        self._tail.clear()
+        self._tail = tail
 
     async def load(self) -> None:
         # One consistent read: topics and watermarks from the same snapshot.
         snapshot = await self._backend.load_sequencer(0)
         self._set_topics(snapshot.topics)
-        self._offsets = partition_offsets(snapshot)
-        self.tail.clear()
+        self._tail.clear()
+        self._partitions = {}
+        self._by_topic = {}
+        for key, offsets in partition_offsets(snapshot).items():
+            self._add(key, *offsets)
 
     def _set_topics(self, topics: Iterable[TopicInfo]) -> None:
         self._topics_by_name = {t.name: t for t in topics}
         self._topics_by_id = {t.topic_id: t for t in self._topics_by_name.values()}
 
+    def _add(self, key: PartitionKey, log_start_offset: int, high_watermark: int) -> None:
+        topic_id, partition = key
+        state = self._partitions[key] = PartitionState(key, log_start_offset, high_watermark)
+        parts = self._by_topic.setdefault(topic_id, [])
+        if len(parts) <= partition:
+            parts.extend([None] * (partition + 1 - len(parts)))
+        parts[partition] = state
+
+    def _remove(self, key: PartitionKey) -> None:
+        state = self._partitions.pop(key, None)
+        if state is None:
+            return
+        self._tail.invalidate(state)
+        parts = self._by_topic.get(key[0])
+        if parts is not None and parts[key[1]] is state:
+            parts[key[1]] = None
+
     # Changes reported by the writer ------------------------------------------------
     def on_applied(self, objects: Sequence[SequencedObject]) -> None:
-        self.on_remote_applied([row[:3] for obj in objects for row in obj.rows])
+        # Rows straight from the local writer, grouped by partition without copying
+        # them: one list index per row (rows come in runs of a topic), and the groups
+        # keyed by the partitions' states (hashed by identity, not by uuid).
+        groups: dict[PartitionState, list[BatchLocation]] = {}
+        by_topic = self._by_topic
+        last_topic: uuid.UUID | None = None
+        parts: list[PartitionState | None] = []
+        for obj in objects:
+            for topic_id, partition, location, _ in obj.rows:
+                if topic_id is not last_topic:
+                    last_topic = topic_id
+                    parts = by_topic.get(topic_id) or []
+                state = parts[partition] if 0 <= partition < len(parts) else None
+                if state is None:
+                    continue
+                locations = groups.get(state)
+                if locations is None:
+                    groups[state] = [location]
+                else:
+                    locations.append(location)
+        self._apply(groups)
 
     def on_remote_applied(self, batches: Sequence[tuple[uuid.UUID, int, BatchLocation]]) -> None:
         """Committed batches, in commit order (from the local writer or the writer's stream).
@@ -56,61 +108,76 @@ class CoordinatorView:
         Batches the view already covers are skipped, so a stream that overlaps a
         resynchronization from the database is harmless.
         """
-        by_partition: dict[PartitionKey, list[BatchLocation]] = {}
+        groups: dict[PartitionState, list[BatchLocation]] = {}
+        by_topic = self._by_topic
+        last_topic: uuid.UUID | None = None
+        parts: list[PartitionState | None] = []
         for topic_id, partition, location in batches:
-            by_partition.setdefault((topic_id, partition), []).append(location)
-        for key, locations in by_partition.items():
-            current = self._offsets.get(key)
-            if current is None:
+            if topic_id is not last_topic:
+                last_topic = topic_id
+                parts = by_topic.get(topic_id) or []
+            state = parts[partition] if 0 <= partition < len(parts) else None
+            if state is None:
                 continue
-            hwm = current.high_watermark
-            if locations[0].base_offset < hwm:  # already known (a resync overlapped)
+            locations = groups.get(state)
+            if locations is None:
+                groups[state] = [location]
+            else:
+                locations.append(location)
+        self._apply(groups)
+
+    def _apply(self, groups: dict[PartitionState, list[BatchLocation]]) -> None:
+        """Each partition's committed batches, in offset order: one tail append and one
+        watermark store per partition."""
+        append = self._tail.append
+        for state, locations in groups.items():
+            hwm = state.high_watermark
+            first = locations[0].base_offset
+            if first < hwm:  # already known (a resync overlapped)
                 locations = [loc for loc in locations if loc.base_offset >= hwm]
                 if not locations:
                     continue
-            if locations[0].base_offset != hwm:
-                self.tail.invalidate(key)  # a gap: the cache must stay contiguous
-            self.tail.append(key, locations)
-            self._offsets[key] = PartitionOffsets(
-                current.log_start_offset, locations[-1].last_offset + 1
-            )
-        self._wake(by_partition.keys())
+                first = locations[0].base_offset
+            # A gap (not contiguous with what the view has) clears the partition's cache.
+            append(state, locations, first != hwm)
+            state.high_watermark = locations[-1].last_offset + 1
+        if self._waiters:
+            self._wake([state.key for state in groups])
 
     async def resync(self) -> None:
         """Reload topics and watermarks from the database (after missing the writer's stream)."""
         snapshot = await self._backend.load_sequencer(0)
         offsets = partition_offsets(snapshot)
         self._set_topics(snapshot.topics)
-        for key, new in offsets.items():
-            old = self._offsets.get(key)
-            if old is None:
-                self._offsets[key] = new
-            elif old != new:
+        for key, (log_start, hwm) in offsets.items():
+            state = self._partitions.get(key)
+            if state is None:
+                self._add(key, log_start, hwm)
+            elif state.log_start_offset != log_start or state.high_watermark != hwm:
                 # Never lower a watermark: what the view showed was durable, and a read
                 # racing with newer commits may be older than the view.
-                self.tail.invalidate(key)
-                self._offsets[key] = PartitionOffsets(
-                    max(old.log_start_offset, new.log_start_offset),
-                    max(old.high_watermark, new.high_watermark),
-                )
-        for key in set(self._offsets) - set(offsets):
-            del self._offsets[key]
-            self.tail.invalidate(key)
+                self._tail.invalidate(state)
+                state.log_start_offset = max(state.log_start_offset, log_start)
+                state.high_watermark = max(state.high_watermark, hwm)
+        for key in set(self._partitions) - set(offsets):
+            self._remove(key)
         self._wake(list(self._waiters))
 
     def on_reloaded(self, snapshot: SequencerSnapshot) -> None:
         self._set_topics(snapshot.topics)
-        offsets = {
-            key: PartitionOffsets(p.log_start_offset, p.high_watermark)
-            for key, p in snapshot.partitions.items()
-        }
-        for key, new in offsets.items():
-            old = self._offsets.get(key)
-            if old is not None and old != new:
-                self.tail.invalidate(key)
-                if old.high_watermark > new.high_watermark:
-                    offsets[key] = PartitionOffsets(new.log_start_offset, old.high_watermark)
-        self._offsets = offsets
+        for key, p in snapshot.partitions.items():
+            state = self._partitions.get(key)
+            if state is None:
+                self._add(key, p.log_start_offset, p.high_watermark)
+            elif (
+                state.log_start_offset != p.log_start_offset
+                or state.high_watermark != p.high_watermark
+            ):
+                self._tail.invalidate(state)
+                state.log_start_offset = p.log_start_offset
+                state.high_watermark = max(state.high_watermark, p.high_watermark)
+        for key in set(self._partitions) - set(snapshot.partitions):
+            self._remove(key)
         self._wake(list(self._waiters))
 
     def on_topic_put(self, topic: TopicInfo) -> None:
@@ -120,16 +187,15 @@ class CoordinatorView:
         self._topics_by_name[topic.name] = topic
         self._topics_by_id[topic.topic_id] = topic
         for partition in range(topic.partition_count):
-            self._offsets.setdefault((topic.topic_id, partition), PartitionOffsets(0, 0))
+            if (topic.topic_id, partition) not in self._partitions:
+                self._add((topic.topic_id, partition), 0, 0)
 
     def on_log_starts(self, starts: Sequence[LogStart]) -> None:
         for topic_id, partition, log_start in starts:
-            key = (topic_id, partition)
-            current = self._offsets.get(key)
-            if current is not None and log_start > current.log_start_offset:
-                self._offsets[key] = PartitionOffsets(
-                    log_start, max(current.high_watermark, log_start)
-                )
+            state = self._partitions.get((topic_id, partition))
+            if state is not None and log_start > state.log_start_offset:
+                state.log_start_offset = log_start
+                state.high_watermark = max(state.high_watermark, log_start)
 
     def forget_cached(self, partitions: Iterable[PartitionKey]) -> None:
         """Drop these partitions' cached coordinates: the next read asks the database.
@@ -137,7 +203,9 @@ class CoordinatorView:
         Called when coordinates moved (compaction) or a read found an object gone.
         """
         for key in partitions:
-            self.tail.invalidate(key)
+            state = self._partitions.get(key)
+            if state is not None:
+                self._tail.invalidate(state)
 
     def on_relocated(self, partitions: Sequence[PartitionKey]) -> None:
         self.forget_cached(partitions)
@@ -146,8 +214,8 @@ class CoordinatorView:
         self._topics_by_name.pop(topic.name, None)
         self._topics_by_id.pop(topic.topic_id, None)
         for partition in range(topic.partition_count):
-            self._offsets.pop((topic.topic_id, partition), None)
-            self.tail.invalidate((topic.topic_id, partition))
+            self._remove((topic.topic_id, partition))
+        self._by_topic.pop(topic.topic_id, None)
 
     # Topics -------------------------------------------------------------------------
     def topics(self) -> Sequence[TopicInfo]:
@@ -161,26 +229,27 @@ class CoordinatorView:
 
     # Coordinates ----------------------------------------------------------------------
     def partition_offsets(self, topic_id: uuid.UUID, partition: int) -> PartitionOffsets | None:
-        return self._offsets.get((topic_id, partition))
+        state = self._partitions.get((topic_id, partition))
+        return None if state is None else state.offsets
 
     async def find_batches(
         self, topic_id: uuid.UUID, partition: int, start_offset: int, max_bytes: int
     ) -> list[BatchLocation]:
-        offsets = self._offsets.get((topic_id, partition))
-        if offsets is None or start_offset >= offsets.high_watermark:
+        state = self._partitions.get((topic_id, partition))
+        if state is None or start_offset >= state.high_watermark:
             return []
-        cached = self.tail.find((topic_id, partition), start_offset, max_bytes)
+        cached = self._tail.find(state, start_offset, max_bytes)
         if cached is not None:
             return cached
         self.database_reads += 1
         return await self._backend.read_batches(
-            topic_id, partition, start_offset, offsets.high_watermark, max_bytes
+            topic_id, partition, start_offset, state.high_watermark, max_bytes
         )
 
     async def batch_at_timestamp(
         self, topic_id: uuid.UUID, partition: int, timestamp_ms: int
     ) -> BatchLocation | None:
-        offsets = self._offsets.get((topic_id, partition))
+        offsets = self.partition_offsets(topic_id, partition)
         if offsets is None or offsets.high_watermark == offsets.log_start_offset:
             return None
         self.database_reads += 1
@@ -193,7 +262,7 @@ class CoordinatorView:
         )
 
     async def max_timestamp(self, topic_id: uuid.UUID, partition: int) -> int:
-        offsets = self._offsets.get((topic_id, partition))
+        offsets = self.partition_offsets(topic_id, partition)
         if offsets is None or offsets.high_watermark == 0:
             return -1
         self.database_reads += 1

@@ -37,6 +37,7 @@ from driftlog.coordinator.api import (
     CommitRequest,
     CoordinatorError,
     CoordinatorUnavailable,
+    EncodedOutcomes,
     Fenced,
     NotWriter,
     TopicInfo,
@@ -48,6 +49,7 @@ from driftlog.coordinator.backend import (
     LogStart,
     NewObject,
     OverlappingBackend,
+    outcomes_json,
 )
 from driftlog.coordinator.lease import HeldLease, LeaseRecord, may_acquire
 from driftlog.coordinator.retention import RetentionPolicy, limits_for, time_cutoff_ms
@@ -524,9 +526,13 @@ class CommitWriter:
         # a committed round unanswered).
         for request, future in round_:
             answer = answers[request.object_key]
-            outcomes = answer.outcomes if isinstance(answer, SequencedObject) else answer
-            if not future.done():
-                future.set_result(outcomes)
+            if future.done():
+                continue
+            if isinstance(answer, SequencedObject):
+                # With the JSON the backend stored: the RPC replies with it as is.
+                future.set_result(EncodedOutcomes(answer.outcomes, outcomes_json(answer)))
+            else:
+                future.set_result(answer)
         if sequenced:
             try:
                 self._listener.on_applied(sequenced)
