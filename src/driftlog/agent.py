@@ -185,6 +185,17 @@ class Agent:
 
     # Lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
+        # Bind the client port first (serving comes last): a port in use fails at once,
+        # and the writer RPC's ephemeral port can never land on it.
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._new_connection,
+            self.config.listen_host,
+            self.config.listen_port,
+            reuse_address=True,
+            backlog=1024,
+            start_serving=False,
+        )
         # A restarted writer takes its lease back at once; another agent's lease
         # must expire first (then produce waits for a writer, as for a leader election).
         await self.coordinator.start(wait_for_writer_s=2 * self.config.lease_ms / 1000 + 1)
@@ -193,14 +204,7 @@ class Agent:
         await self.groups.start()
         for job in self._lifecycle_jobs:
             job.start()
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._new_connection,
-            self.config.listen_host,
-            self.config.listen_port,
-            reuse_address=True,
-            backlog=1024,
-        )
+        await self._server.start_serving()
 
     def _new_connection(self) -> asyncio.BufferedProtocol:
         refuse = len(self._connections) >= self.config.max_connections
