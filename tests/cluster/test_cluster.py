@@ -50,13 +50,16 @@ def wait_for_members(cluster: Cluster) -> None:
     """Until every agent's Metadata lists every agent (heartbeats are 250 ms apart here)."""
     expected = {i + 1 for i in range(len(cluster.agents))}
     for agent in cluster.agents:
-        admin = AdminClient({"bootstrap.servers": agent.bootstrap})
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if set(admin.list_topics(timeout=10).brokers) == expected:
-                break
-            time.sleep(0.1)
-        assert set(admin.list_topics(timeout=10).brokers) == expected
+        # A fresh client per look: its first Metadata request goes to this agent (a
+        # client that knows the cluster asks any broker, which may lag a heartbeat).
+        seen: set[int] = set()
+        deadline = time.monotonic() + 15
+        while seen != expected and time.monotonic() < deadline:
+            admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+            seen = set(admin.list_topics(timeout=10).brokers)
+            if seen != expected:
+                time.sleep(0.1)
+        assert seen == expected, f"{agent.bootstrap} lists {seen}"
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = PARTITIONS) -> None:

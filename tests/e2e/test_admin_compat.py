@@ -206,15 +206,16 @@ def test_replica_assignments_naming_live_brokers(agent: AgentProcess) -> None:
 
 
 def test_replica_assignments_across_a_cluster(cluster: Cluster) -> None:
-    cluster.add("a")
-    cluster.add("b")
+    agents = [cluster.add("a"), cluster.add("b")]
+    for agent in agents:  # until each agent's Metadata lists both (a fresh client asks it)
+        deadline = time.monotonic() + 30
+        nodes: list[int] = []
+        while nodes != [1, 2] and time.monotonic() < deadline:
+            client = AdminClient({"bootstrap.servers": agent.bootstrap})
+            nodes = sorted(client.list_topics(timeout=10).brokers)
+            time.sleep(0.2)
+        assert nodes == [1, 2]
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
-    deadline = time.monotonic() + 30
-    nodes: list[int] = []
-    while nodes != [1, 2] and time.monotonic() < deadline:
-        nodes = sorted(admin.list_topics(timeout=10).brokers)
-        time.sleep(0.2)
-    assert nodes == [1, 2]
 
     admin.create_topics([NewTopic("spread", 2, replica_assignment=[[1, 2], [2, 1]])])[
         "spread"
