@@ -33,6 +33,7 @@ from driftlog.coordinator.sequencer import SequencedObject, Sequencer
 from driftlog.coordinator.service import LocalCoordinator
 from driftlog.coordinator.sqlite import SqliteBackend
 from driftlog.coordinator.tail import TailIndex
+from driftlog.coordinator.writer import CommitWriter, Listeners
 
 LEASE_MS = 5_000
 BackendFactory = Callable[[], Backend]
@@ -472,5 +473,59 @@ def test_object_keys_with_quotes_and_backslashes_are_stored_as_sent(
             k: [n] for n, k in enumerate(keys)
         }
         await coordinator.close()
+
+    run(scenario)
+
+
+class StallingBackend:
+    """Delegates to a real backend; group commits wait until `flowing` is set."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    async def persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
+        await self.flowing.wait()
+        await self.inner.persist_objects(fence, objects)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "persist_objects_overlapping":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def test_a_stalled_database_does_not_grow_the_writer_queue_without_end() -> None:
+    """Agents re-send commits whose answers are late; while the database stalls, a
+    re-send of a queued commit waits on the queued one, and past a bound new commits
+    are refused as retriable instead of queued."""
+
+    async def scenario() -> None:
+        backend = StallingBackend(MemoryBackend(MemoryDatabase()))
+        await backend.inner.open()
+        writer = CommitWriter(
+            cast(Backend, backend), FakeClock(), Listeners(), holder="a", lease_ms=LEASE_MS
+        )
+        await writer.start()
+        _, topic = await writer.create_topic("t", 1, {})
+        assert topic is not None
+
+        def request(key: str, retry: bool = False) -> CommitRequest:
+            return CommitRequest(key, 100, [batch(topic.topic_id, 0, 1)], retry)
+
+        backend.flowing.clear()  # the database stalls
+        first = writer.submit(request("k0"))
+        await asyncio.sleep(0.05)  # k0's round is stuck in the database
+        writer.max_pending = 3
+        queued = [writer.submit(request(f"k{i}")) for i in (1, 2, 3)]
+        resent = [writer.submit(request("k1", retry=True)) for _ in range(5)]
+        refused = writer.submit(request("k4"))
+        with pytest.raises(CoordinatorUnavailable):
+            await asyncio.wait_for(refused, 1)
+        backend.flowing.set()
+        [zero, one, two, three] = await asyncio.gather(first, *queued)
+        assert [o[0].base_offset for o in (zero, one, two, three)] == [0, 1, 2, 3]
+        assert [await r for r in resent] == [one] * 5
+        await writer.close()
 
     run(scenario)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -66,6 +67,9 @@ log = logging.getLogger(__name__)
 # Bounds one group-commit round so a burst cannot build an unbounded transaction.
 MAX_OBJECTS_PER_TRANSACTION = 256
 MAX_BATCHES_PER_TRANSACTION = 50_000
+# Commits queued for the next rounds at most; past it the writer answers "unavailable"
+# and agents re-send later (a database stall must not grow the queue without end).
+MAX_PENDING_COMMITS = 20_000
 # Rounds in flight at once: one committing while the next is sequenced and copied.
 MAX_ROUNDS_IN_FLIGHT = 2
 # How long close() lets the round in progress finish.
@@ -147,6 +151,10 @@ class CommitWriter:
         self._sequencer: Sequencer | None = None
         self._needs_reload = False
         self._pending: list[_Pending] = []
+        # The queued future of each key: an agent re-sending a commit still queued
+        # (its answer is late because the database is) waits on that one instead.
+        self._pending_by_key: dict[str, asyncio.Future[list[CommitOutcome]]] = {}
+        self.max_pending = MAX_PENDING_COMMITS
         self._in_flight: list[asyncio.Task[bool]] = []
         self._in_flight_objects: dict[str, SequencedObject] = {}
         self._wakeup = asyncio.Event()
@@ -326,8 +334,17 @@ class CommitWriter:
             future.set_exception(NotWriter("coordinator closing"))
         elif self.lease is None:
             future.set_exception(NotWriter(f"not the writer of shard {self.shard}"))
+        elif (queued := self._pending_by_key.get(request.object_key)) is not None:
+            queued.add_done_callback(functools.partial(_copy_result, future))
+        elif len(self._pending) >= self.max_pending:
+            future.set_exception(
+                CoordinatorUnavailable(f"the writer has {len(self._pending)} commits queued")
+            )
         else:
             self._pending.append((request, future))
+            key = request.object_key
+            self._pending_by_key[key] = future
+            future.add_done_callback(lambda _: self._pending_by_key.pop(key, None))
             self._wakeup.set()
         return future
 
@@ -698,6 +715,19 @@ def _succeeded(previous: asyncio.Task[bool] | None) -> asyncio.Future[bool]:
     else:
         previous.add_done_callback(settle)
     return result
+
+
+def _copy_result(
+    to: asyncio.Future[list[CommitOutcome]], done: asyncio.Future[list[CommitOutcome]]
+) -> None:
+    if to.done():
+        return
+    if done.cancelled():
+        to.cancel()
+    elif (error := done.exception()) is not None:
+        to.set_exception(error)
+    else:
+        to.set_result(done.result())
 
 
 def _fail(round_: Sequence[_Pending], error: CoordinatorError) -> None:
