@@ -80,33 +80,16 @@ class CoordinatorView:
 
     # Changes reported by the writer ------------------------------------------------
     def on_applied(self, objects: Sequence[SequencedObject]) -> None:
-        # Rows straight from the local writer, grouped by partition without copying
-        # them: one list index per row (rows come in runs of a topic), and the groups
-        # keyed by the partitions' states (hashed by identity, not by uuid).
-        groups: dict[PartitionState, list[BatchLocation]] = {}
-        by_topic = self._by_topic
-        last_topic: uuid.UUID | None = None
-        parts: list[PartitionState | None] = []
-        for obj in objects:
-            for topic_id, partition, location, _ in obj.rows:
-                if topic_id is not last_topic:
-                    last_topic = topic_id
-                    parts = by_topic.get(topic_id) or []
-                state = parts[partition] if 0 <= partition < len(parts) else None
-                if state is None:
-                    continue
-                locations = groups.get(state)
-                if locations is None:
-                    groups[state] = [location]
-                else:
-                    locations.append(location)
-        self._apply(groups)
+        # Rows straight from the local writer (no copies of the rows themselves).
+        self.on_remote_applied([(r[0], r[1], r[2]) for obj in objects for r in obj.rows])
 
     def on_remote_applied(self, batches: Sequence[tuple[uuid.UUID, int, BatchLocation]]) -> None:
         """Committed batches, in commit order (from the local writer or the writer's stream).
 
         Batches the view already covers are skipped, so a stream that overlaps a
-        resynchronization from the database is harmless.
+        resynchronization from the database is harmless. Grouped by partition with one
+        list index per batch (batches come in runs of a topic), the groups keyed by
+        the partitions' states (hashed by identity, not by uuid).
         """
         groups: dict[PartitionState, list[BatchLocation]] = {}
         by_topic = self._by_topic
