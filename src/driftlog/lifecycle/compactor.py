@@ -115,10 +115,8 @@ class Compactor:
         size = sum(len(c) for c in chunks)
         await self._store.put_new(key, chunks)
         self.stats.bytes_written += size
-        try:
-            swapped = await self._relocate(key, size, moves, level)
-        except CoordinatorError:
-            raise  # the upload is an orphan now; the garbage collector removes it
+        # If the swap fails, the upload is an orphan: the garbage collector removes it.
+        swapped = await self._relocate(key, size, moves, level)
         if swapped is None:
             log.warning("compaction output %s was too old to commit; it is an orphan", key)
             return 0

@@ -29,7 +29,7 @@ passed in, so a simulation drives it with a fake one.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from driftlog.clock import Clock
 from driftlog.coordinator.api import CoordinatorError
@@ -64,7 +64,6 @@ class GcStats:
     tombstones_purged: int = 0
     errors: int = 0
     orphan_scans: int = 0
-    deleted_keys: list[str] = field(default_factory=list)  # the last pass's, for tests
 
 
 class ObjectCollector:
@@ -87,7 +86,6 @@ class ObjectCollector:
         many objects were deleted from the store. Failures are counted and logged; the
         next pass retries."""
         self.stats.passes += 1
-        self.stats.deleted_keys = []
         budget = self.budget_per_pass
         deleted = 0
         try:
@@ -117,7 +115,6 @@ class ObjectCollector:
         # Only after the store confirmed: a crash in between deletes again next time.
         await self._backend.mark_objects_deleted([o.object_id for o in dead], now_ms)
         self.stats.dead_deleted += len(dead)
-        self.stats.deleted_keys.extend(keys)
         log.info("deleted %d dead objects (%d bytes)", len(dead), sum(o.size for o in dead))
         return len(dead)
 
@@ -143,7 +140,6 @@ class ObjectCollector:
                 await self._store.delete_many(orphans)
                 deleted += len(orphans)
                 self.stats.orphans_deleted += len(orphans)
-                self.stats.deleted_keys.extend(orphans)
                 log.info("deleted %d orphaned objects", len(orphans))
             if deleted >= budget:
                 break
