@@ -6,6 +6,8 @@ Metadata and group-coordinator placement use that list, so a dead agent
 drops out of both about `timeout_ms` after its last beat. When the database
 cannot be reached, the last list is kept (and this agent is always in it).
 Without a shared database (the embedded default) the list is this agent alone.
+Each change of this agent's list (an agent joined, left, or is back with another
+zone, address or node id) is logged at INFO with the agent's zone.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Membership:
             live.append(self.me)
         live.sort(key=lambda a: (a.node_id, a.agent_id))
         changed = [a.agent_id for a in live] != [a.agent_id for a in self.live]
+        _log_changes(self.live, live, now_ms)
         self.live = live
         if changed:
             self._on_change()
@@ -83,3 +86,30 @@ class Membership:
 
     def by_node(self, node_id: int) -> AgentInfo | None:
         return next((a for a in self.live if a.node_id == node_id), None)
+
+
+def _describe(agent: AgentInfo) -> str:
+    return (
+        f"{agent.agent_id} (node {agent.node_id}, zone {agent.zone!r}, {agent.host}:{agent.port})"
+    )
+
+
+def _log_changes(before: list[AgentInfo], after: list[AgentInfo], now_ms: int) -> None:
+    """Log agents that joined, left, or changed (zone, address, node id), at INFO."""
+    old = {a.agent_id: a for a in before}
+    new = {a.agent_id: a for a in after}
+    for agent_id, a in new.items():
+        previous = old.get(agent_id)
+        if previous is None:
+            log.info(
+                "agent joined: %s, last heartbeat %d ms ago", _describe(a), now_ms - a.heartbeat_ms
+            )
+        elif dataclasses.replace(previous, heartbeat_ms=0) != dataclasses.replace(
+            a, heartbeat_ms=0
+        ):
+            log.info("agent changed: %s, was %s", _describe(a), _describe(previous))
+    for agent_id, a in old.items():
+        if agent_id not in new:
+            log.info(
+                "agent left: %s, last heartbeat %d ms ago", _describe(a), now_ms - a.heartbeat_ms
+            )

@@ -1,0 +1,106 @@
+"""Membership on a fake clock: who is live, and the INFO lines when that changes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+import pytest
+
+from driftlog.clock import FakeClock
+from driftlog.cluster.membership import Membership
+from driftlog.coordinator.api import AgentInfo
+from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
+
+HEARTBEAT_MS = 250
+TIMEOUT_MS = 3_000
+
+
+def agent(node_id: int, zone: str) -> AgentInfo:
+    return AgentInfo(f"agent-{node_id}", node_id, "127.0.0.1", 9000 + node_id, zone, "")
+
+
+async def member(
+    db: MemoryDatabase, clock: FakeClock, me: AgentInfo, changes: list[str]
+) -> Membership:
+    backend = MemoryBackend(db)
+    await backend.open()
+    return Membership(
+        backend,
+        clock,
+        me,
+        shared=True,
+        heartbeat_ms=HEARTBEAT_MS,
+        timeout_ms=TIMEOUT_MS,
+        on_change=lambda: changes.append(me.agent_id),
+    )
+
+
+def live(m: Membership) -> list[tuple[int, str]]:
+    return [(a.node_id, a.zone) for a in m.live]
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    lines = [r.getMessage() for r in caplog.records if r.name == "driftlog.cluster.membership"]
+    caplog.clear()
+    return lines
+
+
+def test_joins_and_leaves_are_logged_with_zones(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="driftlog.cluster.membership")
+
+    async def scenario() -> None:
+        db, clock, changes = MemoryDatabase(), FakeClock(), list[str]()
+        m1 = await member(db, clock, agent(1, "a"), changes)
+        m2 = await member(db, clock, agent(3, "b"), [])
+        assert live(m1) == [(1, "a")]  # itself until the first look
+        await m1.tick()
+        await m2.tick()
+        await m1.tick()
+        assert live(m1) == live(m2) == [(1, "a"), (3, "b")]
+        assert changes == ["agent-1"]
+        assert messages(caplog) == [  # what agent-3 saw, then agent-1
+            "agent joined: agent-1 (node 1, zone 'a', 127.0.0.1:9001), last heartbeat 0 ms ago",
+            "agent joined: agent-3 (node 3, zone 'b', 127.0.0.1:9003), last heartbeat 0 ms ago",
+        ]
+
+        # agent-3 stays silent: live until a whole timeout passed since its last beat.
+        for _ in range(TIMEOUT_MS // HEARTBEAT_MS):
+            clock.advance(HEARTBEAT_MS)
+            await m1.tick()
+        assert live(m1) == [(1, "a"), (3, "b")]
+        assert messages(caplog) == []
+        clock.advance(1)
+        await m1.tick()
+        assert live(m1) == [(1, "a")]
+        assert changes == ["agent-1", "agent-1"]
+        assert messages(caplog) == [
+            "agent left: agent-3 (node 3, zone 'b', 127.0.0.1:9003), last heartbeat 3001 ms ago"
+        ]
+
+    asyncio.run(scenario())
+
+
+def test_an_agent_back_in_another_zone_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="driftlog.cluster.membership")
+
+    async def scenario() -> None:
+        db, clock, changes = MemoryDatabase(), FakeClock(), list[str]()
+        m1 = await member(db, clock, agent(1, "a"), changes)
+        await (await member(db, clock, agent(2, "a"), [])).tick()
+        await m1.tick()
+        messages(caplog)
+        clock.advance(HEARTBEAT_MS)
+        # agent-2 restarts in zone b (a different process: it logs its own view).
+        await (await member(db, clock, dataclasses.replace(agent(2, "a"), zone="b"), [])).tick()
+        messages(caplog)
+        await m1.tick()
+        assert live(m1) == [(1, "a"), (2, "b")]
+        assert messages(caplog) == [
+            "agent changed: agent-2 (node 2, zone 'b', 127.0.0.1:9002),"
+            " was agent-2 (node 2, zone 'a', 127.0.0.1:9002)"
+        ]
+        assert changes == ["agent-1"]  # the same agents: groups stay where they are
+
+    asyncio.run(scenario())
