@@ -6,12 +6,11 @@ from __future__ import annotations
 import datetime
 import re
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.cluster.placement import client_zone, partition_leader
+from driftlog.cluster.placement import client_zone, partition_leaders
 from driftlog.coordinator.api import AgentInfo, CoordinatorError, TopicInfo
 from driftlog.protocol.schema import build, response_module
 from driftlog.server.context import RequestContext
@@ -60,12 +59,7 @@ async def ensure_topic(ctx: RequestContext, name: str) -> tuple[ErrorCode, Topic
     return error, topic
 
 
-def _partition(
-    module: Any, topic: TopicInfo, partition: int, live: Sequence[AgentInfo], zone: str | None
-) -> Any:
-    # Every agent serves every partition; the leader named is where we want this
-    # client's traffic (its zone, spread by partition).
-    leader = partition_leader(topic.topic_id.bytes, partition, live, zone)
+def _partition(module: Any, partition: int, leader: AgentInfo | None) -> Any:
     node = leader.node_id if leader is not None else -1
     return build(
         module.MetadataResponsePartition,
@@ -118,9 +112,10 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
     for name, error, topic in found:
         partitions = ()
         if topic is not None:
-            partitions = tuple(
-                _partition(module, topic, p, live, zone) for p in range(topic.partition_count)
-            )
+            # Every agent serves every partition; the leader named is where we want
+            # this client's traffic (its zone, partitions spread evenly).
+            leaders = partition_leaders(topic.topic_id.bytes, topic.partition_count, live, zone)
+            partitions = tuple(_partition(module, p, leader) for p, leader in enumerate(leaders))
         topics.append(
             build(
                 module.MetadataResponseTopic,
