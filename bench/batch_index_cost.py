@@ -74,7 +74,7 @@ async def run(dsn: str, drop: bool, rounds: int, objects: int) -> str:
         for _ in range(rounds + WARMUP_ROUNDS)
     ]
     for round_ in rounds_[:WARMUP_ROUNDS]:
-        await backend.persist_objects_overlapping(fence, round_, None)
+        await backend.persist_objects(fence, round_)
     with psycopg.connect(dsn, autocommit=True) as conn:
         pids = [
             int(row[0])
@@ -85,7 +85,7 @@ async def run(dsn: str, drop: bool, rounds: int, objects: int) -> str:
         ]
     cpu_before, started = sum(map(cpu_s, pids)), time.perf_counter()
     for round_ in rounds_[WARMUP_ROUNDS:]:
-        await backend.persist_objects_overlapping(fence, round_, None)
+        await backend.persist_objects(fence, round_)
     cpu, elapsed = sum(map(cpu_s, pids)) - cpu_before, time.perf_counter() - started
     await backend.close()
     with psycopg.connect(dsn, autocommit=True) as conn:

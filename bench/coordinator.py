@@ -13,7 +13,8 @@ it, as every agent does, so the writer pays for the fan-out.
 
 Printed per N: object commits/s, batches/s, commit latency p50/p99/max (from
 sending the commit to its answer), database transactions per second (the
-group commit: many objects per transaction), and the writer process's CPU
+group commit: many objects per transaction), the WAL PostgreSQL writes per
+batch (which each COMMIT waits to reach the disk), and the writer process's CPU
 seconds per 1,000 commits over the measured window (user + system time from
 /proc, so the figure holds up when other work shares the machine).
 
@@ -167,14 +168,16 @@ async def run_load(
     }
 
 
-def transactions(dsn: str) -> int:
+def transactions_and_wal(dsn: str) -> tuple[int, int]:
+    """Transactions committed in the database, and the server's WAL position in bytes."""
     import psycopg
 
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            "SELECT xact_commit, pg_current_wal_lsn() - '0/0'::pg_lsn FROM pg_stat_database"
+            " WHERE datname = current_database()"
         ).fetchone()
-        return int(row[0]) if row else 0
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def main() -> None:
@@ -206,14 +209,14 @@ def main() -> None:
           f"{args.depth} commits in flight per agent, {args.seconds:.0f} s per row")  # fmt: skip
     print(
         "| agents | commits/s | batches/s | p50 ms | p99 ms | max ms | tx/s | objects/tx"
-        " | writer CPU s/1000 commits | writer CPU share |"
+        " | WAL bytes/batch | writer CPU s/1000 commits | writer CPU share |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['agents']} | {r['commits_per_s']:.0f} | {r['batches_per_s']:.0f} |"
             f" {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} |"
-            f" {r['tx_per_s']:.0f} | {r['objects_per_tx']:.1f} |"
+            f" {r['tx_per_s']:.0f} | {r['objects_per_tx']:.1f} | {r['wal_bytes_per_batch']:.0f} |"
             f" {r['writer_cpu_s_per_1000']:.3f} | {r['writer_cpu_share']:.0%} |"
         )
     if any(r["errors"] for r in results):
@@ -245,9 +248,10 @@ def run_one(dsn: str, args: argparse.Namespace, agents: int) -> dict[str, Any]:
                 assert row is not None
                 topic_id = row[0]
         assert isinstance(topic_id, uuid.UUID)
-        tx_before = transactions(dsn)
+        tx_before, wal_before = transactions_and_wal(dsn)
         result = asyncio.run(run_load(f"127.0.0.1:{rpc_port}", topic_id, args, agents, process.pid))
-        tx = transactions(dsn) - tx_before
+        tx_after, wal_after = transactions_and_wal(dsn)
+        tx = tx_after - tx_before
         # Transactions over the whole run (warm-up and tail included), objects likewise.
         import psycopg
 
@@ -257,6 +261,7 @@ def run_one(dsn: str, args: argparse.Namespace, agents: int) -> dict[str, Any]:
         total_s = args.warmup + args.seconds
         result["tx_per_s"] = tx / total_s
         result["objects_per_tx"] = objects / max(tx, 1)
+        result["wal_bytes_per_batch"] = (wal_after - wal_before) / max(objects * args.batches, 1)
         print(json.dumps(result), flush=True)
         return result
     finally:

@@ -112,7 +112,7 @@ def main() -> None:
             for o in objs:
                 o.outcomes_json = ""
                 outcomes_json(o)
-            postgres._batch_rows(objs)
+            postgres._batch_arrays(objs)
 
     raws = [
         {r.object_key: messages.decode_commit(b)[2] for r, b in zip(rr, bb, strict=True)}

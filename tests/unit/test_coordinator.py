@@ -8,11 +8,13 @@ Every test runs against SQLite, against a real PostgreSQL (started by the
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import psycopg
 import pytest
 from kio.schema.errors import ErrorCode
 
@@ -252,6 +254,43 @@ def test_time_index(backend_factory: BackendFactory) -> None:
     run(scenario)
 
 
+def test_lookup_by_time_matches_a_scan_of_every_batch(backend_factory: BackendFactory) -> None:
+    """The first batch whose time index reaches a timestamp, for every timestamp, before
+    and after the log start moves: PostgreSQL finds it by binary search over offsets,
+    so compare it with a scan of every batch (late timestamps included)."""
+
+    async def scenario() -> None:
+        rng = random.Random(7)
+        coordinator = await started(backend_factory(), FakeClock())
+        _, topic = await coordinator.create_topic("t", 1, {})
+        assert topic is not None
+        tid = topic.topic_id
+        committed: list[tuple[int, int, int]] = []  # base offset, last offset, time index
+        next_offset, time_index = 0, -1
+        for i in range(70):
+            count, max_ts = rng.randint(1, 9), rng.randint(1000, 1400)
+            await commit(coordinator, f"o{i}", [batch(tid, 0, count, max_ts)])
+            time_index = max(time_index, max_ts)
+            committed.append((next_offset, next_offset + count - 1, time_index))
+            next_offset += count
+
+        async def check(log_start: int) -> None:
+            for ts in range(990, 1410, 3):
+                expected = next(
+                    (b for b, last, t in committed if last >= log_start and t >= ts), None
+                )
+                found = await coordinator.batch_at_timestamp(tid, 0, ts)
+                assert (found and found.base_offset) == expected, (ts, log_start)
+
+        await check(0)
+        middle = committed[len(committed) // 2][0] + 1  # inside a batch
+        assert await coordinator.delete_records([(tid, 0, middle)]) == [(ErrorCode.none, middle)]
+        await check(middle)
+        await coordinator.close()
+
+    run(scenario)
+
+
 def test_lease_takeover_and_fencing(backend_factory: BackendFactory) -> None:
     async def scenario() -> None:
         clock = FakeClock()
@@ -415,40 +454,45 @@ def test_delete_records_and_retention(backend_factory: BackendFactory) -> None:
 def test_a_writer_stopped_mid_transaction_does_not_block_its_successor(
     postgres_dsn: str,
 ) -> None:
-    """A writer frozen with a transaction open (rows copied, COMMIT never sent) holds
-    unique-index entries for the object ids and offsets its successor will use; the
-    successor ends that transaction when it takes the lease instead of waiting on it."""
+    """A deposed writer's round still open in the server (here: its rows inserted, it
+    waits for a previous round that never ends) holds unique-index entries for the
+    object ids and offsets its successor will use; the successor ends that
+    transaction when it takes the lease instead of waiting on it."""
 
     async def scenario() -> None:
         clock = FakeClock()
-        # Server-side timeouts far longer than the test: only the successor can end it
-        # (a session waiting for its client mid-COPY escapes those timeouts anyway).
-        frozen_backend = PostgresBackend(postgres_dsn, writer_idle_ms=60_000)
-        a = await started(frozen_backend, clock, holder="a", commit_timeout_s=0)
+        # Server-side timeouts far longer than the test: only the successor can end it.
+        stuck_backend = PostgresBackend(postgres_dsn, writer_idle_ms=60_000)
+        a = await started(stuck_backend, clock, holder="a", commit_timeout_s=0)
         _, topic = await a.create_topic("t", 1, {})
         assert topic is not None and a.writer.lease is not None
         tid = topic.topic_id
         await commit(a, "a1", [batch(tid, 0, 3)])
 
-        sequencer = Sequencer(await frozen_backend.load_sequencer(0))
-        frozen = sequencer.sequence("frozen", 100, [batch(tid, 0, 2)], clock.wall_ms())
+        # The previous round that never ends: its lock, held in an open transaction.
+        previous_round = 424_242
+        blocker = await psycopg.AsyncConnection.connect(postgres_dsn)
+        await blocker.execute("SELECT pg_advisory_xact_lock(1685219956, %s)", (previous_round,))
+        sequencer = Sequencer(await stuck_backend.load_sequencer(0))
+        stuck_round = sequencer.sequence("stuck", 100, [batch(tid, 0, 2)], clock.wall_ms())
         fence = Fence(0, a.writer.lease.epoch, clock.wall_ms() + LEASE_MS)
         never: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         stuck = asyncio.create_task(
-            frozen_backend.persist_objects_overlapping(fence, [frozen], never)
+            stuck_backend.persist_objects_overlapping(fence, [stuck_round], never, previous_round)
         )
-        await asyncio.sleep(0.5)  # its rows are copied; it waits before its COMMIT
+        await asyncio.sleep(0.5)  # its rows are inserted; it waits for the previous round
 
         clock.advance(LEASE_MS + 1)
         b = await started(PostgresBackend(postgres_dsn), clock, holder="b", commit_timeout_s=0)
         await b.writer.tick()
         assert b.writer.is_writer
         [taken_over] = await asyncio.wait_for(commit(b, "b1", [batch(tid, 0, 2)]), 5)
-        assert taken_over.base_offset == 3  # the same offsets the frozen writer held
+        assert taken_over.base_offset == 3  # the same offsets the stuck round held
 
-        never.set_result(True)  # it wakes up: its session is gone, nothing commits
-        with pytest.raises(CoordinatorUnavailable):
+        with pytest.raises(CoordinatorUnavailable):  # its session is gone, nothing commits
             await stuck
+        never.set_result(True)
+        await blocker.close()
         found = await b.find_batches(tid, 0, 0, 1 << 30)
         assert [(x.object_key, x.base_offset) for x in found] == [("a1", 0), ("b1", 3)]
         for c in (a, b):

@@ -12,9 +12,10 @@ extends the lease row where the epoch is the writer's own and fails with
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -264,13 +265,19 @@ class Backend(Protocol):
 class OverlappingBackend(Protocol):
     """A backend whose transactions can overlap (PostgreSQL): the writer pipelines rounds.
 
-    `persist_objects_overlapping` writes the round's rows, then waits for `after`
-    (the previous round's outcome) and commits only if it succeeded, so rounds
-    commit in order and none commits on top of a failed one.
+    `persist_objects_overlapping` may be called for a round while the previous one
+    is still in flight. `after` resolves to the previous round's outcome, and
+    `after_object_id` is the last object sequenced before this round (None when
+    no round is in flight). The backend commits this round only after that object
+    committed, so rounds commit in order and none commits on top of a failed one.
     """
 
     async def persist_objects_overlapping(
-        self, fence: Fence, objects: Sequence[SequencedObject], after: Awaitable[bool]
+        self,
+        fence: Fence,
+        objects: Sequence[SequencedObject],
+        after: asyncio.Future[bool],
+        after_object_id: int | None,
     ) -> None: ...
 
 

@@ -2,17 +2,18 @@
 
 Same tables as `sqlite.py` with PostgreSQL types. Migrations are applied at
 open under an advisory lock, so agents starting together do not race. The
-writer's group commit is one transaction: COPY of the batches, upserts of the
-producer states that changed, then the fence check (which takes the lease row's
-lock, ordering it against a takeover) in the statement that stores the objects.
+writer's group commit is one transaction, pipelined: the batch rows and the producer
+states that changed, then the fence check (which takes the lease row's lock,
+ordering it against a takeover) in the statement that stores the objects.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import struct
+import re
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -147,6 +148,57 @@ MIGRATIONS: list[str] = [
     UPDATE objects SET dead_since_ms = (extract(epoch FROM clock_timestamp()) * 1000)::bigint
         WHERE NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id);
     """,
+    # A group commit (`persist_objects_overlapping`): one statement, so one round trip.
+    # It takes the round's lock (an advisory lock: 1685219956 is "drft", then the
+    # round's last object id) and says so, inserts the rows, then waits for the
+    # previous round's lock and goes on only if that round's last object committed.
+    # Last the fence check, which takes the lease row's lock (ordering it against a
+    # takeover) and raises if the writer was deposed; then the objects.
+    # Lookups by time go through the primary key (`_FIRST_BATCH_AT_TIME`).
+    """
+    CREATE FUNCTION driftlog_commit_round(
+        p_round bigint, p_after bigint, p_shard integer, p_epoch bigint, p_expires_ms bigint,
+        b_topic_ids uuid[], b_partitions integer[], b_last_offsets bigint[],
+        b_base_offsets bigint[], b_object_ids bigint[], b_byte_offsets bigint[],
+        b_byte_lengths integer[], b_max_timestamps bigint[], b_append_times bigint[],
+        b_time_indexes bigint[],
+        s_producer_ids bigint[], s_topic_ids uuid[], s_partitions integer[],
+        s_epochs integer[], s_batches text[],
+        o_ids bigint[], o_keys text[], o_sizes bigint[], o_committed_ms bigint[],
+        o_outcomes text[], o_dead_since_ms bigint[]
+    ) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_advisory_xact_lock(1685219956, (p_round % 2147483648)::integer);
+        RAISE NOTICE 'driftlog round % holds its lock', p_round;
+        INSERT INTO batches (topic_id, partition, last_offset, base_offset, object_id,
+                byte_offset, byte_length, max_timestamp_ms, log_append_time_ms, time_index_ms)
+            SELECT * FROM unnest(b_topic_ids, b_partitions, b_last_offsets, b_base_offsets,
+                b_object_ids, b_byte_offsets, b_byte_lengths, b_max_timestamps,
+                b_append_times, b_time_indexes);
+        INSERT INTO producer_states (producer_id, topic_id, partition, epoch, batches)
+            SELECT * FROM unnest(s_producer_ids, s_topic_ids, s_partitions, s_epochs, s_batches)
+            ON CONFLICT (producer_id, topic_id, partition) DO UPDATE
+            SET epoch = excluded.epoch, batches = excluded.batches;
+        IF p_after IS NOT NULL THEN
+            PERFORM pg_advisory_xact_lock_shared(1685219956, (p_after % 2147483648)::integer);
+            IF NOT EXISTS (SELECT FROM objects WHERE object_id = p_after) THEN
+                RAISE EXCEPTION 'the previous round (object %) did not commit', p_after
+                    USING ERRCODE = 'DLF02';
+            END IF;
+        END IF;
+        UPDATE leases SET expires_ms = greatest(expires_ms, p_expires_ms)
+            WHERE shard = p_shard AND epoch = p_epoch;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'writer epoch % of shard % was superseded', p_epoch, p_shard
+                USING ERRCODE = 'DLF01';
+        END IF;
+        INSERT INTO objects (object_id, key, size, committed_ms, outcomes, dead_since_ms)
+            SELECT * FROM unnest(o_ids, o_keys, o_sizes, o_committed_ms, o_outcomes,
+                o_dead_since_ms);
+    END
+    $$;
+    DROP INDEX batches_by_time;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x647269667430
@@ -175,22 +227,55 @@ _OBJECT_COUNTS = (
     " count(*) FILTER (WHERE deleted_ms IS NOT NULL) FROM objects"
 )
 
-# The last statement of a group commit: the fence check (`_check_fence`: it takes the
-# lease row's lock, ordering it against a takeover) and the round's objects, stored
-# only if the fence holds; returns how many lease rows matched (0: fenced).
-_STORE_OBJECTS_FENCED = (
-    b"WITH fence AS (UPDATE leases SET expires_ms = greatest(expires_ms, %s)"
-    b" WHERE shard = %s AND epoch = %s RETURNING 1),"
-    b" stored AS (INSERT INTO objects (object_id, key, size, committed_ms, outcomes,"
-    b" dead_since_ms) SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[],"
-    b" %s::bigint[], %s::text[], %s::bigint[]) WHERE EXISTS (SELECT FROM fence))"
-    b" SELECT count(*) FROM fence"
+# A group commit (`persist_objects_overlapping`): the round's rows as arrays, one per
+# column, passed as text and cast by the server (psycopg's list adapters run Python code
+# per element, string formatting in C does not).
+_COMMIT_ROUND = (
+    b"SELECT driftlog_commit_round(%s, %s, %s, %s, %s,"
+    b" %s::uuid[], %s::integer[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
+    b" %s::integer[], %s::bigint[], %s::bigint[], %s::bigint[],"
+    b" %s::bigint[], %s::uuid[], %s::integer[], %s::integer[], %s::text[],"
+    b" %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::bigint[])"
 )
+_HOLDING_NOTICE = re.compile(r"driftlog round (\d+) holds its lock")
+# Raised by driftlog_commit_round.
+_FENCED_SQLSTATE = "DLF01"
+_PREVIOUS_FAILED_SQLSTATE = "DLF02"
 
 _LOCATION = (
     "o.key, b.byte_offset, b.byte_length, b.base_offset, b.last_offset,"
     " b.max_timestamp_ms, b.log_append_time_ms"
 )
+
+# The first batch from `lo` on whose time index reaches `timestamp_ms`, found by
+# binary search over offsets through the primary key: a partition's time index never
+# decreases with its offsets, so it needs no index of its own (one would add about a
+# third to the WAL each committed batch costs). Each step looks at the first batch
+# from the middle offset on: before the time, the answer is past it; at or after,
+# it is that batch or one before the middle. About log2(hi - lo) index lookups.
+_FIRST_BATCH_AT_TIME = f"""
+    WITH RECURSIVE search (lo, hi, best) AS (
+        SELECT %(lo)s::bigint, %(hi)s::bigint, NULL::bigint
+        UNION ALL
+        SELECT
+            CASE WHEN p.time_index_ms < %(timestamp_ms)s THEN p.last_offset + 1 ELSE s.lo END,
+            CASE WHEN p.time_index_ms < %(timestamp_ms)s THEN s.hi ELSE m.middle - 1 END,
+            CASE WHEN p.time_index_ms < %(timestamp_ms)s THEN s.best
+                ELSE coalesce(p.last_offset, s.best) END
+        FROM search s
+        CROSS JOIN LATERAL (SELECT s.lo + (s.hi - s.lo) / 2 AS middle) m
+        LEFT JOIN LATERAL (
+            SELECT last_offset, time_index_ms FROM batches
+            WHERE topic_id = %(topic_id)s AND partition = %(partition)s
+                AND last_offset >= m.middle
+            ORDER BY last_offset LIMIT 1
+        ) p ON true
+        WHERE s.lo <= s.hi
+    )
+    SELECT {_LOCATION} FROM batches b JOIN objects o USING (object_id)
+    WHERE b.topic_id = %(topic_id)s AND b.partition = %(partition)s
+        AND b.last_offset = (SELECT min(best) FROM search)
+"""
 
 
 class PostgresBackend:
@@ -234,6 +319,8 @@ class PostgresBackend:
             f" -c idle_in_transaction_session_timeout={writer_idle_ms}"
             " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
         )
+        # Rounds in flight, by their last object id: set once the round holds its lock.
+        self._rounds_holding: dict[int, asyncio.Event] = {}
         self._write_pool = AsyncConnectionPool(
             dsn,
             min_size=1,
@@ -245,6 +332,7 @@ class PostgresBackend:
                 "options": server_options,
                 "application_name": self._writer_session_name,
             },
+            configure=self._configure_writer_connection,
         )
 
     # Lifecycle ----------------------------------------------------------------
@@ -278,7 +366,11 @@ class PostgresBackend:
         await self._pool.close()
 
     async def _fetch(
-        self, query: str, params: Sequence[Any] = (), *, writer: bool = False
+        self,
+        query: str,
+        params: Sequence[Any] | Mapping[str, Any] = (),
+        *,
+        writer: bool = False,
     ) -> list[tuple[Any, ...]]:
         pool = self._write_pool if writer else self._pool
         try:
@@ -427,68 +519,78 @@ class PostgresBackend:
         return {key: decode_outcomes(outcomes) for key, outcomes in rows}
 
     async def persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
-        await self.persist_objects_overlapping(fence, objects, None)
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        done.set_result(True)
+        await self.persist_objects_overlapping(fence, objects, done, None)
 
     async def persist_objects_overlapping(
         self,
         fence: Fence,
         objects: Sequence[SequencedObject],
-        after: Awaitable[bool] | None,
+        after: asyncio.Future[bool],
+        after_object_id: int | None,
     ) -> None:
-        """One group commit. The batch rows go in first (one COPY); the last statement
-        checks the fence and stores the objects, right before COMMIT, so the lease row
-        is locked only briefly and the next round's rows can be copied while this one
-        commits (`after` orders the commits). Every statement is a round trip with the
-        server and costs the writer more CPU than the rows it carries, hence few."""
-        updates: dict[ProducerKey, Any] = {}
-        for o in objects:
-            updates.update(o.producer_updates)
+        """One group commit: one statement, `driftlog_commit_round`, in its own transaction.
+
+        Rounds overlap, and the server orders their commits: each takes a lock named
+        by its last object id and says so with a notice, inserts its rows, then waits
+        for the previous round's lock and refuses to go on unless that round's last
+        object (`after_object_id`) committed. A round is sent only once the previous
+        one holds its lock (its notice arrived), so it never looks too early. Rounds
+        thus commit back to back, none on top of a failed one, and each costs the
+        writer one round trip: statements and round trips are what cost its CPU."""
+        round_id = objects[-1].object_id
+        holding = self._rounds_holding[round_id] = asyncio.Event()
         try:
-            async with self._write_pool.connection() as conn, conn.transaction():
-                cursor = conn.cursor()
-                async with cursor.copy(
-                    b"COPY batches (topic_id, partition, last_offset, base_offset, object_id,"
-                    b" byte_offset, byte_length, max_timestamp_ms, log_append_time_ms,"
-                    b" time_index_ms) FROM STDIN (FORMAT BINARY)"
-                ) as copy:
-                    # Fixed-size binary rows, one write for the whole round: cheaper to
-                    # build than text and cheaper for the server to parse.
-                    await copy.write(_batch_rows(objects))
-                if updates:
-                    await cursor.executemany(
-                        b"INSERT INTO producer_states VALUES (%s, %s, %s, %s, %s)"
-                        b" ON CONFLICT (producer_id, topic_id, partition) DO UPDATE"
-                        b" SET epoch = excluded.epoch, batches = excluded.batches",
-                        [
-                            (pid, tid, partition, s.epoch, encode_producer_batches(s))
-                            for (pid, tid, partition), s in updates.items()
-                        ],
-                    )
-                if after is not None and not await after:
-                    raise CoordinatorUnavailable("an earlier transaction failed")
-                # An object whose batches were all refused (duplicates) is stored dead:
-                # nothing references it.
-                await cursor.execute(
-                    _STORE_OBJECTS_FENCED,
+            if after_object_id is not None:
+                previous = self._rounds_holding.get(after_object_id)
+                if previous is not None and not previous.is_set():
+                    await _first_of(previous.wait(), after)
+                if after.done():
+                    if not after.result():
+                        raise CoordinatorUnavailable("an earlier transaction failed")
+                    after_object_id = None  # committed: nothing to wait for
+            updates: dict[ProducerKey, Any] = {}
+            for o in objects:
+                updates.update(o.producer_updates)
+            async with self._write_pool.connection() as conn:
+                await conn.execute(
+                    _COMMIT_ROUND,
                     (
-                        fence.expires_ms,
+                        round_id,
+                        after_object_id,
                         fence.shard,
                         fence.epoch,
+                        fence.expires_ms,
+                        *_batch_arrays(objects),
+                        *_producer_arrays(updates),
+                        # An object whose batches were all refused (duplicates) is
+                        # stored dead: nothing references it.
                         *_object_arrays(objects),
                     ),
                 )
-                row = await cursor.fetchone()
-                if row is None or not row[0]:
-                    raise Fenced(
-                        f"writer epoch {fence.epoch} of shard {fence.shard} was superseded"
-                    )
         except psycopg.errors.UniqueViolation as e:
             # A deposed writer's object ids collide with its successor's: say so.
             if await self._superseded(fence):
                 raise Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} superseded") from e
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
         except (psycopg.Error, PoolTimeout) as e:
+            if isinstance(e, psycopg.Error) and e.sqlstate == _FENCED_SQLSTATE:
+                raise _superseded_error(fence) from e
+            if isinstance(e, psycopg.Error) and e.sqlstate == _PREVIOUS_FAILED_SQLSTATE:
+                raise CoordinatorUnavailable("an earlier transaction failed") from e
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
+        finally:
+            holding.set()  # whatever happened, a round waiting on this one may go on
+            del self._rounds_holding[round_id]
+
+    def _on_notice(self, notice: psycopg.errors.Diagnostic) -> None:
+        match = _HOLDING_NOTICE.fullmatch(notice.message_primary or "")
+        if match is not None and (holding := self._rounds_holding.get(int(match[1]))):
+            holding.set()
+
+    async def _configure_writer_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        conn.add_notice_handler(self._on_notice)
 
     async def _superseded(self, fence: Fence) -> bool:
         lease = await self.read_lease(fence.shard)
@@ -703,20 +805,15 @@ class PostgresBackend:
         end_offset: int,
     ) -> BatchLocation | None:
         rows = await self._fetch(
-            f"SELECT {_LOCATION} FROM batches b JOIN objects o USING (object_id)"
-            " WHERE b.topic_id = %s AND b.partition = %s AND b.time_index_ms >= %s"
-            " ORDER BY b.time_index_ms, b.last_offset LIMIT 1",
-            (topic_id, partition, timestamp_ms),
+            _FIRST_BATCH_AT_TIME,
+            {
+                "topic_id": topic_id,
+                "partition": partition,
+                "timestamp_ms": timestamp_ms,
+                "lo": start_offset,
+                "hi": end_offset - 1,
+            },
         )
-        if rows and BatchLocation(*rows[0]).last_offset < start_offset:
-            # The time index is monotonic in offsets: past the log start, the
-            # first live batch is the answer.
-            rows = await self._fetch(
-                f"SELECT {_LOCATION} FROM batches b JOIN objects o USING (object_id)"
-                " WHERE b.topic_id = %s AND b.partition = %s AND b.last_offset >= %s"
-                " ORDER BY b.last_offset LIMIT 1",
-                (topic_id, partition, start_offset),
-            )
         if not rows:
             return None
         location = BatchLocation(*rows[0])
@@ -777,8 +874,8 @@ class PostgresBackend:
 def _object_arrays(objects: Sequence[SequencedObject]) -> tuple[str, ...]:
     """The round's objects as array literals, column by column (`_STORE_OBJECTS_FENCED`).
 
-    Passed as text and cast by the server: psycopg's list adapters run Python code per
-    element, string formatting in C does not."""
+    Arrays are passed as text and cast by the server: psycopg's list adapters run
+    Python code per element, string formatting in C does not."""
     keys = ",".join([_array_element(o.object_key) for o in objects])
     # Outcomes are JSON arrays of integers: nothing in them needs escaping.
     outcomes = '","'.join([outcomes_json(o) for o in objects])
@@ -797,34 +894,74 @@ def _array_element(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-# COPY's binary format (PostgreSQL docs, "COPY", "Binary Format"): a signature, flags
-# and header extension length, then per row the field count and each field as a
-# length and its big-endian value, then -1 as the trailer.
-_COPY_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_COPY_BINARY_TRAILER = struct.pack(">h", -1)
-# A batches row: topic_id uuid, partition integer, last_offset, base_offset, object_id,
-# byte_offset bigint, byte_length integer, max_timestamp_ms, log_append_time_ms,
-# time_index_ms bigint.
-_BATCH_ROW = struct.Struct(">h i16s ii iq iq iq iq ii iq iq iq")
-
-
-def _batch_rows(objects: Sequence[SequencedObject]) -> bytes:
-    pack = _BATCH_ROW.pack
-    rows = [_COPY_BINARY_HEADER]
+def _batch_arrays(objects: Sequence[SequencedObject]) -> tuple[str, ...]:
+    """The round's batch rows as array literals, column by column (`_INSERT_BATCHES`)."""
+    topic_ids: list[str] = []
+    partitions: list[int] = []
+    last_offsets: list[int] = []
+    base_offsets: list[int] = []
+    object_ids: list[int] = []
+    byte_offsets: list[int] = []
+    byte_lengths: list[int] = []
+    max_timestamps: list[int] = []
+    append_times: list[int] = []
+    time_indexes: list[int] = []
     last_topic: uuid.UUID | None = None
-    tid = b""
+    tid = ""
     for o in objects:
         object_id = o.object_id
         for topic_id, partition, loc, time_index_ms in o.rows:
             if topic_id is not last_topic:  # rows come in runs of a topic
-                last_topic, tid = topic_id, topic_id.bytes
-            rows.append(
-                pack(10, 16, tid, 4, partition, 8, loc.last_offset, 8, loc.base_offset,
-                     8, object_id, 8, loc.byte_offset, 4, loc.byte_length,
-                     8, loc.max_timestamp_ms, 8, loc.log_append_time_ms, 8, time_index_ms)
-            )  # fmt: skip
-    rows.append(_COPY_BINARY_TRAILER)
-    return b"".join(rows)
+                last_topic, tid = topic_id, str(topic_id)
+            topic_ids.append(tid)
+            partitions.append(partition)
+            _, byte_offset, byte_length, base_offset, last_offset, max_ts, append_ms = loc
+            last_offsets.append(last_offset)
+            base_offsets.append(base_offset)
+            object_ids.append(object_id)
+            byte_offsets.append(byte_offset)
+            byte_lengths.append(byte_length)
+            max_timestamps.append(max_ts)
+            append_times.append(append_ms)
+            time_indexes.append(time_index_ms)
+    return (
+        "{" + ",".join(topic_ids) + "}",
+        *[
+            _int_array(column)
+            for column in (
+                partitions, last_offsets, base_offsets, object_ids, byte_offsets,
+                byte_lengths, max_timestamps, append_times, time_indexes,
+            )
+        ],
+    )  # fmt: skip
+
+
+def _producer_arrays(updates: dict[ProducerKey, Any]) -> tuple[str, ...]:
+    """Producer states as array literals, column by column (`_UPSERT_PRODUCER_STATES`)."""
+    keys = list(updates)
+    return (
+        _int_array([pid for pid, _, _ in keys]),
+        "{" + ",".join([str(tid) for _, tid, _ in keys]) + "}",
+        _int_array([partition for _, _, partition in keys]),
+        _int_array([s.epoch for s in updates.values()]),
+        # JSON arrays of integers: quoted for the commas, nothing needs escaping.
+        '{"' + '","'.join([encode_producer_batches(s) for s in updates.values()]) + '"}'
+        if updates
+        else "{}",
+    )
+
+
+def _int_array(values: list[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+async def _first_of(waiting: Coroutine[Any, Any, Any], future: asyncio.Future[bool]) -> None:
+    """Wait until `waiting` is done or `future` is."""
+    waiter = asyncio.ensure_future(waiting)
+    try:
+        await asyncio.wait({waiter, future}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
 
 
 async def _check_fence(conn: psycopg.AsyncConnection[Any], fence: Fence) -> None:

@@ -156,6 +156,7 @@ class CommitWriter:
         self._pending_by_key: dict[str, asyncio.Future[list[CommitOutcome]]] = {}
         self.max_pending = MAX_PENDING_COMMITS
         self._in_flight: list[asyncio.Task[bool]] = []
+        self._last_object_id: int | None = None  # the last object id sequenced
         self._in_flight_objects: dict[str, SequencedObject] = {}
         self._wakeup = asyncio.Event()
         self._serial = asyncio.Lock()  # one round or topic change at a time
@@ -467,8 +468,14 @@ class CommitWriter:
             _fail(round_, CoordinatorUnavailable(repr(e)))
             return None
         previous = self._in_flight[-1] if self._in_flight else None
+        # This round commits only once the last object sequenced before it has.
+        after_object_id = self._last_object_id if previous is not None else None
+        if sequenced:
+            self._last_object_id = sequenced[-1].object_id
         task = asyncio.create_task(
-            self._finish_round(round_, sequenced, answers, self._fence(), previous, started_s)
+            self._finish_round(
+                round_, sequenced, answers, self._fence(), previous, after_object_id, started_s
+            )
         )
         self._in_flight.append(task)
         return task
@@ -486,11 +493,12 @@ class CommitWriter:
         answers: dict[str, list[CommitOutcome] | SequencedObject],
         fence: Fence,
         previous: asyncio.Task[bool] | None,
+        after_object_id: int | None,
         started_s: float,
     ) -> bool:
         try:
             return await self._persist_and_answer(
-                round_, sequenced, answers, fence, previous, started_s
+                round_, sequenced, answers, fence, previous, after_object_id, started_s
             )
         finally:
             self._in_flight.remove(asyncio.current_task())  # type: ignore[arg-type]
@@ -504,6 +512,7 @@ class CommitWriter:
         answers: dict[str, list[CommitOutcome] | SequencedObject],
         fence: Fence,
         previous: asyncio.Task[bool] | None,
+        after_object_id: int | None,
         started_s: float,
     ) -> bool:
         after = _succeeded(previous)
@@ -512,7 +521,14 @@ class CommitWriter:
                 if not await after:
                     raise CoordinatorUnavailable("an earlier transaction failed")
             elif isinstance(self._backend, OverlappingBackend):
-                await self._backend.persist_objects_overlapping(fence, sequenced, after)
+                await self._backend.persist_objects_overlapping(
+                    fence, sequenced, after, after_object_id
+                )
+                # Committed after the previous round; answered and applied after it too.
+                # (If its reply was lost, its outcome is unknown here: fail this one too,
+                # the reload below finds both and re-sent commits get their outcomes.)
+                if not await after:
+                    raise CoordinatorUnavailable("an earlier transaction failed")
             else:
                 if not await after:
                     raise CoordinatorUnavailable("an earlier transaction failed")
