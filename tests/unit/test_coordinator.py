@@ -501,6 +501,68 @@ def test_a_writer_stopped_mid_transaction_does_not_block_its_successor(
     run(scenario)
 
 
+@pytest.mark.parametrize("previous_commits", [True, False])
+def test_overlapping_rounds_commit_in_order_and_never_after_a_failed_one(
+    postgres_dsn: str, previous_commits: bool
+) -> None:
+    """On PostgreSQL the next round is sent while the previous one is still open in the
+    server; the server makes it wait for that round and commit only if it did."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        backend = PostgresBackend(postgres_dsn)
+        coordinator = await started(backend, clock, commit_timeout_s=0)
+        _, topic = await coordinator.create_topic("t", 1, {})
+        assert topic is not None and coordinator.writer.lease is not None
+        tid = topic.topic_id
+        await commit(coordinator, "first", [batch(tid, 0, 3)])
+        [(committed_id,)] = await backend._fetch("SELECT max(object_id) FROM objects")
+
+        # Round A waits in the server for a round before it (a lock held here); that
+        # round "committed" if its last object exists, else it failed.
+        blocking_round = committed_id if previous_commits else 424_242
+        blocker = await psycopg.AsyncConnection.connect(postgres_dsn)
+        await blocker.execute("SELECT pg_advisory_xact_lock(1685219956, %s)", (blocking_round,))
+        sequencer = Sequencer(await backend.load_sequencer(0))
+        a = sequencer.sequence("a", 100, [batch(tid, 0, 2)], clock.wall_ms())
+        b = sequencer.sequence("b", 100, [batch(tid, 0, 4)], clock.wall_ms())
+        fence = Fence(0, coordinator.writer.lease.epoch, clock.wall_ms() + LEASE_MS)
+        never: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        round_a = asyncio.create_task(
+            backend.persist_objects_overlapping(fence, [a], never, blocking_round)
+        )
+        a_done = asyncio.get_running_loop().create_future()
+        round_a.add_done_callback(lambda t: a_done.set_result(t.exception() is None))
+        round_b = asyncio.create_task(
+            backend.persist_objects_overlapping(fence, [b], a_done, a.object_id)
+        )
+        await asyncio.sleep(0.5)
+        assert not round_a.done() and not round_b.done()  # B waits for A in the server
+        [(open_rounds,)] = await backend._fetch(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%driftlog_commit_round%%'"
+            " AND state = 'active' AND pid <> pg_backend_pid()"
+        )
+        assert open_rounds == 2
+
+        await blocker.close()  # the round before A ends
+        if previous_commits:
+            await round_a
+            await round_b
+            expected = [("first", 0), ("a", 3), ("b", 5)]
+        else:
+            with pytest.raises(CoordinatorUnavailable):
+                await round_a
+            with pytest.raises(CoordinatorUnavailable):
+                await round_b
+            expected = [("first", 0)]
+        never.set_result(True)
+        found = await backend.read_batches(tid, 0, 0, 100, 1 << 30)
+        assert [(x.object_key, x.base_offset) for x in found] == expected
+        await coordinator.close()
+
+    run(scenario)
+
+
 def test_object_keys_with_quotes_and_backslashes_are_stored_as_sent(
     backend_factory: BackendFactory,
 ) -> None:
