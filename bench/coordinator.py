@@ -14,9 +14,12 @@ it, as every agent does, so the writer pays for the fan-out.
 Printed per N: object commits/s, batches/s, commit latency p50/p99/max (from
 sending the commit to its answer), database transactions per second (the
 group commit: many objects per transaction), the WAL PostgreSQL writes per
-batch (which each COMMIT waits to reach the disk), and the writer process's CPU
-seconds per 1,000 commits over the measured window (user + system time from
-/proc, so the figure holds up when other work shares the machine).
+batch (which each COMMIT waits to reach the disk), and the CPU seconds per 1,000
+commits over the measured window of the writer process, of PostgreSQL's backends
+and of the load generator itself (user + system time from /proc, so the figures
+hold up when other work shares the machine). The load generator encodes a few
+hundred random partition sets per simulated agent up front and only stamps a new
+object key on each commit, so that it takes little of the machine it shares.
 
 The seed's warning is the baseline: Inkless's PostgreSQL function locks partition
 rows per commit and manages about 230 commits/s at 8 agents on this class of
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -53,8 +57,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from services import PostgresServer, free_port, wait_for_port
 
 from driftlog.cluster import messages
-from driftlog.cluster.rpc import read_message
-from driftlog.coordinator.api import BatchToCommit, CommitRequest
+from driftlog.cluster.rpc import read_body, read_message
+from driftlog.coordinator.api import BatchToCommit
+
+# Distinct random partition sets each simulated agent cycles through, encoded once:
+# the writer's work per commit is the same, the load generator's much smaller (it
+# shares the machine with the writer and PostgreSQL).
+BATCH_SETS = 256
 
 
 class SimulatedAgent:
@@ -64,25 +73,25 @@ class SimulatedAgent:
         self, index: int, topic_id: uuid.UUID, partitions: int, batches: int, depth: int
     ) -> None:
         self.index = index
-        self.topic_id = topic_id
-        self.partitions = partitions
-        self.batches = batches
         self.depth = depth
-        self.rng = random.Random(index)
+        rng = random.Random(index)
+        self._batch_sets = [
+            messages.encode_batches(
+                [
+                    BatchToCommit(
+                        topic_id, p, i * 1000, 1000, 10, 1_700_000_000_000, 1_700_000_000_010
+                    )
+                    for i, p in enumerate(sorted(rng.sample(range(partitions), batches)))
+                ]
+            )
+            for _ in range(BATCH_SETS)
+        ]
+        self._key_prefix = f"bench/{index}/{uuid.uuid4().hex}/"  # keys are unique per run
         self.latencies_ms: list[float] = []
         self.errors = 0
         self._sent: dict[int, float] = {}
         self._next_id = 0
         self.answered_in_window = 0  # replies received between measure_from and stop_at
-
-    def _request(self) -> CommitRequest:
-        chosen = sorted(self.rng.sample(range(self.partitions), self.batches))
-        batches = [
-            BatchToCommit(self.topic_id, p, i * 1000, 1000, 10, 1_700_000_000_000,
-                          1_700_000_000_010)
-            for i, p in enumerate(chosen)
-        ]  # fmt: skip
-        return CommitRequest(f"bench/{self.index}/{uuid.uuid4().hex}", 20_000, batches)
 
     async def run(self, address: str, stop_at: float, measure_from: float) -> None:
         host, _, port = address.rpartition(":")
@@ -91,20 +100,26 @@ class SimulatedAgent:
         stream_writer.write(messages.encode({"op": "subscribe"}))
         await read_message(stream)  # the confirmation
         drain = asyncio.create_task(self._drain(stream))
-        done = asyncio.Event()
 
         def send() -> None:
-            self._next_id += 1
-            self._sent[self._next_id] = time.perf_counter()
-            writer.write(messages.encode_commit(self._next_id, self._request()))
+            self._next_id = request_id = self._next_id + 1
+            self._sent[request_id] = time.perf_counter()
+            writer.write(
+                messages.commit_frame(
+                    request_id,
+                    f"{self._key_prefix}{request_id}",
+                    20_000,
+                    self._batch_sets[request_id % BATCH_SETS],
+                )
+            )
 
         for _ in range(self.depth):
             send()
         while True:
-            reply = await read_message(reader)
+            request_id, failed = reply_id(await read_body(reader))
             now = time.perf_counter()
-            started = self._sent.pop(int(reply["id"]))
-            if "error" in reply:
+            started = self._sent.pop(request_id)
+            if failed:
                 self.errors += 1
             elif started >= measure_from:
                 self.latencies_ms.append((now - started) * 1000)
@@ -114,7 +129,6 @@ class SimulatedAgent:
                 send()
             elif not self._sent:
                 break
-        done.set()
         drain.cancel()
         writer.close()
         stream_writer.close()
@@ -125,14 +139,48 @@ class SimulatedAgent:
             pass
 
 
+def reply_id(body: bytes) -> tuple[int, bool]:
+    """A commit reply's request id, and whether it is an error (without decoding the
+    outcomes of a success, `messages.outcomes_reply_frame`)."""
+    if body.startswith(b'{"id":') and body.find(b',"outcomes":', 6, 32) > 0:
+        return int(body[6 : body.index(b",", 6)]), False
+    reply = messages.decode(body)
+    return int(reply["id"]), "error" in reply
+
+
 def cpu_s(pid: int) -> float:
     """User plus system CPU seconds the process used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def database_pids(dsn: str) -> list[int]:
+    """The PostgreSQL backends serving the database (the writer's connections)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        ).fetchall()
+        return [int(pid) for (pid,) in rows]
+
+
+def total_cpu_s(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):  # a backend that ended
+            total += cpu_s(pid)
+    return total
+
+
 async def run_load(
-    address: str, topic_id: uuid.UUID, args: argparse.Namespace, agents: int, writer_pid: int
+    address: str,
+    topic_id: uuid.UUID,
+    args: argparse.Namespace,
+    agents: int,
+    writer_pid: int,
+    dsn: str,
 ) -> dict[str, Any]:
     simulated = [
         SimulatedAgent(i, topic_id, args.partitions, args.batches, args.depth)
@@ -141,12 +189,15 @@ async def run_load(
     start = time.perf_counter()
     measure_from = start + args.warmup
     stop_at = measure_from + args.seconds
-    cpu: list[float] = []
+    cpu: list[tuple[float, float, float]] = []  # writer, PostgreSQL, this process
+    postgres_pids: list[int] = []
 
     async def sample_cpu() -> None:
         for at in (measure_from, stop_at):
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
-            cpu.append(cpu_s(writer_pid))
+            if not postgres_pids:
+                postgres_pids.extend(await asyncio.to_thread(database_pids, dsn))
+            cpu.append((cpu_s(writer_pid), total_cpu_s(postgres_pids), time.process_time()))
 
     sampler = asyncio.create_task(sample_cpu())
     await asyncio.gather(*(a.run(address, stop_at, measure_from) for a in simulated))
@@ -163,8 +214,10 @@ async def run_load(
         "p99_ms": latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
         "max_ms": latencies[-1] if latencies else float("nan"),
         "errors": sum(a.errors for a in simulated),
-        "writer_cpu_s_per_1000": (cpu[1] - cpu[0]) * 1000 / max(answered, 1),
-        "writer_cpu_share": (cpu[1] - cpu[0]) / elapsed,
+        "writer_cpu_s_per_1000": (cpu[1][0] - cpu[0][0]) * 1000 / max(answered, 1),
+        "writer_cpu_share": (cpu[1][0] - cpu[0][0]) / elapsed,
+        "postgres_cpu_s_per_1000": (cpu[1][1] - cpu[0][1]) * 1000 / max(answered, 1),
+        "load_cpu_s_per_1000": (cpu[1][2] - cpu[0][2]) * 1000 / max(answered, 1),
     }
 
 
@@ -209,15 +262,17 @@ def main() -> None:
           f"{args.depth} commits in flight per agent, {args.seconds:.0f} s per row")  # fmt: skip
     print(
         "| agents | commits/s | batches/s | p50 ms | p99 ms | max ms | tx/s | objects/tx"
-        " | WAL bytes/batch | writer CPU s/1000 commits | writer CPU share |"
+        " | WAL bytes/batch | CPU s/1000 commits: writer | PostgreSQL | load generator"
+        " | writer CPU share |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['agents']} | {r['commits_per_s']:.0f} | {r['batches_per_s']:.0f} |"
             f" {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} |"
             f" {r['tx_per_s']:.0f} | {r['objects_per_tx']:.1f} | {r['wal_bytes_per_batch']:.0f} |"
-            f" {r['writer_cpu_s_per_1000']:.3f} | {r['writer_cpu_share']:.0%} |"
+            f" {r['writer_cpu_s_per_1000']:.3f} | {r['postgres_cpu_s_per_1000']:.3f} |"
+            f" {r['load_cpu_s_per_1000']:.3f} | {r['writer_cpu_share']:.0%} |"
         )
     if any(r["errors"] for r in results):
         print("errors:", [r["errors"] for r in results])
@@ -249,7 +304,9 @@ def run_one(dsn: str, args: argparse.Namespace, agents: int) -> dict[str, Any]:
                 topic_id = row[0]
         assert isinstance(topic_id, uuid.UUID)
         tx_before, wal_before = transactions_and_wal(dsn)
-        result = asyncio.run(run_load(f"127.0.0.1:{rpc_port}", topic_id, args, agents, process.pid))
+        result = asyncio.run(
+            run_load(f"127.0.0.1:{rpc_port}", topic_id, args, agents, process.pid, dsn)
+        )
         tx_after, wal_after = transactions_and_wal(dsn)
         tx = tx_after - tx_before
         # Transactions over the whole run (warm-up and tail included), objects likewise.

@@ -120,16 +120,22 @@ def decode(body: bytes) -> Message:
 
 def encode_commit(request_id: int, request: CommitRequest) -> bytes:
     """A commit as one frame (length included)."""
-    key = request.object_key.encode()
-    body = b"".join(
-        (
-            _COMMIT_HEAD.pack(
-                COMMIT, request_id, _RETRY if request.retry else 0, request.object_size, len(key)
-            ),
-            key,
-            encode_batches(request.batches),
-        )
+    return commit_frame(
+        request_id,
+        request.object_key,
+        request.object_size,
+        encode_batches(request.batches),
+        retry=request.retry,
     )
+
+
+def commit_frame(
+    request_id: int, object_key: str, object_size: int, batches: bytes, *, retry: bool = False
+) -> bytes:
+    """A commit as one frame, its batches already encoded (`encode_batches`)."""
+    key = object_key.encode()
+    head = _COMMIT_HEAD.pack(COMMIT, request_id, _RETRY if retry else 0, object_size, len(key))
+    body = b"".join((head, key, batches))
     return LENGTH.pack(len(body)) + body
 
 
