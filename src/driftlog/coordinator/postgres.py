@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from driftlog.coordinator import pg_arrays
 from driftlog.coordinator.api import (
     AgentInfo,
     BatchLocation,
@@ -48,6 +49,7 @@ from driftlog.coordinator.backend import (
     partition_offsets,
 )
 from driftlog.coordinator.lease import LeaseRecord
+from driftlog.coordinator.pg_arrays import int4_array, int8_array, uuid_array
 from driftlog.coordinator.sequencer import (
     PartitionKey,
     PartitionSequence,
@@ -228,14 +230,13 @@ _OBJECT_COUNTS = (
 )
 
 # A group commit (`persist_objects_overlapping`): the round's rows as arrays, one per
-# column, passed as text and cast by the server (psycopg's list adapters run Python code
-# per element, string formatting in C does not).
+# column: numbers and ids in the binary format (`pg_arrays.py`, sent with %b), text as
+# array literals cast by the server.
 _COMMIT_ROUND = (
     b"SELECT driftlog_commit_round(%s, %s, %s, %s, %s,"
-    b" %s::uuid[], %s::integer[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],"
-    b" %s::integer[], %s::bigint[], %s::bigint[], %s::bigint[],"
-    b" %s::bigint[], %s::uuid[], %s::integer[], %s::integer[], %s::text[],"
-    b" %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::bigint[])"
+    b" %b, %b, %b, %b, %b, %b, %b, %b, %b, %b,"
+    b" %b, %b, %b, %b, %s::text[],"
+    b" %b, %s::text[], %b, %b, %s::text[], %s::bigint[])"
 )
 _HOLDING_NOTICE = re.compile(r"driftlog round (\d+) holds its lock")
 # Raised by driftlog_commit_round.
@@ -591,6 +592,7 @@ class PostgresBackend:
 
     async def _configure_writer_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
         conn.add_notice_handler(self._on_notice)
+        pg_arrays.register(conn)
 
     async def _superseded(self, fence: Fence) -> bool:
         lease = await self.read_lease(fence.shard)
@@ -871,19 +873,16 @@ class PostgresBackend:
         return [r[0] for r in await self._fetch("SELECT DISTINCT group_id FROM group_offsets")]
 
 
-def _object_arrays(objects: Sequence[SequencedObject]) -> tuple[str, ...]:
-    """The round's objects as array literals, column by column (`_STORE_OBJECTS_FENCED`).
-
-    Arrays are passed as text and cast by the server: psycopg's list adapters run
-    Python code per element, string formatting in C does not."""
+def _object_arrays(objects: Sequence[SequencedObject]) -> tuple[object, ...]:
+    """The round's objects, column by column (`_COMMIT_ROUND`)."""
     keys = ",".join([_array_element(o.object_key) for o in objects])
     # Outcomes are JSON arrays of integers: nothing in them needs escaping.
     outcomes = '","'.join([outcomes_json(o) for o in objects])
     return (
-        "{" + ",".join([str(o.object_id) for o in objects]) + "}",
+        int8_array([o.object_id for o in objects]),
         "{" + keys + "}",
-        "{" + ",".join([str(o.object_size) for o in objects]) + "}",
-        "{" + ",".join([str(o.committed_ms) for o in objects]) + "}",
+        int8_array([o.object_size for o in objects]),
+        int8_array([o.committed_ms for o in objects]),
         '{"' + outcomes + '"}',
         "{" + ",".join(["NULL" if o.rows else str(o.committed_ms) for o in objects]) + "}",
     )
@@ -894,9 +893,9 @@ def _array_element(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _batch_arrays(objects: Sequence[SequencedObject]) -> tuple[str, ...]:
-    """The round's batch rows as array literals, column by column (`_INSERT_BATCHES`)."""
-    topic_ids: list[str] = []
+def _batch_arrays(objects: Sequence[SequencedObject]) -> tuple[object, ...]:
+    """The round's batch rows, column by column (`_COMMIT_ROUND`)."""
+    topic_ids: list[bytes] = []
     partitions: list[int] = []
     last_offsets: list[int] = []
     base_offsets: list[int] = []
@@ -907,12 +906,12 @@ def _batch_arrays(objects: Sequence[SequencedObject]) -> tuple[str, ...]:
     append_times: list[int] = []
     time_indexes: list[int] = []
     last_topic: uuid.UUID | None = None
-    tid = ""
+    tid = b""
     for o in objects:
         object_id = o.object_id
         for topic_id, partition, loc, time_index_ms in o.rows:
             if topic_id is not last_topic:  # rows come in runs of a topic
-                last_topic, tid = topic_id, str(topic_id)
+                last_topic, tid = topic_id, topic_id.bytes
             topic_ids.append(tid)
             partitions.append(partition)
             _, byte_offset, byte_length, base_offset, last_offset, max_ts, append_ms = loc
@@ -925,34 +924,32 @@ def _batch_arrays(objects: Sequence[SequencedObject]) -> tuple[str, ...]:
             append_times.append(append_ms)
             time_indexes.append(time_index_ms)
     return (
-        "{" + ",".join(topic_ids) + "}",
-        *[
-            _int_array(column)
-            for column in (
-                partitions, last_offsets, base_offsets, object_ids, byte_offsets,
-                byte_lengths, max_timestamps, append_times, time_indexes,
-            )
-        ],
-    )  # fmt: skip
+        uuid_array(topic_ids),
+        int4_array(partitions),
+        int8_array(last_offsets),
+        int8_array(base_offsets),
+        int8_array(object_ids),
+        int8_array(byte_offsets),
+        int4_array(byte_lengths),
+        int8_array(max_timestamps),
+        int8_array(append_times),
+        int8_array(time_indexes),
+    )
 
 
-def _producer_arrays(updates: dict[ProducerKey, Any]) -> tuple[str, ...]:
-    """Producer states as array literals, column by column (`_UPSERT_PRODUCER_STATES`)."""
+def _producer_arrays(updates: dict[ProducerKey, Any]) -> tuple[object, ...]:
+    """Producer states, column by column (`_COMMIT_ROUND`)."""
     keys = list(updates)
     return (
-        _int_array([pid for pid, _, _ in keys]),
-        "{" + ",".join([str(tid) for _, tid, _ in keys]) + "}",
-        _int_array([partition for _, _, partition in keys]),
-        _int_array([s.epoch for s in updates.values()]),
+        int8_array([pid for pid, _, _ in keys]),
+        uuid_array([tid for _, tid, _ in keys]),
+        int4_array([partition for _, _, partition in keys]),
+        int4_array([s.epoch for s in updates.values()]),
         # JSON arrays of integers: quoted for the commas, nothing needs escaping.
         '{"' + '","'.join([encode_producer_batches(s) for s in updates.values()]) + '"}'
         if updates
         else "{}",
     )
-
-
-def _int_array(values: list[int]) -> str:
-    return "{" + ",".join(map(str, values)) + "}"
 
 
 async def _first_of(waiting: Coroutine[Any, Any, Any], future: asyncio.Future[bool]) -> None:
