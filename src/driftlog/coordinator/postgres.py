@@ -57,6 +57,7 @@ from driftlog.coordinator.sequencer import (
     SequencedObject,
     SequencerSnapshot,
 )
+from driftlog.coordinator.writer import MAX_OVERLAPPING_ROUNDS_IN_FLIGHT
 
 # Applied in order; each entry moves the schema to the next version.
 MIGRATIONS: list[str] = [
@@ -325,7 +326,8 @@ class PostgresBackend:
         self._write_pool = AsyncConnectionPool(
             dsn,
             min_size=1,
-            max_size=3,
+            # The rounds in flight (writer.py), a lease renewal and a lookup.
+            max_size=MAX_OVERLAPPING_ROUNDS_IN_FLIGHT + 2,
             open=False,
             timeout=timeout_s,
             kwargs={
