@@ -320,6 +320,9 @@ class PostgresBackend:
             f"-c statement_timeout={max(2 * writer_idle_ms, 10_000)}"
             f" -c idle_in_transaction_session_timeout={writer_idle_ms}"
             " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
+            # A round's notice that it holds its lock lets the next one go
+            # (`persist_objects_overlapping`); without it rounds would run one by one.
+            " -c client_min_messages=notice"
         )
         # Rounds in flight, by their last object id: set once the round holds its lock.
         self._rounds_holding: dict[int, asyncio.Event] = {}
