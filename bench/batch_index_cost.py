@@ -2,7 +2,7 @@
 
 What it measures
 ----------------
-The writer's group commit (`PostgresBackend.persist_objects_overlapping`) on a
+The writer's group commit (`PostgresBackend.persist_objects`, one round at a time) on a
 throwaway PostgreSQL 15, in sequential rounds of `--objects` objects of 20
 batches over 1,000 partitions, once on a database as migrated and once on one
 where `batches_by_object` was dropped (a scratch database: Driftlog needs the
