@@ -57,7 +57,7 @@ from driftlog.coordinator.sequencer import (
     SequencedObject,
     SequencerSnapshot,
 )
-from driftlog.coordinator.writer import MAX_OVERLAPPING_ROUNDS_IN_FLIGHT
+from driftlog.coordinator.writer import MAX_ROUNDS_IN_FLIGHT
 
 # Applied in order; each entry moves the schema to the next version.
 MIGRATIONS: list[str] = [
@@ -330,7 +330,7 @@ class PostgresBackend:
             dsn,
             min_size=1,
             # The rounds in flight (writer.py), a lease renewal and a lookup.
-            max_size=MAX_OVERLAPPING_ROUNDS_IN_FLIGHT + 2,
+            max_size=MAX_ROUNDS_IN_FLIGHT + 2,
             open=False,
             timeout=timeout_s,
             kwargs={
