@@ -13,9 +13,9 @@ so a hit is always complete; a gap (after a reload or an eviction) clears it.
 
 Memory bound: at most `max_batches` cached entries in all (about 250 bytes each:
 a named tuple of seven fields, the object key shared per object) and
-`max_batches_per_partition` per partition; the partitions least recently
-appended to are dropped first. `TailIndex` keeps that order, keyed by the states
-themselves (hashed by identity).
+`max_batches_per_partition` per partition; past the bound, the partitions least
+recently appended to lose their oldest batches first. `TailIndex` keeps that
+order, keyed by the states themselves (hashed by identity).
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ class PartitionState:
 
     def _drop_front(self, count: int) -> None:
         self.head += count
-        if self.head > 1024 and self.head * 2 > len(self.batches):
+        if self.head > 32 and self.head * 2 > len(
+            self.batches
+        ):  # dropped ones: at most as many as kept
             del self.base_offsets[: self.head]
             del self.batches[: self.head]
             self.head = 0
@@ -111,11 +113,20 @@ class TailIndex:
         if excess > 0:
             state._drop_front(excess)
             self.size -= excess
+        # Over the bound: the partitions least recently appended to lose their oldest
+        # batches, only as many as needed. Dropping whole partitions instead made
+        # a busy cache of many partitions drop and rebuild one with every append,
+        # and tail readers of the dropped ones go to the database.
         while self.size > self.max_batches and len(lru) > 1:
             oldest = next(iter(lru))
             if oldest is state:
                 break
-            self.invalidate(oldest)
+            excess = self.size - self.max_batches
+            if oldest.cached() <= excess:
+                self.invalidate(oldest)
+            else:
+                oldest._drop_front(excess)
+                self.size -= excess
 
     def invalidate(self, state: PartitionState) -> None:
         """Drop the partition's cached batches."""
