@@ -71,3 +71,26 @@ class RawClient:
 
     def is_closed_by_peer(self) -> bool:
         return self.recv_frame() is None
+
+
+def metadata_node_ids(bootstrap: str) -> set[int]:
+    """The node ids in this broker's own Metadata response.
+
+    Over a raw connection to it: even a fresh librdkafka client may send its request
+    to a broker it learned of from the bootstrap's first answer, whose view of the
+    cluster is not this one's.
+    """
+    from kio.schema.metadata.v12.request import MetadataRequest
+
+    client = RawClient(bootstrap)
+    try:
+        response = client.request(
+            MetadataRequest(
+                topics=(),
+                allow_auto_topic_creation=False,
+                include_topic_authorized_operations=False,
+            )
+        )
+    finally:
+        client.close()
+    return {int(b.node_id) for b in response.brokers}

@@ -20,8 +20,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from conftest import AgentProcess, Cluster
-from kio.schema.metadata.v12.request import MetadataRequest
-from raw_client import RawClient
+from raw_client import metadata_node_ids
 from services import MotoServer, PostgresServer
 
 from driftlog.cluster.placement import group_coordinator
@@ -48,27 +47,6 @@ def agent_named(cluster: Cluster, agent_id: str) -> AgentProcess:
     return cluster.agents[int(agent_id.removeprefix("agent-")) - 1]
 
 
-def listed_brokers(agent: AgentProcess) -> set[int]:
-    """The node ids in this agent's own Metadata response.
-
-    Over a raw connection to it: even a fresh librdkafka client may send its
-    request to a broker it learned of from the bootstrap's first answer (about 1
-    look in 20 here), and that agent's view is not this one's.
-    """
-    client = RawClient(agent.bootstrap)
-    try:
-        response = client.request(
-            MetadataRequest(
-                topics=(),
-                allow_auto_topic_creation=False,
-                include_topic_authorized_operations=False,
-            )
-        )
-    finally:
-        client.close()
-    return {int(b.node_id) for b in response.brokers}
-
-
 def wait_for_members(cluster: Cluster) -> None:
     """Until every agent's Metadata lists every agent (heartbeats are 250 ms apart here)."""
     expected = {i + 1 for i in range(len(cluster.agents))}
@@ -76,7 +54,7 @@ def wait_for_members(cluster: Cluster) -> None:
         seen: set[int] = set()
         deadline = time.monotonic() + 15
         while seen != expected and time.monotonic() < deadline:
-            seen = listed_brokers(agent)
+            seen = metadata_node_ids(agent.bootstrap)
             if seen != expected:
                 time.sleep(0.1)
         assert seen == expected, f"{agent.bootstrap} lists {seen}"
