@@ -8,7 +8,8 @@ on partitions drawn from a topic of `--partitions`, `--objects` objects per roun
 
 - decode: a commit frame's body to a `CommitRequest` (plus what the stream keeps);
 - sequence: offsets and outcomes (`Sequencer.sequence`), then `applied()`;
-- copy rows: the COPY payloads of a round (`postgres.py`), and the outcomes JSON;
+- arrays: a round's statement parameters (`postgres.py`: the columns as arrays),
+  and the outcomes JSON;
 - reply + stream: the commit replies and the round's `applied` frame;
 - view: the local view's update (high watermarks, tail cache).
 
@@ -107,12 +108,13 @@ def main() -> None:
             sequencer.applied(objs)
             sequenced.append(objs)
 
-    def copy_rows() -> None:
+    def arrays() -> None:
         for objs in sequenced:
             for o in objs:
                 o.outcomes_json = ""
                 outcomes_json(o)
             postgres._batch_arrays(objs)
+            postgres._object_arrays(objs)
 
     raws = [
         {r.object_key: messages.decode_commit(b)[2] for r, b in zip(rr, bb, strict=True)}
@@ -135,7 +137,7 @@ def main() -> None:
     results = {
         "decode": best_us(decode, args.repeat, commits),
         "sequence": best_us(sequence, args.repeat, commits),
-        "copy rows": best_us(copy_rows, args.repeat, commits),
+        "arrays": best_us(arrays, args.repeat, commits),
         "reply + stream": best_us(reply_and_stream, args.repeat, commits),
         "view": best_us(view, args.repeat, commits),
     }
