@@ -563,6 +563,55 @@ def test_overlapping_rounds_commit_in_order_and_never_after_a_failed_one(
     run(scenario)
 
 
+def test_overlapping_rounds_of_one_producer_both_commit(postgres_dsn: str) -> None:
+    """Consecutive rounds that update the same idempotent producer's state: the later
+    one, sent while the earlier one still inserts its rows, must not take that row
+    first (each would wait for the other until the server broke the deadlock). On a
+    database whose defaults would break the wait for the earlier round (a snapshot
+    per transaction, a lock timeout), which the writer's sessions override."""
+
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+            name = (await (await conn.execute("SELECT current_database()")).fetchone() or [""])[0]
+            await conn.execute(
+                f'ALTER DATABASE "{name}" SET default_transaction_isolation = "repeatable read"'
+            )
+            await conn.execute(f'ALTER DATABASE "{name}" SET lock_timeout = "1ms"')
+        clock = FakeClock()
+        backend = PostgresBackend(postgres_dsn)
+        coordinator = await started(backend, clock, commit_timeout_s=0)
+        _, topic = await coordinator.create_topic("t", 2, {})
+        assert topic is not None and coordinator.writer.lease is not None
+        tid = topic.topic_id
+        sequencer = Sequencer(await backend.load_sequencer(0))
+        now = clock.wall_ms()
+        many = [BatchToCommit(tid, 1, i * 10, 10, 1, 1000, 1000) for i in range(2_000)]
+        first = sequencer.sequence(
+            "first", 100, [*many, BatchToCommit(tid, 0, 0, 10, 1, 1000, 1000, 7, 0, 0)], now
+        )
+        second = sequencer.sequence(
+            "second", 100, [BatchToCommit(tid, 0, 0, 10, 1, 1000, 1000, 7, 0, 1)], now
+        )
+        fence = Fence(0, coordinator.writer.lease.epoch, now + LEASE_MS)
+        loop = asyncio.get_running_loop()
+        none_before: asyncio.Future[bool] = loop.create_future()
+        none_before.set_result(True)
+        round_a = asyncio.create_task(
+            backend.persist_objects_overlapping(fence, [first], none_before, None)
+        )
+        a_done: asyncio.Future[bool] = loop.create_future()
+        round_a.add_done_callback(lambda t: a_done.set_result(t.exception() is None))
+        round_b = asyncio.create_task(
+            backend.persist_objects_overlapping(fence, [second], a_done, first.object_id)
+        )
+        await asyncio.gather(round_a, round_b)
+        found = await backend.read_batches(tid, 0, 0, 100, 1 << 30)
+        assert [(x.object_key, x.base_offset) for x in found] == [("first", 0), ("second", 1)]
+        await coordinator.close()
+
+    run(scenario)
+
+
 def test_object_keys_with_quotes_and_backslashes_are_stored_as_sent(
     backend_factory: BackendFactory,
 ) -> None:

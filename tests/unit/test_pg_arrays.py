@@ -31,3 +31,13 @@ def test_binary_arrays_round_trip_through_postgresql(postgres_dsn: str) -> None:
             ),
         ).fetchone()
     assert row == (int8s, int4s, ids, [], [], [], "bigint[]", "integer[]", "uuid[]")
+
+
+def test_long_arrays_round_trip(postgres_dsn: str) -> None:
+    values = list(range(-3, 2_500))
+    with psycopg.connect(postgres_dsn) as conn:
+        pg_arrays.register(conn)
+        row = conn.execute(
+            "SELECT %b, %b", (pg_arrays.int8_array(values), pg_arrays.int4_array(values))
+        ).fetchone()
+    assert row == (values, values)

@@ -1,8 +1,9 @@
 """Whole columns as PostgreSQL arrays in the binary format, for the group commit.
 
 A round of the writer (`postgres.py`) sends each column of its batch rows as one
-array parameter. Building them with `struct` (one call per column) costs a third
-of formatting text literals, and the server reads them without parsing numbers.
+array parameter. Building them in C (an `array` of the numbers, then strided
+copies) costs a fraction of formatting text literals, and the server reads them
+without parsing numbers.
 psycopg's list adapters would dump element by element in Python, so the arrays are
 built here and handed to psycopg as ready bytes: each wrapper type has a dumper
 that passes its bytes through with the array's type oid (`register`).
@@ -14,8 +15,9 @@ each element as its length and its binary value (big-endian).
 
 from __future__ import annotations
 
-import functools
+import array
 import struct
+import sys
 import uuid
 from collections.abc import Sequence
 
@@ -39,32 +41,45 @@ class UuidArray(bytes):
     """A uuid[] in the binary format."""
 
 
-@functools.lru_cache(maxsize=1024)
-def _layout(element: str, count: int) -> struct.Struct:
-    return struct.Struct(">5i" + element * count)
+_HEADER = struct.Struct(">5i")  # one dimension, no nulls, the element type, its size, 1
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
-def _array(element: str, oid: int, size: int, values: Sequence[object]) -> bytes:
-    count = len(values)
+def _array(packed: bytes, oid: int, size: int, count: int) -> bytes:
+    """`count` elements of `size` bytes each, already big-endian in `packed`."""
     if count == 0:
         return _EMPTY.pack(0, 0, oid)
-    items: list[object] = [size] * (2 * count)
-    items[1::2] = values  # each value after its length: one C-level slice assignment
-    return _layout(element, count).pack(1, 0, oid, count, 1, *items)
+    # Each element is its length (4 bytes, big-endian) then its bytes: interleaved
+    # by strided slice copies, one per byte of an element, in C.
+    width = 4 + size
+    out = bytearray(width * count)
+    out[3::width] = bytes((size,)) * count
+    for byte in range(size):
+        out[4 + byte :: width] = packed[byte::size]
+    return _HEADER.pack(1, 0, oid, count, 1) + out
+
+
+def _numbers(typecode: str, values: Sequence[int]) -> bytes:
+    numbers = array.array(typecode, values)  # raises OverflowError out of range
+    if not _BIG_ENDIAN:
+        numbers.byteswap()
+    return numbers.tobytes()
 
 
 def int4_array(values: Sequence[int]) -> Int4Array:
-    return Int4Array(_array("ii", _INT4_OID, 4, values))
+    return Int4Array(_array(_numbers("i", values), _INT4_OID, 4, len(values)))
 
 
 def int8_array(values: Sequence[int]) -> Int8Array:
-    return Int8Array(_array("iq", _INT8_OID, 8, values))
+    return Int8Array(_array(_numbers("q", values), _INT8_OID, 8, len(values)))
 
 
 def uuid_array(values: Sequence[uuid.UUID | bytes]) -> UuidArray:
     """From UUIDs or their 16 bytes (callers that repeat one id pass its bytes)."""
-    raw = [v if isinstance(v, bytes) else v.bytes for v in values]
-    return UuidArray(_array("i16s", _UUID_OID, 16, raw))
+    raw = b"".join([v if isinstance(v, bytes) else v.bytes for v in values])
+    if len(raw) != 16 * len(values):
+        raise ValueError("a uuid is 16 bytes")
+    return UuidArray(_array(raw, _UUID_OID, 16, len(values)))
 
 
 class _PassThrough(Dumper):

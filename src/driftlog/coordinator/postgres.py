@@ -153,10 +153,11 @@ MIGRATIONS: list[str] = [
     """,
     # A group commit (`persist_objects_overlapping`): one statement, so one round trip.
     # It takes the round's lock (an advisory lock: 1685219956 is "drft", then the
-    # round's last object id) and says so, inserts the rows, then waits for the
+    # round's last object id) and says so, inserts the batch rows, then waits for the
     # previous round's lock and goes on only if that round's last object committed.
-    # Last the fence check, which takes the lease row's lock (ordering it against a
-    # takeover) and raises if the writer was deposed; then the objects.
+    # Then the producer states, the fence check, which takes the lease row's lock
+    # (ordering it against a takeover) and raises if the writer was deposed, and the
+    # objects. The waits and checks need READ COMMITTED (a snapshot per statement).
     # Lookups by time go through the primary key (`_FIRST_BATCH_AT_TIME`).
     """
     CREATE FUNCTION driftlog_commit_round(
@@ -171,6 +172,12 @@ MIGRATIONS: list[str] = [
         o_outcomes text[], o_dead_since_ms bigint[]
     ) RETURNS void LANGUAGE plpgsql AS $$
     BEGIN
+        -- A deposed writer stops here, before it inserts rows its successor may
+        -- wait for (the fence below is what orders this round against a takeover).
+        IF NOT EXISTS (SELECT FROM leases WHERE shard = p_shard AND epoch = p_epoch) THEN
+            RAISE EXCEPTION 'writer epoch % of shard % was superseded', p_epoch, p_shard
+                USING ERRCODE = 'DLF01';
+        END IF;
         PERFORM pg_advisory_xact_lock(1685219956, (p_round % 2147483648)::integer);
         RAISE NOTICE 'driftlog round % holds its lock', p_round;
         INSERT INTO batches (topic_id, partition, last_offset, base_offset, object_id,
@@ -178,10 +185,6 @@ MIGRATIONS: list[str] = [
             SELECT * FROM unnest(b_topic_ids, b_partitions, b_last_offsets, b_base_offsets,
                 b_object_ids, b_byte_offsets, b_byte_lengths, b_max_timestamps,
                 b_append_times, b_time_indexes);
-        INSERT INTO producer_states (producer_id, topic_id, partition, epoch, batches)
-            SELECT * FROM unnest(s_producer_ids, s_topic_ids, s_partitions, s_epochs, s_batches)
-            ON CONFLICT (producer_id, topic_id, partition) DO UPDATE
-            SET epoch = excluded.epoch, batches = excluded.batches;
         IF p_after IS NOT NULL THEN
             PERFORM pg_advisory_xact_lock_shared(1685219956, (p_after % 2147483648)::integer);
             IF NOT EXISTS (SELECT FROM objects WHERE object_id = p_after) THEN
@@ -189,6 +192,12 @@ MIGRATIONS: list[str] = [
                     USING ERRCODE = 'DLF02';
             END IF;
         END IF;
+        -- Producer states are rows an earlier round may update too: only once it is
+        -- done (before the wait, two rounds of one producer would deadlock).
+        INSERT INTO producer_states (producer_id, topic_id, partition, epoch, batches)
+            SELECT * FROM unnest(s_producer_ids, s_topic_ids, s_partitions, s_epochs, s_batches)
+            ON CONFLICT (producer_id, topic_id, partition) DO UPDATE
+            SET epoch = excluded.epoch, batches = excluded.batches;
         UPDATE leases SET expires_ms = greatest(expires_ms, p_expires_ms)
             WHERE shard = p_shard AND epoch = p_epoch;
         IF NOT FOUND THEN
@@ -310,7 +319,7 @@ class PostgresBackend:
         # The writer's own connections: reads (catching-up consumers) cannot starve its
         # commits and lease renewals. A writer that stops mid-transaction (paused,
         # partitioned) would hold index entries its successor needs: the server cancels
-        # its statement after a lease (a COPY waiting for data counts), ends the session
+        # its statement after a lease (a wait for a lock counts), ends the session
         # after a lease idle in a transaction, and notices a vanished peer by keepalives.
         # A statement gets at least 10 s: a round is bounded (writer.py) and takes far less.
         # Names this process's writer sessions, so a new lease holder can end the old
@@ -323,6 +332,9 @@ class PostgresBackend:
             # A round's notice that it holds its lock lets the next one go
             # (`persist_objects_overlapping`); without it rounds would run one by one.
             " -c client_min_messages=notice"
+            # A round sees the previous one's commit (a snapshot per statement) and
+            # waits for its lock as long as the statement may run.
+            " -c default_transaction_isolation=read\\ committed -c lock_timeout=0"
         )
         # Rounds in flight, by their last object id: set once the round holds its lock.
         self._rounds_holding: dict[int, asyncio.Event] = {}
@@ -454,12 +466,12 @@ class PostgresBackend:
     async def _end_other_writer_transactions(self) -> None:
         """End every transaction another process's writer sessions have open.
 
-        A deposed writer that stopped mid-transaction (paused, partitioned) keeps
-        its uncommitted rows, and so its unique-index entries: the new writer, which
-        numbers objects and offsets from what is committed, would wait on them. The
-        statement timeout does not help once such a session waits for its client
-        to finish a COPY. Its epoch is no longer the lease's, so nothing it has open
-        could commit anyway (the fence check comes last): end those sessions now.
+        A deposed writer's round still open in the server (waiting for the round
+        before it) keeps its uncommitted rows, and so its unique-index entries: the
+        new writer, which numbers objects and offsets from what is committed, would
+        wait on them until the statement timeout. Its epoch is no longer the
+        lease's, so nothing it has open could commit anyway (the fence check comes
+        last): end those sessions now.
         Sessions outside a transaction are left alone. PostgreSQL lets a role
         terminate its own sessions; all agents connect as the same role.
         """
@@ -588,7 +600,8 @@ class PostgresBackend:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
         finally:
             holding.set()  # whatever happened, a round waiting on this one may go on
-            del self._rounds_holding[round_id]
+            if self._rounds_holding.get(round_id) is holding:
+                del self._rounds_holding[round_id]
 
     def _on_notice(self, notice: psycopg.errors.Diagnostic) -> None:
         match = _HOLDING_NOTICE.fullmatch(notice.message_primary or "")

@@ -217,6 +217,9 @@ class CommitWriter:
             log.warning("lease acquisition failed: %s", e)
             return
         try:
+            # Rounds of an earlier term of ours may still be in flight (they fail their
+            # fence now): the state must come after them, and their object ids with it.
+            await self._settle()
             snapshot = await self._backend.load_sequencer(self.shard)
         except CoordinatorError as e:
             # Holding a lease we cannot use would keep everyone else out: let it go.
@@ -408,8 +411,8 @@ class CommitWriter:
         """Sequence a round and start persisting it; returns the task that finishes it.
 
         Rounds are pipelined: on a backend whose transactions can overlap
-        (PostgreSQL), the next round is sequenced and copied while the previous
-        one commits, and commits only after it (failing if it failed).
+        (PostgreSQL), the next round is sequenced and its rows inserted while the
+        previous one commits, and it commits only after it (failing if it failed).
         """
         retried = [r.object_key for r, _ in round_ if r.retry]
         try:
