@@ -12,6 +12,7 @@ from driftlog.clock import FakeClock
 from driftlog.cluster.membership import Membership
 from driftlog.coordinator.api import AgentInfo
 from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.postgres import PostgresBackend
 
 HEARTBEAT_MS = 250
 TIMEOUT_MS = 3_000
@@ -102,5 +103,39 @@ def test_an_agent_back_in_another_zone_is_logged(caplog: pytest.LogCaptureFixtur
             " was agent-2 (node 2, zone 'a', 127.0.0.1:9002)"
         ]
         assert changes == ["agent-1"]  # the same agents: groups stay where they are
+
+    asyncio.run(scenario())
+
+
+def test_agents_whose_clocks_disagree_see_each_other_on_postgresql(postgres_dsn: str) -> None:
+    """Liveness is judged by the database's clock: agents a minute apart (more than the
+    timeout) still list each other, and the one silent past the timeout leaves."""
+
+    async def scenario() -> None:
+        ahead, behind = FakeClock(), FakeClock()
+        ahead.advance(60_000)
+        backends = [PostgresBackend(postgres_dsn), PostgresBackend(postgres_dsn)]
+        for backend in backends:
+            await backend.open()
+        members = [
+            Membership(backend, clock, me, shared=True, heartbeat_ms=HEARTBEAT_MS,
+                       timeout_ms=TIMEOUT_MS)
+            for backend, clock, me in zip(
+                backends, (ahead, behind), (agent(1, "a"), agent(2, "b")), strict=True
+            )
+        ]  # fmt: skip
+        for m in members:
+            await m.tick()
+        await members[0].tick()
+        assert [live(m) for m in members] == [[(1, "a"), (2, "b")]] * 2
+        # Each sees the other's beat on its own clock: a moment ago, not a minute.
+        other = members[0].live[1]
+        assert abs(ahead.wall_ms() - other.heartbeat_ms) < 2_000
+
+        await asyncio.sleep((TIMEOUT_MS + 500) / 1000)  # agent 2 goes silent
+        await members[0].tick()
+        assert live(members[0]) == [(1, "a")]
+        for backend in backends:
+            await backend.close()
 
     asyncio.run(scenario())

@@ -178,9 +178,9 @@ def test_memory_backend_answers_as_sqlite_does(tmp_path: Path) -> None:
         assert await both(lambda b: b.fetch_offsets("g2", None)) == []
         for n, beat in [(2, 100), (1, 50), (3, 100)]:
             await both.ok(heartbeat(AgentInfo(f"a{n}", n, "h", 9000 + n, "z", "", beat)))
-        assert len(await both.ok(lambda b: b.live_agents(100))) == 2
+        assert len(await both.ok(lambda b: b.live_agents(0, 100))) == 2
         await both(lambda b: b.remove_agent("a3"))
-        await both(lambda b: b.live_agents(0))
+        await both(lambda b: b.live_agents(0, 0))
         await sqlite.close()
 
     asyncio.run(scenario())

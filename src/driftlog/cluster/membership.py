@@ -57,7 +57,7 @@ class Membership:
         now_ms = self._clock.wall_ms()
         try:
             await self._backend.heartbeat(dataclasses.replace(self.me, heartbeat_ms=now_ms))
-            live = await self._backend.live_agents(now_ms - self._timeout_ms)
+            live = await self._backend.live_agents(self._timeout_ms, now_ms)
         except CoordinatorError as e:
             log.warning("heartbeat failed: %s", e)
             return

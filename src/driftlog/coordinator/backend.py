@@ -115,8 +115,10 @@ class Backend(Protocol):
         """Register or refresh an agent (its `heartbeat_ms` is the time of this beat)."""
         ...
 
-    async def live_agents(self, since_ms: int) -> list[AgentInfo]:
-        """Agents whose last heartbeat is at or after `since_ms`."""
+    async def live_agents(self, timeout_ms: int, now_ms: int) -> list[AgentInfo]:
+        """Agents heard from within `timeout_ms`, with `heartbeat_ms` on the caller's
+        clock (`now_ms`). A database shared by many hosts judges by its own clock, so
+        agents whose clocks disagree still see each other."""
         ...
 
     async def remove_agent(self, agent_id: str) -> None: ...

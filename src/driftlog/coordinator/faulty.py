@@ -121,8 +121,8 @@ class FaultyBackend:
     async def heartbeat(self, agent: AgentInfo) -> None:
         await self._call("heartbeat", lambda: self.inner.heartbeat(agent))
 
-    async def live_agents(self, since_ms: int) -> list[AgentInfo]:
-        return await self._call("live_agents", lambda: self.inner.live_agents(since_ms))
+    async def live_agents(self, timeout_ms: int, now_ms: int) -> list[AgentInfo]:
+        return await self._call("live_agents", lambda: self.inner.live_agents(timeout_ms, now_ms))
 
     async def remove_agent(self, agent_id: str) -> None:
         await self._call("remove_agent", lambda: self.inner.remove_agent(agent_id))

@@ -190,7 +190,8 @@ class MemoryBackend:
         db.agents[agent.agent_id] = agent
         db.version += 1
 
-    async def live_agents(self, since_ms: int) -> list[AgentInfo]:
+    async def live_agents(self, timeout_ms: int, now_ms: int) -> list[AgentInfo]:
+        since_ms = now_ms - timeout_ms  # one process: the callers' clocks are one
         return sorted(
             (a for a in self._db.agents.values() if a.heartbeat_ms >= since_ms),
             key=lambda a: (a.node_id, a.agent_id),

@@ -253,6 +253,8 @@ _HOLDING_NOTICE = re.compile(r"driftlog round (\d+) holds its lock")
 _FENCED_SQLSTATE = "DLF01"
 _PREVIOUS_FAILED_SQLSTATE = "DLF02"
 
+_DATABASE_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
 _LOCATION = (
     "o.key, b.byte_offset, b.byte_length, b.base_offset, b.last_offset,"
     " b.max_timestamp_ms, b.log_append_time_ms"
@@ -407,27 +409,24 @@ class PostgresBackend:
 
     # Membership ---------------------------------------------------------------
     async def heartbeat(self, agent: AgentInfo) -> None:
+        # The time of the beat is the database's: agents' clocks may disagree, and one
+        # running ahead would otherwise see the others as silent (`live_agents`).
         await self._fetch(
-            "INSERT INTO agents VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (agent_id)"
+            "INSERT INTO agents VALUES (%s, %s, %s, %s, %s, %s, " + _DATABASE_NOW_MS + ")"
+            " ON CONFLICT (agent_id)"
             " DO UPDATE SET node_id = excluded.node_id, host = excluded.host,"
             " port = excluded.port, zone = excluded.zone, rpc_address = excluded.rpc_address,"
             " heartbeat_ms = excluded.heartbeat_ms RETURNING 1",
-            (
-                agent.agent_id,
-                agent.node_id,
-                agent.host,
-                agent.port,
-                agent.zone,
-                agent.rpc_address,
-                agent.heartbeat_ms,
-            ),
+            (agent.agent_id, agent.node_id, agent.host, agent.port, agent.zone, agent.rpc_address),
         )
 
-    async def live_agents(self, since_ms: int) -> list[AgentInfo]:
+    async def live_agents(self, timeout_ms: int, now_ms: int) -> list[AgentInfo]:
         rows = await self._fetch(
-            "SELECT agent_id, node_id, host, port, zone, rpc_address, heartbeat_ms FROM agents"
-            " WHERE heartbeat_ms >= %s ORDER BY node_id, agent_id",
-            (since_ms,),
+            "WITH database AS (SELECT " + _DATABASE_NOW_MS + " AS now_ms)"
+            " SELECT agent_id, node_id, host, port, zone, rpc_address,"
+            " heartbeat_ms - database.now_ms + %s FROM agents, database"
+            " WHERE heartbeat_ms >= database.now_ms - %s ORDER BY node_id, agent_id",
+            (now_ms, timeout_ms),
         )
         return [AgentInfo(*row) for row in rows]
 

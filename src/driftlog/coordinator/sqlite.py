@@ -267,8 +267,9 @@ class SqliteBackend:
                 ),
             )
 
-    async def live_agents(self, since_ms: int) -> list[AgentInfo]:
-        return await self._run(self._live_agents, since_ms)
+    async def live_agents(self, timeout_ms: int, now_ms: int) -> list[AgentInfo]:
+        # One host shares the file: its agents share a clock.
+        return await self._run(self._live_agents, now_ms - timeout_ms)
 
     def _live_agents(self, since_ms: int) -> list[AgentInfo]:
         return [
