@@ -112,7 +112,8 @@ class Backend(Protocol):
 
     # Membership ---------------------------------------------------------------
     async def heartbeat(self, agent: AgentInfo) -> None:
-        """Register or refresh an agent (its `heartbeat_ms` is the time of this beat)."""
+        """Register or refresh an agent (its `heartbeat_ms` is the time of this beat on
+        its own clock; a database shared by many hosts stamps the beat with its own)."""
         ...
 
     async def live_agents(self, timeout_ms: int, now_ms: int) -> list[AgentInfo]:

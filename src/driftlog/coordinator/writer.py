@@ -521,23 +521,18 @@ class CommitWriter:
         started_s: float,
     ) -> bool:
         after = _succeeded(previous)
+        backend = self._backend
         try:
-            if not sequenced:
-                if not await after:
-                    raise CoordinatorUnavailable("an earlier transaction failed")
-            elif isinstance(self._backend, OverlappingBackend):
-                await self._backend.persist_objects_overlapping(
-                    fence, sequenced, after, after_object_id
-                )
-                # Committed after the previous round; answered and applied after it too.
-                # (If its reply was lost, its outcome is unknown here: fail this one too,
-                # the reload below finds both and re-sent commits get their outcomes.)
-                if not await after:
-                    raise CoordinatorUnavailable("an earlier transaction failed")
-            else:
-                if not await after:
-                    raise CoordinatorUnavailable("an earlier transaction failed")
-                await self._backend.persist_objects(fence, sequenced)
+            if sequenced and isinstance(backend, OverlappingBackend):
+                # The server orders it after the previous round (`OverlappingBackend`).
+                await backend.persist_objects_overlapping(fence, sequenced, after, after_object_id)
+            # Answered and applied after the previous round. (If that one's reply was
+            # lost, its outcome is unknown here: fail this one too; the reload below
+            # finds both, and re-sent commits get their stored outcomes.)
+            if not await after:
+                raise CoordinatorUnavailable("an earlier transaction failed")
+            if sequenced and not isinstance(backend, OverlappingBackend):
+                await backend.persist_objects(fence, sequenced)
         except Fenced as e:
             self._step_down(str(e), fence.epoch)
             _fail(round_, e)
