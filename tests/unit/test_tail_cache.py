@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 
 from driftlog.coordinator.api import BatchLocation
@@ -12,22 +13,30 @@ def location(offset: int) -> BatchLocation:
     return BatchLocation("objects/k", offset * 10, 10, offset, offset, 0, -1)
 
 
-def test_a_full_cache_trims_the_oldest_batches_instead_of_dropping_partitions() -> None:
+def add(tail: TailIndex, state: PartitionState, offset: int) -> None:
+    tail.add(state, location(offset))
+    state.high_watermark = offset + 1
+
+
+def cached_offsets(state: PartitionState) -> list[int]:
+    return [b.base_offset for b in state.batches[state.head :]]
+
+
+def test_a_full_cache_drops_the_oldest_batches_of_every_partition() -> None:
     """Many partitions appended to in turn, more batches than the bound: every partition
     keeps its newest batches (so its tail readers stay off the database), the total
-    stays within the bound, and what was trimmed does not pile up in memory."""
+    stays within the bound, and what was dropped does not pile up in memory."""
     tail = TailIndex(max_batches=1_000, max_batches_per_partition=500)
     topic = uuid.uuid4()
     states = [PartitionState((topic, p)) for p in range(50)]
     for offset in range(400):
         for state in states:
-            tail.append(state, [location(offset)])
-            state.high_watermark = offset + 1
+            add(tail, state, offset)
+        tail.trim()
         assert tail.size <= 1_000
     for state in states:
-        kept = state.batches[state.head :]
-        assert len(kept) >= 15  # about 1,000 / 50 each
-        assert [b.base_offset for b in kept] == list(range(400 - len(kept), 400))
+        kept = cached_offsets(state)
+        assert kept == list(range(380, 400))  # 1,000 / 50 each, the newest
         assert len(state.batches) <= 2 * len(kept) + 33
     assert tail.size == sum(state.cached() for state in states) == 1_000
 
@@ -35,6 +44,81 @@ def test_a_full_cache_trims_the_oldest_batches_instead_of_dropping_partitions() 
 def test_one_partition_is_bounded_on_its_own() -> None:
     tail = TailIndex(max_batches=1_000, max_batches_per_partition=100)
     state = PartitionState((uuid.uuid4(), 0))
-    tail.append(state, [location(offset) for offset in range(250)])
+    for offset in range(250):
+        add(tail, state, offset)
+    tail.trim()
     assert state.cached() == tail.size == 100
-    assert state.batches[state.head].base_offset == 150
+    assert cached_offsets(state) == list(range(150, 250))
+
+
+def test_an_invalidated_partition_keeps_what_it_caches_afterwards() -> None:
+    """Entries of batches that left the cache early (invalidated, over the partition's
+    bound) must not evict newer batches of that partition when their turn comes."""
+    tail = TailIndex(max_batches=100, max_batches_per_partition=30)
+    topic = uuid.uuid4()
+    hot, other = PartitionState((topic, 0)), PartitionState((topic, 1))
+    for offset in range(60):  # 30 dropped over the partition's bound
+        add(tail, hot, offset)
+    tail.invalidate(hot)  # the other 30
+    assert tail.size == 0
+    for offset in range(60, 80):
+        add(tail, hot, offset)
+    for offset in range(80):
+        add(tail, other, offset)
+        tail.trim()
+    # 20 + 30 = 50 cached: nothing evicted yet, though 60 stale entries were popped.
+    assert cached_offsets(hot) == list(range(60, 80))
+    assert cached_offsets(other) == list(range(50, 80))
+    assert tail.size == 50
+
+
+def test_the_cache_agrees_with_a_model_and_stays_bounded() -> None:
+    """Random adds, invalidations and trims against a plain model: each partition
+    caches a suffix of what it was given since its last invalidation, the total stays
+    within the bound and the FIFO stays bounded."""
+    rng = random.Random(7)
+    tail = TailIndex(max_batches=200, max_batches_per_partition=40)
+    topic = uuid.uuid4()
+    states = [PartitionState((topic, p)) for p in range(12)]
+    given: dict[int, list[tuple[int, int]]] = {p: [] for p in range(12)}  # (step, offset)
+    for step in range(20_000):
+        p = rng.randrange(12) if rng.random() < 0.7 else rng.randrange(3)
+        state = states[p]
+        if rng.random() < 0.01:
+            tail.invalidate(state)
+            given[p] = []
+        else:
+            add(tail, state, state.high_watermark)
+            given[p].append((step, state.high_watermark - 1))
+        if rng.random() < 0.3:
+            tail.trim()
+            assert tail.size <= 200
+            assert len(tail.added) <= 2 * 200
+        for q, s in enumerate(states):
+            kept = cached_offsets(s)
+            assert len(kept) <= 40
+            assert kept == [o for _, o in given[q][len(given[q]) - len(kept) :]]
+        assert tail.size == sum(s.cached() for s in states)
+
+
+def test_find_returns_cached_batches_or_a_miss() -> None:
+    tail = TailIndex(max_batches=1_000, max_batches_per_partition=100)
+    state = PartitionState((uuid.uuid4(), 0))
+    for offset in range(150):
+        add(tail, state, offset)
+    assert tail.find(state, 49, 1_000) is None  # dropped: ask the database
+    found = tail.find(state, 120, 100)
+    assert found is not None
+    assert [b.base_offset for b in found] == list(range(120, 130))
+    assert tail.find(state, 150, 1_000) is None
+
+
+def test_clear_forgets_everything() -> None:
+    tail = TailIndex(max_batches=10, max_batches_per_partition=10)
+    state = PartitionState((uuid.uuid4(), 0))
+    for offset in range(5):
+        add(tail, state, offset)
+    tail.invalidate(state)
+    add(tail, state, 5)
+    tail.clear()
+    assert tail.size == 0 and state.cached() == 0 and state.stale == 0 and not tail.added

@@ -2,8 +2,8 @@
 Pure: no I/O.
 
 Each partition a view knows is one `PartitionState`: its log start, its high
-watermark and its cached tail, so a commit round touches a partition through one
-object found by one lookup (hashing a (uuid, partition) key runs Python code).
+watermark and its cached tail, so a commit touches a partition through one
+object found by one list index (hashing a (uuid, partition) key runs Python code).
 
 Tail readers (consumers near the high watermark, which is nearly all of them)
 find their batches in the cached tail without a database query; older
@@ -13,9 +13,14 @@ so a hit is always complete; a gap (after a reload or an eviction) clears it.
 
 Memory bound: at most `max_batches` cached entries in all (about 250 bytes each:
 a named tuple of seven fields, the object key shared per object) and
-`max_batches_per_partition` per partition; past the bound, the partitions least
-recently appended to lose their oldest batches first. `TailIndex` keeps that
-order, keyed by the states themselves (hashed by identity).
+`max_batches_per_partition` per partition. Past the bound the oldest batches go
+first, whichever partition they belong to: the index keeps, in a FIFO, one entry
+(the partition's state) per cached batch in the order they were added, so
+evicting a batch is popping the FIFO and moving that partition's cache start up
+by one. Batches that left a cache by other means (its per-partition bound, a
+gap, an invalidation) leave their entries behind, counted per state in `stale`:
+they are that state's oldest entries, skipped when popped. The FIFO holds at
+most twice `max_batches` entries.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from __future__ import annotations
 import bisect
 import collections
 import uuid
-from collections.abc import Sequence
 
 from driftlog.coordinator.api import BatchLocation, PartitionOffsets
 
@@ -36,7 +40,9 @@ DEFAULT_MAX_BATCHES_PER_PARTITION = 2_000
 class PartitionState:
     """One partition in a view: offsets plus the cached tail (`TailIndex` manages it)."""
 
-    __slots__ = ("base_offsets", "batches", "head", "high_watermark", "key", "log_start_offset")
+    __slots__ = (
+        "base_offsets", "batches", "head", "high_watermark", "key", "log_start_offset", "stale",
+    )  # fmt: skip
 
     def __init__(
         self, key: PartitionKey, log_start_offset: int = 0, high_watermark: int = 0
@@ -47,6 +53,7 @@ class PartitionState:
         self.base_offsets: list[int] = []
         self.batches: list[BatchLocation] = []
         self.head = 0  # cached entries before `head` are dropped (compacted lazily)
+        self.stale = 0  # this state's oldest entries in the index's FIFO that are gone
 
     @property
     def offsets(self) -> PartitionOffsets:
@@ -57,17 +64,10 @@ class PartitionState:
 
     def _drop_front(self, count: int) -> None:
         self.head += count
-        if self.head > 32 and self.head * 2 > len(
-            self.batches
-        ):  # dropped ones: at most as many as kept
+        if self.head > 32 and self.head * 2 > len(self.batches):  # dropped ≤ kept
             del self.base_offsets[: self.head]
             del self.batches[: self.head]
             self.head = 0
-
-    def _empty(self) -> None:
-        self.base_offsets = []
-        self.batches = []
-        self.head = 0
 
 
 class TailIndex:
@@ -78,66 +78,55 @@ class TailIndex:
     ) -> None:
         self.max_batches = max_batches
         self.max_batches_per_partition = max_batches_per_partition
-        # The states holding cached batches, least recently appended first.
-        self._lru: collections.OrderedDict[PartitionState, None] = collections.OrderedDict()
+        # One entry per batch added, oldest first: the state it was added to.
+        self.added: collections.deque[PartitionState] = collections.deque()
         self.size = 0
 
-    def append(
-        self, state: PartitionState, batches: Sequence[BatchLocation], restart: bool = False
-    ) -> None:
-        """Add newly committed batches (in offset order) at the partition's end; with
-        `restart`, or when they do not follow what is cached, they replace it."""
-        if not batches:
-            return
-        lru = self._lru
-        try:
-            lru.move_to_end(state)
-        except KeyError:
-            state._empty()  # anything it holds is not counted here (another index's)
-            lru[state] = None
-        else:
-            cached = state.batches
-            if restart or (
-                len(cached) > state.head and cached[-1].last_offset + 1 != batches[0].base_offset
-            ):
-                self.size -= len(cached) - state.head  # not contiguous: start again
-                state._empty()
-        if len(batches) == 1:
-            state.base_offsets.append(batches[0].base_offset)
-            state.batches.append(batches[0])
-        else:
-            state.base_offsets.extend([batch.base_offset for batch in batches])
-            state.batches.extend(batches)
-        self.size += len(batches)
-        excess = len(state.batches) - state.head - self.max_batches_per_partition
-        if excess > 0:
-            state._drop_front(excess)
-            self.size -= excess
-        # Over the bound: the partitions least recently appended to lose their oldest
-        # batches, only as many as needed. Dropping whole partitions instead made
-        # a busy cache of many partitions drop and rebuild one with every append,
-        # and tail readers of the dropped ones go to the database.
-        while self.size > self.max_batches and len(lru) > 1:
-            oldest = next(iter(lru))
-            if oldest is state:
-                break
-            excess = self.size - self.max_batches
-            if oldest.cached() <= excess:
-                self.invalidate(oldest)
+    def add(self, state: PartitionState, batch: BatchLocation) -> None:
+        """Add a newly committed batch at the partition's end (call `trim` after a run
+        of adds). It must follow the cached ones: after a gap, `invalidate` first.
+        (`CoordinatorView._apply` runs this inline.)"""
+        state.base_offsets.append(batch.base_offset)
+        state.batches.append(batch)
+        self.added.append(state)
+        self.size += 1
+        if len(state.batches) - state.head > self.max_batches_per_partition:
+            self.drop_oldest(state)
+
+    def drop_oldest(self, state: PartitionState) -> None:
+        """Drop the partition's oldest cached batch (over its own bound)."""
+        state._drop_front(1)
+        state.stale += 1
+        self.size -= 1
+
+    def trim(self) -> None:
+        """Back within the bounds, dropping the oldest batches first."""
+        added = self.added
+        while self.size > self.max_batches or len(added) > 2 * self.max_batches:
+            state = added.popleft()
+            if state.stale:
+                state.stale -= 1
             else:
-                oldest._drop_front(excess)
-                self.size -= excess
+                state._drop_front(1)
+                self.size -= 1
 
     def invalidate(self, state: PartitionState) -> None:
         """Drop the partition's cached batches."""
-        if self._lru.pop(state, 0) is None:
-            self.size -= state.cached()
-            state._empty()
+        cached = state.cached()
+        if cached:
+            self.size -= cached
+            state.stale += cached
+            state.base_offsets = []
+            state.batches = []
+            state.head = 0
 
     def clear(self) -> None:
-        for state in self._lru:
-            state._empty()
-        self._lru.clear()
+        for state in set(self.added):
+            state.base_offsets = []
+            state.batches = []
+            state.head = 0
+            state.stale = 0
+        self.added.clear()
         self.size = 0
 
     def find(
@@ -154,7 +143,6 @@ class TailIndex:
             len(batches) <= head
             or start_offset < state.base_offsets[head]
             or start_offset > batches[-1].last_offset
-            or state not in self._lru
         ):
             return None
         index = bisect.bisect_right(state.base_offsets, start_offset, lo=head) - 1

@@ -16,8 +16,10 @@ resolves; nothing polls.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from driftlog.coordinator.api import BatchLocation, PartitionOffsets, TopicInfo
 from driftlog.coordinator.backend import Backend, LogStart, partition_offsets
@@ -80,52 +82,59 @@ class CoordinatorView:
 
     # Changes reported by the writer ------------------------------------------------
     def on_applied(self, objects: Sequence[SequencedObject]) -> None:
-        # Rows straight from the local writer (no copies of the rows themselves).
-        self.on_remote_applied([(r[0], r[1], r[2]) for obj in objects for r in obj.rows])
+        # Rows straight from the local writer: (topic id, partition, location, ...).
+        self._apply(itertools.chain.from_iterable([obj.rows for obj in objects]))
 
     def on_remote_applied(self, batches: Sequence[tuple[uuid.UUID, int, BatchLocation]]) -> None:
-        """Committed batches, in commit order (from the local writer or the writer's stream).
+        """Committed batches, in commit order (from the local writer or the writer's stream)."""
+        self._apply(batches)
+
+    def _apply(self, batches: Iterable[tuple[Any, ...]]) -> None:
+        """Each committed batch: one tail add and one watermark store.
 
         Batches the view already covers are skipped, so a stream that overlaps a
-        resynchronization from the database is harmless. Grouped by partition with one
-        list index per batch (batches come in runs of a topic), the groups keyed by
-        the partitions' states (hashed by identity, not by uuid).
+        resynchronization from the database is harmless. The hot path of every
+        agent: a list index per batch finds its partition (batches come in runs of
+        a topic), nothing hashes a (uuid, partition) key.
         """
-        groups: dict[PartitionState, list[BatchLocation]] = {}
+        tail = self._tail
+        added = tail.added
+        per_partition = tail.max_batches_per_partition
+        count = 0
         by_topic = self._by_topic
         last_topic: uuid.UUID | None = None
         parts: list[PartitionState | None] = []
-        for topic_id, partition, location in batches:
+        touched: list[PartitionState] | None = [] if self._waiters else None
+        for batch in batches:
+            topic_id = batch[0]
             if topic_id is not last_topic:
                 last_topic = topic_id
                 parts = by_topic.get(topic_id) or []
+            partition = batch[1]
             state = parts[partition] if 0 <= partition < len(parts) else None
             if state is None:
                 continue
-            locations = groups.get(state)
-            if locations is None:
-                groups[state] = [location]
-            else:
-                locations.append(location)
-        self._apply(groups)
-
-    def _apply(self, groups: dict[PartitionState, list[BatchLocation]]) -> None:
-        """Each partition's committed batches, in offset order: one tail append and one
-        watermark store per partition."""
-        append = self._tail.append
-        for state, locations in groups.items():
-            hwm = state.high_watermark
-            first = locations[0].base_offset
-            if first < hwm:  # already known (a resync overlapped)
-                locations = [loc for loc in locations if loc.base_offset >= hwm]
-                if not locations:
-                    continue
-                first = locations[0].base_offset
-            # A gap (not contiguous with what the view has) clears the partition's cache.
-            append(state, locations, first != hwm)
-            state.high_watermark = locations[-1].last_offset + 1
-        if self._waiters:
-            self._wake([state.key for state in groups])
+            location = batch[2]
+            base_offset = location[3]
+            if base_offset != state.high_watermark:
+                if base_offset < state.high_watermark:
+                    continue  # already known (a resync overlapped)
+                tail.invalidate(state)  # a gap: a cache is a contiguous run
+            # TailIndex.add, inline: this loop runs for every batch on every agent.
+            state.base_offsets.append(base_offset)
+            cached = state.batches
+            cached.append(location)
+            added.append(state)
+            count += 1
+            if len(cached) - state.head > per_partition:
+                tail.drop_oldest(state)
+            state.high_watermark = location[4] + 1
+            if touched is not None:
+                touched.append(state)
+        tail.size += count
+        tail.trim()
+        if touched:
+            self._wake([state.key for state in touched])
 
     async def resync(self) -> None:
         """Reload topics and watermarks from the database (after missing the writer's stream)."""
@@ -178,7 +187,10 @@ class CoordinatorView:
             state = self._partitions.get((topic_id, partition))
             if state is not None and log_start > state.log_start_offset:
                 state.log_start_offset = log_start
-                state.high_watermark = max(state.high_watermark, log_start)
+                if log_start > state.high_watermark:
+                    # The cache ends at the watermark (`_apply` relies on it).
+                    self._tail.invalidate(state)
+                    state.high_watermark = log_start
 
     def forget_cached(self, partitions: Iterable[PartitionKey]) -> None:
         """Drop these partitions' cached coordinates: the next read asks the database.

@@ -143,6 +143,8 @@ class CommitWriter:
         # uncommitted object past twice this age for an orphan (lifecycle/keys.py).
         self.max_commit_age_ms = max_commit_age_ms
         self._backend = backend
+        # Checked once: isinstance on a runtime-checkable Protocol runs Python code.
+        self._overlapping = backend if isinstance(backend, OverlappingBackend) else None
         self._clock = clock
         self._listener = listener
         self.holder = holder
@@ -521,18 +523,20 @@ class CommitWriter:
         started_s: float,
     ) -> bool:
         after = _succeeded(previous)
-        backend = self._backend
+        overlapping = self._overlapping
         try:
-            if sequenced and isinstance(backend, OverlappingBackend):
+            if sequenced and overlapping is not None:
                 # The server orders it after the previous round (`OverlappingBackend`).
-                await backend.persist_objects_overlapping(fence, sequenced, after, after_object_id)
+                await overlapping.persist_objects_overlapping(
+                    fence, sequenced, after, after_object_id
+                )
             # Answered and applied after the previous round. (If that one's reply was
             # lost, its outcome is unknown here: fail this one too; the reload below
             # finds both, and re-sent commits get their stored outcomes.)
             if not await after:
                 raise CoordinatorUnavailable("an earlier transaction failed")
-            if sequenced and not isinstance(backend, OverlappingBackend):
-                await backend.persist_objects(fence, sequenced)
+            if sequenced and overlapping is None:
+                await self._backend.persist_objects(fence, sequenced)
         except Fenced as e:
             self._step_down(str(e), fence.epoch)
             _fail(round_, e)
