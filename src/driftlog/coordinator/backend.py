@@ -13,6 +13,8 @@ extends the lease row where the epoch is the writer's own and fails with
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import json
 import uuid
 from collections.abc import Sequence
@@ -320,15 +322,22 @@ def encode_outcomes(outcomes: Sequence[CommitOutcome]) -> str:
     return _JSON.encode(outcomes)
 
 
-# One outcome as JSON. Formatting in C, and about twice as fast as the JSON encoder,
-# which stringifies the error code (an IntEnum) through Python code.
-_OUTCOME_JSON = "[%d,%d,%d,%d]".__mod__
+@functools.lru_cache(maxsize=64)
+def _outcomes_format(count: int) -> str:
+    """A %-format for `count` outcomes as JSON arrays (64 of them: a few KB)."""
+    return "[" + ",".join(["[%d,%d,%d,%d]"] * count) + "]"
 
 
 def outcomes_json(obj: SequencedObject) -> str:
-    """The object's outcomes as JSON, encoded once and kept on the object."""
+    """The object's outcomes as JSON, encoded once and kept on the object.
+
+    One %-format of all the numbers, in C: formatting outcome by outcome cost the
+    writer about 1 µs each, and the JSON encoder stringifies the error code (an
+    IntEnum) through Python code."""
     if not obj.outcomes_json:
-        obj.outcomes_json = "[" + ",".join(map(_OUTCOME_JSON, obj.outcomes)) + "]"
+        outcomes = obj.outcomes
+        numbers = tuple(itertools.chain.from_iterable(outcomes))
+        obj.outcomes_json = _outcomes_format(len(outcomes)) % numbers
     return obj.outcomes_json
 
 

@@ -240,7 +240,7 @@ class Sequencer:
         """The objects are durable: advance the high watermarks past their rows."""
         for obj in objects:
             for part, row in zip(obj.parts, obj.rows, strict=True):
-                end = row.location.last_offset + 1
+                end = row[2][4] + 1  # row.location.last_offset, by index: once per batch
                 if end > part.high_watermark:
                     part.high_watermark = end
 

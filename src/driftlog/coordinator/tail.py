@@ -64,10 +64,14 @@ class PartitionState:
 
     def _drop_front(self, count: int) -> None:
         self.head += count
-        if self.head > 32 and self.head * 2 > len(self.batches):  # dropped ≤ kept
-            del self.base_offsets[: self.head]
-            del self.batches[: self.head]
-            self.head = 0
+        if self.head > 32 and self.head * 2 > len(self.batches):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Free the dropped entries (done once they outnumber the kept ones)."""
+        del self.base_offsets[: self.head]
+        del self.batches[: self.head]
+        self.head = 0
 
 
 class TailIndex:
@@ -102,13 +106,18 @@ class TailIndex:
     def trim(self) -> None:
         """Back within the bounds, dropping the oldest batches first."""
         added = self.added
-        while self.size > self.max_batches or len(added) > 2 * self.max_batches:
+        size = self.size
+        while size > self.max_batches or len(added) > 2 * self.max_batches:
             state = added.popleft()
             if state.stale:
                 state.stale -= 1
-            else:
-                state._drop_front(1)
-                self.size -= 1
+                continue
+            # state._drop_front(1), inline: this runs for every batch of a full cache.
+            head = state.head = state.head + 1
+            size -= 1
+            if head > 32 and head * 2 > len(state.batches):
+                state._compact()
+        self.size = size
 
     def invalidate(self, state: PartitionState) -> None:
         """Drop the partition's cached batches."""
