@@ -1,9 +1,9 @@
 """Whole columns as PostgreSQL arrays in the binary format, for the group commit.
 
 A round of the writer (`postgres.py`) sends each column of its batch rows as one
-array parameter. Building them in C (an `array` of the numbers, then strided
-copies) costs a fraction of formatting text literals, and the server reads them
-without parsing numbers.
+array parameter. Building them in C (`struct` packs the numbers, then strided
+copies interleave their lengths) costs a fraction of formatting text literals,
+and the server reads them without parsing numbers.
 psycopg's list adapters would dump element by element in Python, so the arrays are
 built here and handed to psycopg as ready bytes: each wrapper type has a dumper
 that passes its bytes through with the array's type oid (`register`).
@@ -15,9 +15,7 @@ each element as its length and its binary value (big-endian).
 
 from __future__ import annotations
 
-import array
 import struct
-import sys
 import uuid
 from collections.abc import Sequence
 
@@ -42,7 +40,6 @@ class UuidArray(bytes):
 
 
 _HEADER = struct.Struct(">5i")  # one dimension, no nulls, the element type, its size, 1
-_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def _array(packed: bytes, oid: int, size: int, count: int) -> bytes:
@@ -59,11 +56,13 @@ def _array(packed: bytes, oid: int, size: int, count: int) -> bytes:
     return _HEADER.pack(1, 0, oid, count, 1) + out
 
 
-def _numbers(typecode: str, values: Sequence[int]) -> bytes:
-    numbers = array.array(typecode, values)  # raises OverflowError out of range
-    if not _BIG_ENDIAN:
-        numbers.byteswap()
-    return numbers.tobytes()
+def _numbers(code: str, values: Sequence[int]) -> bytes:
+    # struct packs a sequence twice as fast as `array` converts one, big-endian at
+    # once; a repeated code compiles to one entry, so the format costs no memory.
+    try:
+        return struct.pack(f">{len(values)}{code}", *values)
+    except struct.error as e:
+        raise OverflowError(f"a number out of range: {e}") from e
 
 
 def int4_array(values: Sequence[int]) -> Int4Array:
@@ -76,7 +75,10 @@ def int8_array(values: Sequence[int]) -> Int8Array:
 
 def uuid_array(values: Sequence[uuid.UUID | bytes]) -> UuidArray:
     """From UUIDs or their 16 bytes (callers that repeat one id pass its bytes)."""
-    raw = b"".join([v if isinstance(v, bytes) else v.bytes for v in values])
+    try:
+        raw = b"".join(values)  # type: ignore[arg-type]  # the usual case: all bytes
+    except TypeError:
+        raw = b"".join([v if isinstance(v, bytes) else v.bytes for v in values])
     if len(raw) != 16 * len(values):
         raise ValueError("a uuid is 16 bytes")
     return UuidArray(_array(raw, _UUID_OID, 16, len(values)))
