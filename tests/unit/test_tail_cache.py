@@ -52,8 +52,8 @@ def test_one_partition_is_bounded_on_its_own() -> None:
 
 
 def test_an_invalidated_partition_keeps_what_it_caches_afterwards() -> None:
-    """Entries of batches that left the cache early (invalidated, over the partition's
-    bound) must not evict newer batches of that partition when their turn comes."""
+    """Entries of invalidated batches must not evict newer batches of that partition
+    when their turn comes."""
     tail = TailIndex(max_batches=100, max_batches_per_partition=30)
     topic = uuid.uuid4()
     hot, other = PartitionState((topic, 0)), PartitionState((topic, 1))
@@ -63,13 +63,48 @@ def test_an_invalidated_partition_keeps_what_it_caches_afterwards() -> None:
     assert tail.size == 0
     for offset in range(60, 80):
         add(tail, hot, offset)
-    for offset in range(80):
+    for offset in range(200):
         add(tail, other, offset)
         tail.trim()
-    # 20 + 30 = 50 cached: nothing evicted yet, though 60 stale entries were popped.
     assert cached_offsets(hot) == list(range(60, 80))
-    assert cached_offsets(other) == list(range(50, 80))
+    assert cached_offsets(other) == list(range(170, 200))
     assert tail.size == 50
+
+
+def test_a_partition_at_its_own_bound_does_not_push_others_out() -> None:
+    """A busy partition at its per-partition bound keeps adding: a quiet partition's
+    few batches stay cached while the cache is far under its bound."""
+    tail = TailIndex(max_batches=100, max_batches_per_partition=10)
+    topic = uuid.uuid4()
+    quiet, busy = PartitionState((topic, 0)), PartitionState((topic, 1))
+    for offset in range(5):
+        add(tail, quiet, offset)
+    for offset in range(10_000):
+        add(tail, busy, offset)
+        tail.trim()
+    assert cached_offsets(quiet) == list(range(5))
+    assert cached_offsets(busy) == list(range(9_990, 10_000))
+    assert tail.size == 15 and len(tail.added) == 15
+
+
+def test_invalidated_entries_piling_up_are_dropped_without_evicting() -> None:
+    """Invalidations leave entries behind; past twice the bound the FIFO is rebuilt
+    without them, and what is cached stays cached."""
+    tail = TailIndex(max_batches=100, max_batches_per_partition=100)
+    topic = uuid.uuid4()
+    quiet, flapping = PartitionState((topic, 0)), PartitionState((topic, 1))
+    for offset in range(5):
+        add(tail, quiet, offset)
+    offset = 0
+    for _ in range(100):
+        for _ in range(20):
+            add(tail, flapping, offset)
+            offset += 1
+        tail.trim()
+        assert len(tail.added) <= 200
+        tail.invalidate(flapping)  # e.g. its coordinates moved (compaction)
+    assert cached_offsets(quiet) == list(range(5))
+    assert tail.size == 5
 
 
 def test_the_cache_agrees_with_a_model_and_stays_bounded() -> None:

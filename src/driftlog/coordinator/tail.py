@@ -17,10 +17,12 @@ a named tuple of seven fields, the object key shared per object) and
 first, whichever partition they belong to: the index keeps, in a FIFO, one entry
 (the partition's state) per cached batch in the order they were added, so
 evicting a batch is popping the FIFO and moving that partition's cache start up
-by one. Batches that left a cache by other means (its per-partition bound, a
-gap, an invalidation) leave their entries behind, counted per state in `stale`:
-they are that state's oldest entries, skipped when popped. The FIFO holds at
-most twice `max_batches` entries.
+by one. Entries carry no batch, only a count per state: a partition at its own
+bound drops its oldest batch and lets that batch's entry stand for the new one.
+Batches that left a cache by invalidation (a gap, a resync, moved coordinates)
+leave their entries behind, counted per state in `stale` and skipped when popped;
+should they pile up past `max_batches` while the cache is not full, the FIFO is
+rebuilt without them.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ class PartitionState:
         self.base_offsets: list[int] = []
         self.batches: list[BatchLocation] = []
         self.head = 0  # cached entries before `head` are dropped (compacted lazily)
-        self.stale = 0  # this state's oldest entries in the index's FIFO that are gone
+        self.stale = 0  # this state's entries in the index's FIFO whose batches are gone
+        # Invariant: a non-empty cache ends at high_watermark - 1. Whoever moves the
+        # watermark other than by adding batches invalidates the cache.
 
     @property
     def offsets(self) -> PartitionOffsets:
@@ -92,22 +96,17 @@ class TailIndex:
         (`CoordinatorView._apply` runs this inline.)"""
         state.base_offsets.append(batch.base_offset)
         state.batches.append(batch)
-        self.added.append(state)
-        self.size += 1
         if len(state.batches) - state.head > self.max_batches_per_partition:
-            self.drop_oldest(state)
-
-    def drop_oldest(self, state: PartitionState) -> None:
-        """Drop the partition's oldest cached batch (over its own bound)."""
-        state._drop_front(1)
-        state.stale += 1
-        self.size -= 1
+            state._drop_front(1)  # its oldest batch's entry stands for this one
+        else:
+            self.added.append(state)
+            self.size += 1
 
     def trim(self) -> None:
         """Back within the bounds, dropping the oldest batches first."""
         added = self.added
         size = self.size
-        while size > self.max_batches or len(added) > 2 * self.max_batches:
+        while size > self.max_batches:
             state = added.popleft()
             if state.stale:
                 state.stale -= 1
@@ -118,6 +117,20 @@ class TailIndex:
             if head > 32 and head * 2 > len(state.batches):
                 state._compact()
         self.size = size
+        if len(added) > 2 * self.max_batches:
+            self._drop_stale()
+
+    def _drop_stale(self) -> None:
+        """Rebuild the FIFO without the entries of invalidated batches (each state's
+        `stale` says how many of its entries to skip). Rare: only once `max_batches`
+        of them piled up while the cache was not full."""
+        kept: collections.deque[PartitionState] = collections.deque()
+        for state in self.added:
+            if state.stale:
+                state.stale -= 1
+            else:
+                kept.append(state)
+        self.added = kept
 
     def invalidate(self, state: PartitionState) -> None:
         """Drop the partition's cached batches."""

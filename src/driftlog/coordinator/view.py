@@ -105,34 +105,37 @@ class CoordinatorView:
         last_topic: uuid.UUID | None = None
         parts: list[PartitionState | None] = []
         touched: list[PartitionState] | None = [] if self._waiters else None
-        for batch in batches:
-            topic_id = batch[0]
-            if topic_id is not last_topic:
-                last_topic = topic_id
-                parts = by_topic.get(topic_id) or []
-            partition = batch[1]
-            state = parts[partition] if 0 <= partition < len(parts) else None
-            if state is None:
-                continue
-            location = batch[2]
-            base_offset = location[3]
-            if base_offset != state.high_watermark:
-                if base_offset < state.high_watermark:
-                    continue  # already known (a resync overlapped)
-                tail.invalidate(state)  # a gap: a cache is a contiguous run
-            # TailIndex.add, inline: this loop runs for every batch on every agent.
-            state.base_offsets.append(base_offset)
-            cached = state.batches
-            cached.append(location)
-            added.append(state)
-            count += 1
-            if len(cached) - state.head > per_partition:
-                tail.drop_oldest(state)
-            state.high_watermark = location[4] + 1
-            if touched is not None:
-                touched.append(state)
-        tail.size += count
-        tail.trim()
+        try:
+            for batch in batches:
+                topic_id = batch[0]
+                if topic_id is not last_topic:
+                    last_topic = topic_id
+                    parts = by_topic.get(topic_id) or []
+                partition = batch[1]
+                state = parts[partition] if 0 <= partition < len(parts) else None
+                if state is None:
+                    continue
+                location = batch[2]
+                base_offset = location[3]
+                if base_offset != state.high_watermark:
+                    if base_offset < state.high_watermark:
+                        continue  # already known (a resync overlapped)
+                    tail.invalidate(state)  # a gap: a cache is a contiguous run
+                # TailIndex.add, inline: this loop runs for every batch on every agent.
+                state.base_offsets.append(base_offset)
+                cached = state.batches
+                cached.append(location)
+                if len(cached) - state.head > per_partition:
+                    state._drop_front(1)  # its oldest batch's entry stands for this one
+                else:
+                    added.append(state)
+                    count += 1
+                state.high_watermark = location[4] + 1
+                if touched is not None:
+                    touched.append(state)
+        finally:
+            tail.size += count
+            tail.trim()
         if touched:
             self._wake([state.key for state in touched])
 
