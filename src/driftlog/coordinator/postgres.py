@@ -560,6 +560,17 @@ class PostgresBackend:
         round_id = objects[-1].object_id
         holding = self._rounds_holding[round_id] = asyncio.Event()
         try:
+            # The columns first: built while the previous round gets to its lock.
+            updates: dict[ProducerKey, Any] = {}
+            for o in objects:
+                updates.update(o.producer_updates)
+            columns = (
+                *_batch_arrays(objects),
+                *_producer_arrays(updates),
+                # An object whose batches were all refused (duplicates) is stored
+                # dead: nothing references it.
+                *_object_arrays(objects),
+            )
             if after_object_id is not None:
                 previous = self._rounds_holding.get(after_object_id)
                 if previous is not None and not previous.is_set():
@@ -568,25 +579,12 @@ class PostgresBackend:
                     if not after.result():
                         raise CoordinatorUnavailable("an earlier transaction failed")
                     after_object_id = None  # committed: nothing to wait for
-            updates: dict[ProducerKey, Any] = {}
-            for o in objects:
-                updates.update(o.producer_updates)
             async with self._write_pool.connection() as conn:
                 await conn.execute(
                     _COMMIT_ROUND,
-                    (
-                        round_id,
-                        after_object_id,
-                        fence.shard,
-                        fence.epoch,
-                        fence.expires_ms,
-                        *_batch_arrays(objects),
-                        *_producer_arrays(updates),
-                        # An object whose batches were all refused (duplicates) is
-                        # stored dead: nothing references it.
-                        *_object_arrays(objects),
-                    ),
-                )
+                    (round_id, after_object_id, fence.shard, fence.epoch, fence.expires_ms,
+                     *columns),
+                )  # fmt: skip
         except psycopg.errors.UniqueViolation as e:
             # A deposed writer's object ids collide with its successor's: say so.
             if await self._superseded(fence):
