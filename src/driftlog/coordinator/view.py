@@ -86,7 +86,7 @@ class CoordinatorView:
         self._apply(itertools.chain.from_iterable([obj.rows for obj in objects]))
 
     def on_remote_applied(self, batches: Sequence[tuple[uuid.UUID, int, BatchLocation]]) -> None:
-        """Committed batches, in commit order (from the local writer or the writer's stream)."""
+        """Committed batches from the writer's stream, in commit order."""
         self._apply(batches)
 
     def _apply(self, batches: Iterable[tuple[Any, ...]]) -> None:
