@@ -15,12 +15,14 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from raw_client import metadata_node_ids
 from services import MotoServer, PostgresServer, free_port, wait_for_port
 
 DRIFTLOG = [sys.executable, "-m", "driftlog.cli.main"]
@@ -193,6 +195,21 @@ class Cluster:
     @property
     def bootstrap(self) -> str:
         return ",".join(a.bootstrap for a in self.agents)
+
+    def wait_for_members(self) -> None:
+        """Until every agent's Metadata lists every agent (a heartbeat or two after the
+        last one started). Until then agents disagree on the cluster's brokers, and a
+        client that asks both can see a broker vanish under a request in flight
+        (librdkafka: "Broker handle destroyed without termination")."""
+        expected = {i + 1 for i in range(len(self.agents))}
+        for agent in self.agents:
+            seen: set[int] = set()
+            deadline = time.monotonic() + 15
+            while seen != expected and time.monotonic() < deadline:
+                seen = metadata_node_ids(agent.bootstrap)
+                if seen != expected:
+                    time.sleep(0.1)
+            assert seen == expected, f"{agent.bootstrap} lists {seen}"
 
     def stop(self) -> None:
         for agent in self.agents:

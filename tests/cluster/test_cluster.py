@@ -20,7 +20,6 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from conftest import AgentProcess, Cluster
-from raw_client import metadata_node_ids
 from services import MotoServer, PostgresServer
 
 from driftlog.cluster.placement import group_coordinator
@@ -45,19 +44,6 @@ def lease_epoch(cluster: Cluster) -> int:
 
 def agent_named(cluster: Cluster, agent_id: str) -> AgentProcess:
     return cluster.agents[int(agent_id.removeprefix("agent-")) - 1]
-
-
-def wait_for_members(cluster: Cluster) -> None:
-    """Until every agent's Metadata lists every agent (heartbeats are 250 ms apart here)."""
-    expected = {i + 1 for i in range(len(cluster.agents))}
-    for agent in cluster.agents:
-        seen: set[int] = set()
-        deadline = time.monotonic() + 15
-        while seen != expected and time.monotonic() < deadline:
-            seen = metadata_node_ids(agent.bootstrap)
-            if seen != expected:
-                time.sleep(0.1)
-        assert seen == expected, f"{agent.bootstrap} lists {seen}"
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = PARTITIONS) -> None:
@@ -133,8 +119,7 @@ def read_all(
         {"bootstrap.servers": bootstrap, "group.id": "reader", "enable.auto.commit": False}
     )
     consumer.list_topics(topic, timeout=20)  # the client's metadata, before asking per partition
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 20)[1]
-            for p in range(partitions)}  # fmt: skip
+    ends = {p: end_offset(consumer, TopicPartition(topic, p)) for p in range(partitions)}
     if at_least is not None:
         for partition, offset in at_least.acked.values():
             ends[partition] = max(ends[partition], offset + 1)
@@ -148,6 +133,20 @@ def read_all(
         records[message.partition()].append((message.offset(), message.value()))
     consumer.close()
     return records
+
+
+def end_offset(consumer: Consumer, partition: TopicPartition) -> int:
+    """The partition's end, asked again if the broker handle went away under the
+    request: after a membership change (an agent killed, or one that joined) the
+    client drops brokers no longer listed, failing what was in flight on them."""
+    for attempt in range(5):
+        try:
+            return int(consumer.get_watermark_offsets(partition, 20)[1])
+        except KafkaException as e:
+            if attempt == 4 or e.args[0].code() != KafkaError._DESTROY_BROKER:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def check_exactly_once(load: Load, records: dict[int, list[Any]]) -> None:
@@ -169,6 +168,7 @@ def check_exactly_once(load: Load, records: dict[int, list[Any]]) -> None:
 def test_produce_through_one_agent_consume_through_another(cluster: Cluster) -> None:
     a = cluster.add("a")
     b = cluster.add("b")
+    cluster.wait_for_members()
     create_topic(a.bootstrap, "t")
     producer = Producer({"bootstrap.servers": a.bootstrap, "client.id": "p,driftlog_zone=a"})
     for i in range(300):
@@ -185,7 +185,7 @@ def test_produce_through_one_agent_consume_through_another(cluster: Cluster) -> 
 def test_metadata_honours_zone_hints(cluster: Cluster) -> None:
     a1, a2, b1 = cluster.add("a"), cluster.add("a"), cluster.add("b")
     create_topic(a1.bootstrap, "z", 12)
-    wait_for_members(cluster)
+    cluster.wait_for_members()
 
     def leaders(client_id: str, bootstrap: str) -> set[int]:
         metadata = AdminClient(

@@ -11,6 +11,7 @@ from conftest import Cluster
 def test_produce_on_one_consume_on_another(cluster: Cluster) -> None:
     a = cluster.add("a")
     b = cluster.add("b")
+    cluster.wait_for_members()
     producer = Producer({"bootstrap.servers": a.bootstrap, "client.id": "p,driftlog_zone=a"})
     for i in range(100):
         producer.produce("smoke", value=f"v{i}".encode(), partition=i % 3)
