@@ -204,6 +204,7 @@ def test_kill9_an_agent_under_load(cluster: Cluster) -> None:
     writer = cluster.add("a")
     victim = cluster.add("a")
     cluster.add("b")
+    cluster.wait_for_members()
     create_topic(writer.bootstrap, "k")
     load = Load(cluster.bootstrap, "k", "load,driftlog_zone=a").start()
     load.wait_acked(2000)
@@ -218,6 +219,7 @@ def test_kill9_the_writer_under_load(cluster: Cluster) -> None:
     first = cluster.add("a")
     cluster.add("a")
     cluster.add("b")
+    cluster.wait_for_members()
     assert lease_holder(cluster) == "agent-1"
     create_topic(first.bootstrap, "w")
     load = Load(cluster.bootstrap, "w", "load,driftlog_zone=a").start()
@@ -277,6 +279,7 @@ def test_a_paused_writer_is_fenced_when_it_comes_back(cluster: Cluster) -> None:
 def test_consumer_group_survives_its_coordinator(cluster: Cluster) -> None:
     for zone in ("a", "a", "b"):
         cluster.add(zone)
+    cluster.wait_for_members()
     agents = [AgentInfo(f"agent-{i}", i, "", 0, "", "") for i in (1, 2, 3)]
     # A group coordinated by an agent that is not the writer, so only the group moves.
     group = next(
@@ -391,6 +394,7 @@ def test_database_down_gives_retriable_errors_not_dropped_connections(
 def test_delete_records_through_a_follower(cluster: Cluster) -> None:
     a = cluster.add("a")
     b = cluster.add("b")
+    cluster.wait_for_members()
     create_topic(a.bootstrap, "dr", 1)
     producer = Producer({"bootstrap.servers": a.bootstrap, "linger.ms": 0})
     for i in range(10):
