@@ -96,6 +96,17 @@ async def started(
     return coordinator
 
 
+async def postgres_writer(
+    dsn: str, clock: FakeClock, partitions: int
+) -> tuple[PostgresBackend, LocalCoordinator, uuid.UUID, int]:
+    """A writer on PostgreSQL holding the lease (its epoch), with topic "t"."""
+    backend = PostgresBackend(dsn)
+    coordinator = await started(backend, clock, commit_timeout_s=0)
+    _, topic = await coordinator.create_topic("t", partitions, {})
+    assert topic is not None and coordinator.writer.lease is not None
+    return backend, coordinator, topic.topic_id, coordinator.writer.lease.epoch
+
+
 async def commit(
     coordinator: LocalCoordinator, key: str, batches: list[BatchToCommit]
 ) -> list[CommitOutcome]:
@@ -510,11 +521,7 @@ def test_overlapping_rounds_commit_in_order_and_never_after_a_failed_one(
 
     async def scenario() -> None:
         clock = FakeClock()
-        backend = PostgresBackend(postgres_dsn)
-        coordinator = await started(backend, clock, commit_timeout_s=0)
-        _, topic = await coordinator.create_topic("t", 1, {})
-        assert topic is not None and coordinator.writer.lease is not None
-        tid = topic.topic_id
+        backend, coordinator, tid, epoch = await postgres_writer(postgres_dsn, clock, 1)
         await commit(coordinator, "first", [batch(tid, 0, 3)])
         [(committed_id,)] = await backend._fetch("SELECT max(object_id) FROM objects")
 
@@ -526,7 +533,7 @@ def test_overlapping_rounds_commit_in_order_and_never_after_a_failed_one(
         sequencer = Sequencer(await backend.load_sequencer(0))
         a = sequencer.sequence("a", 100, [batch(tid, 0, 2)], clock.wall_ms())
         b = sequencer.sequence("b", 100, [batch(tid, 0, 4)], clock.wall_ms())
-        fence = Fence(0, coordinator.writer.lease.epoch, clock.wall_ms() + LEASE_MS)
+        fence = Fence(0, epoch, clock.wall_ms() + LEASE_MS)
         never: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         round_a = asyncio.create_task(
             backend.persist_objects_overlapping(fence, [a], never, blocking_round)
@@ -578,11 +585,7 @@ def test_overlapping_rounds_of_one_producer_both_commit(postgres_dsn: str) -> No
             )
             await conn.execute(f'ALTER DATABASE "{name}" SET lock_timeout = "1ms"')
         clock = FakeClock()
-        backend = PostgresBackend(postgres_dsn)
-        coordinator = await started(backend, clock, commit_timeout_s=0)
-        _, topic = await coordinator.create_topic("t", 2, {})
-        assert topic is not None and coordinator.writer.lease is not None
-        tid = topic.topic_id
+        backend, coordinator, tid, epoch = await postgres_writer(postgres_dsn, clock, 2)
         sequencer = Sequencer(await backend.load_sequencer(0))
         now = clock.wall_ms()
         many = [BatchToCommit(tid, 1, i * 10, 10, 1, 1000, 1000) for i in range(2_000)]
@@ -592,7 +595,7 @@ def test_overlapping_rounds_of_one_producer_both_commit(postgres_dsn: str) -> No
         second = sequencer.sequence(
             "second", 100, [BatchToCommit(tid, 0, 0, 10, 1, 1000, 1000, 7, 0, 1)], now
         )
-        fence = Fence(0, coordinator.writer.lease.epoch, now + LEASE_MS)
+        fence = Fence(0, epoch, now + LEASE_MS)
         loop = asyncio.get_running_loop()
         none_before: asyncio.Future[bool] = loop.create_future()
         none_before.set_result(True)
