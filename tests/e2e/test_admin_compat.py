@@ -262,7 +262,8 @@ def test_dynamic_broker_configs(agent: AgentProcess) -> None:
     before = _broker_config(admin)
     assert before["message.max.bytes"].value == "1048588"
     assert not before["message.max.bytes"].is_read_only
-    assert before["message.max.bytes"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+    # Kafka's own default, which no command-line option changes.
+    assert before["message.max.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
     assert before["max.connections"].value == "10000"
     assert before["auto.create.topics.enable"].is_read_only
 
@@ -305,7 +306,7 @@ def test_dynamic_broker_configs(agent: AgentProcess) -> None:
     restored = _broker_config(admin)
     assert restored["max.connections"].value == "10000"
     assert restored["message.max.bytes"].value == "1048588"
-    assert restored["message.max.bytes"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+    assert restored["message.max.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
     producer.produce("dyn", value=b"x" * 5000, partition=0, on_delivery=report)
     assert producer.flush(20) == 0
     assert failures == ["MSG_SIZE_TOO_LARGE"]

@@ -19,10 +19,17 @@ from driftlog.server import broker_configs
 from driftlog.server.context import RequestContext
 from driftlog.server.metadata import topic_name_error
 from driftlog.topic_config import (
-    BROKER_CONFIGS,
+    BROKER_SYNONYMS,
     DYNAMIC_BROKER_CONFIGS,
-    effective,
-    invalid_configs,
+    ConfigError,
+    ConfigSource,
+    ConfigType,
+    Described,
+    Synonym,
+    apply_list_op,
+    defaults,
+    describe,
+    validate_changes,
 )
 
 CREATE_TOPICS = 19
@@ -35,11 +42,6 @@ INCREMENTAL_ALTER_CONFIGS = 44
 
 RESOURCE_TOPIC = 2
 RESOURCE_BROKER = 4
-# DescribeConfigs config_source values (KIP-226).
-SOURCE_TOPIC = 1
-SOURCE_DYNAMIC_BROKER = 2
-SOURCE_STATIC_BROKER = 4
-SOURCE_DEFAULT = 5
 MAX_PARTITIONS = 10_000
 _NO_THROTTLE = datetime.timedelta(0)
 
@@ -47,6 +49,7 @@ _NO_THROTTLE = datetime.timedelta(0)
 async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
     module = response_module(CREATE_TOPICS, ctx.api_version)
     agent = ctx.agent
+    topic_defaults = broker_configs.topic_defaults(agent)
     results = []
     for topic in request.topics:
         configs = {c.name: c.value for c in topic.configs}
@@ -68,19 +71,21 @@ async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
             error, message = count_error
         elif any(v is None for v in configs.values()):
             error, message = ErrorCode.invalid_config, "null config value"
-        elif (config_error := invalid_configs(configs)) is not None:
-            error, message = ErrorCode.invalid_config, config_error
+        stored: dict[str, str] = {}
+        if error == ErrorCode.none:
+            try:
+                checked = validate_changes(configs, {}, defaults(topic_defaults))
+                stored = {k: v for k, v in checked.items() if v is not None}
+            except ConfigError as e:
+                error, message = ErrorCode.invalid_config, str(e)
         topic_id = uuid.UUID(int=0)
         if error == ErrorCode.none and not request.validate_only:
             try:
-                error, info = await agent.coordinator.create_topic(
-                    topic.name, count, {k: v for k, v in configs.items() if v is not None}
-                )
+                error, info = await agent.coordinator.create_topic(topic.name, count, stored)
             except CoordinatorError as e:
                 error, message, info = ErrorCode.request_timed_out, str(e), None
             if info is not None:
                 topic_id = info.topic_id
-        stored = {k: v for k, v in configs.items() if v is not None}
         results.append(
             build(
                 module.CreatableTopicResult,
@@ -94,13 +99,13 @@ async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
                 configs=tuple(
                     build(
                         module.CreatableTopicConfigs,
-                        name=name,
-                        value=value,
+                        name=entry.name,
+                        value=entry.value,
                         read_only=False,
-                        config_source=source,
+                        config_source=entry.source,
                         is_sensitive=False,
                     )
-                    for name, (value, source) in topic_entries(ctx, stored).items()
+                    for entry in describe(stored, topic_defaults)
                 )
                 if error == ErrorCode.none and hasattr(module, "CreatableTopicConfigs")
                 else None,
@@ -324,53 +329,55 @@ def _new_partitions_assignment_error(
 
 
 async def handle_describe_configs(ctx: RequestContext, request: Any) -> Any:
+    """Every config of the resource with its source; synonyms and documentation when asked."""
     module = response_module(DESCRIBE_CONFIGS, ctx.api_version)
     agent = ctx.agent
+    with_synonyms = bool(getattr(request, "include_synonyms", False))
+    with_documentation = bool(getattr(request, "include_documentation", False))
     results = []
     for resource in request.resources:
         wanted = set(resource.configuration_keys) if resource.configuration_keys else None
         error, message = ErrorCode.none, None
-        entries: list[tuple[str, str, int, bool]] = []
+        entries: list[tuple[Described, bool]] = []
         if resource.resource_type == RESOURCE_TOPIC:
             topic = agent.coordinator.topic(resource.resource_name)
             if topic is None:
                 error = ErrorCode.unknown_topic_or_partition
                 message = f"no topic {resource.resource_name!r}"
             else:
-                entries.extend(
-                    (name, value, source, False)
-                    for name, (value, source) in topic_entries(ctx, topic.configs).items()
-                )
+                described = describe(topic.configs, broker_configs.topic_defaults(agent))
+                entries.extend((entry, False) for entry in described)
         elif resource.resource_type == RESOURCE_BROKER:
             if resource.resource_name not in ("", str(agent.node_id)):
                 error = ErrorCode.invalid_request
                 message = f"unknown broker {resource.resource_name!r}"
             else:
-                dynamic = broker_configs.overrides(agent)
-                for name, value in broker_config_values(ctx).items():
-                    if name in dynamic:
-                        entries.append((name, dynamic[name], SOURCE_DYNAMIC_BROKER, False))
-                    else:
-                        read_only = name not in DYNAMIC_BROKER_CONFIGS
-                        entries.append((name, value, SOURCE_STATIC_BROKER, read_only))
+                entries.extend(_broker_entries(ctx))
         else:
             error = ErrorCode.invalid_request
             message = f"resource type {resource.resource_type} is not supported"
         configs = tuple(
             build(
                 module.DescribeConfigsResourceResult,
-                name=name,
-                value=value,
+                name=entry.name,
+                value=entry.value,
                 read_only=read_only,
-                config_source=source,
-                is_default=source == SOURCE_DEFAULT,
+                config_source=entry.source,
+                is_default=entry.source == ConfigSource.DEFAULT_CONFIG,
                 is_sensitive=False,
-                synonyms=(),
-                config_type=0,
-                documentation=None,
+                synonyms=tuple(
+                    build(
+                        module.DescribeConfigsSynonym, name=s.name, value=s.value, source=s.source
+                    )
+                    for s in entry.synonyms
+                )
+                if with_synonyms
+                else (),
+                config_type=entry.type,
+                documentation=entry.documentation if with_documentation else None,
             )
-            for name, value, source, read_only in entries
-            if wanted is None or name in wanted
+            for entry, read_only in entries
+            if wanted is None or entry.name in wanted
         )
         results.append(
             build(
@@ -385,30 +392,34 @@ async def handle_describe_configs(ctx: RequestContext, request: Any) -> Any:
     return build(module.DescribeConfigsResponse, throttle_time=_NO_THROTTLE, results=tuple(results))
 
 
-def topic_entries(ctx: RequestContext, stored: Mapping[str, str]) -> dict[str, tuple[str, int]]:
-    """Every topic config with its value and config source.
+# Types of the broker configs that are not a topic config's default.
+_BROKER_TYPES: Mapping[str, ConfigType] = {
+    "auto.create.topics.enable": ConfigType.BOOLEAN,
+    "num.partitions": ConfigType.INT,
+    "default.replication.factor": ConfigType.INT,
+    "offsets.topic.replication.factor": ConfigType.SHORT,
+    "max.connections": ConfigType.INT,
+}
 
-    A topic without max.message.bytes follows this agent's dynamic
-    message.max.bytes, as Kafka reports it (DYNAMIC_BROKER_CONFIG).
-    """
-    entries = {
-        name: (value, SOURCE_DEFAULT if is_default else SOURCE_TOPIC)
-        for name, (value, is_default) in effective(stored).items()
-    }
-    dynamic = broker_configs.overrides(ctx.agent)
-    if "max.message.bytes" not in stored and "message.max.bytes" in dynamic:
-        entries["max.message.bytes"] = (dynamic["message.max.bytes"], SOURCE_DYNAMIC_BROKER)
+
+def _broker_entries(ctx: RequestContext) -> list[tuple[Described, bool]]:
+    """This agent's broker configs: (entry, read_only), dynamic values first in synonyms."""
+    entries = []
+    for name, chain in sorted(broker_configs.broker_values(ctx.agent).items()):
+        spec = BROKER_SYNONYMS.get(name)
+        if spec is not None:
+            config_type = spec.type
+            documentation = f"The broker default of topic config {spec.name}. {spec.documentation}"
+        else:
+            config_type = _BROKER_TYPES[name]
+            documentation = "Set from the agent's command line."
+        if name in DYNAMIC_BROKER_CONFIGS:
+            documentation += " Dynamic: this agent applies it at once, until it restarts."
+        synonyms = tuple(Synonym(name, value, source) for value, source in chain)
+        value, source = chain[0]
+        described = Described(name, value, source, config_type, documentation, synonyms)
+        entries.append((described, name not in DYNAMIC_BROKER_CONFIGS))
     return entries
-
-
-def broker_config_values(ctx: RequestContext) -> dict[str, str]:
-    """This agent's broker configs as started (dynamic overrides aside)."""
-    config = ctx.agent.config
-    values = dict(BROKER_CONFIGS)
-    values["auto.create.topics.enable"] = str(config.auto_create_topics).lower()
-    values["num.partitions"] = str(config.default_partitions)
-    values.update(broker_configs.static_values(ctx.agent))
-    return values
 
 
 def _preflight(configs: Sequence[Any], *, incremental: bool) -> tuple[ErrorCode, str | None]:
@@ -456,12 +467,15 @@ async def _alter(
     topic = ctx.agent.coordinator.topic(resource.resource_name)
     if topic is None:
         return ErrorCode.unknown_topic_or_partition, f"no topic {resource.resource_name!r}"
-    if (config_error := invalid_configs(changes)) is not None:
-        return ErrorCode.invalid_config, config_error
+    try:
+        topic_defaults = defaults(broker_configs.topic_defaults(ctx.agent))
+        checked = validate_changes(changes, topic.configs, topic_defaults)
+    except ConfigError as e:
+        return ErrorCode.invalid_config, str(e)
     if validate_only:
         return ErrorCode.none, None
     try:
-        return await ctx.agent.coordinator.alter_topic_configs(topic.name, changes), None
+        return await ctx.agent.coordinator.alter_topic_configs(topic.name, checked), None
     except CoordinatorError as e:
         return ErrorCode.request_timed_out, str(e)
 
@@ -498,22 +512,58 @@ async def handle_alter_configs(ctx: RequestContext, request: Any) -> Any:
 
 # IncrementalAlterConfigs operations (KIP-339).
 OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = 0, 1, 2, 3
+_LIST_OPS = {OP_APPEND: "APPEND", OP_SUBTRACT: "SUBTRACT"}
+
+
+def _incremental_changes(
+    ctx: RequestContext, resource: Any
+) -> tuple[dict[str, str | None], ErrorCode, str | None]:
+    """The resource's operations as values to set (None: delete), or an error.
+
+    APPEND and SUBTRACT become the whole new list, computed from what the topic
+    stores now, as Kafka's controller does; the result is validated like a SET.
+    """
+    changes: dict[str, str | None] = {}
+    topic = None
+    if resource.resource_type == RESOURCE_TOPIC:
+        topic = ctx.agent.coordinator.topic(resource.resource_name)
+    for config in resource.configs:
+        op = config.config_operation
+        if op == OP_SET:
+            changes[config.name] = config.value
+        elif op == OP_DELETE:
+            changes[config.name] = None
+        elif op in _LIST_OPS:
+            if resource.resource_type == RESOURCE_BROKER:
+                # ConfigAdminManager.prepareIncrementalConfigs: no broker config this
+                # agent applies is a list.
+                verb = _LIST_OPS[op].lower()
+                return (
+                    {},
+                    ErrorCode.invalid_config,
+                    f"Config value {verb} is not allowed for config key: {config.name}",
+                )
+            if topic is None:
+                continue  # _alter answers UNKNOWN_TOPIC_OR_PARTITION (or the bad resource)
+            try:
+                current = topic.configs.get(config.name)
+                changes[config.name] = apply_list_op(
+                    config.name, _LIST_OPS[op], config.value, current
+                )
+            except ConfigError as e:
+                return {}, ErrorCode.invalid_config, str(e)
+        else:
+            return {}, ErrorCode.invalid_request, f"Unknown operations type {op}"
+    return changes, ErrorCode.none, None
 
 
 async def handle_incremental_alter_configs(ctx: RequestContext, request: Any) -> Any:
     module = response_module(INCREMENTAL_ALTER_CONFIGS, ctx.api_version)
     responses = []
     for resource in request.resources:
-        changes: dict[str, str | None] = {}
         error, message = _preflight(resource.configs, incremental=True)
-        for config in resource.configs:
-            if config.config_operation == OP_SET:
-                changes[config.name] = config.value
-            elif config.config_operation == OP_DELETE:
-                changes[config.name] = None
-            else:
-                error = ErrorCode.invalid_config
-                message = f"{config.name}: APPEND/SUBTRACT apply to list configs; none are here"
+        if error == ErrorCode.none:
+            changes, error, message = _incremental_changes(ctx, resource)
         if error == ErrorCode.none:
             error, message = await _alter(ctx, resource, changes, request.validate_only)
         responses.append(

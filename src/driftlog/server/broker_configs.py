@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.topic_config import DYNAMIC_BROKER_CONFIGS, TOPIC_CONFIGS
+from driftlog.topic_config import (
+    BROKER_KAFKA_DEFAULTS,
+    BROKER_SYNONYMS,
+    DYNAMIC_BROKER_CONFIGS,
+    TOPIC_CONFIGS,
+    ConfigSource,
+    broker_chain,
+    static_source,
+)
 
 if TYPE_CHECKING:
     from driftlog.agent import Agent
@@ -68,6 +76,61 @@ def static_values(agent: Agent) -> dict[str, str]:
         "message.max.bytes": str(_STATIC_MAX_MESSAGE_BYTES),
         "max.connections": str(max_connections),
     }
+
+
+BrokerValues = dict[str, list[tuple[str, ConfigSource]]]
+
+
+def topic_defaults(agent: Agent) -> BrokerValues:
+    """The broker configs that supply topic config defaults, set on this agent.
+
+    Each maps to its values and sources, highest priority first: a dynamic value,
+    then the static one. The agent cannot tell an explicit --log-retention-ms from
+    the default, so a value equal to Kafka's default counts as Kafka's default
+    (DEFAULT_CONFIG) and any other as set on the command line (STATIC_BROKER_CONFIG).
+    Broker configs not listed here have their topic config's catalogue default.
+    """
+    config = agent.config
+    static = {
+        "log.retention.ms": str(config.log_retention_ms),
+        "log.retention.bytes": str(config.log_retention_bytes),
+        "message.max.bytes": str(_STATIC_MAX_MESSAGE_BYTES),
+    }
+    values = {name: [(value, static_source(name, value))] for name, value in static.items()}
+    dynamic = overrides(agent).get("message.max.bytes")
+    if dynamic is not None:
+        values["message.max.bytes"].insert(0, (dynamic, ConfigSource.DYNAMIC_BROKER_CONFIG))
+    return values
+
+
+def broker_values(agent: Agent) -> BrokerValues:
+    """Every broker config DescribeConfigs lists for this agent, as in `topic_defaults`."""
+    config = agent.config
+    static = {
+        "auto.create.topics.enable": str(config.auto_create_topics).lower(),
+        "num.partitions": str(config.default_partitions),
+        "default.replication.factor": "1",
+        # Kafka's default is 3; here object storage keeps the copies.
+        "offsets.topic.replication.factor": "1",
+        "max.connections": static_values(agent)["max.connections"],
+    }
+    values: BrokerValues = {}
+    for name, value in static.items():
+        source = (
+            ConfigSource.DEFAULT_CONFIG
+            if value == BROKER_KAFKA_DEFAULTS[name]
+            else ConfigSource.STATIC_BROKER_CONFIG
+        )
+        values[name] = [(value, source)]
+    dynamic = overrides(agent)
+    if "max.connections" in dynamic:
+        values["max.connections"].insert(
+            0, (dynamic["max.connections"], ConfigSource.DYNAMIC_BROKER_CONFIG)
+        )
+    from_topics = topic_defaults(agent)
+    for name, spec in BROKER_SYNONYMS.items():
+        values[name] = [(s.value, s.source) for s in broker_chain(spec, from_topics)]
+    return values
 
 
 def check_resource(agent: Agent, name: str) -> tuple[ErrorCode, str | None]:
