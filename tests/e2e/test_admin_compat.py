@@ -1,8 +1,9 @@
 """Admin APIs that real tools use, through a real agent and confluent-kafka (librdkafka).
 
 compression.type values, manual replica assignments, dynamic broker configs,
-DescribeCluster, and KIP-467 per-record produce errors (with a raw client where
-the exact response fields matter).
+DescribeCluster, KIP-467 per-record produce errors, and Kafka 4's whole topic config
+catalogue (with a raw client where the exact response fields matter: librdkafka's
+DescribeConfigs has no config_type or documentation).
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ from confluent_kafka.admin import (
 )
 from conftest import AgentProcess, Cluster
 from kio.schema.api_versions.v3.request import ApiVersionsRequest
+from kio.schema.create_topics.v7.request import (
+    CreatableTopic,
+    CreatableTopicConfig,
+    CreateTopicsRequest,
+)
+from kio.schema.describe_configs.v4.request import DescribeConfigsRequest, DescribeConfigsResource
 from kio.schema.errors import ErrorCode
 from kio.schema.incremental_alter_configs.v1.request import (
     AlterableConfig,
@@ -500,3 +507,379 @@ def test_invalid_records_get_record_errors_and_nothing_is_stored(agent: AgentPro
     producer.produce("unbounded", value=b"old", partition=0, timestamp=1000, on_delivery=report)
     assert producer.flush(20) == 0
     assert failures == ["INVALID_TIMESTAMP"]
+
+
+# ------------------------------------------------------------------ Kafka 4's topic configs
+
+# Every topic config of Kafka 4 with two valid values: one set at create time, one by an
+# alter. Together they satisfy Kafka's rules across configs (tiered storage on, then off).
+ROUND_TRIP = {
+    "cleanup.policy": ("delete", "delete"),  # the only policy Driftlog applies
+    "compression.gzip.level": ("5", "9"),
+    "compression.lz4.level": ("12", "17"),
+    "compression.type": ("zstd", "lz4"),
+    "compression.zstd.level": ("-5", "22"),
+    "delete.retention.ms": ("3600000", "0"),
+    "file.delete.delay.ms": ("1000", "0"),
+    "flush.messages": ("1000", "1"),
+    "flush.ms": ("5000", "0"),
+    "follower.replication.throttled.replicas": ("*", "0:0"),
+    "index.interval.bytes": ("8192", "0"),
+    "leader.replication.throttled.replicas": ("0:1,1:1", "*"),
+    "local.retention.bytes": ("1073741824", "-1"),
+    "local.retention.ms": ("86400000", "-1"),
+    "max.compaction.lag.ms": ("86400000", "120000"),
+    "max.message.bytes": ("2097152", "1000"),
+    "message.downconversion.enable": ("false", "true"),
+    "message.timestamp.after.max.ms": ("7200000", "0"),
+    "message.timestamp.before.max.ms": ("86400000", "0"),
+    "message.timestamp.type": ("LogAppendTime", "CreateTime"),
+    "min.cleanable.dirty.ratio": ("0.25", "0.75"),
+    "min.compaction.lag.ms": ("60000", "120000"),
+    "min.insync.replicas": ("2", "3"),
+    "preallocate": ("true", "false"),
+    "remote.log.copy.disable": ("true", "false"),
+    "remote.log.delete.on.disable": ("true", "true"),
+    "remote.storage.enable": ("true", "false"),
+    "retention.bytes": ("1073741824", "-1"),
+    "retention.ms": ("86400000", "-1"),
+    "segment.bytes": ("2097152", "1048576"),
+    "segment.index.bytes": ("4096", "2048"),
+    "segment.jitter.ms": ("100", "0"),
+    "segment.ms": ("3600000", "1"),
+    "unclean.leader.election.enable": ("true", "false"),
+}
+APPLIED = {
+    "cleanup.policy",
+    "max.message.bytes",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.type",
+    "retention.bytes",
+    "retention.ms",
+}
+
+
+def _topic_values(admin: AdminClient, topic: str) -> dict[str, tuple[str, int]]:
+    return {
+        name: (entry.value, entry.source) for name, entry in _topic_config(admin, topic).items()
+    }
+
+
+def _incremental(topic: str, op: AlterConfigOpType, **configs: str) -> ConfigResource:
+    entries = [
+        ConfigEntry(name.replace("_", "."), value, incremental_operation=op)
+        for name, value in configs.items()
+    ]
+    return ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=entries)
+
+
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated")
+def test_every_topic_config_round_trips(agent: AgentProcess) -> None:
+    admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+    topic_source = ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    created = {name: values[0] for name, values in ROUND_TRIP.items()}
+    admin.create_topics([NewTopic("all", 1, config=created)])["all"].result(10)
+    assert _topic_values(admin, "all") == {n: (v, topic_source) for n, v in created.items()}
+
+    # IncrementalAlterConfigs SET, all at once.
+    altered = {name: values[1] for name, values in ROUND_TRIP.items()}
+    change = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        "all",
+        incremental_configs=[
+            ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+            for name, value in altered.items()
+        ],
+    )
+    admin.incremental_alter_configs([change])[change].result(10)
+    assert _topic_values(admin, "all") == {n: (v, topic_source) for n, v in altered.items()}
+
+    # AlterConfigs (legacy) puts the create-time set back.
+    legacy = ConfigResource(ConfigResource.Type.TOPIC, "all", set_config=created)
+    admin.alter_configs([legacy])[legacy].result(10)
+    assert _topic_values(admin, "all") == {n: (v, topic_source) for n, v in created.items()}
+
+    # Values are stored as Kafka renders them.
+    spelled = _incremental("all", AlterConfigOpType.SET, segment_ms=" +60000 ", preallocate="FALSE")
+    admin.incremental_alter_configs([spelled])[spelled].result(10)
+    values = _topic_values(admin, "all")
+    assert (values["segment.ms"][0], values["preallocate"][0]) == ("60000", "false")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("segment.bytes", "1048575", "Value must be at least 1048576"),  # int
+        ("max.message.bytes", "2147483648", "Not a number of type INT"),  # int overflow
+        ("retention.ms", "-2", "Value must be at least -1"),  # long
+        ("retention.bytes", "9223372036854775808", "Not a number of type LONG"),
+        ("min.cleanable.dirty.ratio", "1.5", "Value must be no more than 1"),  # double
+        ("compression.zstd.level", "23", "Value must be no more than 22"),
+        ("compression.gzip.level", "0", "Value must be between 1 and 9 or equal to -1"),
+        ("preallocate", "maybe", "Expected value to be either true or false"),  # boolean
+        ("compression.type", "brotli", "String must be one of: uncompressed, zstd, lz4"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated")
+def test_out_of_range_values_get_invalid_config(
+    agent: AgentProcess, name: str, value: str, message: str
+) -> None:
+    admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+    expected = f"Invalid value {value} for configuration {name}: {message}"
+    error = _error(admin.create_topics([NewTopic("bad", 1, config={name: value})])["bad"])
+    assert (error.name(), expected in error.str()) == ("INVALID_CONFIG", True)
+    assert "bad" not in admin.list_topics(timeout=10).topics
+
+    admin.create_topics([NewTopic("good", 1)])["good"].result(10)
+    before = _topic_values(admin, "good")[name]
+    change = _incremental("good", AlterConfigOpType.SET, **{name.replace(".", "_"): value})
+    error = _error(admin.incremental_alter_configs([change])[change])
+    assert (error.name(), expected in error.str()) == ("INVALID_CONFIG", True)
+    legacy = ConfigResource(ConfigResource.Type.TOPIC, "good", set_config={name: value})
+    assert _error(admin.alter_configs([legacy])[legacy]).name() == "INVALID_CONFIG"
+    assert _topic_values(admin, "good")[name] == before
+
+
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated")
+def test_unknown_and_refused_names(agent: AgentProcess) -> None:
+    admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+    admin.create_topics([NewTopic("named", 1)])["named"].result(10)
+    # message.format.version: removed in Kafka 4.0, so refused as Kafka 4 does.
+    for name in ("no.such.config", "message.format.version", "retention.minutes"):
+        error = _error(admin.create_topics([NewTopic("x", 1, config={name: "1"})])["x"])
+        assert (error.name(), error.str()) == (
+            "INVALID_CONFIG",
+            f"Unknown topic config name: {name}",
+        )
+        for op in (AlterConfigOpType.SET, AlterConfigOpType.DELETE):
+            entry = ConfigEntry(name, "1" if op == AlterConfigOpType.SET else None,
+                                incremental_operation=op)  # fmt: skip
+            change = ConfigResource(ConfigResource.Type.TOPIC, "named", incremental_configs=[entry])
+            assert _error(admin.incremental_alter_configs([change])[change]).name() == (
+                "INVALID_CONFIG"
+            )
+    # cleanup.policy=compact is Kafka's but not built here.
+    for value in ("compact", "delete,compact"):
+        error = _error(
+            admin.create_topics([NewTopic("x", 1, config={"cleanup.policy": value})])["x"]
+        )
+        assert error.name() == "INVALID_CONFIG"
+        assert "key compaction is not supported yet" in error.str()
+    assert "x" not in admin.list_topics(timeout=10).topics
+
+
+def test_append_and_subtract_on_list_configs(agent: AgentProcess) -> None:
+    admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+    admin.create_topics([NewTopic("lists", 1)])["lists"].result(10)
+    leader = "leader_replication_throttled_replicas"
+
+    def value(name: str) -> tuple[str, int]:
+        return _topic_values(admin, "lists")[name.replace("_", ".")]
+
+    def alter(op: AlterConfigOpType, **configs: str) -> None:
+        change = _incremental("lists", op, **configs)
+        admin.incremental_alter_configs([change])[change].result(10)
+
+    def refused(op: AlterConfigOpType, **configs: str) -> KafkaError:
+        change = _incremental("lists", op, **configs)
+        return _error(admin.incremental_alter_configs([change])[change])
+
+    alter(AlterConfigOpType.APPEND, **{leader: "0:1,1:1"})  # from the empty default
+    assert value(leader) == ("0:1,1:1", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+    alter(AlterConfigOpType.APPEND, **{leader: "1:1,2:1"})  # 1:1 is there already
+    assert value(leader)[0] == "0:1,1:1,2:1"
+    alter(AlterConfigOpType.SUBTRACT, **{leader: "0:1,9:9"})
+    assert value(leader)[0] == "1:1,2:1"
+    alter(AlterConfigOpType.SUBTRACT, **{leader: "1:1,2:1"})
+    assert value(leader)[0] == ""
+    alter(AlterConfigOpType.APPEND, follower_replication_throttled_replicas="*")
+    assert value("follower_replication_throttled_replicas")[0] == "*"
+    # The result is validated like a SET: "*" cannot be mixed with pairs.
+    error = refused(AlterConfigOpType.APPEND, follower_replication_throttled_replicas="0:1")
+    assert error.name() == "INVALID_CONFIG"
+    assert "must be the literal '*'" in error.str()
+    assert value("follower_replication_throttled_replicas")[0] == "*"
+
+    # cleanup.policy starts from its default, delete.
+    alter(AlterConfigOpType.APPEND, cleanup_policy="delete")
+    assert value("cleanup_policy") == ("delete", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+    error = refused(AlterConfigOpType.APPEND, cleanup_policy="compact")
+    assert (error.name(), "key compaction is not supported yet" in error.str()) == (
+        "INVALID_CONFIG",
+        True,
+    )
+    error = refused(AlterConfigOpType.SUBTRACT, cleanup_policy="delete")
+    assert (error.name(), "empty cleanup.policy" in error.str()) == ("INVALID_CONFIG", True)
+    assert value("cleanup_policy")[0] == "delete"
+
+    # Not a list: Kafka's controller answers INVALID_CONFIG.
+    for op, verb in (
+        (AlterConfigOpType.APPEND, "APPEND"),
+        (AlterConfigOpType.SUBTRACT, "SUBTRACT"),
+    ):
+        error = refused(op, retention_ms="5")
+        assert (error.name(), error.str()) == (
+            "INVALID_CONFIG",
+            f"Can't {verb} to key retention.ms because its type is not LIST.",
+        )
+    # ... and Kafka's broker, for a broker config.
+    change = _broker_change(
+        0, ConfigEntry("message.max.bytes", "5", incremental_operation=AlterConfigOpType.APPEND)
+    )
+    error = _error(admin.incremental_alter_configs([change])[change])
+    assert (error.name(), error.str()) == (
+        "INVALID_CONFIG",
+        "Config value append is not allowed for config key: message.max.bytes",
+    )
+
+    # SET and DELETE still work alongside.
+    change = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        "lists",
+        incremental_configs=[
+            ConfigEntry("retention.ms", "60000", incremental_operation=AlterConfigOpType.SET),
+            ConfigEntry(
+                "leader.replication.throttled.replicas",
+                "3:1",
+                incremental_operation=AlterConfigOpType.APPEND,
+            ),
+        ],
+    )
+    admin.incremental_alter_configs([change])[change].result(10)
+    assert (value("retention_ms")[0], value(leader)[0]) == ("60000", "3:1")
+    alter(AlterConfigOpType.DELETE, **{leader: ""})
+    assert value(leader) == ("", ConfigSource.DEFAULT_CONFIG.value)
+
+
+def test_untouched_topic_lists_every_config_with_its_default(
+    agent: AgentProcess, agent_factory: Any
+) -> None:
+    default_source = ConfigSource.DEFAULT_CONFIG.value
+    static_source = ConfigSource.STATIC_BROKER_CONFIG.value
+    admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+    admin.create_topics([NewTopic("plain", 1)])["plain"].result(10)
+    configs = _topic_config(admin, "plain")
+    assert set(configs) == set(ROUND_TRIP)
+    sources = {name: entry.source for name, entry in configs.items()}
+    # Driftlog's default there (no bound) is not Kafka 4's (one hour): a static broker value.
+    assert sources.pop("message.timestamp.after.max.ms") == static_source
+    assert set(sources.values()) == {default_source}
+    assert configs["retention.ms"].value == "604800000"
+    assert configs["segment.bytes"].value == "1073741824"
+    assert configs["leader.replication.throttled.replicas"].value == ""
+    assert all(not entry.is_read_only and not entry.is_sensitive for entry in configs.values())
+
+    # Broker defaults from the command line are static broker configs.
+    tuned = agent_factory("--log-retention-ms", "3600000", "--log-retention-bytes", "5000000")
+    admin = AdminClient({"bootstrap.servers": tuned.bootstrap})
+    admin.create_topics([NewTopic("tuned", 1)])["tuned"].result(10)
+    configs = _topic_config(admin, "tuned")
+    retention = configs["retention.ms"]
+    assert (retention.value, retention.source) == ("3600000", static_source)
+    assert [(s.name, s.value, s.source) for s in retention.synonyms.values()] == [
+        ("log.retention.ms", "3600000", static_source)
+    ]
+    assert (configs["retention.bytes"].value, configs["retention.bytes"].source) == (
+        "5000000",
+        static_source,
+    )
+    assert configs["segment.ms"].source == default_source
+    broker = _broker_config(admin)
+    assert (broker["log.retention.ms"].value, broker["log.retention.ms"].source) == (
+        "3600000",
+        static_source,
+    )
+    assert broker["log.retention.ms"].is_read_only
+
+    # Set on the topic: the topic's value first, then the broker default it replaces.
+    change = _incremental("tuned", AlterConfigOpType.SET, retention_ms="60000")
+    admin.incremental_alter_configs([change])[change].result(10)
+    retention = _topic_config(admin, "tuned")["retention.ms"]
+    assert [(s.name, s.value, s.source) for s in retention.synonyms.values()] == [
+        ("retention.ms", "60000", ConfigSource.DYNAMIC_TOPIC_CONFIG.value),
+        ("log.retention.ms", "3600000", static_source),
+    ]
+
+
+def _describe_v4(client: RawClient, topic: str, *, extras: bool) -> dict[str, Any]:
+    request = DescribeConfigsRequest(
+        resources=(
+            DescribeConfigsResource(
+                resource_type=i8(2), resource_name=topic, configuration_keys=None
+            ),
+        ),
+        include_synonyms=extras,
+        include_documentation=extras,
+    )
+    [result] = client.request(request).results
+    assert result.error_code == ErrorCode.none
+    return {entry.name: entry for entry in result.configs}
+
+
+def test_describe_v4_types_documentation_and_synonyms(agent: AgentProcess) -> None:
+    admin = AdminClient({"bootstrap.servers": agent.bootstrap})
+    admin.create_topics([NewTopic("doc", 1, config={"flush.ms": "1000"})])["doc"].result(10)
+    client = RawClient(agent.bootstrap)
+    entries = _describe_v4(client, "doc", extras=True)
+    assert set(entries) == set(ROUND_TRIP)
+    # DescribeConfigs' config_type: BOOLEAN 1, STRING 2, INT 3, LONG 5, DOUBLE 6, LIST 7.
+    expected_types = {
+        "cleanup.policy": 7,
+        "compression.type": 2,
+        "message.timestamp.type": 2,
+        "max.message.bytes": 3,
+        "segment.bytes": 3,
+        "compression.gzip.level": 3,
+        "retention.ms": 5,
+        "flush.messages": 5,
+        "min.cleanable.dirty.ratio": 6,
+        "preallocate": 1,
+        "remote.storage.enable": 1,
+        "leader.replication.throttled.replicas": 7,
+    }
+    assert {name: entries[name].config_type for name in expected_types} == expected_types
+    assert all(entry.config_type != 0 for entry in entries.values())
+    for name, entry in entries.items():
+        documentation = entry.documentation or ""
+        if name in APPLIED:
+            assert "Driftlog applies it" in documentation, name
+        else:
+            assert "Driftlog stores it without effect" in documentation, name
+    assert "no log segments" in (entries["segment.bytes"].documentation or "")
+
+    flush = entries["flush.ms"]
+    assert [(s.name, s.value, s.source) for s in flush.synonyms] == [
+        ("flush.ms", "1000", 1),
+        ("log.flush.interval.ms", "9223372036854775807", 5),
+    ]
+    assert entries["remote.storage.enable"].synonyms == ()  # no broker default in Kafka
+
+    # Without asking: no documentation, no synonyms (as Kafka answers).
+    plain = _describe_v4(client, "doc", extras=False)
+    assert all(e.documentation is None and e.synonyms == () for e in plain.values())
+    assert plain["flush.ms"].config_type == 5
+    client.close()
+
+
+def test_create_topics_answers_every_config_as_stored(agent: AgentProcess) -> None:
+    client = RawClient(agent.bootstrap)
+    request = CreateTopicsRequest(
+        topics=(
+            CreatableTopic(
+                name=TopicName("answered"),
+                num_partitions=i32(1),
+                replication_factor=i16(-1),
+                assignments=(),
+                configs=(CreatableTopicConfig(name="segment.bytes", value=" 2097152 "),),
+            ),
+        ),
+        validate_only=False,
+    )
+    [topic] = client.request(request).topics
+    client.close()
+    assert topic.error_code == ErrorCode.none
+    configs = {c.name: (c.value, c.config_source) for c in topic.configs}
+    assert set(configs) == set(ROUND_TRIP)
+    assert configs["segment.bytes"] == ("2097152", 1)
+    assert configs["retention.ms"] == ("604800000", 5)
