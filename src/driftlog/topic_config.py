@@ -8,10 +8,11 @@ the broker config that supplies its default, and whether Driftlog applies it or
 only stores it (with the reason, which DescribeConfigs returns as documentation).
 
 Names Kafka 4 does not know are refused, among them those Kafka 4.0 removed
-(message.format.version, message.timestamp.difference.max.ms). Configs added after
-4.3 (remote.copy.lag.ms, remote.copy.lag.bytes) are refused too until they ship in a
-release. Values are stored in Kafka's rendering of the parsed value (" 5" is stored
-as "5", "TRUE" as "true"), so the code that reads them sees one spelling.
+(message.format.version, message.timestamp.difference.max.ms), and those of Kafka's
+main branch that no 4.0-4.3 release has (remote.copy.lag.ms and remote.copy.lag.bytes,
+KIP-1241): one entry each adds them. Values are stored in Kafka's rendering of the
+parsed value (" 5" is stored as "5", "TRUE" as "true"), so the code that reads them
+sees one spelling.
 """
 
 from __future__ import annotations
