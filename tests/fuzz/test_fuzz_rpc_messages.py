@@ -51,6 +51,7 @@ batches_strategy = st.builds(
     INT64,
     st.integers(-(2**15), 2**15 - 1),
     INT32,
+    st.integers(-(2**15), 2**15 - 1),  # attributes
 )
 requests_strategy = st.builds(
     CommitRequest,

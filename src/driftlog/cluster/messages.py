@@ -14,10 +14,11 @@ COMMIT is, big-endian: 0x01, request id (int64), flags (uint8; bit 0: a
 re-send), object size (int64), key length (uint16), the key (UTF-8, no NUL), BATCHES.
 
 BATCHES is: topic count T (uint32), T topic ids (16 bytes each), batch count N
-(uint32), then N batches of 54 bytes each: topic index (uint32, < T),
+(uint32), then N batches of 56 bytes each: topic index (uint32, < T),
 partition (int32, >= 0), byte offset (int64, >= 0), byte length (int32, >= 0),
 record count (int32, >= 1), base timestamp, max timestamp, producer id (int64
-each), producer epoch (int16), base sequence (int32). Its size must be exactly
+each), producer epoch (int16), base sequence (int32), attributes (int16, the
+batch header's). Its size must be exactly
 that; anything else is a protocol error and closes the connection.
 
 A re-send is a commit whose answer the agent did not get; only then does the
@@ -38,6 +39,14 @@ subscriber what became durable, in commit order:
     {"op": "log_starts", "partitions": [[topic id hex, partition, log start], ...]}
     {"op": "relocated", "partitions": [[topic id hex, partition], ...]}
                                       (compaction moved their batches: drop cached coordinates)
+    {"op": "txn_opens", "opens": [[topic id hex, partition, producer id, first offset], ...]}
+                                      (before the APPLIED event whose batches opened them)
+    {"op": "txn_closes", "closes": [[topic id hex, partition, producer id, first offset,
+                                     marker offset, commit], ...]}
+                                      (after the APPLIED event of the markers)
+    {"op": "txn", "id": N, "action": A, ...}   (a change of transaction state, see
+                                      `txn_request`; answered {"id": N, "error_code": E,
+                                      "producer_id": P, "epoch": E})
 
 APPLIED is: 0x02, object count (uint32), then per object: key length (uint16),
 the key, BATCHES length (uint32), the object's BATCHES as its agent sent them
@@ -75,6 +84,7 @@ from driftlog.coordinator.api import (
 )
 from driftlog.coordinator.backend import outcomes_json
 from driftlog.coordinator.sequencer import SequencedObject
+from driftlog.coordinator.transactions import PendingOffset, TxnClose, TxnOpen
 
 LENGTH = struct.Struct(">I")
 COMMIT = 0x01
@@ -84,8 +94,8 @@ _RETRY = 0x01
 _UINT16 = struct.Struct(">H")
 _UINT32 = struct.Struct(">I")
 # topic index, partition, byte offset, byte length, record count, base timestamp,
-# max timestamp, producer id, producer epoch, base sequence
-_BATCH = struct.Struct(">Iiqiiqqqhi")
+# max timestamp, producer id, producer epoch, base sequence, attributes
+_BATCH = struct.Struct(">Iiqiiqqqhih")
 # A commit of a flush-sized object carries a few thousand batches; admin is tiny.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
@@ -277,6 +287,54 @@ def admin_reply(request_id: int, error: ErrorCode, topic: TopicInfo | None) -> M
         "error_code": int(error),
         "topic": topic_value(topic) if topic else None,
     }
+
+
+# Transactions --------------------------------------------------------------------
+
+
+def txn_opens_message(opens: Sequence[TxnOpen]) -> Message:
+    return {"op": "txn_opens", "opens": [[t.hex, p, pid, first] for t, p, pid, first in opens]}
+
+
+def txn_opens_from(message: Message) -> list[TxnOpen]:
+    try:
+        return [
+            TxnOpen(uuid.UUID(hex=t), int(p), int(pid), int(first))
+            for t, p, pid, first in message["opens"]
+        ]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProtocolError(f"bad txn_opens: {e!r}") from e
+
+
+def txn_closes_message(closes: Sequence[TxnClose]) -> Message:
+    return {
+        "op": "txn_closes",
+        "closes": [[c.topic_id.hex, c.partition, c.producer_id, c.first_offset,
+                    c.marker_offset, c.commit] for c in closes],
+    }  # fmt: skip
+
+
+def txn_closes_from(message: Message) -> list[TxnClose]:
+    try:
+        return [
+            TxnClose(uuid.UUID(hex=t), int(p), int(pid), int(first), int(marker), bool(commit))
+            for t, p, pid, first, marker, commit in message["closes"]
+        ]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProtocolError(f"bad txn_closes: {e!r}") from e
+
+
+def pending_offset_value(o: PendingOffset) -> list[Any]:
+    return [o.producer_id, o.group_id, o.topic, o.partition, o.offset, o.leader_epoch,
+            o.metadata]  # fmt: skip
+
+
+def pending_offset_from(value: Sequence[Any]) -> PendingOffset:
+    pid, group_id, topic, partition, offset, leader_epoch, metadata = value
+    return PendingOffset(
+        int(pid), str(group_id), str(topic), int(partition), int(offset), int(leader_epoch),
+        None if metadata is None else str(metadata),
+    )  # fmt: skip
 
 
 # Events ----------------------------------------------------------------------------

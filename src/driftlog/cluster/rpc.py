@@ -37,6 +37,7 @@ from driftlog.coordinator.api import (
 )
 from driftlog.coordinator.backend import Backend, LogStart
 from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
+from driftlog.coordinator.transactions import TxnEnd
 from driftlog.coordinator.view import CoordinatorView
 from driftlog.coordinator.writer import CommitWriter
 
@@ -101,7 +102,15 @@ class WriterServer:
     def on_applied(self, objects: Sequence[SequencedObject]) -> None:
         raw = self._raw_batches
         if self._subscribers:
+            # Transactions opened hold the stable offset back before their data shows;
+            # markers show before the transactions they end let go (view.on_applied).
+            opens = [o for obj in objects if obj.txn_opens for o in obj.txn_opens]
+            if opens:
+                self._broadcast(messages.txn_opens_message(opens))
             self._broadcast_frame(messages.applied_frame(objects, raw))
+            closes = [c for obj in objects if obj.txn_closes for c in obj.txn_closes]
+            if closes:
+                self._broadcast(messages.txn_closes_message(closes))
         for o in objects:
             raw.pop(o.object_key, None)
 
@@ -154,6 +163,8 @@ class WriterServer:
                     self._spawn(self._admin(message, writer))
                 elif op == "delete_records":
                     self._spawn(self._delete_records(message, writer))
+                elif op == "txn":
+                    self._spawn(self._txn(message, writer))
                 elif op == "subscribe":
                     self._subscribers.add(writer)
                     # From here on every event reaches this subscriber, after this.
@@ -212,6 +223,63 @@ class WriterServer:
         if action == "alter_configs":
             return await w.alter_topic_configs(name, message["configs"]), None
         raise ValueError(f"unknown admin action {action!r}")
+
+    async def _txn(self, message: Message, writer: asyncio.StreamWriter) -> None:
+        request_id = int(message.get("id", -1))
+        try:
+            if message.get("action") == "markers":
+                await self._write_markers(request_id, message, writer)
+                return
+            error, producer_id, epoch = await self._txn_action(message)
+            reply: Message = {"id": request_id, "error_code": int(error),
+                              "producer_id": producer_id, "epoch": epoch}  # fmt: skip
+        except CoordinatorError as e:
+            reply = messages.error_reply(request_id, e)
+        except (KeyError, TypeError, ValueError) as e:
+            reply = messages.error_reply(request_id, CoordinatorUnavailable(f"bad txn: {e!r}"))
+        if not writer.is_closing():
+            writer.write(messages.encode(reply))
+
+    async def _write_markers(
+        self, request_id: int, message: Message, writer: asyncio.StreamWriter
+    ) -> None:
+        markers = [
+            TxnEnd("", int(pid), int(epoch), bool(commit),
+                   frozenset((uuid.UUID(hex=t), int(p)) for t, p in partitions), frozenset())
+            for pid, epoch, commit, partitions in message["markers"]
+        ]  # fmt: skip
+        errors = await self._writer.write_markers(markers)
+        reply: Message = {
+            "id": request_id,
+            "errors": [[pid, t.hex, p, int(e)] for (pid, t, p), e in errors.items()],
+        }
+        if not writer.is_closing():
+            writer.write(messages.encode(reply))
+
+    async def _txn_action(self, message: Message) -> tuple[ErrorCode, int, int]:
+        action = message["action"]
+        w = self._writer
+        txn_id = str(message["transactional_id"])
+        if action == "init":
+            return await w.init_producer_id(
+                txn_id, int(message["timeout_ms"]), int(message["producer_id"]),
+                int(message["epoch"]),
+            )  # fmt: skip
+        pid, epoch = int(message["producer_id"]), int(message["epoch"])
+        if action == "add":
+            error = await w.add_to_transaction(
+                txn_id, pid, epoch,
+                partitions=[(uuid.UUID(hex=t), int(p)) for t, p in message["partitions"]],
+                groups=[str(g) for g in message["groups"]],
+            )  # fmt: skip
+        elif action == "offsets":
+            offsets = [messages.pending_offset_from(o) for o in message["offsets"]]
+            error = await w.txn_offset_commit(txn_id, pid, epoch, offsets)
+        elif action == "end":
+            error = await w.end_transaction(txn_id, pid, epoch, bool(message["commit"]))
+        else:
+            raise ValueError(f"unknown txn action {action!r}")
+        return error, pid, epoch
 
     async def _delete_records(self, message: Message, writer: asyncio.StreamWriter) -> None:
         request_id = int(message.get("id", -1))
@@ -366,6 +434,10 @@ class WriterClient:
                 )
             elif op == "relocated":
                 self._view.forget_cached([(uuid.UUID(hex=t), p) for t, p in message["partitions"]])
+            elif op == "txn_opens":
+                self._view.on_txn_opens(messages.txn_opens_from(message))
+            elif op == "txn_closes":
+                self._view.on_txn_closes(messages.txn_closes_from(message))
             elif op == "reloaded":
                 await self._view.resync()
                 self.resyncs += 1

@@ -65,6 +65,13 @@ class BatchToCommit(NamedTuple):
     producer_id: int = -1
     producer_epoch: int = -1
     base_sequence: int = -1
+    # The batch header's attributes (codec, timestamp type, transactional, control).
+    attributes: int = 0
+
+
+# Batch attribute bits the coordinator reads (Kafka's record-batch attributes).
+TRANSACTIONAL_ATTRIBUTE = 0x10
+CONTROL_ATTRIBUTE = 0x20
 
 
 class CommitOutcome(NamedTuple):

@@ -18,8 +18,8 @@ import itertools
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NamedTuple, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from kio.schema.errors import ErrorCode
 
@@ -34,6 +34,7 @@ from driftlog.coordinator.api import (
 from driftlog.coordinator.lease import LeaseRecord
 from driftlog.coordinator.producers import CachedBatch, ProducerPartitionState
 from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
+from driftlog.coordinator.transactions import AbortedTxn, PendingOffset, Transaction, TxnState
 
 # Rows per round trip when a read walks the batch index.
 READ_BATCHES_PAGE = 256
@@ -43,6 +44,10 @@ class LogStart(NamedTuple):
     topic_id: uuid.UUID
     partition: int
     log_start_offset: int
+
+
+# The level of transaction-marker objects (coordinates without bytes): never compacted.
+MARKER_LEVEL = -1
 
 
 class ObjectRef(NamedTuple):
@@ -90,6 +95,30 @@ class ObjectCounts(NamedTuple):
     live_bytes: int
     dead_objects: int  # no batch references them; waiting for their grace period
     deleted_objects: int  # gone from the store; the row stays for idempotent re-sends
+
+
+@dataclass(slots=True)
+class TxnWrite:
+    """One change of transaction state, persisted in one transaction of the writer:
+    the transactions' new rows, ids forgotten, the marker objects that end
+    transactions (their batch rows and producer states, and the aborted-transaction
+    index from their closes), offsets committed in transactions, and the pending
+    offsets of ended transactions: moved to the group's offsets on commit, dropped
+    on abort."""
+
+    transactions: list[Transaction] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    markers: list[SequencedObject] = field(default_factory=list)
+    pending_offsets: list[PendingOffset] = field(default_factory=list)
+    settled: list[tuple[int, bool]] = field(default_factory=list)  # producer id, commit
+
+    def aborted_rows(self) -> list[tuple[uuid.UUID, int, AbortedTxn]]:
+        return [
+            (c.topic_id, c.partition, AbortedTxn(c.producer_id, c.first_offset, c.marker_offset))
+            for o in self.markers
+            for c in o.txn_closes or ()
+            if not c.commit and c.first_offset >= 0
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +281,27 @@ class Backend(Protocol):
         """The time index of the last batch below `end_offset`, or -1."""
         ...
 
+    # Transactions -------------------------------------------------------------
+    async def persist_transactions(self, fence: Fence, write: TxnWrite) -> None:
+        """Store a change of transaction state in one transaction (see `TxnWrite`)."""
+        ...
+
+    async def load_transactions(self) -> list[Transaction]:
+        """Every transactional id's state (DescribeTransactions, ListTransactions)."""
+        ...
+
+    async def read_aborted(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int
+    ) -> list[AbortedTxn]:
+        """Aborted transactions of the partition that overlap [start_offset, end_offset):
+        their abort marker is at or after `start_offset` and they began before
+        `end_offset`, by marker offset."""
+        ...
+
+    async def pending_offsets(self, group_id: str) -> set[tuple[str, int]]:
+        """The group's partitions with an offset committed in a transaction still open."""
+        ...
+
     # Producer ids and consumer-group offsets ----------------------------------
     async def allocate_producer_id(self) -> int: ...
 
@@ -346,17 +396,52 @@ def decode_outcomes(text: str) -> list[CommitOutcome]:
 
 
 def encode_producer_batches(state: ProducerPartitionState) -> str:
-    return json.dumps(
-        [[b.first_sequence, b.last_sequence, b.base_offset] for b in state.batches],
-        separators=(",", ":"),
-    )
+    """The cached batches as JSON (`[[first sequence, last sequence, base offset], ...]`);
+    with an open transaction, an object that adds its first offset (`{"b": [...], "t": N}`),
+    so the column and the group-commit function stay as they are."""
+    batches = [[b.first_sequence, b.last_sequence, b.base_offset] for b in state.batches]
+    if state.txn_first_offset >= 0:
+        return _JSON.encode({"b": batches, "t": state.txn_first_offset})
+    return _JSON.encode(batches)
 
 
 def decode_producer_state(epoch: int, text: str) -> ProducerPartitionState:
     state = ProducerPartitionState(epoch)
-    for first, last, base in json.loads(text):
+    value = json.loads(text)
+    if isinstance(value, dict):
+        state.txn_first_offset = int(value["t"])
+        value = value["b"]
+    for first, last, base in value:
         state.batches.append(CachedBatch(first, last, base))
     return state
+
+
+def transaction_row(txn: Transaction) -> tuple[Any, ...]:
+    """A `transactions` row: id, producer id, epoch, state, timeout, start, update time,
+    partitions (JSON [[topic id hex, partition], ...]), groups (JSON), last producer id
+    and epoch."""
+    partitions = sorted([[t.hex, p] for t, p in txn.partitions])
+    return (
+        txn.transactional_id, txn.producer_id, txn.epoch, txn.state.value, txn.timeout_ms,
+        txn.start_ms, txn.updated_ms, _JSON.encode(partitions), _JSON.encode(sorted(txn.groups)),
+        txn.last_producer_id, txn.last_epoch,
+    )  # fmt: skip
+
+
+def transaction_from_row(row: Sequence[Any]) -> Transaction:
+    (txn_id, pid, epoch, state, timeout_ms, start_ms, updated_ms, partitions, groups,
+     last_pid, last_epoch) = row  # fmt: skip
+    return Transaction(
+        str(txn_id), int(pid), int(epoch), TxnState(state), int(timeout_ms), int(start_ms),
+        int(updated_ms), frozenset((uuid.UUID(hex=t), int(p)) for t, p in json.loads(partitions)),
+        frozenset(json.loads(groups)), int(last_pid), int(last_epoch),
+    )  # fmt: skip
+
+
+TRANSACTION_COLUMNS = (
+    "transactional_id, producer_id, epoch, state, timeout_ms, start_ms, updated_ms,"
+    " partitions, groups, last_producer_id, last_epoch"
+)
 
 
 def encode_configs(topic: TopicInfo) -> str:

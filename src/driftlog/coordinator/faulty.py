@@ -49,9 +49,11 @@ from driftlog.coordinator.backend import (
     ObjectBatch,
     ObjectCounts,
     ObjectRef,
+    TxnWrite,
 )
 from driftlog.coordinator.lease import LeaseRecord
 from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
+from driftlog.coordinator.transactions import AbortedTxn, Transaction
 
 T = TypeVar("T")
 
@@ -162,6 +164,25 @@ class FaultyBackend:
 
     async def persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
         await self._call("persist_objects", lambda: self.inner.persist_objects(fence, objects))
+
+    async def persist_transactions(self, fence: Fence, write: TxnWrite) -> None:
+        await self._call(
+            "persist_transactions", lambda: self.inner.persist_transactions(fence, write)
+        )
+
+    async def load_transactions(self) -> list[Transaction]:
+        return await self._call("load_transactions", self.inner.load_transactions)
+
+    async def read_aborted(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int
+    ) -> list[AbortedTxn]:
+        return await self._call(
+            "read_aborted",
+            lambda: self.inner.read_aborted(topic_id, partition, start_offset, end_offset),
+        )
+
+    async def pending_offsets(self, group_id: str) -> set[tuple[str, int]]:
+        return await self._call("pending_offsets", lambda: self.inner.pending_offsets(group_id))
 
     async def put_topic(self, fence: Fence, topic: TopicInfo, old_partition_count: int) -> None:
         await self._call(

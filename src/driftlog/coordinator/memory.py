@@ -35,6 +35,7 @@ from driftlog.coordinator.api import (
     TopicInfo,
 )
 from driftlog.coordinator.backend import (
+    MARKER_LEVEL,
     READ_BATCHES_PAGE,
     Backend,
     BatchCollector,
@@ -45,6 +46,7 @@ from driftlog.coordinator.backend import (
     ObjectBatch,
     ObjectCounts,
     ObjectRef,
+    TxnWrite,
     high_watermark,
     partition_offsets,
 )
@@ -57,6 +59,7 @@ from driftlog.coordinator.sequencer import (
     SequencedObject,
     SequencerSnapshot,
 )
+from driftlog.coordinator.transactions import AbortedTxn, PendingOffset, Transaction
 
 
 class StoredObject(NamedTuple):
@@ -120,6 +123,9 @@ class MemoryDatabase:
     producer_states: dict[ProducerKey, ProducerPartitionState] = field(default_factory=dict)
     next_producer_id: int = 0
     group_offsets: dict[tuple[str, str, int], CommittedOffset] = field(default_factory=dict)
+    transactions: dict[str, Transaction] = field(default_factory=dict)
+    aborted_txns: dict[PartitionKey, list[AbortedTxn]] = field(default_factory=dict)
+    txn_offsets: dict[tuple[str, str, int, int], PendingOffset] = field(default_factory=dict)
     # Incremented by every transaction that changed something (cheap change detection).
     version: int = 0
 
@@ -243,7 +249,9 @@ class MemoryBackend:
             )
         producers = {key: state.copy() for key, state in db.producer_states.items()}
         next_object_id = max(db.objects, default=0) + 1
-        return SequencerSnapshot(self._topics(), partitions, producers, next_object_id)
+        return SequencerSnapshot(
+            self._topics(), partitions, producers, next_object_id, list(db.transactions.values())
+        )
 
     async def committed_outcomes(self, keys: Sequence[str]) -> dict[str, list[CommitOutcome]]:
         db = self._db
@@ -255,6 +263,9 @@ class MemoryBackend:
         return out
 
     async def persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
+        self._persist_objects(fence, objects)
+
+    def _persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
         db = self._db
         lease = _fenced_lease(db, fence)
         # Check every constraint before changing anything: one transaction.
@@ -306,6 +317,48 @@ class MemoryBackend:
                 db.producer_states[key] = state.copy()
         db.version += 1
 
+    async def persist_transactions(self, fence: Fence, write: TxnWrite) -> None:
+        db = self._db
+        self._persist_objects(fence, write.markers)  # checks the fence, extends the lease
+        for marker in write.markers:  # never compacted: there are no bytes to copy
+            stored = db.objects[marker.object_id]
+            db.objects[marker.object_id] = stored._replace(level=MARKER_LEVEL)
+        for topic_id, partition, aborted in write.aborted_rows():
+            rows = db.aborted_txns.setdefault((topic_id, partition), [])
+            rows.append(aborted)
+            rows.sort(key=lambda a: a.last_offset)
+        for o in write.pending_offsets:
+            db.txn_offsets[(o.group_id, o.topic, o.partition, o.producer_id)] = o
+        for producer_id, commit in write.settled:
+            for key, o in sorted(db.txn_offsets.items()):
+                if o.producer_id != producer_id:
+                    continue
+                del db.txn_offsets[key]
+                if commit:
+                    db.group_offsets[(o.group_id, o.topic, o.partition)] = CommittedOffset(
+                        o.topic, o.partition, o.offset, o.leader_epoch, o.metadata
+                    )
+        for txn in write.transactions:
+            db.transactions[txn.transactional_id] = txn
+        for txn_id in write.expired:
+            db.transactions.pop(txn_id, None)
+        db.version += 1
+
+    async def load_transactions(self) -> list[Transaction]:
+        return list(self._db.transactions.values())
+
+    async def read_aborted(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int
+    ) -> list[AbortedTxn]:
+        return [
+            a
+            for a in self._db.aborted_txns.get((topic_id, partition), ())
+            if a.last_offset >= start_offset and a.first_offset < end_offset
+        ]
+
+    async def pending_offsets(self, group_id: str) -> set[tuple[str, int]]:
+        return {(k[1], k[2]) for k in self._db.txn_offsets if k[0] == group_id}
+
     async def put_topic(self, fence: Fence, topic: TopicInfo, old_partition_count: int) -> None:
         db = self._db
         lease = _fenced_lease(db, fence)
@@ -343,6 +396,10 @@ class MemoryBackend:
                 _unreference(db, part.rows[:keep], now_ms)
                 del part.rows[:keep]
                 del part.last_offsets[:keep]
+            if key in db.aborted_txns:
+                db.aborted_txns[key] = [
+                    a for a in db.aborted_txns[key] if a.last_offset >= log_start
+                ]
         db.version += 1
 
     async def relocate_batches(
@@ -428,6 +485,7 @@ class MemoryBackend:
             if o.dead_since_ms is None
             and o.size < smaller_than
             and o.committed_ms < committed_before_ms
+            and o.level >= 0
         ]
         return sorted(found, key=lambda o: (o.level, o.object_id))[:limit]
 
@@ -477,6 +535,8 @@ class MemoryBackend:
                 del table[key]
         for pkey in [k for k in db.producer_states if k[1] == tid]:
             del db.producer_states[pkey]
+        for key in [k for k in db.aborted_txns if k[0] == tid]:
+            del db.aborted_txns[key]
         db.version += 1
 
     # Reads --------------------------------------------------------------------

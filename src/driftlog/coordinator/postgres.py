@@ -32,7 +32,9 @@ from driftlog.coordinator.api import (
     TopicInfo,
 )
 from driftlog.coordinator.backend import (
+    MARKER_LEVEL,
     READ_BATCHES_PAGE,
+    TRANSACTION_COLUMNS,
     BatchCollector,
     BatchMove,
     Fence,
@@ -41,6 +43,7 @@ from driftlog.coordinator.backend import (
     ObjectBatch,
     ObjectCounts,
     ObjectRef,
+    TxnWrite,
     decode_outcomes,
     decode_producer_state,
     encode_configs,
@@ -48,6 +51,8 @@ from driftlog.coordinator.backend import (
     high_watermark,
     outcomes_json,
     partition_offsets,
+    transaction_from_row,
+    transaction_row,
 )
 from driftlog.coordinator.lease import LeaseRecord
 from driftlog.coordinator.pg_arrays import int4_array, int8_array, uuid_array
@@ -58,6 +63,7 @@ from driftlog.coordinator.sequencer import (
     SequencedObject,
     SequencerSnapshot,
 )
+from driftlog.coordinator.transactions import AbortedTxn, Transaction
 from driftlog.coordinator.writer import MAX_ROUNDS_IN_FLIGHT
 
 # Applied in order; each entry moves the schema to the next version.
@@ -212,6 +218,43 @@ MIGRATIONS: list[str] = [
     $$;
     DROP INDEX batches_by_time;
     """,
+    # Transactions (coordinator/transactions.py): their state by transactional id, the
+    # aborted-transaction index read_committed fetches return, and offsets committed in
+    # transactions until they end.
+    """
+    CREATE TABLE transactions (
+        transactional_id text PRIMARY KEY,
+        producer_id bigint NOT NULL,
+        epoch integer NOT NULL,
+        state text NOT NULL,
+        timeout_ms bigint NOT NULL,
+        start_ms bigint NOT NULL,
+        updated_ms bigint NOT NULL,
+        partitions text NOT NULL,
+        groups text NOT NULL,
+        last_producer_id bigint NOT NULL,
+        last_epoch integer NOT NULL
+    );
+    CREATE TABLE aborted_txns (
+        topic_id uuid NOT NULL,
+        partition integer NOT NULL,
+        last_offset bigint NOT NULL,
+        producer_id bigint NOT NULL,
+        first_offset bigint NOT NULL,
+        PRIMARY KEY (topic_id, partition, last_offset)
+    );
+    CREATE TABLE txn_offsets (
+        group_id text NOT NULL,
+        topic text NOT NULL,
+        partition integer NOT NULL,
+        producer_id bigint NOT NULL,
+        committed_offset bigint NOT NULL,
+        leader_epoch integer NOT NULL,
+        metadata text,
+        PRIMARY KEY (group_id, topic, partition, producer_id)
+    );
+    CREATE INDEX txn_offsets_by_producer ON txn_offsets (producer_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x647269667430
@@ -231,7 +274,7 @@ _DEAD_OBJECTS = (
 )
 _COMPACTION_CANDIDATES = (
     "SELECT object_id, key, size, level FROM objects WHERE dead_since_ms IS NULL"
-    " AND size < %s AND committed_ms < %s ORDER BY level, object_id LIMIT %s"
+    " AND size < %s AND committed_ms < %s AND level >= 0 ORDER BY level, object_id LIMIT %s"
 )
 _OBJECT_COUNTS = (
     "SELECT count(*) FILTER (WHERE dead_since_ms IS NULL),"
@@ -253,6 +296,8 @@ _HOLDING_NOTICE = re.compile(r"driftlog round (\d+) holds its lock")
 # Raised by driftlog_commit_round.
 _FENCED_SQLSTATE = "DLF01"
 _PREVIOUS_FAILED_SQLSTATE = "DLF02"
+
+_LOAD_TRANSACTIONS = f"SELECT {TRANSACTION_COLUMNS} FROM transactions".encode()
 
 _DATABASE_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
@@ -526,9 +571,11 @@ class PostgresBackend:
                 cursor = await conn.execute(b"SELECT coalesce(max(object_id), 0) + 1 FROM objects")
                 row = await cursor.fetchone()
                 assert row is not None
+                cursor = await conn.execute(_LOAD_TRANSACTIONS)
+                transactions = [transaction_from_row(r) for r in await cursor.fetchall()]
         except (psycopg.Error, PoolTimeout) as e:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
-        return SequencerSnapshot(topics, partitions, producers, int(row[0]))
+        return SequencerSnapshot(topics, partitions, producers, int(row[0]), transactions)
 
     async def committed_outcomes(self, keys: Sequence[str]) -> dict[str, list[CommitOutcome]]:
         rows = await self._fetch(
@@ -601,6 +648,99 @@ class PostgresBackend:
             if self._rounds_holding.get(round_id) is holding:
                 del self._rounds_holding[round_id]
 
+    async def persist_transactions(self, fence: Fence, write: TxnWrite) -> None:
+        """One transaction: the markers through the group-commit function (no round is in
+        flight: the writer settles them first), then the transaction rows."""
+        try:
+            async with self._write_pool.connection() as conn, conn.transaction():
+                cursor = conn.cursor()
+                if write.markers:
+                    updates: dict[ProducerKey, Any] = {}
+                    for o in write.markers:
+                        updates.update(o.producer_updates)
+                    columns = (
+                        *_batch_arrays(write.markers),
+                        *_producer_arrays(updates),
+                        *_object_arrays(write.markers),
+                    )
+                    await cursor.execute(
+                        _COMMIT_ROUND,
+                        (write.markers[-1].object_id, None, fence.shard, fence.epoch,
+                         fence.expires_ms, *columns),
+                    )  # fmt: skip
+                    await cursor.execute(  # never compacted: there are no bytes to copy
+                        b"UPDATE objects SET level = %s WHERE object_id = ANY(%s)",
+                        (MARKER_LEVEL, [o.object_id for o in write.markers]),
+                    )
+                else:
+                    await _check_fence(conn, fence)
+                await cursor.executemany(
+                    b"INSERT INTO aborted_txns VALUES (%s, %s, %s, %s, %s)",
+                    [(t, p, a.last_offset, a.producer_id, a.first_offset)
+                     for t, p, a in write.aborted_rows()],
+                )  # fmt: skip
+                await cursor.executemany(
+                    b"INSERT INTO txn_offsets VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                    b" ON CONFLICT (group_id, topic, partition, producer_id) DO UPDATE SET"
+                    b" committed_offset = excluded.committed_offset,"
+                    b" leader_epoch = excluded.leader_epoch, metadata = excluded.metadata",
+                    [(o.group_id, o.topic, o.partition, o.producer_id, o.offset,
+                      o.leader_epoch, o.metadata) for o in write.pending_offsets],
+                )  # fmt: skip
+                for producer_id, commit in write.settled:
+                    if commit:
+                        await cursor.execute(
+                            b"INSERT INTO group_offsets SELECT group_id, topic, partition,"
+                            b" committed_offset, leader_epoch, metadata FROM txn_offsets"
+                            b" WHERE producer_id = %s ON CONFLICT (group_id, topic, partition)"
+                            b" DO UPDATE SET committed_offset = excluded.committed_offset,"
+                            b" leader_epoch = excluded.leader_epoch, metadata = excluded.metadata",
+                            (producer_id,),
+                        )
+                    await cursor.execute(
+                        b"DELETE FROM txn_offsets WHERE producer_id = %s", (producer_id,)
+                    )
+                await cursor.executemany(
+                    f"INSERT INTO transactions ({TRANSACTION_COLUMNS}) VALUES"
+                    " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (transactional_id) DO UPDATE SET producer_id ="
+                    " excluded.producer_id, epoch = excluded.epoch, state = excluded.state,"
+                    " timeout_ms = excluded.timeout_ms, start_ms = excluded.start_ms,"
+                    " updated_ms = excluded.updated_ms, partitions = excluded.partitions,"
+                    " groups = excluded.groups, last_producer_id = excluded.last_producer_id,"
+                    " last_epoch = excluded.last_epoch".encode(),
+                    [transaction_row(t) for t in write.transactions],
+                )
+                await cursor.executemany(
+                    b"DELETE FROM transactions WHERE transactional_id = %s",
+                    [(txn_id,) for txn_id in write.expired],
+                )
+        except (psycopg.Error, PoolTimeout) as e:
+            if isinstance(e, psycopg.Error) and e.sqlstate == _FENCED_SQLSTATE:
+                raise _superseded_error(fence) from e
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
+    async def load_transactions(self) -> list[Transaction]:
+        rows = await self._fetch(_LOAD_TRANSACTIONS.decode())
+        return [transaction_from_row(r) for r in rows]
+
+    async def read_aborted(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int
+    ) -> list[AbortedTxn]:
+        rows = await self._fetch(
+            "SELECT producer_id, first_offset, last_offset FROM aborted_txns"
+            " WHERE topic_id = %s AND partition = %s AND last_offset >= %s"
+            " AND first_offset < %s ORDER BY last_offset",
+            (topic_id, partition, start_offset, end_offset),
+        )
+        return [AbortedTxn(*row) for row in rows]
+
+    async def pending_offsets(self, group_id: str) -> set[tuple[str, int]]:
+        rows = await self._fetch(
+            "SELECT topic, partition FROM txn_offsets WHERE group_id = %s", (group_id,)
+        )
+        return {(str(topic), int(partition)) for topic, partition in rows}
+
     def _on_notice(self, notice: psycopg.errors.Diagnostic) -> None:
         match = _HOLDING_NOTICE.fullmatch(notice.message_primary or "")
         if match is not None and (holding := self._rounds_holding.get(int(match[1]))):
@@ -645,7 +785,7 @@ class PostgresBackend:
                     b" object_id IN (SELECT object_id FROM batches WHERE topic_id = %s)",
                     (now_ms, topic.topic_id),
                 )
-                for table in ("topics", "partitions", "batches", "producer_states"):
+                for table in ("topics", "partitions", "batches", "producer_states", "aborted_txns"):
                     await conn.execute(
                         f"DELETE FROM {table} WHERE topic_id = %s".encode(), (topic.topic_id,)
                     )
@@ -669,11 +809,12 @@ class PostgresBackend:
                     b" AND partition = %s AND last_offset < %s)",
                     [(now_ms, s.topic_id, s.partition, s.log_start_offset) for s in starts],
                 )
-                await cursor.executemany(
-                    b"DELETE FROM batches WHERE topic_id = %s AND partition = %s"
-                    b" AND last_offset < %s",
-                    [(s.topic_id, s.partition, s.log_start_offset) for s in starts],
-                )
+                for table in (b"batches", b"aborted_txns"):
+                    await cursor.executemany(
+                        b"DELETE FROM " + table + b" WHERE topic_id = %s AND partition = %s"
+                        b" AND last_offset < %s",
+                        [(s.topic_id, s.partition, s.log_start_offset) for s in starts],
+                    )
                 await cursor.execute(_UNMARK_REFERENCED, (now_ms,))
                 await _check_fence(conn, fence)
         except (psycopg.Error, PoolTimeout) as e:
@@ -904,6 +1045,10 @@ def _object_arrays(objects: Sequence[SequencedObject]) -> tuple[object, ...]:
     )
 
 
+def _json_element(text: str) -> str:
+    return text if text[0] == "[" else text.replace('"', '\\"')
+
+
 def _array_element(text: str) -> str:
     """A quoted element of a PostgreSQL array literal ("Arrays", "Array Value Input")."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -961,8 +1106,11 @@ def _producer_arrays(updates: dict[ProducerKey, Any]) -> tuple[object, ...]:
         uuid_array([tid for _, tid, _ in keys]),
         int4_array([partition for _, _, partition in keys]),
         int4_array([s.epoch for s in updates.values()]),
-        # JSON arrays of integers: quoted for the commas, nothing needs escaping.
-        '{"' + '","'.join([encode_producer_batches(s) for s in updates.values()]) + '"}'
+        # JSON arrays of integers: quoted for the commas, nothing needs escaping; a state
+        # with an open transaction is a JSON object, whose quotes are escaped.
+        '{"'
+        + '","'.join([_json_element(encode_producer_batches(s)) for s in updates.values()])
+        + '"}'
         if updates
         else "{}",
     )

@@ -48,9 +48,14 @@ class ProducerPartitionState:
     batches: collections.deque[CachedBatch] = field(
         default_factory=lambda: collections.deque(maxlen=CACHED_BATCHES)
     )
+    # The first offset of the producer's open transaction in this partition, or -1:
+    # the last stable offset cannot pass it until the transaction's marker is written.
+    txn_first_offset: int = -1
 
     def copy(self) -> ProducerPartitionState:
-        return ProducerPartitionState(self.epoch, collections.deque(self.batches, CACHED_BATCHES))
+        return ProducerPartitionState(
+            self.epoch, collections.deque(self.batches, CACHED_BATCHES), self.txn_first_offset
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +80,8 @@ def check_sequence(
         )
     if epoch < state.epoch:
         return SequenceVerdict(ErrorCode.invalid_producer_epoch)
-    if epoch > state.epoch:
+    if epoch > state.epoch or not state.batches:
+        # A new epoch (or one a transaction marker bumped) starts at sequence 0.
         return (
             ACCEPT
             if first_sequence == 0
@@ -104,4 +110,15 @@ def record_batch(
     updated.batches.append(
         CachedBatch(first_sequence, last_sequence_of(first_sequence, record_count), base_offset)
     )
+    return updated
+
+
+def after_marker(state: ProducerPartitionState, epoch: int) -> ProducerPartitionState:
+    """The state after a transaction marker of `epoch`: no transaction open; a bumped
+    epoch (the coordinator fenced the producer) forgets the old epoch's batches, so a
+    zombie of the old epoch is refused and the producer starts again at sequence 0."""
+    if epoch > state.epoch:
+        return ProducerPartitionState(epoch)
+    updated = state.copy()
+    updated.txn_first_offset = -1
     return updated

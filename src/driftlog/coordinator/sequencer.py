@@ -29,12 +29,21 @@ from typing import NamedTuple
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.coordinator.api import BatchLocation, BatchToCommit, CommitOutcome, TopicInfo
+from driftlog.coordinator.api import (
+    TRANSACTIONAL_ATTRIBUTE,
+    BatchLocation,
+    BatchToCommit,
+    CommitOutcome,
+    TopicInfo,
+)
 from driftlog.coordinator.producers import (
     ProducerPartitionState,
+    after_marker,
     check_sequence,
     record_batch,
 )
+from driftlog.coordinator.transactions import Transaction, TxnClose, TxnEnd, TxnOpen
+from driftlog.records.control import MARKER_BATCH_BYTES, MarkerKey, marker_key
 
 ProducerKey = tuple[int, uuid.UUID, int]  # producer id, topic id, partition
 PartitionKey = tuple[uuid.UUID, int]
@@ -70,6 +79,10 @@ class SequencedObject:
     batches: Sequence[BatchToCommit] = ()
     # The outcomes as JSON, encoded once for the database, the reply and the stream.
     outcomes_json: str = ""
+    # Transactions this object opened in a partition (their first offsets hold the last
+    # stable offset back), and, for a marker object, the transactions it ended.
+    txn_opens: list[TxnOpen] | None = None
+    txn_closes: list[TxnClose] | None = None
 
 
 @dataclass(slots=True)
@@ -88,6 +101,7 @@ class SequencerSnapshot:
     partitions: dict[PartitionKey, PartitionSequence]
     producers: dict[ProducerKey, ProducerPartitionState]
     next_object_id: int
+    transactions: list[Transaction] = field(default_factory=list)
 
 
 class _TopicSequence(NamedTuple):
@@ -105,6 +119,12 @@ class Sequencer:
         self.partitions = snapshot.partitions
         self.producers = snapshot.producers
         self.next_object_id = snapshot.next_object_id
+        # Transactional producers by their current producer id: a transactional batch
+        # is accepted only into a partition its open transaction holds (KIP-890 part 1).
+        self.transactions: dict[str, Transaction] = {}
+        self.by_producer: dict[int, Transaction] = {}
+        for txn in snapshot.transactions:
+            self.put_transaction(txn)
         # Per topic, for the hot path: a list index per batch instead of hashing a
         # (uuid, partition) key (a uuid hashes in Python).
         self._topics: dict[uuid.UUID, _TopicSequence] = {}
@@ -134,6 +154,62 @@ class Sequencer:
             self.partitions.pop((topic_id, partition), None)
         for key in [k for k in self.producers if k[1] == topic_id]:
             del self.producers[key]
+
+    # Transactions -------------------------------------------------------------
+    def put_transaction(self, txn: Transaction) -> None:
+        old = self.transactions.get(txn.transactional_id)
+        if old is not None and self.by_producer.get(old.producer_id) is old:
+            del self.by_producer[old.producer_id]
+        self.transactions[txn.transactional_id] = txn
+        self.by_producer[txn.producer_id] = txn
+
+    def drop_transaction(self, transactional_id: str) -> None:
+        old = self.transactions.pop(transactional_id, None)
+        if old is not None and self.by_producer.get(old.producer_id) is old:
+            del self.by_producer[old.producer_id]
+
+    def end_transaction(self, end: TxnEnd, coordinator_epoch: int, now_ms: int) -> SequencedObject:
+        """The markers that end a transaction: one offset in each of its partitions, under
+        a marker key (the fetch path builds the control batches from it). Producer states
+        close their open transaction; a bumped epoch fences the old one."""
+        object_id = self.next_object_id
+        self.next_object_id += 1
+        key = marker_key(
+            MarkerKey(end.commit, end.producer_id, end.epoch, coordinator_epoch), object_id
+        )
+        obj = SequencedObject(object_id, key, 0, now_ms, [], [], txn_closes=[])
+        closes = obj.txn_closes
+        assert closes is not None
+        batches: list[BatchToCommit] = []
+        for topic_id, partition in sorted(end.partitions, key=lambda k: (k[0].bytes, k[1])):
+            part = self.partitions.get((topic_id, partition))
+            if part is None:
+                continue  # the topic was deleted meanwhile: nothing to end there
+            base_offset = part.next_offset
+            part.next_offset = base_offset + 1
+            if now_ms > part.time_index_ms:
+                part.time_index_ms = now_ms
+            key_ = (end.producer_id, topic_id, partition)
+            state = self.producers.get(key_)
+            first_offset = -1
+            if state is not None:
+                first_offset = state.txn_first_offset
+                obj.producer_updates[key_] = self.producers[key_] = after_marker(state, end.epoch)
+            location = BatchLocation(
+                key, 0, MARKER_BATCH_BYTES, base_offset, base_offset, now_ms, -1
+            )
+            obj.rows.append(BatchRow(topic_id, partition, location, part.time_index_ms))
+            obj.parts.append(part)
+            obj.outcomes.append(CommitOutcome(_NONE, base_offset, -1, part.log_start_offset))
+            batches.append(
+                BatchToCommit(topic_id, partition, 0, MARKER_BATCH_BYTES, 1, now_ms, now_ms)
+            )
+            closes.append(
+                TxnClose(topic_id, partition, end.producer_id, first_offset, base_offset,
+                         end.commit)
+            )  # fmt: skip
+        obj.batches = batches
+        return obj
 
     # Write path -------------------------------------------------------------
     def take_object_id(self) -> int:
@@ -167,7 +243,7 @@ class Sequencer:
         for batch in batches:
             (
                 topic_id, partition, byte_offset, byte_length, record_count, _,
-                max_timestamp_ms, producer_id, producer_epoch, base_sequence,
+                max_timestamp_ms, producer_id, producer_epoch, base_sequence, attributes,
             ) = batch  # fmt: skip
             if topic_id is not last_topic:
                 last_topic = topic_id
@@ -181,6 +257,13 @@ class Sequencer:
             base_offset = part.next_offset
             if producer_id >= 0:
                 key = (producer_id, topic_id, partition)
+                transactional = attributes & TRANSACTIONAL_ATTRIBUTE
+                if transactional:
+                    error = self._verify_transactional(producer_id, producer_epoch, topic_id,
+                                                       partition)  # fmt: skip
+                    if error is not None:
+                        outcomes.append(CommitOutcome(error))
+                        continue
                 previous = self.producers.get(key)
                 verdict = check_sequence(previous, producer_epoch, base_sequence, record_count)
                 if verdict.error != ErrorCode.none:
@@ -198,6 +281,11 @@ class Sequencer:
                 state = record_batch(
                     previous, producer_epoch, base_sequence, record_count, base_offset
                 )
+                if transactional and state.txn_first_offset < 0:
+                    state.txn_first_offset = base_offset
+                    if obj.txn_opens is None:
+                        obj.txn_opens = []
+                    obj.txn_opens.append(TxnOpen(topic_id, partition, producer_id, base_offset))
                 self.producers[key] = state
                 obj.producer_updates[key] = state
             part.next_offset = next_offset = base_offset + record_count
@@ -218,6 +306,21 @@ class Sequencer:
                 new(CommitOutcome, (_NONE, base_offset, append_time_ms, part.log_start_offset))
             )
         return obj
+
+    def _verify_transactional(
+        self, producer_id: int, epoch: int, topic_id: uuid.UUID, partition: int
+    ) -> ErrorCode | None:
+        txn = self.by_producer.get(producer_id)
+        if txn is not None and epoch < txn.epoch:
+            return ErrorCode.invalid_producer_epoch  # a zombie of a fenced epoch
+        if (
+            txn is None
+            or not txn.ongoing
+            or epoch != txn.epoch
+            or (topic_id, partition) not in txn.partitions
+        ):
+            return ErrorCode.invalid_txn_state
+        return None
 
     def advance_log_start(self, key: PartitionKey, offset: int) -> tuple[ErrorCode, int]:
         """Move a partition's log start forward (DeleteRecords, retention).

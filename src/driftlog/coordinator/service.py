@@ -41,7 +41,16 @@ from driftlog.coordinator.api import (
     TopicInfo,
 )
 from driftlog.coordinator.backend import Backend
+from driftlog.coordinator.producers import ProducerPartitionState
 from driftlog.coordinator.retention import RetentionPolicy
+from driftlog.coordinator.sequencer import ProducerKey
+from driftlog.coordinator.transactions import (
+    AbortedTxn,
+    PendingOffset,
+    Transaction,
+    TxnEnd,
+    TxnLimits,
+)
 from driftlog.coordinator.view import CoordinatorView
 from driftlog.coordinator.writer import DEFAULT_LEASE_MS, CommitWriter, Listeners
 
@@ -76,6 +85,7 @@ class AgentCoordinator:
         commit_timeout_s: float | None = None,
         retention: RetentionPolicy | None = None,
         max_commit_age_ms: int | None = None,
+        txn_limits: TxnLimits | None = None,
     ) -> None:
         self.backend = backend
         self._clock = clock
@@ -89,6 +99,7 @@ class AgentCoordinator:
             lease_ms=lease_ms,
             retention=retention,
             max_commit_age_ms=max_commit_age_ms,
+            txn_limits=txn_limits,
         )
         self.commit_timeout_s = (
             commit_timeout_s if commit_timeout_s is not None else 2 * lease_ms / 1000 + 5
@@ -294,6 +305,118 @@ class AgentCoordinator:
     async def allocate_producer_id(self) -> int:
         return await self.backend.allocate_producer_id()
 
+    # Transactions -------------------------------------------------------------
+    # Every change goes to the writer, which sequences transaction state with the data.
+
+    async def _txn(
+        self, local: Callable[[], Awaitable[tuple[ErrorCode, int, int]]], message: messages.Message
+    ) -> tuple[ErrorCode, int, int]:
+        return await self._admin(
+            local,
+            {"op": "txn", **message},
+            lambda r: (ErrorCode(r["error_code"]), int(r["producer_id"]), int(r["epoch"])),
+        )
+
+    async def init_transactional_producer(
+        self, transactional_id: str, timeout_ms: int, producer_id: int, epoch: int
+    ) -> tuple[ErrorCode, int, int]:
+        """InitProducerId with a transactional id: (error, producer id, epoch)."""
+        message = {
+            "action": "init", "transactional_id": transactional_id, "timeout_ms": timeout_ms,
+            "producer_id": producer_id, "epoch": epoch,
+        }  # fmt: skip
+        return await self._txn(
+            lambda: self.writer.init_producer_id(transactional_id, timeout_ms, producer_id, epoch),
+            message,
+        )
+
+    async def add_to_transaction(
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        *,
+        partitions: Sequence[tuple[uuid.UUID, int]] = (),
+        groups: Sequence[str] = (),
+    ) -> ErrorCode:
+        """AddPartitionsToTxn (partitions), AddOffsetsToTxn (groups)."""
+
+        async def local() -> tuple[ErrorCode, int, int]:
+            error = await self.writer.add_to_transaction(
+                transactional_id, producer_id, epoch, partitions=partitions, groups=groups
+            )
+            return error, producer_id, epoch
+
+        message = {
+            "action": "add", "transactional_id": transactional_id, "producer_id": producer_id,
+            "epoch": epoch, "partitions": [[t.hex, p] for t, p in partitions],
+            "groups": list(groups),
+        }  # fmt: skip
+        return (await self._txn(local, message))[0]
+
+    async def txn_offset_commit(
+        self, transactional_id: str, producer_id: int, epoch: int, offsets: Sequence[PendingOffset]
+    ) -> ErrorCode:
+        async def local() -> tuple[ErrorCode, int, int]:
+            error = await self.writer.txn_offset_commit(
+                transactional_id, producer_id, epoch, offsets
+            )
+            return error, producer_id, epoch
+
+        message = {"action": "offsets", "transactional_id": transactional_id,
+                   "producer_id": producer_id, "epoch": epoch,
+                   "offsets": [messages.pending_offset_value(o) for o in offsets]}  # fmt: skip
+        return (await self._txn(local, message))[0]
+
+    async def end_transaction(
+        self, transactional_id: str, producer_id: int, epoch: int, commit: bool
+    ) -> ErrorCode:
+        async def local() -> tuple[ErrorCode, int, int]:
+            error = await self.writer.end_transaction(transactional_id, producer_id, epoch, commit)
+            return error, producer_id, epoch
+
+        message = {"action": "end", "transactional_id": transactional_id,
+                   "producer_id": producer_id, "epoch": epoch, "commit": commit}  # fmt: skip
+        return (await self._txn(local, message))[0]
+
+    async def write_markers(
+        self, markers: Sequence[TxnEnd]
+    ) -> dict[tuple[int, uuid.UUID, int], ErrorCode]:
+        """WriteTxnMarkers: errors per (producer id, topic id, partition)."""
+        message = {
+            "op": "txn", "action": "markers",
+            "markers": [[m.producer_id, m.epoch, m.commit,
+                         [[t.hex, p] for t, p in sorted(m.partitions, key=str)]]
+                        for m in markers],
+        }  # fmt: skip
+        return await self._admin(
+            lambda: self.writer.write_markers(markers),
+            message,
+            lambda r: {
+                (int(pid), uuid.UUID(hex=t), int(p)): ErrorCode(e) for pid, t, p, e in r["errors"]
+            },
+        )
+
+    async def transaction_states(self) -> list[Transaction]:
+        """Every transactional id's state, as the database has it (describe, list)."""
+        return await self.backend.load_transactions()
+
+    async def producer_states(self) -> dict[ProducerKey, ProducerPartitionState]:
+        """Every producer's state per partition, as the database has it (DescribeProducers)."""
+        return (await self.backend.load_sequencer(0)).producers
+
+    def last_stable_offset(self, topic_id: uuid.UUID, partition: int) -> int | None:
+        return self.view.last_stable_offset(topic_id, partition)
+
+    async def aborted_transactions(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int
+    ) -> list[AbortedTxn]:
+        return await self.view.aborted_transactions(topic_id, partition, start_offset, end_offset)
+
+    async def pending_offsets(self, group_id: str) -> set[tuple[str, int]]:
+        """The group's partitions with offsets committed in a transaction still open."""
+        return await self.backend.pending_offsets(group_id)
+
     # Read path --------------------------------------------------------------
     def partition_offsets(self, topic_id: uuid.UUID, partition: int) -> PartitionOffsets | None:
         return self.view.partition_offsets(topic_id, partition)
@@ -303,9 +426,16 @@ class AgentCoordinator:
         self.view.forget_cached(partitions)
 
     async def find_batches(
-        self, topic_id: uuid.UUID, partition: int, start_offset: int, max_bytes: int
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        start_offset: int,
+        max_bytes: int,
+        end_offset: int | None = None,
     ) -> list[BatchLocation]:
-        return await self.view.find_batches(topic_id, partition, start_offset, max_bytes)
+        return await self.view.find_batches(
+            topic_id, partition, start_offset, max_bytes, end_offset
+        )
 
     async def batch_at_timestamp(
         self, topic_id: uuid.UUID, partition: int, timestamp_ms: int

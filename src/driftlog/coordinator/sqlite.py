@@ -28,7 +28,9 @@ from driftlog.coordinator.api import (
     TopicInfo,
 )
 from driftlog.coordinator.backend import (
+    MARKER_LEVEL,
     READ_BATCHES_PAGE,
+    TRANSACTION_COLUMNS,
     BatchCollector,
     BatchMove,
     Fence,
@@ -37,6 +39,7 @@ from driftlog.coordinator.backend import (
     ObjectBatch,
     ObjectCounts,
     ObjectRef,
+    TxnWrite,
     decode_outcomes,
     decode_producer_state,
     encode_configs,
@@ -44,6 +47,8 @@ from driftlog.coordinator.backend import (
     high_watermark,
     outcomes_json,
     partition_offsets,
+    transaction_from_row,
+    transaction_row,
 )
 from driftlog.coordinator.lease import LeaseRecord
 from driftlog.coordinator.producers import ProducerPartitionState, record_batch
@@ -54,10 +59,11 @@ from driftlog.coordinator.sequencer import (
     SequencedObject,
     SequencerSnapshot,
 )
+from driftlog.coordinator.transactions import AbortedTxn, Transaction
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -156,6 +162,44 @@ UPDATE objects SET dead_since_ms = CAST((julianday('now') - 2440587.5) * 8640000
     WHERE NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)
 """
 
+# Version 5: transactions (coordinator/transactions.py). Their state by transactional id,
+# the aborted-transaction index read_committed fetches return, and offsets committed in
+# transactions until they end.
+_TRANSACTIONS = """
+CREATE TABLE transactions (
+    transactional_id TEXT PRIMARY KEY,
+    producer_id INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    timeout_ms INTEGER NOT NULL,
+    start_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    partitions TEXT NOT NULL,
+    groups TEXT NOT NULL,
+    last_producer_id INTEGER NOT NULL,
+    last_epoch INTEGER NOT NULL
+);
+CREATE TABLE aborted_txns (
+    topic_id BLOB NOT NULL,
+    partition INTEGER NOT NULL,
+    last_offset INTEGER NOT NULL,
+    producer_id INTEGER NOT NULL,
+    first_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic_id, partition, last_offset)
+) WITHOUT ROWID;
+CREATE TABLE txn_offsets (
+    group_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    producer_id INTEGER NOT NULL,
+    committed_offset INTEGER NOT NULL,
+    leader_epoch INTEGER NOT NULL,
+    metadata TEXT,
+    PRIMARY KEY (group_id, topic, partition, producer_id)
+) WITHOUT ROWID;
+CREATE INDEX txn_offsets_by_producer ON txn_offsets (producer_id)
+"""
+
 # Objects whose last reference a transaction removed: mark the candidates before the
 # batches go, then unmark those still referenced (by the index on batches.object_id).
 _UNMARK_REFERENCED = (
@@ -177,7 +221,7 @@ _DEAD_OBJECTS = (
 )
 _COMPACTION_CANDIDATES = (
     "SELECT object_id, key, size, level FROM objects WHERE dead_since_ms IS NULL"
-    " AND size < ? AND committed_ms < ? ORDER BY level, object_id LIMIT ?"
+    " AND size < ? AND committed_ms < ? AND level >= 0 ORDER BY level, object_id LIMIT ?"
 )
 _OBJECT_COUNTS = (
     "SELECT sum(dead_since_ms IS NULL), sum(CASE WHEN dead_since_ms IS NULL THEN size END),"
@@ -229,6 +273,8 @@ class SqliteBackend:
                     db.execute(_AGENTS_TABLE)
                 if version < 4:
                     _execute_script(db, _LIFECYCLE)
+                if version < 5:
+                    _execute_script(db, _TRANSACTIONS)
                 db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
             elif "batches" in tables:
                 _migrate_from_v1(db)
@@ -365,7 +411,8 @@ class SqliteBackend:
             next_object_id = db.execute(
                 "SELECT coalesce(max(object_id), 0) + 1 FROM objects"
             ).fetchone()[0]
-        return SequencerSnapshot(topics, partitions, producers, next_object_id)
+            transactions = self._load_transactions()
+        return SequencerSnapshot(topics, partitions, producers, next_object_id, transactions)
 
     async def committed_outcomes(self, keys: Sequence[str]) -> dict[str, list[CommitOutcome]]:
         return await self._run(self._committed_outcomes, list(keys))
@@ -389,50 +436,85 @@ class SqliteBackend:
     def _persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
         with _Transaction(self.db) as db:
             _check_fence(db, fence)
+            _insert_objects(db, objects)
+
+    async def persist_transactions(self, fence: Fence, write: TxnWrite) -> None:
+        await self._run(self._persist_transactions, fence, write)
+
+    def _persist_transactions(self, fence: Fence, write: TxnWrite) -> None:
+        with _Transaction(self.db) as db:
+            _check_fence(db, fence)
+            _insert_objects(db, write.markers)
+            db.executemany(  # never compacted: there are no bytes to copy
+                "UPDATE objects SET level = ? WHERE object_id = ?",
+                [(MARKER_LEVEL, o.object_id) for o in write.markers],
+            )
             db.executemany(
-                "INSERT INTO objects (object_id, key, size, committed_ms, outcomes, dead_since_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        o.object_id,
-                        o.object_key,
-                        o.object_size,
-                        o.committed_ms,
-                        outcomes_json(o),
-                        None if o.rows else o.committed_ms,  # every batch refused: dead now
+                "INSERT INTO aborted_txns VALUES (?, ?, ?, ?, ?)",
+                [(t.bytes, p, a.last_offset, a.producer_id, a.first_offset)
+                 for t, p, a in write.aborted_rows()],
+            )  # fmt: skip
+            db.executemany(
+                "INSERT OR REPLACE INTO txn_offsets VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(o.group_id, o.topic, o.partition, o.producer_id, o.offset, o.leader_epoch,
+                  o.metadata) for o in write.pending_offsets],
+            )  # fmt: skip
+            for producer_id, commit in write.settled:
+                if commit:
+                    db.execute(
+                        "INSERT OR REPLACE INTO group_offsets SELECT group_id, topic, partition,"
+                        " committed_offset, leader_epoch, metadata FROM txn_offsets"
+                        " WHERE producer_id = ?",
+                        (producer_id,),
                     )
-                    for o in objects
-                ],
+                db.execute("DELETE FROM txn_offsets WHERE producer_id = ?", (producer_id,))
+            db.executemany(
+                f"INSERT OR REPLACE INTO transactions ({TRANSACTION_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [transaction_row(t) for t in write.transactions],
             )
             db.executemany(
-                "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.topic_id.bytes,
-                        r.partition,
-                        r.location.last_offset,
-                        r.location.base_offset,
-                        o.object_id,
-                        r.location.byte_offset,
-                        r.location.byte_length,
-                        r.location.max_timestamp_ms,
-                        r.location.log_append_time_ms,
-                        r.time_index_ms,
-                    )
-                    for o in objects
-                    for r in o.rows
-                ],
+                "DELETE FROM transactions WHERE transactional_id = ?",
+                [(txn_id,) for txn_id in write.expired],
             )
-            updates: dict[ProducerKey, ProducerPartitionState] = {}
-            for o in objects:
-                updates.update(o.producer_updates)
-            db.executemany(
-                "INSERT OR REPLACE INTO producer_states VALUES (?, ?, ?, ?, ?)",
-                [
-                    (pid, tid.bytes, partition, s.epoch, encode_producer_batches(s))
-                    for (pid, tid, partition), s in updates.items()
-                ],
+
+    async def load_transactions(self) -> list[Transaction]:
+        return await self._run(self._load_transactions)
+
+    def _load_transactions(self) -> list[Transaction]:
+        return [
+            transaction_from_row(row)
+            for row in self.db.execute(f"SELECT {TRANSACTION_COLUMNS} FROM transactions")
+        ]
+
+    async def read_aborted(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int
+    ) -> list[AbortedTxn]:
+        return await self._run(self._read_aborted, topic_id, partition, start_offset, end_offset)
+
+    def _read_aborted(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int
+    ) -> list[AbortedTxn]:
+        return [
+            AbortedTxn(*row)
+            for row in self.db.execute(
+                "SELECT producer_id, first_offset, last_offset FROM aborted_txns"
+                " WHERE topic_id = ? AND partition = ? AND last_offset >= ?"
+                " AND first_offset < ? ORDER BY last_offset",
+                (topic_id.bytes, partition, start_offset, end_offset),
             )
+        ]
+
+    async def pending_offsets(self, group_id: str) -> set[tuple[str, int]]:
+        return await self._run(self._pending_offsets, group_id)
+
+    def _pending_offsets(self, group_id: str) -> set[tuple[str, int]]:
+        return {
+            (str(topic), int(partition))
+            for topic, partition in self.db.execute(
+                "SELECT topic, partition FROM txn_offsets WHERE group_id = ?", (group_id,)
+            )
+        }
 
     async def put_topic(self, fence: Fence, topic: TopicInfo, old_partition_count: int) -> None:
         await self._run(self._put_topic, fence, topic, old_partition_count)
@@ -465,7 +547,7 @@ class SqliteBackend:
                 " IN (SELECT object_id FROM batches WHERE topic_id = ?)",
                 (now_ms, tid),
             )
-            for table in ("topics", "partitions", "batches", "producer_states"):
+            for table in ("topics", "partitions", "batches", "producer_states", "aborted_txns"):
                 db.execute(f"DELETE FROM {table} WHERE topic_id = ?", (tid,))
             db.execute(_UNMARK_REFERENCED, (now_ms,))
 
@@ -487,10 +569,12 @@ class SqliteBackend:
                     " AND partition = ? AND last_offset < ?)",
                     (now_ms, tid.bytes, partition, log_start),
                 )
-                db.execute(
-                    "DELETE FROM batches WHERE topic_id = ? AND partition = ? AND last_offset < ?",
-                    (tid.bytes, partition, log_start),
-                )
+                for table in ("batches", "aborted_txns"):
+                    db.execute(
+                        f"DELETE FROM {table} WHERE topic_id = ? AND partition = ?"
+                        " AND last_offset < ?",
+                        (tid.bytes, partition, log_start),
+                    )
             db.execute(_UNMARK_REFERENCED, (now_ms,))
 
     async def relocate_batches(
@@ -786,6 +870,54 @@ class SqliteBackend:
         )
 
 
+def _insert_objects(db: sqlite3.Connection, objects: Sequence[SequencedObject]) -> None:
+    """The rows of committed objects: objects, batches, the producer states they changed."""
+    db.executemany(
+        "INSERT INTO objects (object_id, key, size, committed_ms, outcomes, dead_since_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (
+                o.object_id,
+                o.object_key,
+                o.object_size,
+                o.committed_ms,
+                outcomes_json(o),
+                None if o.rows else o.committed_ms,  # every batch refused: dead now
+            )
+            for o in objects
+        ],
+    )
+    db.executemany(
+        "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                r.topic_id.bytes,
+                r.partition,
+                r.location.last_offset,
+                r.location.base_offset,
+                o.object_id,
+                r.location.byte_offset,
+                r.location.byte_length,
+                r.location.max_timestamp_ms,
+                r.location.log_append_time_ms,
+                r.time_index_ms,
+            )
+            for o in objects
+            for r in o.rows
+        ],
+    )
+    updates: dict[ProducerKey, ProducerPartitionState] = {}
+    for o in objects:
+        updates.update(o.producer_updates)
+    db.executemany(
+        "INSERT OR REPLACE INTO producer_states VALUES (?, ?, ?, ?, ?)",
+        [
+            (pid, tid.bytes, partition, s.epoch, encode_producer_batches(s))
+            for (pid, tid, partition), s in updates.items()
+        ],
+    )
+
+
 def _check_fence(db: sqlite3.Connection, fence: Fence) -> None:
     cursor = db.execute(
         "UPDATE leases SET expires_ms = max(expires_ms, ?) WHERE shard = ? AND epoch = ?",
@@ -805,6 +937,7 @@ def _execute_script(db: sqlite3.Connection, script: str) -> None:
 def _create_schema(db: sqlite3.Connection) -> None:
     _execute_script(db, SCHEMA)
     _execute_script(db, _LIFECYCLE)
+    _execute_script(db, _TRANSACTIONS)
     db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
 

@@ -32,6 +32,7 @@ import collections
 import uuid
 
 from driftlog.coordinator.api import BatchLocation, PartitionOffsets
+from driftlog.coordinator.transactions import AbortedTxn
 
 PartitionKey = tuple[uuid.UUID, int]
 
@@ -43,7 +44,8 @@ class PartitionState:
     """One partition in a view: offsets plus the cached tail (`TailIndex` manages it)."""
 
     __slots__ = (
-        "base_offsets", "batches", "head", "high_watermark", "key", "log_start_offset", "stale",
+        "aborted", "aborted_from", "base_offsets", "batches", "head", "high_watermark", "key",
+        "log_start_offset", "open_txns", "stale",
     )  # fmt: skip
 
     def __init__(
@@ -56,12 +58,25 @@ class PartitionState:
         self.batches: list[BatchLocation] = []
         self.head = 0  # cached entries before `head` are dropped (compacted lazily)
         self.stale = 0  # this state's entries in the index's FIFO whose batches are gone
+        # Transactions: the first offset of each producer's open transaction here (None
+        # when there is none: the common case costs nothing), and the aborted
+        # transactions whose markers are at or after `aborted_from`, newest last.
+        self.open_txns: dict[int, int] | None = None
+        self.aborted: list[AbortedTxn] = []
+        self.aborted_from = high_watermark
         # Invariant: a non-empty cache ends at high_watermark - 1. Whoever moves the
         # watermark other than by adding batches invalidates the cache.
 
     @property
     def offsets(self) -> PartitionOffsets:
         return PartitionOffsets(self.log_start_offset, self.high_watermark)
+
+    @property
+    def last_stable_offset(self) -> int:
+        """No offset at or past the first of an open transaction is stable (KIP-98)."""
+        if self.open_txns:
+            return min(self.high_watermark, *self.open_txns.values())
+        return self.high_watermark
 
     def cached(self) -> int:
         return len(self.batches) - self.head

@@ -25,6 +25,11 @@ from driftlog.coordinator.api import BatchLocation, PartitionOffsets, TopicInfo
 from driftlog.coordinator.backend import Backend, LogStart, partition_offsets
 from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
 from driftlog.coordinator.tail import PartitionState, TailIndex
+from driftlog.coordinator.transactions import AbortedTxn, TxnClose, TxnOpen
+
+# Aborted transactions a view remembers per partition; reads from further back ask the
+# database (they are rare: a read_committed consumer catching up past many aborts).
+MAX_ABORTED_PER_PARTITION = 1_000
 
 
 class CoordinatorView:
@@ -58,6 +63,20 @@ class CoordinatorView:
         self._by_topic = {}
         for key, offsets in partition_offsets(snapshot).items():
             self._add(key, *offsets)
+        self._set_open_transactions(snapshot)
+
+    def _set_open_transactions(self, snapshot: SequencerSnapshot) -> None:
+        """Open transactions as the database has them (after a load or a reload); the
+        aborted transactions remembered start again at each high watermark."""
+        opens: dict[PartitionKey, dict[int, int]] = {}
+        for (producer_id, topic_id, partition), producer in snapshot.producers.items():
+            if producer.txn_first_offset >= 0:
+                first_offset = producer.txn_first_offset
+                opens.setdefault((topic_id, partition), {})[producer_id] = first_offset
+        for key, state in self._partitions.items():
+            state.open_txns = opens.get(key)
+            state.aborted = []
+            state.aborted_from = state.high_watermark
 
     def _set_topics(self, topics: Iterable[TopicInfo]) -> None:
         self._topics_by_name = {t.name: t for t in topics}
@@ -83,7 +102,46 @@ class CoordinatorView:
     # Changes reported by the writer ------------------------------------------------
     def on_applied(self, objects: Sequence[SequencedObject]) -> None:
         # Rows straight from the local writer: (topic id, partition, location, ...).
+        # A transaction's first offset holds the stable offset back before its data is
+        # visible; its markers are visible before it lets go.
+        for obj in objects:
+            if obj.txn_opens:
+                self.on_txn_opens(obj.txn_opens)
         self._apply(itertools.chain.from_iterable([obj.rows for obj in objects]))
+        for obj in objects:
+            if obj.txn_closes:
+                self.on_txn_closes(obj.txn_closes)
+
+    def on_txn_opens(self, opens: Iterable[TxnOpen]) -> None:
+        for topic_id, partition, producer_id, first_offset in opens:
+            state = self._partitions.get((topic_id, partition))
+            if state is None:
+                continue
+            if state.open_txns is None:
+                state.open_txns = {}
+            state.open_txns.setdefault(producer_id, first_offset)
+
+    def on_txn_closes(self, closes: Iterable[TxnClose]) -> None:
+        touched = []
+        for close in closes:
+            state = self._partitions.get((close.topic_id, close.partition))
+            if state is None:
+                continue
+            if state.open_txns is not None:
+                state.open_txns.pop(close.producer_id, None)
+                if not state.open_txns:
+                    state.open_txns = None
+            if not close.commit and close.first_offset >= 0:
+                if close.marker_offset >= state.aborted_from:
+                    state.aborted.append(
+                        AbortedTxn(close.producer_id, close.first_offset, close.marker_offset)
+                    )
+                if len(state.aborted) > MAX_ABORTED_PER_PARTITION:
+                    dropped = state.aborted.pop(0)
+                    state.aborted_from = dropped.last_offset + 1
+            touched.append(state.key)
+        # read_committed long polls wait for the stable offset to move.
+        self._wake(touched)
 
     def on_remote_applied(self, batches: Sequence[tuple[uuid.UUID, int, BatchLocation]]) -> None:
         """Committed batches from the writer's stream, in commit order."""
@@ -156,6 +214,7 @@ class CoordinatorView:
                 state.high_watermark = max(state.high_watermark, hwm)
         for key in set(self._partitions) - set(offsets):
             self._remove(key)
+        self._set_open_transactions(snapshot)
         self._wake(list(self._waiters))
 
     def on_reloaded(self, snapshot: SequencerSnapshot) -> None:
@@ -173,6 +232,7 @@ class CoordinatorView:
                 state.high_watermark = max(state.high_watermark, p.high_watermark)
         for key in set(self._partitions) - set(snapshot.partitions):
             self._remove(key)
+        self._set_open_transactions(snapshot)
         self._wake(list(self._waiters))
 
     def on_topic_put(self, topic: TopicInfo) -> None:
@@ -230,12 +290,45 @@ class CoordinatorView:
         state = self._partitions.get((topic_id, partition))
         return None if state is None else state.offsets
 
+    def last_stable_offset(self, topic_id: uuid.UUID, partition: int) -> int | None:
+        state = self._partitions.get((topic_id, partition))
+        return None if state is None else state.last_stable_offset
+
+    async def aborted_transactions(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int
+    ) -> list[AbortedTxn]:
+        """Aborted transactions overlapping [start_offset, end_offset): what a read_committed
+        fetch of that range returns with its data."""
+        state = self._partitions.get((topic_id, partition))
+        if state is None or end_offset <= start_offset:
+            return []
+        if start_offset >= state.aborted_from:
+            return [
+                a
+                for a in state.aborted
+                if a.last_offset >= start_offset and a.first_offset < end_offset
+            ]
+        self.database_reads += 1
+        return await self._backend.read_aborted(topic_id, partition, start_offset, end_offset)
+
     async def find_batches(
-        self, topic_id: uuid.UUID, partition: int, start_offset: int, max_bytes: int
+        self,
+        topic_id: uuid.UUID,
+        partition: int,
+        start_offset: int,
+        max_bytes: int,
+        end_offset: int | None = None,
     ) -> list[BatchLocation]:
+        """Batches from `start_offset` up to the high watermark (or `end_offset`, the last
+        stable offset for read_committed: no batch that ends at or past it)."""
         state = self._partitions.get((topic_id, partition))
         if state is None or start_offset >= state.high_watermark:
             return []
+        if end_offset is not None and end_offset < state.high_watermark:
+            if start_offset >= end_offset:
+                return []
+            found = await self.find_batches(topic_id, partition, start_offset, max_bytes)
+            return [b for b in found if b.last_offset < end_offset]
         cached = self._tail.find(state, start_offset, max_bytes)
         if cached is not None:
             return cached

@@ -35,6 +35,7 @@ from driftlog.clock import Clock
 from driftlog.coordinator.api import CoordinatorError
 from driftlog.coordinator.backend import Backend
 from driftlog.lifecycle.keys import PREFIX, key_time_ms
+from driftlog.records.control import is_marker_key
 from driftlog.storage.api import ObjectStore, ObjectStoreError
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,10 @@ class ObjectCollector:
         dead = await self._backend.dead_objects(now_ms - self.config.delete_grace_ms, budget)
         if not dead:
             return 0
-        keys = [o.key for o in dead]
-        await self._store.delete_many(keys)
+        # Transaction markers have coordinates but no bytes in the store.
+        keys = [o.key for o in dead if not is_marker_key(o.key)]
+        if keys:
+            await self._store.delete_many(keys)
         # Only after the store confirmed: a crash in between deletes again next time.
         await self._backend.mark_objects_deleted([o.object_id for o in dead], now_ms)
         self.stats.dead_deleted += len(dead)

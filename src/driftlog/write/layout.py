@@ -40,6 +40,7 @@ def lay_out(pending: Sequence[PendingBatch]) -> ObjectLayout:
                 producer_id=header.producer_id,
                 producer_epoch=header.producer_epoch,
                 base_sequence=header.base_sequence,
+                attributes=header.attributes,
             )
         )
         position += len(batch.data)
