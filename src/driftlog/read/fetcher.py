@@ -20,6 +20,7 @@ from driftlog.coordinator.api import BatchLocation
 from driftlog.read.cache import BatchBytes, BatchCache
 from driftlog.read.missing import MissingObjects
 from driftlog.records.batch import with_offsets, write_base_offset
+from driftlog.records.control import MARKER_KEY_PREFIX, control_batch, parse_marker_key
 from driftlog.storage.api import ObjectNotFound, ObjectStore
 
 
@@ -61,7 +62,9 @@ class BatchFetcher:
             for loc in locations:
                 key = (loc.object_key, loc.byte_offset)
                 data = self._cache.get(key)
-                if data is None:
+                if data is None and loc.object_key.startswith(MARKER_KEY_PREFIX):
+                    found[key] = _marker(loc)  # a transaction marker is never stored
+                elif data is None:
                     missing.setdefault(loc.object_key, []).append(loc)
                 else:
                     found[key] = data
@@ -114,6 +117,8 @@ class BatchFetcher:
         Raises the store's error (ObjectNotFound, ObjectStoreError) as it is.
         """
         key = (location.object_key, location.byte_offset)
+        if location.object_key.startswith(MARKER_KEY_PREFIX):
+            return _marker(location)
         data = self._cache.get(key)
         if data is None:
             data = (await self._read_object(location.object_key, [location]))[key]
@@ -141,3 +146,9 @@ class BatchFetcher:
             self._cache.put((object_key, loc.byte_offset), data)
             out[(object_key, loc.byte_offset)] = data
         return out
+
+
+def _marker(location: BatchLocation) -> bytes:
+    """A transaction marker's control batch, built from its coordinates."""
+    marker = parse_marker_key(location.object_key)
+    return control_batch(marker, location.base_offset, location.max_timestamp_ms)

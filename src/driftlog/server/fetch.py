@@ -33,12 +33,14 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from driftlog.coordinator.api import BatchLocation, CoordinatorError, TopicInfo
+from driftlog.coordinator.transactions import AbortedTxn
 from driftlog.protocol.schema import build, response_module
 from driftlog.server.context import RequestContext
 
 log = logging.getLogger(__name__)
 
 FETCH = 1
+READ_COMMITTED = 1
 _NO_THROTTLE = datetime.timedelta(0)
 # Bounds a client's long poll regardless of what it asks for.
 MAX_WAIT_S = 30.0
@@ -67,6 +69,11 @@ class _PartitionPlan:
     fetch_offset: int = -1
     max_bytes: int = 1  # what the plan asked find_batches for (re-planning asks the same)
     records: bytes | bytearray = b""
+    last_stable_offset: int = -1
+    # read_committed: where reads stop (the last stable offset), and the aborted
+    # transactions of the range returned (None for read_uncommitted, as Kafka answers).
+    end_offset: int | None = None
+    aborted: tuple[AbortedTxn, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -79,6 +86,8 @@ class _TopicPlan:
 
 async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], int]:
     coordinator = ctx.agent.coordinator
+    # KIP-98: read_committed consumers read up to the last stable offset only.
+    read_committed = getattr(request, "isolation_level", 0) == READ_COMMITTED
     uses_ids = ctx.api_version >= 13
     budget = min(request.max_bytes, MAX_RESPONSE_BYTES)
     total = 0
@@ -100,28 +109,40 @@ async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], in
             if topic is None or offsets is None:
                 plan.partitions.append(_PartitionPlan(fp.partition, missing))
                 continue
+            stable = coordinator.last_stable_offset(topic.topic_id, fp.partition)
             part = _PartitionPlan(
                 fp.partition,
                 ErrorCode.none,
                 offsets.high_watermark,
                 offsets.log_start_offset,
                 fetch_offset=fp.fetch_offset,
+                last_stable_offset=offsets.high_watermark if stable is None else stable,
             )
             plan.partitions.append(part)
             offset = fp.fetch_offset
             if offset < offsets.log_start_offset or offset > offsets.high_watermark:
                 part.error = ErrorCode.offset_out_of_range
                 continue
+            end = offsets.high_watermark
+            if read_committed:
+                part.end_offset = end = part.last_stable_offset
+                part.aborted = ()
             limit = min(fp.partition_max_bytes, budget - total)
-            if offset == offsets.high_watermark or (limit <= 0 and total > 0):
+            if offset >= end or (limit <= 0 and total > 0):
                 continue
             # find_batches always includes the first batch, so a response that is
             # still empty gets at least one batch whatever the limits say (KIP-74).
             part.max_bytes = max(limit, 1)
             try:
                 locations = await coordinator.find_batches(
-                    topic.topic_id, fp.partition, offset, part.max_bytes
+                    topic.topic_id, fp.partition, offset, part.max_bytes, part.end_offset
                 )
+                if locations and read_committed:
+                    part.aborted = tuple(
+                        await coordinator.aborted_transactions(
+                            topic.topic_id, fp.partition, offset, locations[-1].last_offset + 1
+                        )
+                    )
             except CoordinatorError:
                 part.error = ErrorCode.kafka_storage_error  # retriable: the index is unreachable
                 continue
@@ -204,7 +225,7 @@ async def _replan(
             continue
         try:
             locations = await coordinator.find_batches(
-                topic.topic_id, part.partition, part.fetch_offset, part.max_bytes
+                topic.topic_id, part.partition, part.fetch_offset, part.max_bytes, part.end_offset
             )
         except CoordinatorError:
             part.error = ErrorCode.kafka_storage_error
@@ -264,9 +285,18 @@ async def _respond(ctx: RequestContext, plans: list[_TopicPlan]) -> Any:
                     partition_index=part.partition,
                     error_code=part.error,
                     high_watermark=part.high_watermark,
-                    last_stable_offset=part.high_watermark,
+                    last_stable_offset=part.last_stable_offset,
                     log_start_offset=part.log_start_offset,
-                    aborted_transactions=None,
+                    aborted_transactions=None
+                    if part.aborted is None
+                    else tuple(
+                        build(
+                            module.AbortedTransaction,
+                            producer_id=a.producer_id,
+                            first_offset=a.first_offset,
+                        )
+                        for a in part.aborted
+                    ),
                     preferred_read_replica=-1,
                     records=part.records,
                 )

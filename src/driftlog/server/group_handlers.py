@@ -68,6 +68,7 @@ _GROUP_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8)
 """READ, DELETE and DESCRIBE: what Kafka reports for a group when no authorizer is set."""
 
 _NO_OFFSET = -1
+_UNSTABLE = ErrorCode.unstable_offset_commit
 _NO_LEADER_EPOCH = -1
 
 
@@ -532,14 +533,19 @@ async def _offset_fetch(ctx: RequestContext, request: Any) -> Any:
                 build(
                     module.OffsetFetchResponseGroup,
                     group_id=g.group_id,
-                    topics=await _fetch_topics(ctx, module, version, g.group_id, g.topics),
+                    topics=await _fetch_topics(
+                        ctx, module, version, g.group_id, g.topics, request.require_stable
+                    ),
                     error_code=ErrorCode.none,
                 )
                 for g in request.groups
             ]
         )
         return build(module.OffsetFetchResponse, groups=groups)
-    topics = await _fetch_topics(ctx, module, version, request.group_id, request.topics)
+    topics = await _fetch_topics(
+        ctx, module, version, request.group_id, request.topics,
+        getattr(request, "require_stable", False),
+    )  # fmt: skip
     return build(module.OffsetFetchResponse, topics=topics, error_code=ErrorCode.none)
 
 
@@ -549,9 +555,15 @@ async def _fetch_topics(
     version: int,
     group_id: str,
     requested: Sequence[Any] | None,
+    require_stable: bool = False,
 ) -> tuple[Any, ...]:
-    """One group's committed offsets as response topics: every topic when `requested` is None."""
+    """One group's committed offsets as response topics: every topic when `requested` is None.
+
+    With `require_stable` (KIP-447, what read_committed consumers send), a partition with
+    an offset committed in a transaction still open answers UNSTABLE_OFFSET_COMMIT, and
+    the consumer asks again instead of starting from an offset about to change."""
     coordinator = ctx.agent.coordinator
+    unstable = await coordinator.pending_offsets(group_id) if require_stable else set()
     batched = version >= 8
     topic_cls = module.OffsetFetchResponseTopics if batched else module.OffsetFetchResponseTopic
     partition_cls = (
@@ -591,7 +603,9 @@ async def _fetch_topics(
                     topic_cls,
                     **topic_entry(info, name, None),
                     partitions=tuple(
-                        partition(c.partition, c, ErrorCode.none)
+                        partition(c.partition, None, _UNSTABLE)
+                        if (name, c.partition) in unstable
+                        else partition(c.partition, c, ErrorCode.none)
                         for c in sorted(offsets, key=lambda c: c.partition)
                     ),
                 )
@@ -618,7 +632,9 @@ async def _fetch_topics(
             )
         else:
             partitions = tuple(
-                partition(p, committed_by_partition.get((topic_name, p)), ErrorCode.none)
+                partition(p, None, _UNSTABLE)
+                if (topic_name, p) in unstable
+                else partition(p, committed_by_partition.get((topic_name, p)), ErrorCode.none)
                 for p in t.partition_indexes
             )
         entries.append(

@@ -57,13 +57,16 @@ async def _batch_at(
 
 
 async def _lookup(
-    ctx: RequestContext, topic: TopicInfo, partition: int, timestamp: int
+    ctx: RequestContext, topic: TopicInfo, partition: int, timestamp: int, read_committed: bool
 ) -> tuple[ErrorCode, int, int]:
     coordinator = ctx.agent.coordinator
     offsets = coordinator.partition_offsets(topic.topic_id, partition)
     if offsets is None:
         return ErrorCode.unknown_topic_or_partition, -1, -1
     if timestamp in (LATEST, LATEST_TIERED):
+        if read_committed:  # KIP-98: the last stable offset
+            stable = coordinator.last_stable_offset(topic.topic_id, partition)
+            return ErrorCode.none, -1, offsets.high_watermark if stable is None else stable
         return ErrorCode.none, -1, offsets.high_watermark
     if timestamp in (EARLIEST, EARLIEST_LOCAL):
         return ErrorCode.none, -1, offsets.log_start_offset
@@ -103,6 +106,7 @@ async def _lookup(
 async def handle_list_offsets(ctx: RequestContext, request: Any) -> Any:
     module = response_module(LIST_OFFSETS, ctx.api_version)
     coordinator = ctx.agent.coordinator
+    read_committed = getattr(request, "isolation_level", 0) == 1
     topics = []
     for requested in request.topics:
         topic = coordinator.topic(requested.name)
@@ -112,7 +116,9 @@ async def handle_list_offsets(ctx: RequestContext, request: Any) -> Any:
                 error, ts, offset = ErrorCode.unknown_topic_or_partition, -1, -1
             else:
                 try:
-                    error, ts, offset = await _lookup(ctx, topic, p.partition_index, p.timestamp)
+                    error, ts, offset = await _lookup(
+                        ctx, topic, p.partition_index, p.timestamp, read_committed
+                    )
                 except Exception as e:
                     ctx.agent.log_client_error(ctx.peer, LIST_OFFSETS, f"lookup failed: {e!r}")
                     error, ts, offset = ErrorCode.kafka_storage_error, -1, -1

@@ -59,8 +59,10 @@ def _validate(
         # (one batch is also what makes a partition's data commit atomically).
         raise InvalidBatch(ErrorCode.invalid_record, "exactly one record batch per partition")
     _, header = batches[0]
-    if header.is_transactional or header.is_control:
-        raise InvalidBatch(ErrorCode.invalid_record, "transactional batches are not supported")
+    if header.is_control:
+        raise InvalidBatch(ErrorCode.invalid_record, "control batches are the coordinator's")
+    if header.is_transactional and header.producer_id < 0:
+        raise InvalidBatch(ErrorCode.invalid_record, "a transactional batch needs a producer id")
     if header.size > max_bytes:
         raise InvalidBatch(
             ErrorCode.message_too_large,
@@ -128,6 +130,10 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
         if r.outcome is not None:
             outcome = await r.outcome
             answer.error = outcome.error
+            if outcome.error == ErrorCode.invalid_txn_state and ctx.api_version >= 11:
+                # KIP-890: a batch for a partition not in the transaction. Clients that
+                # know TRANSACTION_ABORTABLE abort and go on; older ones get the old code.
+                answer.error = ErrorCode.transaction_abortable
             if outcome.error == ErrorCode.none:
                 answer.base_offset = outcome.base_offset
                 answer.log_start_offset = outcome.log_start_offset

@@ -1,8 +1,8 @@
-"""InitProducerId for idempotent producers (KIP-98, KIP-360).
+"""InitProducerId (KIP-98, KIP-360).
 
 Without a transactional id Kafka always hands out a fresh producer id with
-epoch 0, whatever id and epoch the request carries; so does Driftlog.
-Transactions are not supported yet: a transactional id is refused.
+epoch 0, whatever id and epoch the request carries; so does Driftlog. With
+one, the transaction coordinator decides (`server/transactions.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from kio.schema.errors import ErrorCode
 from driftlog.coordinator.api import CoordinatorError
 from driftlog.protocol.schema import build, response_module
 from driftlog.server.context import RequestContext
+from driftlog.server.transactions import init_transactional_producer
 
 INIT_PRODUCER_ID = 22
 
@@ -22,10 +23,7 @@ INIT_PRODUCER_ID = 22
 async def handle_init_producer_id(ctx: RequestContext, request: Any) -> Any:
     module = response_module(INIT_PRODUCER_ID, ctx.api_version)
     if request.transactional_id is not None:
-        ctx.agent.log_client_error(
-            ctx.peer, INIT_PRODUCER_ID, "transactional producers are not supported yet"
-        )
-        error, producer_id, epoch = ErrorCode.unsupported_version, -1, -1
+        error, producer_id, epoch = await init_transactional_producer(ctx, request)
     else:
         error, epoch = ErrorCode.none, 0
         try:

@@ -7,6 +7,7 @@ defines that matters to clients (flexible versions included).
 from __future__ import annotations
 
 from driftlog.server import admin
+from driftlog.server import transactions as txn
 from driftlog.server.api_versions import handle_api_versions
 from driftlog.server.context import Handler
 from driftlog.server.fetch import handle_fetch
@@ -31,6 +32,16 @@ _CORE: dict[int, tuple[Handler, int, int]] = {
     37: (admin.handle_create_partitions, 0, 3),
     44: (admin.handle_incremental_alter_configs, 0, 1),
     60: (handle_describe_cluster, 0, 2),
+    # Transactions, classic protocol: AddPartitionsToTxn v4+ and EndTxn v5+ are KIP-890
+    # part 2 (transaction.version 2), which is never finalized in ApiVersions.
+    24: (txn.handle_add_partitions_to_txn, 0, 3),
+    25: (txn.handle_add_offsets_to_txn, 0, 3),
+    26: (txn.handle_end_txn, 0, 3),
+    27: (txn.handle_write_txn_markers, 1, 1),
+    28: (txn.handle_txn_offset_commit, 0, 3),
+    61: (txn.handle_describe_producers, 0, 0),
+    65: (txn.handle_describe_transactions, 0, 0),
+    66: (txn.handle_list_transactions, 0, 1),
 }
 
 HANDLERS: dict[int, Handler] = {key: h for key, (h, _, _) in _CORE.items()} | GROUP_HANDLERS

@@ -1,0 +1,424 @@
+"""Kafka's transaction APIs (KIP-98): InitProducerId with a transactional id,
+AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn, and the admin side
+(DescribeTransactions, ListTransactions, DescribeProducers).
+
+Translates kio entities to coordinator calls and back. Every change of
+transaction state goes to the writer (`coordinator/writer.py`), which applies
+the rules (`coordinator/transactions.py`); this module checks what only the
+request can tell (known topics, group membership for TxnOffsetCommit v3) and
+maps errors to what each request version's clients understand. Any agent
+serves them: FindCoordinator names one, and they all reach the same writer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from driftlog.clock import SYSTEM_CLOCK
+from driftlog.coordinator.api import CoordinatorError
+from driftlog.coordinator.transactions import (
+    PendingOffset,
+    Transaction,
+    TxnEnd,
+    TxnState,
+    error_for_version,
+)
+from driftlog.protocol.schema import build, response_module
+from driftlog.server.context import RequestContext
+
+INIT_PRODUCER_ID = 22
+ADD_PARTITIONS_TO_TXN = 24
+ADD_OFFSETS_TO_TXN = 25
+END_TXN = 26
+TXN_OFFSET_COMMIT = 28
+WRITE_TXN_MARKERS = 27
+DESCRIBE_PRODUCERS = 61
+DESCRIBE_TRANSACTIONS = 65
+LIST_TRANSACTIONS = 66
+
+_NO_THROTTLE = datetime.timedelta(0)
+_NO_LEADER_EPOCH = -1
+OFFSET_METADATA_BYTES_MAX = 4096
+
+
+def _ms(value: datetime.timedelta) -> int:
+    return value // datetime.timedelta(milliseconds=1)
+
+
+def _unavailable(ctx: RequestContext, api_key: int, e: CoordinatorError) -> ErrorCode:
+    ctx.agent.log_client_error("coordinator", api_key, f"transaction request failed: {e}")
+    # Retriable for every client: it looks the coordinator up again and retries.
+    return ErrorCode.coordinator_not_available
+
+
+async def init_transactional_producer(
+    ctx: RequestContext, request: Any
+) -> tuple[ErrorCode, int, int]:
+    """InitProducerId with a transactional id: (error, producer id, epoch)."""
+    try:
+        error, producer_id, epoch = await ctx.agent.coordinator.init_transactional_producer(
+            request.transactional_id,
+            _ms(request.transaction_timeout),
+            getattr(request, "producer_id", -1),
+            getattr(request, "producer_epoch", -1),
+        )
+    except CoordinatorError as e:
+        return _unavailable(ctx, INIT_PRODUCER_ID, e), -1, -1
+    return error_for_version(error, INIT_PRODUCER_ID, ctx.api_version), producer_id, epoch
+
+
+async def handle_add_partitions_to_txn(ctx: RequestContext, request: Any) -> Any:
+    version = ctx.api_version
+    module = response_module(ADD_PARTITIONS_TO_TXN, version)
+    coordinator = ctx.agent.coordinator
+    requested: list[tuple[str, int, uuid.UUID | None]] = []
+    unknown = False
+    for topic in request.v3_and_below_topics:
+        info = coordinator.topic(topic.name)
+        for p in topic.partitions:
+            known = info is not None and 0 <= p < info.partition_count
+            unknown = unknown or not known
+            requested.append((topic.name, p, info.topic_id if known and info else None))
+    if unknown:
+        # Kafka adds nothing when a partition is unknown: those get the error, the others
+        # OPERATION_NOT_ATTEMPTED.
+        errors = {
+            (n, p): ErrorCode.unknown_topic_or_partition
+            if tid is None
+            else ErrorCode.operation_not_attempted
+            for n, p, tid in requested
+        }
+    else:
+        try:
+            error = await coordinator.add_to_transaction(
+                request.v3_and_below_transactional_id,
+                request.v3_and_below_producer_id,
+                request.v3_and_below_producer_epoch,
+                partitions=[(tid, p) for _, p, tid in requested if tid is not None],
+            )
+        except CoordinatorError as e:
+            error = _unavailable(ctx, ADD_PARTITIONS_TO_TXN, e)
+        error = error_for_version(error, ADD_PARTITIONS_TO_TXN, version)
+        errors = {(n, p): error for n, p, _ in requested}
+    by_topic: dict[str, list[Any]] = {}
+    for (name, partition), error in errors.items():
+        by_topic.setdefault(name, []).append(
+            build(
+                module.AddPartitionsToTxnPartitionResult,
+                partition_index=partition,
+                partition_error_code=error,
+            )
+        )
+    return build(
+        module.AddPartitionsToTxnResponse,
+        throttle_time=_NO_THROTTLE,
+        results_by_topic_v3_and_below=tuple(
+            build(
+                module.AddPartitionsToTxnTopicResult, name=name, results_by_partition=tuple(parts)
+            )
+            for name, parts in by_topic.items()
+        ),
+    )
+
+
+async def handle_add_offsets_to_txn(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(ADD_OFFSETS_TO_TXN, ctx.api_version)
+    try:
+        error = await ctx.agent.coordinator.add_to_transaction(
+            request.transactional_id,
+            request.producer_id,
+            request.producer_epoch,
+            groups=[request.group_id],
+        )
+    except CoordinatorError as e:
+        error = _unavailable(ctx, ADD_OFFSETS_TO_TXN, e)
+    return build(
+        module.AddOffsetsToTxnResponse,
+        throttle_time=_NO_THROTTLE,
+        error_code=error_for_version(error, ADD_OFFSETS_TO_TXN, ctx.api_version),
+    )
+
+
+async def handle_end_txn(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(END_TXN, ctx.api_version)
+    try:
+        error = await ctx.agent.coordinator.end_transaction(
+            request.transactional_id,
+            request.producer_id,
+            request.producer_epoch,
+            bool(request.committed),
+        )
+    except CoordinatorError as e:
+        error = _unavailable(ctx, END_TXN, e)
+    return build(
+        module.EndTxnResponse,
+        throttle_time=_NO_THROTTLE,
+        error_code=error_for_version(error, END_TXN, ctx.api_version),
+    )
+
+
+async def handle_txn_offset_commit(ctx: RequestContext, request: Any) -> Any:
+    version = ctx.api_version
+    module = response_module(TXN_OFFSET_COMMIT, version)
+    agent = ctx.agent
+    # Sent to the group's coordinator, like OffsetCommit. v3 (KIP-447) names the member
+    # and generation, so a zombie of an earlier generation cannot commit (exactly once
+    # across a rebalance); generation -1 (no group management) is not checked.
+    group_error = agent.groups.validate_offset_commit(
+        request.group_id,
+        getattr(request, "member_id", ""),
+        getattr(request, "group_instance_id", None),
+        getattr(request, "generation_id", -1),
+    )
+    if group_error == ErrorCode.group_id_not_found:
+        group_error = ErrorCode.illegal_generation
+    pending: list[PendingOffset] = []
+    errors: dict[tuple[str, int], ErrorCode] = {}
+    for topic in request.topics:
+        info = agent.coordinator.topic(topic.name)
+        for p in topic.partitions:
+            metadata = p.committed_metadata
+            if info is None or not 0 <= p.partition_index < info.partition_count:
+                error = ErrorCode.unknown_topic_or_partition
+            elif group_error != ErrorCode.none:
+                error = group_error
+            elif metadata is not None and len(metadata.encode()) > OFFSET_METADATA_BYTES_MAX:
+                error = ErrorCode.offset_metadata_too_large
+            else:
+                error = ErrorCode.none
+                pending.append(
+                    PendingOffset(
+                        request.producer_id, request.group_id, topic.name, p.partition_index,
+                        p.committed_offset,
+                        getattr(p, "committed_leader_epoch", _NO_LEADER_EPOCH),
+                        metadata if metadata is not None else "",
+                    )
+                )  # fmt: skip
+            errors[(topic.name, p.partition_index)] = error
+    if pending:
+        try:
+            error = await agent.coordinator.txn_offset_commit(
+                request.transactional_id, request.producer_id, request.producer_epoch, pending
+            )
+        except CoordinatorError as e:
+            error = _unavailable(ctx, TXN_OFFSET_COMMIT, e)
+        error = error_for_version(error, TXN_OFFSET_COMMIT, version)
+        for o in pending:
+            errors[(o.topic, o.partition)] = error
+    by_topic: dict[str, list[Any]] = {}
+    for (name, partition), error in errors.items():
+        by_topic.setdefault(name, []).append(
+            build(module.TxnOffsetCommitResponsePartition, partition_index=partition,
+                  error_code=error)
+        )  # fmt: skip
+    return build(
+        module.TxnOffsetCommitResponse,
+        throttle_time=_NO_THROTTLE,
+        topics=tuple(
+            build(module.TxnOffsetCommitResponseTopic, name=name, partitions=tuple(parts))
+            for name, parts in by_topic.items()
+        ),
+    )
+
+
+# Admin -------------------------------------------------------------------------------
+
+
+async def handle_write_txn_markers(ctx: RequestContext, request: Any) -> Any:
+    """WriteTxnMarkers, as `kafka-transactions.sh abort` sends it to a partition's leader
+    for a hanging transaction (data of a producer whose coordinator has no transaction)."""
+    module = response_module(WRITE_TXN_MARKERS, ctx.api_version)
+    coordinator = ctx.agent.coordinator
+    ends: list[TxnEnd] = []
+    unknown: dict[tuple[int, str, int], ErrorCode] = {}
+    for marker in request.markers:
+        partitions = []
+        for topic in marker.topics:
+            info = coordinator.topic(topic.name)
+            for index in topic.partition_indexes:
+                if info is None or not 0 <= index < info.partition_count:
+                    unknown[(marker.producer_id, topic.name, index)] = (
+                        ErrorCode.unknown_topic_or_partition
+                    )
+                else:
+                    partitions.append((info.topic_id, index))
+        ends.append(
+            TxnEnd("", marker.producer_id, marker.producer_epoch,
+                   bool(marker.transaction_result), frozenset(partitions), frozenset())
+        )  # fmt: skip
+    errors: dict[tuple[int, uuid.UUID, int], ErrorCode] = {}
+    failure: ErrorCode | None = None
+    try:
+        errors = await coordinator.write_markers([e for e in ends if e.partitions])
+    except CoordinatorError as e:
+        failure = _unavailable(ctx, WRITE_TXN_MARKERS, e)
+    results = []
+    for marker in request.markers:
+        topics = []
+        for topic in marker.topics:
+            info = coordinator.topic(topic.name)
+            partitions = []
+            for index in topic.partition_indexes:
+                error = unknown.get((marker.producer_id, topic.name, index))
+                if error is None:
+                    assert info is not None
+                    error = failure or errors.get(
+                        (marker.producer_id, info.topic_id, index), ErrorCode.unknown_server_error
+                    )
+                partitions.append(
+                    build(module.WritableTxnMarkerPartitionResult, partition_index=index,
+                          error_code=error)
+                )  # fmt: skip
+            topics.append(
+                build(module.WritableTxnMarkerTopicResult, name=topic.name,
+                      partitions=tuple(partitions))
+            )  # fmt: skip
+        results.append(
+            build(module.WritableTxnMarkerResult, producer_id=marker.producer_id,
+                  topics=tuple(topics))
+        )  # fmt: skip
+    return build(module.WriteTxnMarkersResponse, markers=tuple(results))
+
+
+def _start_time(txn: Transaction) -> datetime.datetime:
+    # -1 when no transaction is open, as Kafka reports it.
+    return datetime.datetime.fromtimestamp(txn.start_ms / 1000, datetime.UTC)
+
+
+async def handle_describe_transactions(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(DESCRIBE_TRANSACTIONS, ctx.api_version)
+    agent = ctx.agent
+    try:
+        known = {t.transactional_id: t for t in await agent.coordinator.transaction_states()}
+        failure: ErrorCode | None = None
+    except CoordinatorError as e:
+        known, failure = {}, _unavailable(ctx, DESCRIBE_TRANSACTIONS, e)
+    states = []
+    for txn_id in request.transactional_ids:
+        txn = known.get(txn_id)
+        if txn is None:
+            states.append(
+                build(
+                    module.TransactionState,
+                    error_code=failure or ErrorCode.transactional_id_not_found,
+                    transactional_id=txn_id,
+                    transaction_state="",
+                    transaction_timeout=datetime.timedelta(0),
+                    transaction_start_time=datetime.datetime.fromtimestamp(0, datetime.UTC),
+                    producer_id=-1,
+                    producer_epoch=-1,
+                    topics=(),
+                )
+            )
+            continue
+        by_topic: dict[str, list[int]] = {}
+        for topic_id, partition in sorted(txn.partitions, key=lambda k: (k[0].bytes, k[1])):
+            info = agent.coordinator.topic_by_id(topic_id)
+            if info is not None:
+                by_topic.setdefault(info.name, []).append(partition)
+        states.append(
+            build(
+                module.TransactionState,
+                error_code=ErrorCode.none,
+                transactional_id=txn_id,
+                transaction_state=txn.state.value,
+                transaction_timeout=datetime.timedelta(milliseconds=txn.timeout_ms),
+                transaction_start_time=_start_time(txn),
+                producer_id=txn.producer_id,
+                producer_epoch=txn.epoch,
+                topics=tuple(
+                    build(module.TopicData, topic=name, partitions=tuple(parts))
+                    for name, parts in by_topic.items()
+                ),
+            )
+        )
+    return build(
+        module.DescribeTransactionsResponse,
+        throttle_time=_NO_THROTTLE,
+        transaction_states=tuple(states),
+    )
+
+
+async def handle_list_transactions(ctx: RequestContext, request: Any) -> Any:
+    module = response_module(LIST_TRANSACTIONS, ctx.api_version)
+    states = {s.value for s in TxnState}
+    wanted_states = set(request.state_filters)
+    wanted_producers = set(request.producer_id_filters)
+    # KIP-994 (v1): only transactions open longer than this many ms.
+    min_duration_ms = getattr(request, "duration_filter", -1)
+    error = ErrorCode.none
+    try:
+        transactions = await ctx.agent.coordinator.transaction_states()
+    except CoordinatorError as e:
+        transactions, error = [], _unavailable(ctx, LIST_TRANSACTIONS, e)
+    now_ms = SYSTEM_CLOCK.wall_ms()
+    listed = [
+        build(
+            module.TransactionState,
+            transactional_id=t.transactional_id,
+            producer_id=t.producer_id,
+            transaction_state=t.state.value,
+        )
+        for t in sorted(transactions, key=lambda t: t.transactional_id)
+        if (not wanted_states or t.state.value in wanted_states)
+        and (not wanted_producers or t.producer_id in wanted_producers)
+        and (min_duration_ms < 0 or (t.ongoing and now_ms - t.start_ms >= min_duration_ms))
+    ]
+    return build(
+        module.ListTransactionsResponse,
+        throttle_time=_NO_THROTTLE,
+        error_code=error,
+        unknown_state_filters=tuple(sorted(wanted_states - states)),
+        transaction_states=tuple(listed),
+    )
+
+
+async def handle_describe_producers(ctx: RequestContext, request: Any) -> Any:
+    """The producers with state in each partition (for `kafka-transactions.sh
+    find-hanging` and `describe-producers`), from the coordinator's producer states."""
+    module = response_module(DESCRIBE_PRODUCERS, ctx.api_version)
+    coordinator = ctx.agent.coordinator
+    try:
+        states = await coordinator.producer_states()
+        failure: ErrorCode | None = None
+    except CoordinatorError as e:
+        states, failure = {}, _unavailable(ctx, DESCRIBE_PRODUCERS, e)
+    topics = []
+    for topic in request.topics:
+        info = coordinator.topic(topic.name)
+        partitions = []
+        for index in topic.partition_indexes:
+            if info is None or not 0 <= index < info.partition_count:
+                error, active = ErrorCode.unknown_topic_or_partition, ()
+            elif failure is not None:
+                error, active = failure, ()
+            else:
+                error = ErrorCode.none
+                active = tuple(
+                    build(
+                        module.ProducerState,
+                        producer_id=pid,
+                        producer_epoch=state.epoch,
+                        last_sequence=state.batches[-1].last_sequence if state.batches else -1,
+                        last_timestamp=-1,
+                        coordinator_epoch=-1,
+                        current_txn_start_offset=state.txn_first_offset,
+                    )
+                    for (pid, tid, p), state in sorted(states.items(), key=lambda kv: kv[0][0])
+                    if tid == info.topic_id and p == index
+                )
+            partitions.append(
+                build(
+                    module.PartitionResponse,
+                    partition_index=index,
+                    error_code=error,
+                    error_message=None,
+                    active_producers=active,
+                )
+            )
+        topics.append(build(module.TopicResponse, name=topic.name, partitions=tuple(partitions)))
+    return build(module.DescribeProducersResponse, throttle_time=_NO_THROTTLE, topics=tuple(topics))
