@@ -5,7 +5,8 @@ What it measures
 A fresh Driftlog agent (embedded defaults: local-directory store, SQLite) on a free
 loopback port, one topic of ``--partitions`` partitions, then two phases of
 ``--seconds`` each on the same workload (``--size``-byte random values, round-robin
-partitions, linger.ms 5, acks=all, confluent-kafka in this process):
+partitions, linger.ms 5, acks=all, a client queue of ``--queue-kb``, confluent-kafka in
+this process):
 
 1. idempotent: ``enable.idempotence=true``, produced as fast as the producer can,
    with ``flush()`` at the end; records/s counts acknowledged records.
@@ -45,15 +46,17 @@ from produce_consume import (
 )
 
 
-def _producer(bootstrap: str, **extra: Any) -> Producer:
+def _producer(bootstrap: str, queue_kb: int, **extra: Any) -> Producer:
+    # A bounded client queue: what a commit must flush is what is queued, so at full speed
+    # an unbounded queue would make every commit wait for seconds of queued records.
     return Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
-         "queue.buffering.max.messages": 200_000, **extra}
+         "queue.buffering.max.kbytes": queue_kb, **extra}
     )  # fmt: skip
 
 
 def idempotent_phase(bootstrap: str, topic: str, args: argparse.Namespace) -> float:
-    producer = _producer(bootstrap, **{"enable.idempotence": True})
+    producer = _producer(bootstrap, args.queue_kb, **{"enable.idempotence": True})
     value = os.urandom(args.size)
     acked = 0
 
@@ -80,7 +83,9 @@ def idempotent_phase(bootstrap: str, topic: str, args: argparse.Namespace) -> fl
 def transactional_phase(
     bootstrap: str, topic: str, args: argparse.Namespace
 ) -> tuple[float, list[float], list[float]]:
-    producer = _producer(bootstrap, **{"transactional.id": "bench-" + uuid.uuid4().hex[:8]})
+    producer = _producer(
+        bootstrap, args.queue_kb, **{"transactional.id": "bench-" + uuid.uuid4().hex[:8]}
+    )
     producer.init_transactions(30)
     value = os.urandom(args.size)
     committed = 0
@@ -120,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--txn-ms", type=int, default=100, help="commit interval")
     parser.add_argument("--flush-ms", type=int, default=250, help="the agent's --flush-ms")
+    parser.add_argument(
+        "--queue-kb", type=int, default=4096, help="the producers' queue.buffering.max.kbytes"
+    )
     parser.add_argument("--driftlog-arg", action="append", default=[])
     args = parser.parse_args(argv)
     binary = find_driftlog(None)

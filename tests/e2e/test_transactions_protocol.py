@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from batch_builder import build_batch
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from conftest import AgentProcess
 from kio.schema.add_offsets_to_txn.v0.request import AddOffsetsToTxnRequest
@@ -36,6 +37,11 @@ from kio.schema.txn_offset_commit.v3.request import (
     TxnOffsetCommitRequestTopic,
 )
 from kio.schema.types import GroupId, ProducerId, TopicName, TransactionalId
+from kio.schema.write_txn_markers.v1.request import (
+    WritableTxnMarker,
+    WritableTxnMarkerTopic,
+    WriteTxnMarkersRequest,
+)
 from kio.static.primitive import Records, i16, i32, i32Timedelta, i64
 from raw_client import RawClient
 
@@ -306,5 +312,57 @@ def test_transactional_batches_need_their_partition_in_the_transaction(
             )
         ).transaction_states
         assert txn_id not in [t.transactional_id for t in listed]
+    finally:
+        client.close()
+
+
+def write_markers(client: RawClient, pid: int, epoch: int, topic: str, commit: bool) -> ErrorCode:
+    response = client.request(
+        WriteTxnMarkersRequest(
+            markers=(
+                WritableTxnMarker(
+                    producer_id=ProducerId(pid),
+                    producer_epoch=i16(epoch),
+                    transaction_result=commit,
+                    topics=(
+                        WritableTxnMarkerTopic(name=TopicName(topic), partition_indexes=(i32(0),)),
+                    ),
+                    coordinator_epoch=i32(0),
+                ),
+            )
+        )
+    )
+    return ErrorCode(response.markers[0].topics[0].partitions[0].error_code)
+
+
+def test_write_txn_markers_aborts_a_hanging_transaction(agent: AgentProcess) -> None:
+    """`kafka-transactions.sh abort`: an abort marker for a producer's open data in a
+    partition lets read_committed readers past it; a marker of an older epoch is refused."""
+    topic = create_topic(agent.bootstrap, 1)
+    client = RawClient(agent.bootstrap)
+    try:
+        txn_id = "hanging-" + topic
+        _, pid, epoch = init(client, txn_id)
+        assert add_partitions(client, txn_id, pid, epoch, topic, [0]) == [(0, ErrorCode.none)]
+        batch = build_batch([b"hanging"], producer_id=pid, producer_epoch=epoch,
+                            base_sequence=0, attributes=TRANSACTIONAL)  # fmt: skip
+        assert _produce(client, 9, topic, batch) == ErrorCode.none
+        consumer = Consumer(
+            {"bootstrap.servers": agent.bootstrap, "group.id": "markers",
+             "isolation.level": "read_committed"}
+        )  # fmt: skip
+        try:
+            end = TopicPartition(topic, 0)
+            assert consumer.get_watermark_offsets(end, timeout=10) == (0, 0)
+            assert (
+                write_markers(client, pid, epoch - 1, topic, False)
+                == (ErrorCode.invalid_producer_epoch)
+                or epoch == 0
+            )
+            assert write_markers(client, pid, epoch, topic, False) == ErrorCode.none
+            # The data (offset 0) and its abort marker (offset 1) are stable now.
+            assert consumer.get_watermark_offsets(end, timeout=10) == (0, 2)
+        finally:
+            consumer.close()
     finally:
         client.close()
