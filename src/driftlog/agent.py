@@ -29,6 +29,7 @@ from driftlog.coordinator.sqlite import SqliteBackend
 from driftlog.groups.coordinator import GroupCoordinator
 from driftlog.lifecycle.compactor import CompactionConfig, Compactor
 from driftlog.lifecycle.gc import GcConfig, ObjectCollector
+from driftlog.lifecycle.key_compactor import KeyCompactionConfig, KeyCompactor
 from driftlog.lifecycle.keys import max_commit_age_ms
 from driftlog.lifecycle.runner import PeriodicJob
 from driftlog.protocol.codec import (
@@ -105,6 +106,17 @@ class Agent:
                 target_object_bytes=config.compaction_target_bytes,
             ),
         )
+        self.key_compactor = KeyCompactor(
+            self.coordinator.backend,
+            self.coordinator,
+            self.store,
+            SYSTEM_CLOCK,
+            writer.rewrite_batches,
+            KeyCompactionConfig(
+                interval_ms=config.key_compaction_interval_ms,
+                map_bytes=config.key_compaction_map_bytes,
+            ),
+        )
         self._lifecycle_jobs = [
             PeriodicJob(
                 "garbage-collection",
@@ -116,6 +128,12 @@ class Agent:
                 "compaction",
                 self.compactor.compact_once,
                 config.compaction_interval_ms,
+                lambda: writer.is_writer,
+            ),
+            PeriodicJob(
+                "key-compaction",
+                self.key_compactor.compact_once,
+                config.key_compaction_interval_ms,
                 lambda: writer.is_writer,
             ),
         ]
@@ -255,6 +273,10 @@ class Agent:
             "compaction_objects_written": self.compactor.stats.objects_written,
             "compaction_objects_compacted": self.compactor.stats.objects_compacted,
             "compaction_batches_moved": self.compactor.stats.batches_moved,
+            "key_compaction_passes": self.key_compactor.stats.passes,
+            "key_compaction_records_removed": self.key_compactor.stats.records_removed,
+            "key_compaction_bytes_read": self.key_compactor.stats.bytes_read,
+            "key_compaction_bytes_written": self.key_compactor.stats.bytes_written,
             "coordinator_commits": self.coordinator.commits_persisted,
             "coordinator_transactions": self.coordinator.transactions,
             "cache_hits": self.cache.hits,

@@ -28,9 +28,7 @@ from typing import Any
 NO_BOUND_MS = 2**63 - 1  # Long.MAX_VALUE, Kafka's "no limit"
 _LONG_MAX = str(NO_BOUND_MS)
 
-# Key compaction is not built yet. Adding "compact" here is the whole switch: Kafka's
-# own validator already knows both values.
-SUPPORTED_CLEANUP_POLICIES = frozenset({"delete"})
+SUPPORTED_CLEANUP_POLICIES = frozenset({"delete", "compact"})
 
 
 class ConfigType(enum.IntEnum):
@@ -164,7 +162,7 @@ def _throttled_replicas(name: str, value: Any) -> None:
 
 # ---------------------------------------------------------------- the catalogue
 
-_NO_COMPACTION = "there is no key compaction (cleanup.policy=compact is refused)"
+_COMPACTION = "applied by key compaction on topics with cleanup.policy=compact"
 _NO_RECOMPRESSION = "batches are stored as the producer compressed them, never recompressed"
 _NO_SEGMENTS = "there are no log segments: objects hold batches of many partitions"
 _NO_INDEX = "there are no index files: the coordinator database indexes every batch"
@@ -182,8 +180,8 @@ _CATALOGUE = (
         "delete",
         _valid_list("compact", "delete"),
         True,
-        "retention.ms and retention.bytes move the log start; only delete is accepted "
-        "until key compaction is built",
+        "delete: retention.ms and retention.bytes move the log start; compact: the writer "
+        "keeps the latest record of every key (see docs/ARCHITECTURE.md, Key compaction)",
         "The retention policy: delete (by time and size) and/or compact (latest record per key).",
         broker="log.cleanup.policy",
     ),
@@ -232,8 +230,8 @@ _CATALOGUE = (
         ConfigType.LONG,
         "86400000",
         _at_least(0),
-        False,
-        _NO_COMPACTION,
+        True,
+        _COMPACTION,
         "How long tombstones of compacted topics are kept.",
         broker="log.cleaner.delete.retention.ms",
     ),
@@ -321,8 +319,8 @@ _CATALOGUE = (
         ConfigType.LONG,
         _LONG_MAX,
         _at_least(1),
-        False,
-        _NO_COMPACTION,
+        True,
+        _COMPACTION,
         "The longest a record stays ineligible for compaction.",
         broker="log.cleaner.max.compaction.lag.ms",
     ),
@@ -384,8 +382,8 @@ _CATALOGUE = (
         ConfigType.DOUBLE,
         "0.5",
         _between(0, 1),
-        False,
-        _NO_COMPACTION,
+        True,
+        _COMPACTION,
         "How dirty a log must be before it is compacted.",
         broker="log.cleaner.min.cleanable.ratio",
     ),
@@ -394,8 +392,8 @@ _CATALOGUE = (
         ConfigType.LONG,
         "0",
         _at_least(0),
-        False,
-        _NO_COMPACTION,
+        True,
+        _COMPACTION,
         "The shortest a record stays uncompacted.",
         broker="log.cleaner.min.compaction.lag.ms",
     ),
@@ -625,8 +623,7 @@ def _check_cleanup_policy(policies: list[str]) -> None:
     for policy in policies:
         if policy not in SUPPORTED_CLEANUP_POLICIES:
             raise ConfigError(
-                f"Invalid value {policy} for configuration cleanup.policy: key compaction "
-                "is not supported yet; Driftlog accepts only "
+                f"Invalid value {policy} for configuration cleanup.policy: Driftlog accepts "
                 + ", ".join(sorted(SUPPORTED_CLEANUP_POLICIES))
             )
 

@@ -551,6 +551,10 @@ ROUND_TRIP = {
 }
 APPLIED = {
     "cleanup.policy",
+    "delete.retention.ms",
+    "max.compaction.lag.ms",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
     "max.message.bytes",
     "message.timestamp.after.max.ms",
     "message.timestamp.before.max.ms",
@@ -659,13 +663,9 @@ def test_unknown_and_refused_names(agent: AgentProcess) -> None:
             assert _error(admin.incremental_alter_configs([change])[change]).name() == (
                 "INVALID_CONFIG"
             )
-    # cleanup.policy=compact is Kafka's but not built here.
-    for value in ("compact", "delete,compact"):
-        error = _error(
-            admin.create_topics([NewTopic("x", 1, config={"cleanup.policy": value})])["x"]
-        )
-        assert error.name() == "INVALID_CONFIG"
-        assert "key compaction is not supported yet" in error.str()
+    # An empty cleanup.policy is Kafka 4.2's "keep everything": retention always applies here.
+    error = _error(admin.create_topics([NewTopic("x", 1, config={"cleanup.policy": ""})])["x"])
+    assert error.name() == "INVALID_CONFIG" and "empty cleanup.policy" in error.str()
     assert "x" not in admin.list_topics(timeout=10).topics
 
 
@@ -704,14 +704,13 @@ def test_append_and_subtract_on_list_configs(agent: AgentProcess) -> None:
     # cleanup.policy starts from its default, delete.
     alter(AlterConfigOpType.APPEND, cleanup_policy="delete")
     assert value("cleanup_policy") == ("delete", ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
-    error = refused(AlterConfigOpType.APPEND, cleanup_policy="compact")
-    assert (error.name(), "key compaction is not supported yet" in error.str()) == (
-        "INVALID_CONFIG",
-        True,
-    )
-    error = refused(AlterConfigOpType.SUBTRACT, cleanup_policy="delete")
+    alter(AlterConfigOpType.APPEND, cleanup_policy="compact")
+    assert value("cleanup_policy")[0] == "delete,compact"
+    alter(AlterConfigOpType.SUBTRACT, cleanup_policy="delete")
+    assert value("cleanup_policy")[0] == "compact"
+    error = refused(AlterConfigOpType.SUBTRACT, cleanup_policy="compact")
     assert (error.name(), "empty cleanup.policy" in error.str()) == ("INVALID_CONFIG", True)
-    assert value("cleanup_policy")[0] == "delete"
+    assert value("cleanup_policy")[0] == "compact"
 
     # Not a list: Kafka's controller answers INVALID_CONFIG.
     for op, verb in (

@@ -85,6 +85,10 @@ KAFKA_4_TOPIC_CONFIGS = {
 
 APPLIED = {
     "cleanup.policy",
+    "delete.retention.ms",
+    "max.compaction.lag.ms",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
     "max.message.bytes",
     "message.timestamp.after.max.ms",
     "message.timestamp.before.max.ms",
@@ -237,10 +241,11 @@ def test_cleanup_policy_kafka_rules_then_driftlogs() -> None:
     assert _message("cleanup.policy", "delete,,compact") == (
         "Configuration 'cleanup.policy' values must not be empty."
     )
-    # Valid in Kafka, refused here: compaction is not built, and retention always applies.
-    assert {"delete"} == SUPPORTED_CLEANUP_POLICIES
+    # Both policies and their combinations are applied.
+    assert {"compact", "delete"} == SUPPORTED_CLEANUP_POLICIES
     for value in ("compact", "delete,compact", "compact,delete"):
-        assert "key compaction is not supported yet" in _message("cleanup.policy", value)
+        assert normalize("cleanup.policy", value) == value
+    # Valid in Kafka 4.2, refused here: retention always applies.
     assert "empty cleanup.policy" in _message("cleanup.policy", "")
 
 

@@ -191,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
         "size of the objects compaction writes",
     )
     option(
+        "--key-compaction-interval-ms",
+        "KEY_COMPACTION_INTERVAL_MS",
+        d.key_compaction_interval_ms,
+        "how often the writer compacts cleanup.policy=compact topics by key (0: never)",
+    )
+    option(
+        "--key-compaction-map-bytes",
+        "KEY_COMPACTION_MAP_BYTES",
+        d.key_compaction_map_bytes,
+        "memory for key compaction's map of keys (about 120 bytes a key; more keys: more passes)",
+    )
+    option(
         "--flush-ms",
         "FLUSH_MS",
         d.flush_ms,
@@ -281,6 +293,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         compaction_min_age_ms=int(args.compaction_min_age_ms),
         compaction_small_object_bytes=int(args.compaction_small_object_bytes),
         compaction_target_bytes=int(args.compaction_target_bytes),
+        key_compaction_interval_ms=int(args.key_compaction_interval_ms),
+        key_compaction_map_bytes=int(args.key_compaction_map_bytes),
         flush_ms=int(args.flush_ms),
         flush_bytes=int(args.flush_bytes),
         cache_bytes=int(args.cache_bytes),

@@ -80,6 +80,44 @@ class BatchMove(NamedTuple):
     byte_offset: int
 
 
+class BatchRewrite(NamedTuple):
+    """A batch key compaction wrote again, smaller: its place in the new object."""
+
+    topic_id: uuid.UUID
+    partition: int
+    last_offset: int
+    from_object_id: int
+    byte_offset: int
+    byte_length: int
+
+
+class BatchRemoval(NamedTuple):
+    """A batch key compaction left without records: its row goes (readers see a gap)."""
+
+    topic_id: uuid.UUID
+    partition: int
+    last_offset: int
+    from_object_id: int
+
+
+class BatchRef(NamedTuple):
+    """A batch row with its object id, as key compaction reads it."""
+
+    location: BatchLocation
+    object_id: int
+
+
+class KeyCleanState(NamedTuple):
+    """Where key compaction of a partition stands: offsets below `cleaned_offset` hold
+    at most one record per key; `passes` are (end offset, time) of the cleanings so far,
+    which date a tombstone's first cleaning (KIP-534: it goes `delete.retention.ms` later)."""
+
+    topic_id: uuid.UUID
+    partition: int
+    cleaned_offset: int
+    passes: tuple[tuple[int, ...], ...] = ()  # (end offset, time, tombstones kept)
+
+
 class NewObject(NamedTuple):
     """An object the compactor wrote, one level above the objects it merged."""
 
@@ -206,6 +244,31 @@ class Backend(Protocol):
         one, and mark the old objects left unreferenced dead from `now_ms`. Returns how
         many batches moved (batches deleted meanwhile are skipped)."""
         ...
+
+    async def rewrite_batches(
+        self,
+        fence: Fence,
+        new_object: NewObject | None,
+        rewrites: Sequence[BatchRewrite],
+        removals: Sequence[BatchRemoval],
+        state: KeyCleanState | None,
+        now_ms: int,
+    ) -> int:
+        """Key compaction's swap, in one transaction: store `new_object` (if any), point
+        each rewritten batch that is still in its old object at its new place and length,
+        delete each removed batch still in its old object, store the partition's cleaning
+        state, and mark the objects left unreferenced dead. Returns how many rows changed."""
+        ...
+
+    async def read_batch_refs(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int, limit: int
+    ) -> list[BatchRef]:
+        """Up to `limit` batches with offsets in [start_offset, end_offset), in order."""
+        ...
+
+    async def key_clean_state(
+        self, topic_id: uuid.UUID, partition: int
+    ) -> KeyCleanState | None: ...
 
     async def log_start_for_bytes(
         self, topic_id: uuid.UUID, partition: int, keep_bytes: int, start_offset: int
@@ -442,6 +505,10 @@ TRANSACTION_COLUMNS = (
     "transactional_id, producer_id, epoch, state, timeout_ms, start_ms, updated_ms,"
     " partitions, groups, last_producer_id, last_epoch"
 )
+
+
+def decode_passes(text: str) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(int(x) for x in p) for p in json.loads(text))
 
 
 def encode_configs(topic: TopicInfo) -> str:

@@ -43,7 +43,11 @@ from driftlog.coordinator.api import (
 from driftlog.coordinator.backend import (
     Backend,
     BatchMove,
+    BatchRef,
+    BatchRemoval,
+    BatchRewrite,
     Fence,
+    KeyCleanState,
     LogStart,
     NewObject,
     ObjectBatch,
@@ -164,6 +168,37 @@ class FaultyBackend:
 
     async def persist_objects(self, fence: Fence, objects: Sequence[SequencedObject]) -> None:
         await self._call("persist_objects", lambda: self.inner.persist_objects(fence, objects))
+
+    async def rewrite_batches(
+        self,
+        fence: Fence,
+        new_object: NewObject | None,
+        rewrites: Sequence[BatchRewrite],
+        removals: Sequence[BatchRemoval],
+        state: KeyCleanState | None,
+        now_ms: int,
+    ) -> int:
+        return await self._call(
+            "rewrite_batches",
+            lambda: self.inner.rewrite_batches(
+                fence, new_object, rewrites, removals, state, now_ms
+            ),
+        )
+
+    async def read_batch_refs(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int, limit: int
+    ) -> list[BatchRef]:
+        return await self._call(
+            "read_batch_refs",
+            lambda: self.inner.read_batch_refs(
+                topic_id, partition, start_offset, end_offset, limit
+            ),
+        )
+
+    async def key_clean_state(self, topic_id: uuid.UUID, partition: int) -> KeyCleanState | None:
+        return await self._call(
+            "key_clean_state", lambda: self.inner.key_clean_state(topic_id, partition)
+        )
 
     async def persist_transactions(self, fence: Fence, write: TxnWrite) -> None:
         await self._call(

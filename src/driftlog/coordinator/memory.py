@@ -40,7 +40,11 @@ from driftlog.coordinator.backend import (
     Backend,
     BatchCollector,
     BatchMove,
+    BatchRef,
+    BatchRemoval,
+    BatchRewrite,
     Fence,
+    KeyCleanState,
     LogStart,
     NewObject,
     ObjectBatch,
@@ -126,6 +130,7 @@ class MemoryDatabase:
     transactions: dict[str, Transaction] = field(default_factory=dict)
     aborted_txns: dict[PartitionKey, list[AbortedTxn]] = field(default_factory=dict)
     txn_offsets: dict[tuple[str, str, int, int], PendingOffset] = field(default_factory=dict)
+    key_compaction: dict[PartitionKey, KeyCleanState] = field(default_factory=dict)
     # Incremented by every transaction that changed something (cheap change detection).
     version: int = 0
 
@@ -440,6 +445,88 @@ class MemoryBackend:
         db.version += 1
         return moved
 
+    async def rewrite_batches(
+        self,
+        fence: Fence,
+        new_object: NewObject | None,
+        rewrites: Sequence[BatchRewrite],
+        removals: Sequence[BatchRemoval],
+        state: KeyCleanState | None,
+        now_ms: int,
+    ) -> int:
+        db = self._db
+        lease = _fenced_lease(db, fence)
+        if new_object is not None and (
+            new_object.object_id in db.objects or new_object.key in db.object_ids_by_key
+        ):
+            raise _integrity(f"object {new_object} exists")
+        _extend(db, lease, fence)
+        changed = 0
+
+        def find(
+            topic_id: uuid.UUID, partition: int, last_offset: int, object_id: int
+        ) -> tuple[_PartitionBatches, int] | None:
+            part = db.batches.get((topic_id, partition))
+            if part is None:
+                return None
+            at = part.from_last_offset(last_offset)
+            if at == len(part.rows) or part.last_offsets[at] != last_offset:
+                return None  # deleted meanwhile (retention)
+            return (part, at) if part.rows[at].object_id == object_id else None
+
+        if new_object is not None:
+            new_id = new_object.object_id
+            db.objects[new_id] = StoredObject(
+                new_id, new_object.key, new_object.size, new_object.committed_ms, (),
+                level=new_object.level,
+            )  # fmt: skip
+            db.object_ids_by_key[new_object.key] = new_id
+            db.references[new_id] = 0
+            for r in rewrites:
+                found = find(r.topic_id, r.partition, r.last_offset, r.from_object_id)
+                if found is None:
+                    continue
+                part, at = found
+                part.rows[at] = part.rows[at]._replace(
+                    object_id=new_id, byte_offset=r.byte_offset, byte_length=r.byte_length
+                )
+                db.references[new_id] += 1
+                db.unreference(r.from_object_id, 1, now_ms)
+                changed += 1
+            db.unreference(new_id, 0, now_ms)
+        for gone in removals:
+            found = find(gone.topic_id, gone.partition, gone.last_offset, gone.from_object_id)
+            if found is None:
+                continue
+            part, at = found
+            del part.rows[at]
+            del part.last_offsets[at]
+            db.unreference(gone.from_object_id, 1, now_ms)
+            changed += 1
+        if state is not None:
+            db.key_compaction[(state.topic_id, state.partition)] = state
+        db.version += 1
+        return changed
+
+    async def read_batch_refs(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int, limit: int
+    ) -> list[BatchRef]:
+        db = self._db
+        part = db.batches.get((topic_id, partition))
+        if part is None:
+            return []
+        out: list[BatchRef] = []
+        for row in part.rows[part.from_last_offset(start_offset) :]:
+            if row.base_offset >= end_offset or len(out) >= limit:
+                break
+            location = db.location(row)
+            if location is not None:
+                out.append(BatchRef(location, row.object_id))
+        return out
+
+    async def key_clean_state(self, topic_id: uuid.UUID, partition: int) -> KeyCleanState | None:
+        return self._db.key_compaction.get((topic_id, partition))
+
     # Object lifecycle ---------------------------------------------------------
     async def dead_objects(self, dead_before_ms: int, limit: int) -> list[ObjectRef]:
         dead = sorted(
@@ -537,6 +624,8 @@ class MemoryBackend:
             del db.producer_states[pkey]
         for key in [k for k in db.aborted_txns if k[0] == tid]:
             del db.aborted_txns[key]
+        for key in [k for k in db.key_compaction if k[0] == tid]:
+            del db.key_compaction[key]
         db.version += 1
 
     # Reads --------------------------------------------------------------------

@@ -37,7 +37,11 @@ from driftlog.coordinator.backend import (
     TRANSACTION_COLUMNS,
     BatchCollector,
     BatchMove,
+    BatchRef,
+    BatchRemoval,
+    BatchRewrite,
     Fence,
+    KeyCleanState,
     LogStart,
     NewObject,
     ObjectBatch,
@@ -45,6 +49,7 @@ from driftlog.coordinator.backend import (
     ObjectRef,
     TxnWrite,
     decode_outcomes,
+    decode_passes,
     decode_producer_state,
     encode_configs,
     encode_producer_batches,
@@ -254,6 +259,13 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (group_id, topic, partition, producer_id)
     );
     CREATE INDEX txn_offsets_by_producer ON txn_offsets (producer_id);
+    CREATE TABLE key_compaction (
+        topic_id uuid NOT NULL,
+        partition integer NOT NULL,
+        cleaned_offset bigint NOT NULL,
+        passes text NOT NULL,
+        PRIMARY KEY (topic_id, partition)
+    );
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -785,7 +797,10 @@ class PostgresBackend:
                     b" object_id IN (SELECT object_id FROM batches WHERE topic_id = %s)",
                     (now_ms, topic.topic_id),
                 )
-                for table in ("topics", "partitions", "batches", "producer_states", "aborted_txns"):
+                for table in (
+                    "topics", "partitions", "batches", "producer_states", "aborted_txns",
+                    "key_compaction",
+                ):  # fmt: skip
                     await conn.execute(
                         f"DELETE FROM {table} WHERE topic_id = %s".encode(), (topic.topic_id,)
                     )
@@ -819,6 +834,91 @@ class PostgresBackend:
                 await _check_fence(conn, fence)
         except (psycopg.Error, PoolTimeout) as e:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
+    async def rewrite_batches(
+        self,
+        fence: Fence,
+        new_object: NewObject | None,
+        rewrites: Sequence[BatchRewrite],
+        removals: Sequence[BatchRemoval],
+        state: KeyCleanState | None,
+        now_ms: int,
+    ) -> int:
+        try:
+            async with self._write_pool.connection() as conn, conn.transaction():
+                cursor = conn.cursor()
+                changed = 0
+                if new_object is not None:
+                    await cursor.execute(
+                        b"INSERT INTO objects (object_id, key, size, committed_ms, outcomes,"
+                        b" level) VALUES (%s, %s, %s, %s, '[]', %s)",
+                        (new_object.object_id, new_object.key, new_object.size,
+                         new_object.committed_ms, new_object.level),
+                    )  # fmt: skip
+                    for r in rewrites:
+                        await cursor.execute(
+                            b"UPDATE batches SET object_id = %s, byte_offset = %s,"
+                            b" byte_length = %s WHERE topic_id = %s AND partition = %s"
+                            b" AND last_offset = %s AND object_id = %s",
+                            (new_object.object_id, r.byte_offset, r.byte_length, r.topic_id,
+                             r.partition, r.last_offset, r.from_object_id),
+                        )  # fmt: skip
+                        changed += cursor.rowcount
+                for gone in removals:
+                    await cursor.execute(
+                        b"DELETE FROM batches WHERE topic_id = %s AND partition = %s"
+                        b" AND last_offset = %s AND object_id = %s",
+                        (gone.topic_id, gone.partition, gone.last_offset, gone.from_object_id),
+                    )
+                    changed += cursor.rowcount
+                if state is not None:
+                    await cursor.execute(
+                        b"INSERT INTO key_compaction VALUES (%s, %s, %s, %s)"
+                        b" ON CONFLICT (topic_id, partition) DO UPDATE SET"
+                        b" cleaned_offset = excluded.cleaned_offset, passes = excluded.passes",
+                        (state.topic_id, state.partition, state.cleaned_offset,
+                         json.dumps(state.passes)),
+                    )  # fmt: skip
+                sources = sorted(
+                    {r.from_object_id for r in rewrites}
+                    | {r.from_object_id for r in removals}
+                    | ({new_object.object_id} if new_object is not None else set())
+                )
+                await cursor.execute(
+                    b"UPDATE objects SET dead_since_ms = %s WHERE object_id = ANY(%s)"
+                    b" AND dead_since_ms IS NULL AND NOT EXISTS"
+                    b" (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)",
+                    (now_ms, sources),
+                )
+                await _check_fence(conn, fence)
+        except psycopg.errors.UniqueViolation as e:
+            if await self._superseded(fence):
+                raise Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} superseded") from e
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+        return changed
+
+    async def read_batch_refs(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int, limit: int
+    ) -> list[BatchRef]:
+        rows = await self._fetch(
+            f"SELECT {_LOCATION}, b.object_id FROM batches b JOIN objects o USING (object_id)"
+            " WHERE b.topic_id = %s AND b.partition = %s AND b.last_offset >= %s"
+            " AND b.base_offset < %s ORDER BY b.last_offset LIMIT %s",
+            (topic_id, partition, start_offset, end_offset, limit),
+        )
+        return [BatchRef(BatchLocation(*row[:7]), row[7]) for row in rows]
+
+    async def key_clean_state(self, topic_id: uuid.UUID, partition: int) -> KeyCleanState | None:
+        rows = await self._fetch(
+            "SELECT cleaned_offset, passes FROM key_compaction WHERE topic_id = %s"
+            " AND partition = %s",
+            (topic_id, partition),
+        )
+        if not rows:
+            return None
+        return KeyCleanState(topic_id, partition, int(rows[0][0]), decode_passes(rows[0][1]))
 
     async def relocate_batches(
         self, fence: Fence, new_object: NewObject, moves: Sequence[BatchMove], now_ms: int

@@ -33,7 +33,11 @@ from driftlog.coordinator.backend import (
     TRANSACTION_COLUMNS,
     BatchCollector,
     BatchMove,
+    BatchRef,
+    BatchRemoval,
+    BatchRewrite,
     Fence,
+    KeyCleanState,
     LogStart,
     NewObject,
     ObjectBatch,
@@ -41,6 +45,7 @@ from driftlog.coordinator.backend import (
     ObjectRef,
     TxnWrite,
     decode_outcomes,
+    decode_passes,
     decode_producer_state,
     encode_configs,
     encode_producer_batches,
@@ -197,7 +202,14 @@ CREATE TABLE txn_offsets (
     metadata TEXT,
     PRIMARY KEY (group_id, topic, partition, producer_id)
 ) WITHOUT ROWID;
-CREATE INDEX txn_offsets_by_producer ON txn_offsets (producer_id)
+CREATE INDEX txn_offsets_by_producer ON txn_offsets (producer_id);
+CREATE TABLE key_compaction (
+    topic_id BLOB NOT NULL,
+    partition INTEGER NOT NULL,
+    cleaned_offset INTEGER NOT NULL,
+    passes TEXT NOT NULL,
+    PRIMARY KEY (topic_id, partition)
+) WITHOUT ROWID
 """
 
 # Objects whose last reference a transaction removed: mark the candidates before the
@@ -547,7 +559,10 @@ class SqliteBackend:
                 " IN (SELECT object_id FROM batches WHERE topic_id = ?)",
                 (now_ms, tid),
             )
-            for table in ("topics", "partitions", "batches", "producer_states", "aborted_txns"):
+            for table in (
+                "topics", "partitions", "batches", "producer_states", "aborted_txns",
+                "key_compaction",
+            ):  # fmt: skip
                 db.execute(f"DELETE FROM {table} WHERE topic_id = ?", (tid,))
             db.execute(_UNMARK_REFERENCED, (now_ms,))
 
@@ -621,6 +636,104 @@ class SqliteBackend:
                 "SELECT count(*) FROM batches WHERE object_id = ?", (new_id,)
             ).fetchone()
             return int(moved)
+
+    async def rewrite_batches(
+        self,
+        fence: Fence,
+        new_object: NewObject | None,
+        rewrites: Sequence[BatchRewrite],
+        removals: Sequence[BatchRemoval],
+        state: KeyCleanState | None,
+        now_ms: int,
+    ) -> int:
+        return await self._run(
+            self._rewrite_batches, fence, new_object, rewrites, removals, state, now_ms
+        )
+
+    def _rewrite_batches(
+        self,
+        fence: Fence,
+        new_object: NewObject | None,
+        rewrites: Sequence[BatchRewrite],
+        removals: Sequence[BatchRemoval],
+        state: KeyCleanState | None,
+        now_ms: int,
+    ) -> int:
+        with _Transaction(self.db) as db:
+            _check_fence(db, fence)
+            changed = 0
+            if new_object is not None:
+                db.execute(
+                    "INSERT INTO objects (object_id, key, size, committed_ms, outcomes, level)"
+                    " VALUES (?, ?, ?, ?, '[]', ?)",
+                    (new_object.object_id, new_object.key, new_object.size,
+                     new_object.committed_ms, new_object.level),
+                )  # fmt: skip
+                for r in rewrites:
+                    changed += db.execute(
+                        "UPDATE batches SET object_id = ?, byte_offset = ?, byte_length = ?"
+                        " WHERE topic_id = ? AND partition = ? AND last_offset = ?"
+                        " AND object_id = ?",
+                        (new_object.object_id, r.byte_offset, r.byte_length, r.topic_id.bytes,
+                         r.partition, r.last_offset, r.from_object_id),
+                    ).rowcount  # fmt: skip
+            for gone in removals:
+                changed += db.execute(
+                    "DELETE FROM batches WHERE topic_id = ? AND partition = ? AND last_offset = ?"
+                    " AND object_id = ?",
+                    (gone.topic_id.bytes, gone.partition, gone.last_offset, gone.from_object_id),
+                ).rowcount
+            if state is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO key_compaction VALUES (?, ?, ?, ?)",
+                    (state.topic_id.bytes, state.partition, state.cleaned_offset,
+                     json.dumps(state.passes)),
+                )  # fmt: skip
+            sources = sorted(
+                {r.from_object_id for r in rewrites}
+                | {r.from_object_id for r in removals}
+                | ({new_object.object_id} if new_object is not None else set())
+            )
+            for start in range(0, len(sources), 500):
+                chunk = sources[start : start + 500]
+                db.execute(
+                    f"UPDATE objects SET dead_since_ms = ? WHERE object_id IN"
+                    f" ({','.join('?' * len(chunk))}) AND dead_since_ms IS NULL AND NOT EXISTS"
+                    " (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)",
+                    (now_ms, *chunk),
+                )
+            return changed
+
+    async def read_batch_refs(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int, limit: int
+    ) -> list[BatchRef]:
+        return await self._run(
+            self._read_batch_refs, topic_id, partition, start_offset, end_offset, limit
+        )
+
+    def _read_batch_refs(
+        self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int, limit: int
+    ) -> list[BatchRef]:
+        rows = self.db.execute(
+            f"SELECT {_LOCATION}, b.object_id FROM batches b JOIN objects o USING (object_id)"
+            " WHERE b.topic_id = ? AND b.partition = ? AND b.last_offset >= ?"
+            " AND b.base_offset < ? ORDER BY b.last_offset LIMIT ?",
+            (topic_id.bytes, partition, start_offset, end_offset, limit),
+        ).fetchall()
+        return [BatchRef(BatchLocation(*row[:7]), row[7]) for row in rows]
+
+    async def key_clean_state(self, topic_id: uuid.UUID, partition: int) -> KeyCleanState | None:
+        return await self._run(self._key_clean_state, topic_id, partition)
+
+    def _key_clean_state(self, topic_id: uuid.UUID, partition: int) -> KeyCleanState | None:
+        row = self.db.execute(
+            "SELECT cleaned_offset, passes FROM key_compaction WHERE topic_id = ?"
+            " AND partition = ?",
+            (topic_id.bytes, partition),
+        ).fetchone()
+        if row is None:
+            return None
+        return KeyCleanState(topic_id, partition, row[0], decode_passes(row[1]))
 
     # Object lifecycle ---------------------------------------------------------
     async def dead_objects(self, dead_before_ms: int, limit: int) -> list[ObjectRef]:

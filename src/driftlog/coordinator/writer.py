@@ -48,7 +48,10 @@ from driftlog.coordinator.api import (
 from driftlog.coordinator.backend import (
     Backend,
     BatchMove,
+    BatchRemoval,
+    BatchRewrite,
     Fence,
+    KeyCleanState,
     LogStart,
     NewObject,
     OverlappingBackend,
@@ -922,6 +925,42 @@ class CommitWriter:
     def transaction(self, transactional_id: str) -> Transaction | None:
         sequencer = self._sequencer
         return None if sequencer is None else sequencer.transactions.get(transactional_id)
+
+    async def rewrite_batches(
+        self,
+        key: str | None,
+        size: int,
+        rewrites: Sequence[BatchRewrite],
+        removals: Sequence[BatchRemoval],
+        state: KeyCleanState | None,
+    ) -> int | None:
+        """Key compaction's swap: `rewrites` now live, smaller, in the uploaded object `key`
+        (None when nothing was rewritten), `removals` are gone, the partition's cleaning
+        state is `state`. Ordered after the rounds before it. Returns how many batch rows
+        changed; None if the object is too old to commit (the caller drops it)."""
+        async with self._serial:
+            sequencer = await self._ready_for_topic_change()
+            now_ms = self._clock.wall_ms()
+            new_object = None
+            if key is not None:
+                if self._too_old(key, now_ms):
+                    return None
+                new_object = NewObject(sequencer.take_object_id(), key, size, now_ms, 1)
+            fence = self._fence()
+            try:
+                changed = await self._backend.rewrite_batches(
+                    fence, new_object, rewrites, removals, state, now_ms
+                )
+            except Fenced as e:
+                self._step_down(str(e), fence.epoch)
+                raise
+            except CoordinatorError:
+                self._needs_reload = True  # the object id may be taken: ask the database
+                raise
+            touched = {(r.topic_id, r.partition) for r in rewrites}
+            touched |= {(r.topic_id, r.partition) for r in removals}
+            self._listener.on_relocated(sorted(touched))
+            return changed
 
     async def create_partitions(self, name: str, new_total: int) -> ErrorCode:
         async with self._serial:

@@ -80,12 +80,13 @@ class InvalidBatch(Exception):
         self.reason = reason
 
 
-def parse_header(data: bytes | memoryview, start: int = 0) -> BatchHeader:
+def parse_header(data: bytes | memoryview, start: int = 0, *, stored: bool = False) -> BatchHeader:
     """Read and check the header of the batch at `start`; raise InvalidBatch if malformed.
 
     Checks what a broker must check without decoding records: length, magic,
     CRC-32C over the batch, a positive record count consistent with
-    lastOffsetDelta, and a known compression codec.
+    lastOffsetDelta, and a known compression codec. A `stored` batch may have lost
+    records to key compaction: its count may be below lastOffsetDelta + 1.
     """
     available = len(data) - start
     if available < HEADER_SIZE:
@@ -116,7 +117,11 @@ def parse_header(data: bytes | memoryview, start: int = 0) -> BatchHeader:
         raise InvalidBatch(ErrorCode.corrupt_message, "CRC-32C mismatch")
     # Kafka refuses a producer batch whose offset range is not exactly its record
     # count ("inconsistent batch offset range"): anything else would open gaps.
-    if record_count <= 0 or last_offset_delta != record_count - 1:
+    if record_count <= 0 or (
+        last_offset_delta != record_count - 1
+        if not stored
+        else not 0 <= record_count - 1 <= last_offset_delta
+    ):
         raise InvalidBatch(
             ErrorCode.invalid_record,
             f"record count {record_count} inconsistent with lastOffsetDelta {last_offset_delta}",

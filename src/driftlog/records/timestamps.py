@@ -19,7 +19,7 @@ _XERIAL_MAGIC = b"\x82SNAPPY\x00"
 MIN_RECORD_BYTES = 6
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     """A zigzag varint (Kafka's record fields) and the position after it."""
     shift = 0
     raw = 0
@@ -64,7 +64,7 @@ def decompress(codec: int, data: bytes) -> bytes:
 
 def record_timestamps(batch: bytes) -> list[tuple[int, int]]:
     """(offset delta, timestamp ms) of every record in the batch, in order."""
-    header = parse_header(batch)
+    header = parse_header(batch, stored=True)
     body = decompress(header.compression, batch[HEADER_SIZE : header.size])
     (base_timestamp,) = struct.unpack_from(">q", batch, 27)
     out: list[tuple[int, int]] = []
@@ -72,13 +72,13 @@ def record_timestamps(batch: bytes) -> list[tuple[int, int]]:
     # The count comes from the producer and records were never decoded on the
     # write path: walk only as far as the body really goes.
     while len(out) < header.record_count and pos < len(body):
-        length, pos = _varint(body, pos)
+        length, pos = read_varint(body, pos)
         if length < MIN_RECORD_BYTES or pos + length > len(body):
             raise ValueError(f"record length {length} at {pos} does not fit the batch")
         end = pos + length
         pos += 1  # attributes
-        timestamp_delta, pos = _varint(body, pos)
-        offset_delta, pos = _varint(body, pos)
+        timestamp_delta, pos = read_varint(body, pos)
+        offset_delta, pos = read_varint(body, pos)
         out.append((offset_delta, base_timestamp + timestamp_delta))
         pos = end
     return out

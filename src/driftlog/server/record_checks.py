@@ -12,9 +12,12 @@ record checks, those that apply to Driftlog are the timestamp ones:
 - LogAppendTime topics: a producer batch already marked LogAppendTime gets
   INVALID_TIMESTAMP for each record (a header bit: nothing is decoded).
 
-The other record check, keys on compacted topics, cannot arise: Driftlog refuses
-`cleanup.policy=compact`. Magic and inner compression checks concern v0/v1
-message sets, which Driftlog refuses whole.
+- Compacted topics (`cleanup.policy` with compact): a record without a key gets
+  INVALID_RECORD (key compaction keeps the latest record per key; an unkeyed one has
+  none). Records are decoded for this on compacted topics only.
+
+Magic and inner compression checks concern v0/v1 message sets, which Driftlog
+refuses whole.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from dataclasses import dataclass
 from kio.schema.errors import ErrorCode
 
 from driftlog.records.batch import TIMESTAMP_TYPE_LOG_APPEND, BatchHeader, InvalidBatch
+from driftlog.records.recordset import decode_records
 from driftlog.records.timestamps import record_timestamps
 from driftlog.topic_config import NO_BOUND_MS
 
 NO_TIMESTAMP = -1
 # Kafka's top-level message; the per-record ones come in record_errors.
 INVALID_TIMESTAMP_MESSAGE = "One or more records have been rejected due to invalid timestamp"
+NO_KEY_MESSAGE = "Compacted topic cannot accept message without key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +45,7 @@ class RecordChecks:
     log_append_time: bool
     before_max_ms: int
     after_max_ms: int
+    requires_keys: bool = False
 
     @property
     def bounded(self) -> bool:
@@ -59,17 +65,21 @@ def checks_for(configs: Mapping[str, str]) -> RecordChecks | None:
     log_append_time = configs.get("message.timestamp.type") == "LogAppendTime"
     before = configs.get("message.timestamp.before.max.ms")
     after = configs.get("message.timestamp.after.max.ms")
-    if not log_append_time and before is None and after is None:
+    compacted = "compact" in configs.get("cleanup.policy", "delete").split(",")
+    if not log_append_time and before is None and after is None and not compacted:
         return None
     return RecordChecks(
         log_append_time,
         int(before) if before is not None else NO_BOUND_MS,
         int(after) if after is not None else NO_BOUND_MS,
+        compacted,
     )
 
 
 def check_records(batch: bytes, header: BatchHeader, checks: RecordChecks, now_ms: int) -> None:
     """Raise RecordErrors naming every invalid record, or InvalidBatch if records are unreadable."""
+    if checks.requires_keys:
+        _check_keys(batch)
     marked_log_append = bool(header.attributes & TIMESTAMP_TYPE_LOG_APPEND)
     if checks.log_append_time:
         if marked_log_append:
@@ -109,3 +119,17 @@ def check_records(batch: bytes, header: BatchHeader, checks: RecordChecks, now_m
     ]
     if errors:
         raise RecordErrors(ErrorCode.invalid_timestamp, INVALID_TIMESTAMP_MESSAGE, errors)
+
+
+def _check_keys(batch: bytes) -> None:
+    try:
+        _, records = decode_records(batch)
+    except Exception as e:  # cramjam and the varint walk raise many types
+        raise InvalidBatch(ErrorCode.corrupt_message, f"records cannot be read: {e}") from e
+    errors = [
+        (index, "Compacted topic cannot accept message without key.")
+        for index, record in enumerate(records)
+        if record.key is None
+    ]
+    if errors:
+        raise RecordErrors(ErrorCode.invalid_record, NO_KEY_MESSAGE, errors)

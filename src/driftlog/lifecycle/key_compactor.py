@@ -1,0 +1,318 @@
+"""Key compaction of `cleanup.policy=compact` topics: runs `key_cleaning.py`'s rules
+against the database and the object store, on the writer agent.
+
+A pass over a partition reads the batch rows from the log start to the cleanable end,
+maps the dirty part's keys (the map is bounded: `map_bytes`), then walks the log from its
+start in chunks of about `chunk_bytes`: each batch is read, its records decoded (with its
+own codec) and filtered; a batch that lost records is written again (`rewrite_batch`:
+same base offset, last offset delta, producer id, epoch, base sequence and bits) into a
+new object, a batch left without records is removed (readers see a gap, as in Kafka).
+Each chunk is one swap through the writer (`CommitWriter.rewrite_batches`): one fenced
+transaction points the rewritten batches at the new object and deletes the removed rows,
+only where a row still names the object it was read from (retention or object
+compaction may have moved on meanwhile: then that batch is left for the next pass). The
+last chunk's swap also stores the partition's new cleaned offset and pass history.
+
+Restartable at any point: a crash before a swap leaves an orphan upload; after it, the
+log holds the latest record of every key it held (a removed record always has a later
+committed record of its key, below the last stable offset), so a new pass over the same
+part changes nothing wrong. Markers are never rewritten or removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from driftlog.clock import Clock
+from driftlog.coordinator.api import CoordinatorError, PartitionOffsets, TopicInfo
+from driftlog.coordinator.backend import (
+    Backend,
+    BatchRef,
+    BatchRemoval,
+    BatchRewrite,
+    KeyCleanState,
+)
+from driftlog.coordinator.transactions import AbortedTxn
+from driftlog.lifecycle.key_cleaning import (
+    KEY_MAP_ENTRY_BYTES,
+    BatchInfo,
+    CleaningHistory,
+    KeyCompactionPolicy,
+    KeyMap,
+    aborted_in,
+    cleanable_end,
+    keep_record,
+    key_digest,
+    policy_for,
+    should_clean,
+)
+from driftlog.lifecycle.keys import new_object_key
+from driftlog.records.control import is_marker_key
+from driftlog.records.recordset import Record, decode_records, rewrite_batch
+from driftlog.storage.api import ObjectStore, ObjectStoreError
+
+log = logging.getLogger(__name__)
+
+# The writer's swap: (key or None, size, rewrites, removals, state) -> rows changed, or
+# None when the upload is too old to commit.
+Rewrite = Callable[
+    [str | None, int, Sequence[BatchRewrite], Sequence[BatchRemoval], KeyCleanState | None],
+    Awaitable[int | None],
+]
+_PAGE = 5_000
+
+
+class PartitionView(Protocol):
+    """What the compactor reads of the coordinator's view."""
+
+    def topics(self) -> Sequence[TopicInfo]: ...
+    def partition_offsets(self, topic_id: uuid.UUID, partition: int) -> PartitionOffsets | None: ...
+    def last_stable_offset(self, topic_id: uuid.UUID, partition: int) -> int | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCompactionConfig:
+    interval_ms: int = 30_000
+    # The key map's memory: about KEY_MAP_ENTRY_BYTES per distinct key of the dirty part.
+    map_bytes: int = 64 * 1024 * 1024
+    # Bytes of batches read (and at most written) per swap.
+    chunk_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class KeyCompactionStats:
+    passes: int = 0
+    batches_rewritten: int = 0
+    batches_removed: int = 0
+    records_removed: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    errors: int = 0
+
+
+class KeyCompactor:
+    def __init__(
+        self,
+        backend: Backend,
+        view: PartitionView,
+        store: ObjectStore,
+        clock: Clock,
+        rewrite: Rewrite,
+        config: KeyCompactionConfig | None = None,
+    ) -> None:
+        self._backend = backend
+        self._view = view
+        self._store = store
+        self._clock = clock
+        self._rewrite = rewrite
+        self.config = config or KeyCompactionConfig()
+        self.stats = KeyCompactionStats()
+
+    async def compact_once(self) -> int:
+        """One pass over every compacted partition that needs one; how many were cleaned."""
+        cleaned = 0
+        for topic in list(self._view.topics()):
+            policy = policy_for(topic.configs)
+            if policy is None:
+                continue
+            for partition in range(topic.partition_count):
+                try:
+                    cleaned += await self.clean_partition(topic.topic_id, partition, policy)
+                except (CoordinatorError, ObjectStoreError, ValueError) as e:
+                    self.stats.errors += 1
+                    log.warning(
+                        "key compaction of %s-%d failed (retried next run): %s",
+                        topic.name, partition, e,
+                    )  # fmt: skip
+        return cleaned
+
+    async def clean_partition(
+        self, topic_id: uuid.UUID, partition: int, policy: KeyCompactionPolicy
+    ) -> bool:
+        offsets = self._view.partition_offsets(topic_id, partition)
+        stable = self._view.last_stable_offset(topic_id, partition)
+        if offsets is None or stable is None:
+            return False
+        refs = await self._refs(
+            topic_id, partition, offsets.log_start_offset, offsets.high_watermark
+        )
+        infos = [
+            BatchInfo(r.location.base_offset, r.location.last_offset, r.location.byte_length,
+                      r.location.max_timestamp_ms)
+            for r in refs
+        ]  # fmt: skip
+        now_ms = self._clock.wall_ms()
+        end = cleanable_end(infos, stable, now_ms, policy)
+        state = await self._backend.key_clean_state(topic_id, partition)
+        history = CleaningHistory(state.passes if state else ())
+        cleaned_offset = max(state.cleaned_offset if state else 0, offsets.log_start_offset)
+        if not should_clean(infos, cleaned_offset, end, history, now_ms, policy):
+            return False
+        self.stats.passes += 1
+        in_range = [r for r in refs if r.location.last_offset < end]
+        aborted = await self._backend.read_aborted(
+            topic_id, partition, offsets.log_start_offset, end
+        )
+        key_map = KeyMap(self.config.map_bytes // KEY_MAP_ENTRY_BYTES)
+        map_end = await self._map_keys(
+            [r for r in in_range if r.location.base_offset >= cleaned_offset], key_map, aborted
+        )
+        if map_end is None:
+            map_end = max(end, cleaned_offset)
+        to_clean = [r for r in in_range if r.location.last_offset < map_end]
+        kept_tombstones: list[int] = []
+        chunks = _chunks(to_clean, self.config.chunk_bytes)
+        if not chunks:
+            chunks = [[]]
+        for i, chunk in enumerate(chunks):
+            await self._clean_chunk(
+                chunk, key_map, aborted, history, now_ms, policy, kept_tombstones,
+                map_end if i == len(chunks) - 1 else None, topic_id, partition,
+            )  # fmt: skip
+        return True
+
+    async def _refs(
+        self, topic_id: uuid.UUID, partition: int, start: int, end: int
+    ) -> list[BatchRef]:
+        refs: list[BatchRef] = []
+        while start < end:
+            page = await self._backend.read_batch_refs(topic_id, partition, start, end, _PAGE)
+            refs += page
+            if len(page) < _PAGE:
+                break
+            start = page[-1].location.last_offset + 1
+        return refs
+
+    async def _read(self, refs: Sequence[BatchRef]) -> list[bytes | None]:
+        """Each batch's bytes (None for markers, which have none)."""
+        by_key: dict[str, list[int]] = {}
+        for i, ref in enumerate(refs):
+            if not is_marker_key(ref.location.object_key):
+                by_key.setdefault(ref.location.object_key, []).append(i)
+        out: list[bytes | None] = [None] * len(refs)
+
+        async def read(key: str, indexes: list[int]) -> None:
+            ranges = [(refs[i].location.byte_offset,
+                       refs[i].location.byte_offset + refs[i].location.byte_length)
+                      for i in indexes]  # fmt: skip
+            parts = await self._store.get_ranges(key, ranges)
+            for i, part in zip(indexes, parts, strict=True):
+                out[i] = bytes(part)
+                self.stats.bytes_read += len(part)
+
+        await asyncio.gather(*(read(k, v) for k, v in by_key.items()))
+        return out
+
+    async def _map_keys(
+        self, dirty: Sequence[BatchRef], key_map: KeyMap, aborted: Sequence[AbortedTxn]
+    ) -> int | None:
+        """Map the dirty part's keys to their latest offsets; the offset the map stops at
+        when it fills (a batch boundary), or None when it took everything."""
+        for chunk in _chunks(dirty, self.config.chunk_bytes):
+            for ref, data in zip(chunk, await self._read(chunk), strict=True):
+                if data is None:
+                    continue
+                header, records = decode_records(data)
+                if header.is_control or (
+                    header.is_transactional
+                    and aborted_in(aborted, header.producer_id, ref.location.base_offset)
+                ):
+                    continue
+                base = ref.location.base_offset
+                keyed = [
+                    (key_digest(r.key), base + r.offset_delta) for r in records if r.key is not None
+                ]
+                new = len({d for d, _ in keyed if key_map.latest(d) is None})
+                if key_map.offsets and len(key_map.offsets) + new > key_map.max_entries:
+                    return base  # a batch is mapped whole or not at all
+                for digest, offset in keyed:
+                    key_map.offsets[digest] = offset
+        return None
+
+    async def _clean_chunk(
+        self,
+        chunk: Sequence[BatchRef],
+        key_map: KeyMap,
+        aborted: Sequence[AbortedTxn],
+        history: CleaningHistory,
+        now_ms: int,
+        policy: KeyCompactionPolicy,
+        kept_tombstones: list[int],
+        map_end: int | None,
+        topic_id: uuid.UUID,
+        partition: int,
+    ) -> None:
+        """Filter one chunk and swap it; the pass's last chunk (`map_end` given) also
+        stores where the partition's cleaning stands."""
+        parts: list[bytes] = []
+        rewrites: list[BatchRewrite] = []
+        removals: list[BatchRemoval] = []
+        position = 0
+        removed_records = 0
+        for ref, data in zip(chunk, await self._read(chunk), strict=True):
+            if data is None:
+                continue  # a marker: kept as it is
+            location = ref.location
+            header, records = decode_records(data)
+            if header.is_control:
+                continue
+            kept: list[Record] = []
+            if not (
+                header.is_transactional
+                and aborted_in(aborted, header.producer_id, location.base_offset)
+            ):
+                for record in records:
+                    offset = location.base_offset + record.offset_delta
+                    digest = key_digest(record.key) if record.key is not None else None
+                    if keep_record(offset, digest, record.is_tombstone, key_map, history,
+                                   now_ms, policy):  # fmt: skip
+                        kept.append(record)
+                        if record.is_tombstone:
+                            kept_tombstones.append(offset)
+            if len(kept) == len(records):
+                continue
+            removed_records += len(records) - len(kept)
+            key = (topic_id, partition, location.last_offset, ref.object_id)
+            if not kept:
+                removals.append(BatchRemoval(*key))
+                continue
+            rewritten = rewrite_batch(data, kept)
+            rewrites.append(BatchRewrite(*key, position, len(rewritten)))
+            parts.append(rewritten)
+            position += len(rewritten)
+        state = None
+        if map_end is not None:
+            after = CleaningHistory(history.as_tuples())
+            after.after_pass(map_end, now_ms, kept_tombstones)
+            state = KeyCleanState(topic_id, partition, map_end, after.as_tuples())
+        if not (rewrites or removals or state):
+            return
+        object_key = None
+        if rewrites:
+            object_key = new_object_key(self._clock.wall_ms())
+            await self._store.put_new(object_key, parts)
+            self.stats.bytes_written += position
+        changed = await self._rewrite(object_key, position, rewrites, removals, state)
+        if changed is None:
+            log.warning("key compaction output %s was too old to commit; an orphan", object_key)
+            return
+        self.stats.batches_rewritten += len(rewrites)
+        self.stats.batches_removed += len(removals)
+        self.stats.records_removed += removed_records
+
+
+def _chunks(refs: Sequence[BatchRef], chunk_bytes: int) -> list[list[BatchRef]]:
+    out: list[list[BatchRef]] = []
+    size = 0
+    for ref in refs:
+        if not out or size + ref.location.byte_length > chunk_bytes:
+            out.append([])
+            size = 0
+        out[-1].append(ref)
+        size += ref.location.byte_length
+    return out
