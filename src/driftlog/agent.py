@@ -26,6 +26,7 @@ from driftlog.coordinator.postgres import PostgresBackend
 from driftlog.coordinator.retention import RetentionPolicy
 from driftlog.coordinator.service import AgentCoordinator
 from driftlog.coordinator.sqlite import SqliteBackend
+from driftlog.coordinator.transactions import TxnLimits
 from driftlog.groups.coordinator import GroupCoordinator
 from driftlog.lifecycle.compactor import CompactionConfig, Compactor
 from driftlog.lifecycle.gc import GcConfig, ObjectCollector
@@ -80,6 +81,9 @@ class Agent:
                 config.log_retention_ms, config.log_retention_bytes, config.retention_check_ms
             ),
             max_commit_age_ms=max_commit_age_ms(config.gc_orphan_grace_ms),
+            txn_limits=TxnLimits(
+                config.transaction_max_timeout_ms, config.transactional_id_expiration_ms
+            ),
         )
         writer = self.coordinator.writer
         self.collector = ObjectCollector(

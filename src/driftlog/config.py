@@ -43,6 +43,9 @@ class AgentConfig:
     compaction_min_age_ms: int = 60_000
     compaction_small_object_bytes: int = 4 * MiB
     compaction_target_bytes: int = 64 * MiB
+    # Transactions: Kafka's transaction.max.timeout.ms and transactional.id.expiration.ms.
+    transaction_max_timeout_ms: int = 900_000
+    transactional_id_expiration_ms: int = 604_800_000
     # Key compaction of cleanup.policy=compact topics (lifecycle/key_compactor.py).
     key_compaction_interval_ms: int = 30_000
     key_compaction_map_bytes: int = 64 * MiB

@@ -11,7 +11,7 @@ from typing import Any
 from batch_builder import build_batch
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from conftest import AgentProcess
+from conftest import AgentFactory, AgentProcess
 from kio.schema.add_offsets_to_txn.v0.request import AddOffsetsToTxnRequest
 from kio.schema.add_partitions_to_txn.v3.request import (
     AddPartitionsToTxnRequest,
@@ -364,5 +364,15 @@ def test_write_txn_markers_aborts_a_hanging_transaction(agent: AgentProcess) -> 
             assert consumer.get_watermark_offsets(end, timeout=10) == (0, 2)
         finally:
             consumer.close()
+    finally:
+        client.close()
+
+
+def test_the_transaction_timeout_limit_is_the_agents(agent_factory: AgentFactory) -> None:
+    agent = agent_factory("--transaction-max-timeout-ms", "5000")
+    client = RawClient(agent.bootstrap)
+    try:
+        assert init(client, "limited", timeout_ms=5001)[0] == ErrorCode.invalid_transaction_timeout
+        assert init(client, "limited", timeout_ms=5000)[0] == ErrorCode.none
     finally:
         client.close()

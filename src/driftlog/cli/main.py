@@ -191,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
         "size of the objects compaction writes",
     )
     option(
+        "--transaction-max-timeout-ms",
+        "TRANSACTION_MAX_TIMEOUT_MS",
+        d.transaction_max_timeout_ms,
+        "longest transaction.timeout.ms allowed (longer: INVALID_TRANSACTION_TIMEOUT)",
+    )
+    option(
+        "--transactional-id-expiration-ms",
+        "TRANSACTIONAL_ID_EXPIRATION_MS",
+        d.transactional_id_expiration_ms,
+        "a transactional id idle this long is forgotten",
+    )
+    option(
         "--key-compaction-interval-ms",
         "KEY_COMPACTION_INTERVAL_MS",
         d.key_compaction_interval_ms,
@@ -293,6 +305,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         compaction_min_age_ms=int(args.compaction_min_age_ms),
         compaction_small_object_bytes=int(args.compaction_small_object_bytes),
         compaction_target_bytes=int(args.compaction_target_bytes),
+        transaction_max_timeout_ms=int(args.transaction_max_timeout_ms),
+        transactional_id_expiration_ms=int(args.transactional_id_expiration_ms),
         key_compaction_interval_ms=int(args.key_compaction_interval_ms),
         key_compaction_map_bytes=int(args.key_compaction_map_bytes),
         flush_ms=int(args.flush_ms),
