@@ -1,5 +1,6 @@
 """Transactions with real clients: commit and abort visibility under both isolation
-levels, fencing, consume-transform-produce exactly once, open transactions holding
+levels (confluent-kafka, aiokafka, kafka-python), fencing, consume-transform-produce
+exactly once, open transactions holding
 read_committed readers back, timeouts, and a kill -9 in the middle of a transaction."""
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from conftest import AgentFactory, AgentProcess
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
 
 Record = tuple[int, int, bytes | None, bytes | None]  # partition, offset, key, value
 
@@ -354,3 +357,33 @@ def test_kill_9_mid_transaction_keeps_it_all_or_nothing(durable_agent: AgentProc
     durable_agent.restart()
     producer.abort_transaction(60)
     assert sorted(r[3] or b"" for r in read_all(b, topic, 2, "read_committed")) == sorted(values)
+
+
+def test_kafka_python_transactions_commit_and_abort(agent: AgentProcess) -> None:
+    b = agent.bootstrap
+    topic = create_topic(b, 1)
+    producer = KafkaProducer(bootstrap_servers=b, transactional_id="kp-" + topic)
+    producer.init_transactions()
+    producer.begin_transaction()
+    producer.send(topic, b"kept", partition=0)
+    producer.commit_transaction()
+    producer.begin_transaction()
+    producer.send(topic, b"dropped", partition=0).get(timeout=20)
+    producer.abort_transaction()
+    producer.begin_transaction()
+    producer.send(topic, b"kept-too", partition=0)
+    producer.commit_transaction()
+    producer.close()
+    consumer = KafkaConsumer(
+        bootstrap_servers=b,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    consumer.assign([KafkaTopicPartition(topic, 0)])
+    values = [m.value for m in consumer]
+    consumer.close()
+    assert values == [b"kept", b"kept-too"]
+    assert [r[3] for r in read_all(b, topic, 1, "read_uncommitted")] == [
+        b"kept", b"dropped", b"kept-too"
+    ]  # fmt: skip
