@@ -43,6 +43,7 @@ from driftlog.protocol.codec import (
 )
 from driftlog.read.cache import BatchCache
 from driftlog.read.fetcher import BatchFetcher
+from driftlog.server import broker_configs
 from driftlog.server.api_versions import api_versions_error_response
 from driftlog.server.context import RequestContext
 from driftlog.server.listener import ConnectionClosed, ConnectionLimits, KafkaConnection
@@ -134,6 +135,13 @@ class Agent:
                 config.compaction_interval_ms,
                 lambda: writer.is_writer,
             ),
+            # Dynamic broker configs another agent changed (cluster-wide ones above all).
+            PeriodicJob(
+                "broker-configs",
+                lambda: broker_configs.refresh(self),
+                config.heartbeat_ms,
+                lambda: True,
+            ),
             PeriodicJob(
                 "key-compaction",
                 self.key_compactor.compact_once,
@@ -222,6 +230,7 @@ class Agent:
         # must expire first (then produce waits for a writer, as for a leader election).
         await self.coordinator.start(wait_for_writer_s=2 * self.config.lease_ms / 1000 + 1)
         self.cluster_id = await self.coordinator.backend.cluster_id(self._proposed_cluster_id())
+        await broker_configs.refresh(self)
         await self.membership.start()
         await self.groups.start()
         for job in self._lifecycle_jobs:

@@ -330,11 +330,9 @@ def test_dynamic_broker_configs(agent: AgentProcess) -> None:
     refused = _error(admin.incremental_alter_configs([bad_value])[bad_value])
     assert refused.name() == "INVALID_REQUEST"
     assert "Invalid value none for configuration max.connections" in refused.str()
-    # Resource names confluent-kafka will not send: the cluster-wide default and
-    # another broker's id (Kafka's wording for the latter).
+    # Resource names this agent refuses: another broker's id (Kafka's wording).
     client = RawClient(agent.bootstrap)
     for name, expected in [
-        ("", "per agent"),
         ("5", "Unexpected broker id, expected 0, but received 5"),
         ("x", "Node id must be an integer, but it is: x"),
     ]:
@@ -374,11 +372,41 @@ def test_dynamic_broker_configs(agent: AgentProcess) -> None:
     legacy = ConfigResource(ConfigResource.Type.BROKER, "0", set_config={"num.partitions": "4"})
     assert _error_name(admin.alter_configs([legacy])[legacy]) == "INVALID_REQUEST"
 
-    # Per agent and in memory only: a restart forgets the dynamic value.
+    # The cluster-wide default (the empty resource name, which confluent-kafka will not
+    # send; Kafka's tools do): below the broker's own value.
+    client = RawClient(agent.bootstrap)
+    response = client.request(
+        IncrementalAlterConfigsRequest(
+            resources=(
+                AlterConfigsResource(
+                    resource_type=i8(4),
+                    resource_name="",
+                    configs=(
+                        AlterableConfig(
+                            name="message.max.bytes", config_operation=i8(0), value="6000"
+                        ),
+                    ),
+                ),
+            ),
+            validate_only=False,
+        )
+    )
+    client.close()
+    assert response.responses[0].error_code == ErrorCode.none
+    configs = _broker_config(admin)
+    assert configs["message.max.bytes"].value == "6000"
+    assert configs["message.max.bytes"].source == (ConfigSource.DYNAMIC_DEFAULT_BROKER_CONFIG.value)
+    assert configs["max.connections"].value == "500"  # the broker's own, untouched
+
+    # Stored in the coordinator: a restart keeps both.
     agent.terminate()
     agent.restart()
     admin = AdminClient({"bootstrap.servers": agent.bootstrap})
-    assert _broker_config(admin)["max.connections"].value == "10000"
+    configs = _broker_config(admin)
+    assert configs["max.connections"].value == "500"
+    assert configs["max.connections"].source == ConfigSource.DYNAMIC_BROKER_CONFIG.value
+    assert configs["message.max.bytes"].value == "6000"
+    assert _topic_config(admin, "dyn")["max.message.bytes"].value == "6000"
 
 
 def test_describe_cluster(agent: AgentProcess) -> None:

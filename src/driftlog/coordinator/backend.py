@@ -17,7 +17,7 @@ import functools
 import itertools
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -363,6 +363,16 @@ class Backend(Protocol):
 
     async def pending_offsets(self, group_id: str) -> set[tuple[str, int]]:
         """The group's partitions with an offset committed in a transaction still open."""
+        ...
+
+    # Dynamic broker configs (KIP-226) --------------------------------------------
+    async def load_broker_configs(self) -> dict[str, dict[str, str]]:
+        """Every resource's dynamic broker configs: "" is the cluster-wide default, a
+        node id's string that broker's own."""
+        ...
+
+    async def put_broker_configs(self, resource: str, configs: Mapping[str, str]) -> None:
+        """Replace a resource's dynamic broker configs (none: the row goes)."""
         ...
 
     # Producer ids and consumer-group offsets ----------------------------------

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -198,6 +198,14 @@ class FaultyBackend:
     async def key_clean_state(self, topic_id: uuid.UUID, partition: int) -> KeyCleanState | None:
         return await self._call(
             "key_clean_state", lambda: self.inner.key_clean_state(topic_id, partition)
+        )
+
+    async def load_broker_configs(self) -> dict[str, dict[str, str]]:
+        return await self._call("load_broker_configs", self.inner.load_broker_configs)
+
+    async def put_broker_configs(self, resource: str, configs: Mapping[str, str]) -> None:
+        await self._call(
+            "put_broker_configs", lambda: self.inner.put_broker_configs(resource, configs)
         )
 
     async def persist_transactions(self, fence: Fence, write: TxnWrite) -> None:

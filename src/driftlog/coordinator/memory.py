@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -131,6 +131,7 @@ class MemoryDatabase:
     aborted_txns: dict[PartitionKey, list[AbortedTxn]] = field(default_factory=dict)
     txn_offsets: dict[tuple[str, str, int, int], PendingOffset] = field(default_factory=dict)
     key_compaction: dict[PartitionKey, KeyCleanState] = field(default_factory=dict)
+    broker_configs: dict[str, dict[str, str]] = field(default_factory=dict)
     # Incremented by every transaction that changed something (cheap change detection).
     version: int = 0
 
@@ -507,6 +508,16 @@ class MemoryBackend:
             db.key_compaction[(state.topic_id, state.partition)] = state
         db.version += 1
         return changed
+
+    async def load_broker_configs(self) -> dict[str, dict[str, str]]:
+        return {resource: dict(c) for resource, c in self._db.broker_configs.items()}
+
+    async def put_broker_configs(self, resource: str, configs: Mapping[str, str]) -> None:
+        if configs:
+            self._db.broker_configs[resource] = dict(configs)
+        else:
+            self._db.broker_configs.pop(resource, None)
+        self._db.version += 1
 
     async def read_batch_refs(
         self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int, limit: int

@@ -259,6 +259,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (group_id, topic, partition, producer_id)
     );
     CREATE INDEX txn_offsets_by_producer ON txn_offsets (producer_id);
+    CREATE TABLE broker_configs (
+        resource text PRIMARY KEY,
+        configs text NOT NULL
+    );
     CREATE TABLE key_compaction (
         topic_id uuid NOT NULL,
         partition integer NOT NULL,
@@ -898,6 +902,22 @@ class PostgresBackend:
         except (psycopg.Error, PoolTimeout) as e:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
         return changed
+
+    async def load_broker_configs(self) -> dict[str, dict[str, str]]:
+        rows = await self._fetch("SELECT resource, configs FROM broker_configs")
+        return {str(resource): dict(json.loads(configs)) for resource, configs in rows}
+
+    async def put_broker_configs(self, resource: str, configs: Mapping[str, str]) -> None:
+        if configs:
+            await self._fetch(
+                "INSERT INTO broker_configs VALUES (%s, %s) ON CONFLICT (resource)"
+                " DO UPDATE SET configs = excluded.configs RETURNING 1",
+                (resource, json.dumps(dict(configs), sort_keys=True)),
+            )
+        else:
+            await self._fetch(
+                "DELETE FROM broker_configs WHERE resource = %s RETURNING 1", (resource,)
+            )
 
     async def read_batch_refs(
         self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int, limit: int

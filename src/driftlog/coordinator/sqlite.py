@@ -13,7 +13,7 @@ import functools
 import json
 import sqlite3
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -203,6 +203,10 @@ CREATE TABLE txn_offsets (
     PRIMARY KEY (group_id, topic, partition, producer_id)
 ) WITHOUT ROWID;
 CREATE INDEX txn_offsets_by_producer ON txn_offsets (producer_id);
+CREATE TABLE broker_configs (
+    resource TEXT PRIMARY KEY,
+    configs TEXT NOT NULL
+);
 CREATE TABLE key_compaction (
     topic_id BLOB NOT NULL,
     partition INTEGER NOT NULL,
@@ -734,6 +738,28 @@ class SqliteBackend:
         if row is None:
             return None
         return KeyCleanState(topic_id, partition, row[0], decode_passes(row[1]))
+
+    async def load_broker_configs(self) -> dict[str, dict[str, str]]:
+        return await self._run(self._load_broker_configs)
+
+    def _load_broker_configs(self) -> dict[str, dict[str, str]]:
+        return {
+            str(resource): dict(json.loads(configs))
+            for resource, configs in self.db.execute("SELECT resource, configs FROM broker_configs")
+        }
+
+    async def put_broker_configs(self, resource: str, configs: Mapping[str, str]) -> None:
+        await self._run(self._put_broker_configs, resource, dict(configs))
+
+    def _put_broker_configs(self, resource: str, configs: dict[str, str]) -> None:
+        with _Transaction(self.db) as db:
+            if configs:
+                db.execute(
+                    "INSERT OR REPLACE INTO broker_configs VALUES (?, ?)",
+                    (resource, json.dumps(configs, sort_keys=True)),
+                )
+            else:
+                db.execute("DELETE FROM broker_configs WHERE resource = ?", (resource,))
 
     # Object lifecycle ---------------------------------------------------------
     async def dead_objects(self, dead_before_ms: int, limit: int) -> list[ObjectRef]:

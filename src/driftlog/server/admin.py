@@ -414,7 +414,10 @@ def _broker_entries(ctx: RequestContext) -> list[tuple[Described, bool]]:
             config_type = _BROKER_TYPES[name]
             documentation = "Set from the agent's command line."
         if name in DYNAMIC_BROKER_CONFIGS:
-            documentation += " Dynamic: this agent applies it at once, until it restarts."
+            documentation += (
+                " Dynamic, per broker or cluster-wide (stored in the coordinator; every agent"
+                " applies a change within a heartbeat)."
+            )
         synonyms = tuple(Synonym(name, value, source) for value, source in chain)
         value, source = chain[0]
         described = Described(name, value, source, config_type, documentation, synonyms)
@@ -437,23 +440,30 @@ def _preflight(configs: Sequence[Any], *, incremental: bool) -> tuple[ErrorCode,
     return ErrorCode.none, None
 
 
-def _alter_broker(
+async def _alter_broker(
     ctx: RequestContext, name: str, changes: dict[str, str | None], validate_only: bool
 ) -> tuple[ErrorCode, str | None]:
-    """Set (value) or remove (None) this agent's dynamic broker configs: all or none."""
-    error, message = broker_configs.check_resource(ctx.agent, name)
+    """Set (value) or remove (None) a broker resource's dynamic configs (this agent's own
+    or the cluster-wide default): all or none, stored before they apply."""
+    agent = ctx.agent
+    error, message = broker_configs.check_resource(agent, name)
     if error == ErrorCode.none:
         # A delete of a config this agent never applies is refused too, as in Kafka.
         error, message = broker_configs.validate(changes)
     if error != ErrorCode.none or validate_only:
         return error, message
-    current = dict(broker_configs.overrides(ctx.agent))
-    for config, value in changes.items():
-        if value is None:
-            current.pop(config, None)
-        else:
-            current[config] = value
-    broker_configs.apply(ctx.agent, current)
+    try:
+        stored = await agent.coordinator.backend.load_broker_configs()
+        current = dict(stored.get(name, {}))
+        for config, value in changes.items():
+            if value is None:
+                current.pop(config, None)
+            else:
+                current[config] = value
+        await agent.coordinator.backend.put_broker_configs(name, current)
+    except CoordinatorError as e:
+        return ErrorCode.request_timed_out, f"the coordinator did not store it: {e}"
+    broker_configs.apply_stored(agent, {**stored, name: current})
     return ErrorCode.none, None
 
 
@@ -461,7 +471,7 @@ async def _alter(
     ctx: RequestContext, resource: Any, changes: dict[str, str | None], validate_only: bool
 ) -> tuple[ErrorCode, str | None]:
     if resource.resource_type == RESOURCE_BROKER:
-        return _alter_broker(ctx, resource.resource_name, changes, validate_only)
+        return await _alter_broker(ctx, resource.resource_name, changes, validate_only)
     if resource.resource_type != RESOURCE_TOPIC:
         return ErrorCode.invalid_request, f"Unknown resource type {resource.resource_type}"
     topic = ctx.agent.coordinator.topic(resource.resource_name)
@@ -487,7 +497,9 @@ async def handle_alter_configs(ctx: RequestContext, request: Any) -> Any:
     for resource in request.resources:
         changes: dict[str, str | None] = {c.name: c.value for c in resource.configs}
         if resource.resource_type == RESOURCE_BROKER:
-            existing: Iterable[str] = broker_configs.overrides(ctx.agent)
+            existing: Iterable[str] = broker_configs.resource_values(
+                ctx.agent, resource.resource_name
+            )
         else:
             topic = ctx.agent.coordinator.topic(resource.resource_name)
             existing = topic.configs if topic is not None else ()

@@ -1,11 +1,15 @@
-"""Dynamic broker configs (KIP-226) of one agent: validate, apply, describe. No I/O.
+"""Dynamic broker configs (KIP-226): validate, apply, describe.
 
-AlterConfigs and IncrementalAlterConfigs on this agent's BROKER resource change
-the few configs in `topic_config.DYNAMIC_BROKER_CONFIGS`, which the agent reads
-live. They apply to this agent only and are forgotten on restart: Kafka keeps
-them in its metadata log, but here that would need the coordinator, so they are
-documented as per agent and not persisted. Cluster-wide defaults (the empty
-resource name) are refused for the same reason.
+AlterConfigs and IncrementalAlterConfigs on a BROKER resource change the configs in
+`topic_config.DYNAMIC_BROKER_CONFIGS`, which agents read live: on the resource of
+this agent's node id (that broker's own values) or on the empty name (the
+cluster-wide default, what every agent uses where it has no value of its own). Both
+are stored in the coordinator database (`broker_configs`), so they survive restarts;
+each agent reloads them every heartbeat (`refresh`), so a cluster-wide change
+reaches every agent within about a heartbeat, and the agent that took the change
+applies it at once. A broker's own value wins over the default, which wins over the
+command line (sources DYNAMIC_BROKER_CONFIG, DYNAMIC_DEFAULT_BROKER_CONFIG,
+STATIC_BROKER_CONFIG, as Kafka reports them).
 
 Refusals follow Kafka's ConfigAdminManager: INVALID_REQUEST with a message
 naming the configs, and the whole resource is refused (nothing is applied).
@@ -36,10 +40,15 @@ if TYPE_CHECKING:
 _STATIC_MAX_MESSAGE_BYTES = int(TOPIC_CONFIGS["max.message.bytes"].default)
 
 
+CLUSTER_DEFAULT = ""  # the resource name of the cluster-wide default
+
+
 @dataclasses.dataclass(slots=True)
 class _State:
     static_max_connections: int
-    overrides: dict[str, str] = dataclasses.field(default_factory=dict)
+    own: dict[str, str] = dataclasses.field(default_factory=dict)  # this broker's
+    cluster: dict[str, str] = dataclasses.field(default_factory=dict)  # the default
+    overrides: dict[str, str] = dataclasses.field(default_factory=dict)  # what applies
     message_max_bytes: int = _STATIC_MAX_MESSAGE_BYTES
 
 
@@ -57,9 +66,28 @@ def _state(agent: Agent) -> _State:
 
 
 def overrides(agent: Agent) -> Mapping[str, str]:
-    """The dynamic values set on this agent (name to value)."""
+    """The dynamic values that apply to this agent (name to value)."""
     state = _states.get(agent)
     return state.overrides if state is not None else {}
+
+
+def resource_values(agent: Agent, name: str) -> dict[str, str]:
+    """The dynamic values stored on one resource: this broker's own, or the default."""
+    state = _state(agent)
+    return dict(state.cluster if name == CLUSTER_DEFAULT else state.own)
+
+
+def _dynamic_chain(agent: Agent, name: str) -> list[tuple[str, ConfigSource]]:
+    """A config's dynamic values, highest priority first."""
+    state = _states.get(agent)
+    if state is None:
+        return []
+    chain = []
+    if name in state.own:
+        chain.append((state.own[name], ConfigSource.DYNAMIC_BROKER_CONFIG))
+    if name in state.cluster:
+        chain.append((state.cluster[name], ConfigSource.DYNAMIC_DEFAULT_BROKER_CONFIG))
+    return chain
 
 
 def message_max_bytes(agent: Agent) -> int:
@@ -97,9 +125,7 @@ def topic_defaults(agent: Agent) -> BrokerValues:
         "message.max.bytes": str(_STATIC_MAX_MESSAGE_BYTES),
     }
     values = {name: [(value, static_source(name, value))] for name, value in static.items()}
-    dynamic = overrides(agent).get("message.max.bytes")
-    if dynamic is not None:
-        values["message.max.bytes"].insert(0, (dynamic, ConfigSource.DYNAMIC_BROKER_CONFIG))
+    values["message.max.bytes"][:0] = _dynamic_chain(agent, "message.max.bytes")
     return values
 
 
@@ -122,11 +148,7 @@ def broker_values(agent: Agent) -> BrokerValues:
             else ConfigSource.STATIC_BROKER_CONFIG
         )
         values[name] = [(value, source)]
-    dynamic = overrides(agent)
-    if "max.connections" in dynamic:
-        values["max.connections"].insert(
-            0, (dynamic["max.connections"], ConfigSource.DYNAMIC_BROKER_CONFIG)
-        )
+    values["max.connections"][:0] = _dynamic_chain(agent, "max.connections")
     from_topics = topic_defaults(agent)
     for name, spec in BROKER_SYNONYMS.items():
         values[name] = [(s.value, s.source) for s in broker_chain(spec, from_topics)]
@@ -135,12 +157,8 @@ def broker_values(agent: Agent) -> BrokerValues:
 
 def check_resource(agent: Agent, name: str) -> tuple[ErrorCode, str | None]:
     """Whether a BROKER resource name may be altered here (Kafka's wording)."""
-    if name == "":
-        return (
-            ErrorCode.invalid_request,
-            "cluster-wide default broker configs are not supported: Driftlog applies "
-            f"dynamic broker configs per agent; name the broker id ({agent.node_id})",
-        )
+    if name == CLUSTER_DEFAULT:
+        return ErrorCode.none, None
     try:
         node_id = int(name)
     except ValueError:
@@ -168,13 +186,26 @@ def validate(changes: Mapping[str, str | None]) -> tuple[ErrorCode, str | None]:
     return ErrorCode.none, None
 
 
-def apply(agent: Agent, new_overrides: Mapping[str, str]) -> None:
-    """Make `new_overrides` the agent's whole set of dynamic values, effective at once."""
+def apply(agent: Agent, own: Mapping[str, str], cluster: Mapping[str, str]) -> None:
+    """Make these the agent's dynamic values (its own and the cluster-wide default),
+    effective at once."""
     state = _state(agent)
-    state.overrides = dict(new_overrides)
+    state.own, state.cluster = dict(own), dict(cluster)
+    new_overrides = {**cluster, **own}
+    state.overrides = new_overrides
     state.message_max_bytes = int(new_overrides.get("message.max.bytes", _STATIC_MAX_MESSAGE_BYTES))
     max_connections = int(new_overrides.get("max.connections", state.static_max_connections))
     if max_connections != agent.config.max_connections:
         # The agent reads config.max_connections on every accept; the config is a
         # frozen value, so the change is a new value.
         agent.config = dataclasses.replace(agent.config, max_connections=max_connections)
+
+
+def apply_stored(agent: Agent, stored: Mapping[str, Mapping[str, str]]) -> None:
+    """Apply what the coordinator database holds (every resource's values)."""
+    apply(agent, stored.get(str(agent.node_id), {}), stored.get(CLUSTER_DEFAULT, {}))
+
+
+async def refresh(agent: Agent) -> None:
+    """Reload the stored dynamic broker configs and apply them (every heartbeat)."""
+    apply_stored(agent, await agent.coordinator.backend.load_broker_configs())
