@@ -230,7 +230,7 @@ class Agent:
         # must expire first (then produce waits for a writer, as for a leader election).
         await self.coordinator.start(wait_for_writer_s=2 * self.config.lease_ms / 1000 + 1)
         self.cluster_id = await self.coordinator.backend.cluster_id(self._proposed_cluster_id())
-        await broker_configs.refresh(self)
+        await broker_configs.refresh(self)  # before serving: the stored values apply
         await self.membership.start()
         await self.groups.start()
         for job in self._lifecycle_jobs:

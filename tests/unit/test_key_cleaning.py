@@ -148,6 +148,17 @@ def test_a_rewritten_batch_keeps_its_header_and_codec(codec: int) -> None:
     assert header.max_timestamp_ms == header.base_timestamp_ms + 1
 
 
+def test_lz4_frames_have_independent_blocks_as_the_java_client_requires() -> None:
+    plain = build_batch([b"y" * 100_000])
+    frame = compress(3, plain[61:])
+    assert frame[:4] == b"\x04\x22\x4d\x18"  # the LZ4 frame magic
+    flags = frame[4]
+    assert flags >> 6 == 1  # version 01
+    assert flags & 0x20  # block independence: Kafka's Java reader requires it
+    assert not flags & 0x04  # no content checksum
+    assert decompress(3, frame) == plain[61:]
+
+
 def test_snappy_keeps_the_framing_it_came_in() -> None:
     plain = build_batch([b"x" * 100])
     framed = compress(2, plain[61:], xerial=True)

@@ -8,9 +8,17 @@ import uuid
 from kio.schema.errors import ErrorCode
 
 from driftlog.coordinator import transactions as txns
-from driftlog.coordinator.api import TRANSACTIONAL_ATTRIBUTE, BatchToCommit, TopicInfo
+from driftlog.coordinator.api import (
+    TRANSACTIONAL_ATTRIBUTE,
+    BatchLocation,
+    BatchToCommit,
+    TopicInfo,
+)
+from driftlog.coordinator.backend import LogStart
+from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
 from driftlog.coordinator.sequencer import PartitionSequence, Sequencer, SequencerSnapshot
 from driftlog.coordinator.transactions import Transaction, TxnLimits, TxnState
+from driftlog.coordinator.view import CoordinatorView
 from driftlog.records.batch import parse_header
 from driftlog.records.control import MARKER_BATCH_BYTES, control_batch, parse_marker_key
 
@@ -235,3 +243,39 @@ def test_a_fencing_marker_makes_the_producer_start_its_sequence_again() -> None:
     sequencer.end_transaction(fencing.end, 1, 10**9)
     state = sequencer.producers[(5, TOPIC, 0)]
     assert state.epoch == 4 and not state.batches and state.txn_first_offset == -1
+
+
+# The view's last stable offset ------------------------------------------------------
+
+
+def _view() -> CoordinatorView:
+    view = CoordinatorView(MemoryBackend(MemoryDatabase()))
+    view.on_topic_put(TopicInfo("t", TOPIC, 1))
+    return view
+
+
+def _batch_row(base: int, count: int) -> tuple[uuid.UUID, int, BatchLocation]:
+    return (TOPIC, 0, BatchLocation("objects/x", 0, 10, base, base + count - 1, 1, -1))
+
+
+def test_a_late_close_does_not_end_the_producers_next_transaction() -> None:
+    """After a resync the producer's next transaction may be open already when the
+    stream delivers the previous one's marker: that close must leave it open."""
+    view = _view()
+    view.on_remote_applied([_batch_row(0, 3)])
+    view.on_txn_opens([txns.TxnOpen(TOPIC, 0, 5, 3)])  # the next transaction, from 3
+    view.on_remote_applied([_batch_row(3, 2)])
+    assert view.last_stable_offset(TOPIC, 0) == 3
+    view.on_txn_closes([txns.TxnClose(TOPIC, 0, 5, 0, 2, True)])  # the earlier one's marker
+    assert view.last_stable_offset(TOPIC, 0) == 3
+    view.on_txn_closes([txns.TxnClose(TOPIC, 0, 5, 3, 5, True)])
+    assert view.last_stable_offset(TOPIC, 0) == 5
+
+
+def test_the_last_stable_offset_never_falls_below_the_log_start() -> None:
+    view = _view()
+    view.on_txn_opens([txns.TxnOpen(TOPIC, 0, 5, 0)])
+    view.on_remote_applied([_batch_row(0, 6)])
+    assert view.last_stable_offset(TOPIC, 0) == 0
+    view.on_log_starts([LogStart(TOPIC, 0, 4)])  # DeleteRecords past the open data
+    assert view.last_stable_offset(TOPIC, 0) == 4

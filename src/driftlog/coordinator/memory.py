@@ -255,9 +255,11 @@ class MemoryBackend:
             )
         producers = {key: state.copy() for key, state in db.producer_states.items()}
         next_object_id = max(db.objects, default=0) + 1
+        aborted_ends = {key: rows[-1].last_offset for key, rows in db.aborted_txns.items() if rows}
         return SequencerSnapshot(
-            self._topics(), partitions, producers, next_object_id, list(db.transactions.values())
-        )
+            self._topics(), partitions, producers, next_object_id,
+            list(db.transactions.values()), aborted_ends,
+        )  # fmt: skip
 
     async def committed_outcomes(self, keys: Sequence[str]) -> dict[str, list[CommitOutcome]]:
         db = self._db

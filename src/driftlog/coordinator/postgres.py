@@ -589,9 +589,16 @@ class PostgresBackend:
                 assert row is not None
                 cursor = await conn.execute(_LOAD_TRANSACTIONS)
                 transactions = [transaction_from_row(r) for r in await cursor.fetchall()]
+                cursor = await conn.execute(
+                    b"SELECT topic_id, partition, max(last_offset) FROM aborted_txns"
+                    b" GROUP BY topic_id, partition"
+                )
+                aborted_ends = {(t, p): last for t, p, last in await cursor.fetchall()}
         except (psycopg.Error, PoolTimeout) as e:
             raise CoordinatorUnavailable(f"postgresql: {e}") from e
-        return SequencerSnapshot(topics, partitions, producers, int(row[0]), transactions)
+        return SequencerSnapshot(
+            topics, partitions, producers, int(row[0]), transactions, aborted_ends
+        )
 
     async def committed_outcomes(self, keys: Sequence[str]) -> dict[str, list[CommitOutcome]]:
         rows = await self._fetch(
@@ -859,22 +866,24 @@ class PostgresBackend:
                         (new_object.object_id, new_object.key, new_object.size,
                          new_object.committed_ms, new_object.level),
                     )  # fmt: skip
-                    for r in rewrites:
-                        await cursor.execute(
+                    # executemany pipelines the statements: one round trip, not one a row.
+                    if rewrites:
+                        await cursor.executemany(
                             b"UPDATE batches SET object_id = %s, byte_offset = %s,"
                             b" byte_length = %s WHERE topic_id = %s AND partition = %s"
                             b" AND last_offset = %s AND object_id = %s",
-                            (new_object.object_id, r.byte_offset, r.byte_length, r.topic_id,
-                             r.partition, r.last_offset, r.from_object_id),
+                            [(new_object.object_id, r.byte_offset, r.byte_length, r.topic_id,
+                              r.partition, r.last_offset, r.from_object_id) for r in rewrites],
                         )  # fmt: skip
-                        changed += cursor.rowcount
-                for gone in removals:
-                    await cursor.execute(
+                        changed += max(cursor.rowcount, 0)
+                if removals:
+                    await cursor.executemany(
                         b"DELETE FROM batches WHERE topic_id = %s AND partition = %s"
                         b" AND last_offset = %s AND object_id = %s",
-                        (gone.topic_id, gone.partition, gone.last_offset, gone.from_object_id),
-                    )
-                    changed += cursor.rowcount
+                        [(g.topic_id, g.partition, g.last_offset, g.from_object_id)
+                         for g in removals],
+                    )  # fmt: skip
+                    changed += max(cursor.rowcount, 0)
                 if state is not None:
                     await cursor.execute(
                         b"INSERT INTO key_compaction VALUES (%s, %s, %s, %s)"

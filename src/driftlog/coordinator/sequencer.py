@@ -102,6 +102,9 @@ class SequencerSnapshot:
     producers: dict[ProducerKey, ProducerPartitionState]
     next_object_id: int
     transactions: list[Transaction] = field(default_factory=list)
+    # Per partition, the marker offset of its newest aborted transaction (views skip the
+    # aborted-transaction index for reads that start past it).
+    aborted_ends: dict[PartitionKey, int] = field(default_factory=dict)
 
 
 class _TopicSequence(NamedTuple):

@@ -428,7 +428,16 @@ class SqliteBackend:
                 "SELECT coalesce(max(object_id), 0) + 1 FROM objects"
             ).fetchone()[0]
             transactions = self._load_transactions()
-        return SequencerSnapshot(topics, partitions, producers, next_object_id, transactions)
+            aborted_ends = {
+                (uuid.UUID(bytes=tid), partition): last
+                for tid, partition, last in db.execute(
+                    "SELECT topic_id, partition, max(last_offset) FROM aborted_txns"
+                    " GROUP BY topic_id, partition"
+                )
+            }
+        return SequencerSnapshot(
+            topics, partitions, producers, next_object_id, transactions, aborted_ends
+        )
 
     async def committed_outcomes(self, keys: Sequence[str]) -> dict[str, list[CommitOutcome]]:
         return await self._run(self._committed_outcomes, list(keys))

@@ -44,8 +44,8 @@ class PartitionState:
     """One partition in a view: offsets plus the cached tail (`TailIndex` manages it)."""
 
     __slots__ = (
-        "aborted", "aborted_from", "base_offsets", "batches", "head", "high_watermark", "key",
-        "log_start_offset", "open_txns", "stale",
+        "aborted", "aborted_below", "aborted_from", "base_offsets", "batches", "head",
+        "high_watermark", "key", "log_start_offset", "open_txns", "stale",
     )  # fmt: skip
 
     def __init__(
@@ -64,6 +64,9 @@ class PartitionState:
         self.open_txns: dict[int, int] | None = None
         self.aborted: list[AbortedTxn] = []
         self.aborted_from = high_watermark
+        # The newest aborted marker below `aborted_from` (-1: none): a read starting past
+        # it needs only the remembered ones, not the database.
+        self.aborted_below = -1
         # Invariant: a non-empty cache ends at high_watermark - 1. Whoever moves the
         # watermark other than by adding batches invalidates the cache.
 
@@ -75,7 +78,10 @@ class PartitionState:
     def last_stable_offset(self) -> int:
         """No offset at or past the first of an open transaction is stable (KIP-98)."""
         if self.open_txns:
-            return min(self.high_watermark, *self.open_txns.values())
+            # Never below the log start (retention or DeleteRecords may pass an open
+            # transaction's first offset), as Kafka clamps it.
+            first_open = min(self.high_watermark, *self.open_txns.values())
+            return max(first_open, self.log_start_offset)
         return self.high_watermark
 
     def cached(self) -> int:

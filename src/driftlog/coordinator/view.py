@@ -77,6 +77,7 @@ class CoordinatorView:
             state.open_txns = opens.get(key)
             state.aborted = []
             state.aborted_from = state.high_watermark
+            state.aborted_below = snapshot.aborted_ends.get(key, -1)
 
     def _set_topics(self, topics: Iterable[TopicInfo]) -> None:
         self._topics_by_name = {t.name: t for t in topics}
@@ -127,9 +128,12 @@ class CoordinatorView:
             state = self._partitions.get((close.topic_id, close.partition))
             if state is None:
                 continue
-            if state.open_txns is not None:
-                state.open_txns.pop(close.producer_id, None)
-                if not state.open_txns:
+            opens = state.open_txns
+            # Only the transaction this marker ends: after a resync the producer's next
+            # transaction (first offset past the marker) may already be open.
+            if opens is not None and opens.get(close.producer_id, -1) < close.marker_offset:
+                opens.pop(close.producer_id, None)
+                if not opens:
                     state.open_txns = None
             if not close.commit and close.first_offset >= 0:
                 if close.marker_offset >= state.aborted_from:
@@ -139,6 +143,7 @@ class CoordinatorView:
                 if len(state.aborted) > MAX_ABORTED_PER_PARTITION:
                     dropped = state.aborted.pop(0)
                     state.aborted_from = dropped.last_offset + 1
+                    state.aborted_below = max(state.aborted_below, dropped.last_offset)
             touched.append(state.key)
         # read_committed long polls wait for the stable offset to move.
         self._wake(touched)
@@ -302,7 +307,7 @@ class CoordinatorView:
         state = self._partitions.get((topic_id, partition))
         if state is None or end_offset <= start_offset:
             return []
-        if start_offset >= state.aborted_from:
+        if start_offset >= state.aborted_from or start_offset > state.aborted_below:
             return [
                 a
                 for a in state.aborted

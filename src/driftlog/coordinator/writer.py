@@ -735,9 +735,13 @@ class CommitWriter:
             fresh = await self._backend.allocate_producer_id()
 
         def decide(sequencer: Sequencer, now_ms: int) -> tuple[Decision, TxnWrite]:
+            now_current = sequencer.transactions.get(transactional_id)
+            if fresh < 0 and (now_current is None or txns.epoch_exhausted(now_current.epoch)):
+                # It changed since we looked (expired, reloaded): the client asks again.
+                return Decision(ErrorCode.concurrent_transactions), TxnWrite()
             return txns.init_producer_id(
-                sequencer.transactions.get(transactional_id), transactional_id, timeout_ms,
-                expected_producer_id, expected_epoch, fresh, now_ms, self.txn_limits,
+                now_current, transactional_id, timeout_ms, expected_producer_id, expected_epoch,
+                fresh, now_ms, self.txn_limits,
             ), TxnWrite()  # fmt: skip
 
         decision = await self._change_transactions(decide, may_end=True)

@@ -10,8 +10,11 @@ new object, a batch left without records is removed (readers see a gap, as in Ka
 Each chunk is one swap through the writer (`CommitWriter.rewrite_batches`): one fenced
 transaction points the rewritten batches at the new object and deletes the removed rows,
 only where a row still names the object it was read from (retention or object
-compaction may have moved on meanwhile: then that batch is left for the next pass). The
-last chunk's swap also stores the partition's new cleaned offset and pass history.
+compaction may have moved on meanwhile: then that batch is left for the next pass).
+Only when every chunk's swap changed every row it meant to does one more fenced write
+store the partition's new cleaned offset and pass history: a range with a batch left
+behind is not clean (its superseded records are still there), and stamping it clean
+would let an older value outlive its tombstone.
 
 Restartable at any point: a crash before a swap leaves an orphan upload; after it, the
 log holds the latest record of every key it held (a removed record always has a later
@@ -166,14 +169,24 @@ class KeyCompactor:
             map_end = max(end, cleaned_offset)
         to_clean = [r for r in in_range if r.location.last_offset < map_end]
         kept_tombstones: list[int] = []
-        chunks = _chunks(to_clean, self.config.chunk_bytes)
-        if not chunks:
-            chunks = [[]]
-        for i, chunk in enumerate(chunks):
-            await self._clean_chunk(
-                chunk, key_map, aborted, history, now_ms, policy, kept_tombstones,
-                map_end if i == len(chunks) - 1 else None, topic_id, partition,
+        complete = True
+        for chunk in _chunks(to_clean, self.config.chunk_bytes):
+            complete &= await self._clean_chunk(
+                chunk, key_map, aborted, history, now_ms, policy, kept_tombstones, topic_id,
+                partition,
             )  # fmt: skip
+        if not complete:
+            # A batch moved between the read and the swap (object compaction, retention):
+            # its superseded records are still there, so the range is not clean. The
+            # next pass goes over it again; stamping it clean would let an older value
+            # outlive its tombstone.
+            log.info("key compaction of %s-%d: a batch moved meanwhile; again next pass",
+                     topic_id, partition)  # fmt: skip
+            return True
+        after = CleaningHistory(history.as_tuples())
+        after.after_pass(map_end, now_ms, kept_tombstones)
+        state = KeyCleanState(topic_id, partition, map_end, after.as_tuples())
+        await self._rewrite(None, 0, [], [], state)
         return True
 
     async def _refs(
@@ -243,12 +256,11 @@ class KeyCompactor:
         now_ms: int,
         policy: KeyCompactionPolicy,
         kept_tombstones: list[int],
-        map_end: int | None,
         topic_id: uuid.UUID,
         partition: int,
-    ) -> None:
-        """Filter one chunk and swap it; the pass's last chunk (`map_end` given) also
-        stores where the partition's cleaning stands."""
+    ) -> bool:
+        """Filter one chunk and swap it; False if a batch was not where it was read (then
+        the pass must not mark its range clean)."""
         parts: list[bytes] = []
         rewrites: list[BatchRewrite] = []
         removals: list[BatchRemoval] = []
@@ -285,25 +297,21 @@ class KeyCompactor:
             rewrites.append(BatchRewrite(*key, position, len(rewritten)))
             parts.append(rewritten)
             position += len(rewritten)
-        state = None
-        if map_end is not None:
-            after = CleaningHistory(history.as_tuples())
-            after.after_pass(map_end, now_ms, kept_tombstones)
-            state = KeyCleanState(topic_id, partition, map_end, after.as_tuples())
-        if not (rewrites or removals or state):
-            return
+        if not (rewrites or removals):
+            return True
         object_key = None
         if rewrites:
             object_key = new_object_key(self._clock.wall_ms())
             await self._store.put_new(object_key, parts)
             self.stats.bytes_written += position
-        changed = await self._rewrite(object_key, position, rewrites, removals, state)
+        changed = await self._rewrite(object_key, position, rewrites, removals, None)
         if changed is None:
             log.warning("key compaction output %s was too old to commit; an orphan", object_key)
-            return
+            return False
         self.stats.batches_rewritten += len(rewrites)
         self.stats.batches_removed += len(removals)
         self.stats.records_removed += removed_records
+        return changed == len(rewrites) + len(removals)
 
 
 def _chunks(refs: Sequence[BatchRef], chunk_bytes: int) -> list[list[BatchRef]]:

@@ -82,7 +82,11 @@ def compress(codec: int, data: bytes, *, xerial: bool = False) -> bytes:
             out += struct.pack(">i", len(block)) + block
         return bytes(out)
     if codec == 3:
-        return bytes(cramjam.lz4.compress(data))
+        # Independent blocks, no content checksum: the Java client's KafkaLZ4BlockInputStream
+        # refuses linked blocks ("Dependent block stream is unsupported").
+        compressor = cramjam.lz4.Compressor(block_linked=False, content_checksum=False)
+        compressor.compress(data)
+        return bytes(compressor.finish())
     if codec == 4:
         return bytes(cramjam.zstd.compress(data))
     raise ValueError(f"unknown compression codec {codec}")

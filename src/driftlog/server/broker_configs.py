@@ -18,12 +18,14 @@ naming the configs, and the whole resource is refused (nothing is applied).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from kio.schema.errors import ErrorCode
 
+from driftlog.coordinator.api import CoordinatorError
 from driftlog.topic_config import (
     BROKER_KAFKA_DEFAULTS,
     BROKER_SYNONYMS,
@@ -36,6 +38,8 @@ from driftlog.topic_config import (
 
 if TYPE_CHECKING:
     from driftlog.agent import Agent
+
+log = logging.getLogger(__name__)
 
 _STATIC_MAX_MESSAGE_BYTES = int(TOPIC_CONFIGS["max.message.bytes"].default)
 
@@ -207,5 +211,11 @@ def apply_stored(agent: Agent, stored: Mapping[str, Mapping[str, str]]) -> None:
 
 
 async def refresh(agent: Agent) -> None:
-    """Reload the stored dynamic broker configs and apply them (every heartbeat)."""
-    apply_stored(agent, await agent.coordinator.backend.load_broker_configs())
+    """Reload the stored dynamic broker configs and apply them (every heartbeat). While the
+    database is unreachable the last values stay (the heartbeat's own log says so)."""
+    try:
+        stored = await agent.coordinator.backend.load_broker_configs()
+    except CoordinatorError as e:
+        log.debug("dynamic broker configs not reloaded: %s", e)
+        return
+    apply_stored(agent, stored)

@@ -227,6 +227,14 @@ async def _replan(
             locations = await coordinator.find_batches(
                 topic.topic_id, part.partition, part.fetch_offset, part.max_bytes, part.end_offset
             )
+            if part.aborted is not None and locations:
+                # The range may reach further than the first plan's: its aborted list too.
+                part.aborted = tuple(
+                    await coordinator.aborted_transactions(
+                        topic.topic_id, part.partition, part.fetch_offset,
+                        locations[-1].last_offset + 1,
+                    )
+                )  # fmt: skip
         except CoordinatorError:
             part.error = ErrorCode.kafka_storage_error
             continue
