@@ -46,6 +46,9 @@ answers after it, `Sim.check` after every step and at the end):
 A failure raises `SimFailure` naming the seed, the step and the recent steps;
 `run_seed(seed, steps)` replays it exactly (real time only bounds a step, to
 report a deadlock).
+
+`sim/transactions.py` extends `Sim` through `tracked_backend`, `make_writer`,
+`do_step`, `pick_batches`, `check_refusal` and `is_control`.
 """
 
 from __future__ import annotations
@@ -133,6 +136,8 @@ class LogicalBatch:
     producer: tuple[int, int, int] | None  # producer id, epoch, base sequence
     stored: tuple[int, int] | None = None  # (base, last offset) where the database has it
     acked: tuple[int, int] | None = None  # (base, last offset) acknowledged
+    attributes: int = 0  # the batch header's (transactional: sim/transactions.py)
+    owner: Producer | None = None  # who sent it, when its producer id is not enough
 
     @property
     def key(self) -> PartitionKey:
@@ -349,20 +354,12 @@ class Sim:
             max_yields=self.config.max_yields,
         )
         faulty = FaultyBackend(
-            TrackedBackend(self.db, self.ledger, node_id),
+            self.tracked_backend(node_id),
             faults,
             random.Random(self.rng.getrandbits(64)),
         )
         view = CoordinatorView(faulty)
-        writer = CommitWriter(
-            faulty,
-            self.clock,
-            view,
-            holder=holder,
-            address=f"node{node_id}",
-            shard=SHARD,
-            lease_ms=self.config.lease_ms,
-        )
+        writer = self.make_writer(node_id, holder, faulty, view)
         node = Node(node_id, slot, holder, faulty, view, writer)
         # What an agent does at start, minus the writer's timer tasks.
         for _ in range(100):
@@ -376,6 +373,24 @@ class Sim:
             raise self.fail(f"{node} could not start in 100 attempts")
         self.nodes.append(node)
         return node
+
+    def tracked_backend(self, node_id: int) -> TrackedBackend:
+        """The agent's handle on the database, under its faults (a subclass tracks more)."""
+        return TrackedBackend(self.db, self.ledger, node_id)
+
+    def make_writer(
+        self, node_id: int, holder: str, backend: FaultyBackend, view: CoordinatorView
+    ) -> CommitWriter:
+        """The agent's writer candidate, reporting to its view (a subclass adds listeners)."""
+        return CommitWriter(
+            backend,
+            self.clock,
+            view,
+            holder=holder,
+            address=f"node{node_id}",
+            shard=SHARD,
+            lease_ms=self.config.lease_ms,
+        )
 
     async def tick(self, node: Node) -> None:
         was = node.is_writer
@@ -410,6 +425,10 @@ class Sim:
         return sorted(self.db.topics.values(), key=lambda t: t.name)
 
     def new_object(self) -> SimObject:
+        return self.make_object(self.pick_batches())
+
+    def pick_batches(self) -> list[LogicalBatch]:
+        """1-5 plain and idempotent batches for a new object (sometimes of a deleted topic)."""
         rng = self.rng
         topics = self.alive_topics()
         dead = sorted({b.topic_id for b in self.batches} - set(self.db.topics), key=lambda t: t.int)
@@ -432,7 +451,7 @@ class Sim:
                 chosen.append(self.idempotent_batch(producer, pkey))
             else:
                 chosen.append(self.new_batch(pkey, None))
-        return self.make_object(chosen)
+        return chosen
 
     def make_object(self, batches: list[LogicalBatch]) -> SimObject:
         """A new object (a new upload under a new key) holding `batches`."""
@@ -451,6 +470,7 @@ class Sim:
                     now - 2_000,
                     now - self.rng.randrange(2_000),
                     *(b.producer or (-1, -1, -1)),
+                    b.attributes,
                 )
                 for i, b in enumerate(batches)
             ],
@@ -481,6 +501,8 @@ class Sim:
 
     def producer_of(self, batch: LogicalBatch) -> Producer:
         assert batch.producer is not None
+        if batch.owner is not None:
+            return batch.owner
         return next(p for p in self.producers if p.producer_id == batch.producer[0])
 
     def logical(self, key: str, byte_offset: int) -> LogicalBatch | None:
@@ -526,6 +548,10 @@ class Sim:
         names, weights = zip(*self.config.weights, strict=True)
         choice = rng.choices(names, weights)[0]
         self.stats[choice] += 1
+        await self.do_step(choice)
+
+    async def do_step(self, choice: str) -> None:
+        rng = self.rng
         if choice == "advance":
             await self.advance()
         elif choice == "commit":
@@ -699,14 +725,8 @@ class Sim:
             if outcome.error != ErrorCode.none:
                 if row is not None:
                     self.violation(f"{where}: refused with {outcome.error!r}, but stored")
-                elif outcome.error == ErrorCode.unknown_topic_or_partition:
-                    if exists:
-                        self.violation(f"{where}: refused as unknown, but its partition exists")
-                elif outcome.error != ErrorCode.out_of_order_sequence_number:
-                    self.violation(f"{where}: refused with {outcome.error!r}")
-                elif batch.stored is None:
-                    # Only a retry of a stored batch from beyond the five remembered.
-                    self.violation(f"{where}: refused as out of order")
+                else:
+                    self.check_refusal(where, batch, outcome.error, exists)
                 continue
             span = (outcome.base_offset, outcome.base_offset + batch.count - 1)
             if not exists:
@@ -720,6 +740,19 @@ class Sim:
                 self.violation(f"{where}: stored at {span}, and before at {batch.stored}")
             else:
                 batch.stored = span
+
+    def check_refusal(
+        self, where: str, batch: LogicalBatch, error: ErrorCode, exists: bool
+    ) -> None:
+        """A batch the commit refused: only for a missing partition or an old retry."""
+        if error == ErrorCode.unknown_topic_or_partition:
+            if exists:
+                self.violation(f"{where}: refused as unknown, but its partition exists")
+        elif error != ErrorCode.out_of_order_sequence_number:
+            self.violation(f"{where}: refused with {error!r}")
+        elif batch.stored is None:
+            # Only a retry of a stored batch from beyond the five remembered.
+            self.violation(f"{where}: refused as out of order")
 
     def acknowledged(self, node: Node, obj: SimObject, outcomes: list[CommitOutcome]) -> None:
         where = f"{node}: {obj.key}"
@@ -929,6 +962,8 @@ class Sim:
                     )
                 expected_base = row.last_offset + 1
                 location = db.location(row)
+                if location is not None and self.is_control(location):
+                    continue  # not a batch of the workload: checked by a subclass
                 batch = None
                 if location is not None:
                     batch = self.logical(location.object_key, location.byte_offset)
@@ -952,6 +987,10 @@ class Sim:
                 alive = batch.key in db.partitions
                 if batch.acked is not None and alive and stored_at != (batch.key, batch.acked[0]):
                     raise self.fail(f"{batch} acknowledged at {batch.acked}, stored at {stored_at}")
+
+    def is_control(self, location: BatchLocation) -> bool:
+        """A stored row that is not an uploaded batch (a transaction marker)."""
+        return False
 
     def check_views(self) -> None:
         """No view is ahead of the database."""

@@ -63,6 +63,9 @@ def test_a_second_instance_bumps_the_epoch_and_fences_the_first() -> None:
     decision = init(first)
     assert decision.record is not None
     assert (decision.record.producer_id, decision.record.epoch) == (5, 4)
+    # The fenced instance's KIP-360 InitProducerId (its own id and epoch) is not a retry of
+    # the new instance's bump: it is fenced, never handed the new epoch.
+    assert init(decision.record, pid=5, epoch=3).error == ErrorCode.producer_fenced
     # The first instance's requests now carry a stale epoch.
     added = txns.add_to_transaction(decision.record, 5, 3, 2000, partitions=[(TOPIC, 0)])
     assert added.error == ErrorCode.producer_fenced
@@ -99,10 +102,13 @@ def test_kip_360_expected_epoch_bumps_retries_and_fences() -> None:
 
 def test_an_exhausted_epoch_rotates_the_producer_id() -> None:
     current = Transaction("app", 5, txns.MAX_EPOCH - 1)
-    decision = init(current, fresh=42)
+    decision = init(current, fresh=42, pid=5, epoch=txns.MAX_EPOCH - 1)
     assert decision.record is not None
     assert (decision.record.producer_id, decision.record.epoch) == (42, 0)
     assert (decision.record.last_producer_id, decision.record.last_epoch) == (5, txns.MAX_EPOCH - 1)
+    # A new instance (no expected epoch) rotates too, and leaves no epoch to retry with.
+    fresh_instance = init(current, fresh=44)
+    assert fresh_instance.record is not None and fresh_instance.record.last_epoch == -1
     # A retry with the old id (its answer was lost) gets the rotated id again.
     retry = init(decision.record, pid=5, epoch=txns.MAX_EPOCH - 1, fresh=43)
     assert retry.record is not None and retry.record.producer_id == 42

@@ -413,6 +413,11 @@ class WriterClient:
     async def _read_stream(self, reader: asyncio.StreamReader) -> None:
         while True:
             body = await read_body(reader)
+            if self._is_local_writer():
+                # This agent took the lease: its view is fed by its own writer now, and
+                # frames the old writer sent before would undo what it has done since.
+                log.info("this agent is the writer now; leaving the old writer's stream")
+                return
             if body[:1] == _APPLIED_TAG:
                 self._view.on_remote_applied(messages.decode_applied(body))
                 continue

@@ -204,10 +204,14 @@ def init_producer_id(
     if expected_producer_id >= 0 and expected_producer_id != current.producer_id:
         # A retry of a rotation whose answer was lost: the rotated id again.
         return Decision(ErrorCode.none, dataclasses.replace(current, updated_ms=now_ms))
+    # Only a KIP-360 request (it names the epoch it had) records the epoch it leaves: its
+    # retry may come back with it. A new instance's bump records none, so the instance it
+    # fenced can never pass for a retry and be handed the new epoch (Kafka does the same).
+    left_epoch = current.epoch if expected_epoch >= 0 else -1
     if epoch_exhausted(current.epoch) and expected_epoch in (-1, current.epoch):
         rotated = Transaction(
             transactional_id, new_producer_id, 0, TxnState.EMPTY, timeout_ms, -1, now_ms,
-            last_producer_id=current.producer_id, last_epoch=current.epoch,
+            last_producer_id=current.producer_id, last_epoch=left_epoch,
         )  # fmt: skip
         return Decision(ErrorCode.none, rotated)
     if expected_epoch in (-1, current.epoch):
@@ -221,7 +225,7 @@ def init_producer_id(
             partitions=frozenset(),
             groups=frozenset(),
             last_producer_id=current.producer_id,
-            last_epoch=current.epoch,
+            last_epoch=left_epoch,
         )
         return Decision(ErrorCode.none, bumped)
     if expected_epoch == current.last_epoch and current.last_producer_id == current.producer_id:

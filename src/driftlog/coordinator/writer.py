@@ -900,9 +900,17 @@ class CommitWriter:
             now_ms = self._clock.wall_ms()
             decision, write = decide(sequencer, now_ms)
             self._end_into(sequencer, decision, write, now_ms)
-            if not (write.transactions or write.expired or write.markers or write.pending_offsets):
-                return decision
             fence = self._fence()
+            if not (write.transactions or write.expired or write.markers or write.pending_offsets):
+                # Nothing to store, but the answer comes from this writer's memory: only
+                # a writer still holding the lease may give it (a deposed one could say
+                # NONE to an EndTxn its successor still holds open).
+                try:
+                    await self._backend.renew_lease(fence)
+                except Fenced as e:
+                    self._step_down(str(e), fence.epoch)
+                    raise
+                return decision
             try:
                 await self._backend.persist_transactions(fence, write)
             except Fenced as e:
