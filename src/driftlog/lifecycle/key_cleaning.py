@@ -67,6 +67,54 @@ class BatchInfo(NamedTuple):
     max_timestamp_ms: int
 
 
+@dataclass(slots=True)
+class LogScan:
+    """One pass over a partition's batches in offset order, a page at a time: where
+    cleaning must stop, and how much of the log below that is dirty. Start it at
+    `end` = the smaller of the last stable offset and the base of the partition's newest
+    batch; a batch younger than `min.compaction.lag.ms` lowers it."""
+
+    end: int
+    cleaned_offset: int
+    young_after_ms: int  # max timestamps above this are too young to clean
+    overdue_before_ms: int  # a dirty batch at or below this is past max.compaction.lag.ms
+    total_bytes: int = 0
+    dirty_bytes: int = 0
+    overdue: bool = False
+    done: bool = False
+
+    @classmethod
+    def start(
+        cls, end: int, cleaned_offset: int, now_ms: int, policy: KeyCompactionPolicy
+    ) -> LogScan:
+        return cls(end, cleaned_offset, now_ms - policy.min_lag_ms, now_ms - policy.max_lag_ms)
+
+    def add(self, batch: BatchInfo) -> bool:
+        """Take the next batch; False once the scan has reached the cleanable end."""
+        if self.done or batch.base_offset >= self.end:
+            self.done = True
+            return False
+        if batch.max_timestamp_ms > self.young_after_ms:
+            self.end = batch.base_offset
+            self.done = True
+            return False
+        self.total_bytes += batch.byte_length
+        if batch.base_offset >= self.cleaned_offset:
+            self.dirty_bytes += batch.byte_length
+            self.overdue = self.overdue or batch.max_timestamp_ms <= self.overdue_before_ms
+        return True
+
+    def needs_pass(
+        self, history: CleaningHistory, now_ms: int, policy: KeyCompactionPolicy
+    ) -> bool:
+        """Dirty enough (`min.cleanable.dirty.ratio`), overdue (`max.compaction.lag.ms`), or
+        tombstones kept by an earlier pass are due."""
+        if history.tombstones_due(now_ms, policy.delete_retention_ms):
+            return True
+        dirty = self.dirty_bytes
+        return dirty > 0 and (self.overdue or dirty >= policy.dirty_ratio * self.total_bytes)
+
+
 def cleanable_end(
     batches: Sequence[BatchInfo],
     last_stable_offset: int,
@@ -77,14 +125,11 @@ def cleanable_end(
     partition's, in order, up to its high watermark."""
     if not batches:
         return 0
-    end = min(last_stable_offset, batches[-1].base_offset)
-    young = now_ms - policy.min_lag_ms
+    scan = LogScan.start(min(last_stable_offset, batches[-1].base_offset), 0, now_ms, policy)
     for batch in batches:
-        if batch.base_offset >= end:
+        if not scan.add(batch):
             break
-        if batch.max_timestamp_ms > young:
-            return batch.base_offset
-    return end
+    return scan.end
 
 
 class Pass(NamedTuple):
@@ -141,18 +186,13 @@ def should_clean(
     now_ms: int,
     policy: KeyCompactionPolicy,
 ) -> bool:
-    total = dirty = 0
-    overdue = False
-    for b in batches:
-        if b.last_offset >= end:
+    """Whether a partition needs a pass (its batches in order, `end` its cleanable end)."""
+    scan = LogScan.start(end, cleaned_offset, now_ms, policy)
+    scan.young_after_ms = NO_LIMIT_MS  # `end` already stops before young batches
+    for batch in batches:
+        if not scan.add(batch):
             break
-        total += b.byte_length
-        if b.base_offset >= cleaned_offset:
-            dirty += b.byte_length
-            overdue = overdue or b.max_timestamp_ms <= now_ms - policy.max_lag_ms
-    if history.tombstones_due(now_ms, policy.delete_retention_ms):
-        return True
-    return dirty > 0 and (overdue or dirty >= policy.dirty_ratio * total)
+    return scan.needs_pass(history, now_ms, policy)
 
 
 def key_digest(key: bytes) -> bytes:

@@ -1,9 +1,9 @@
 """Key compaction of `cleanup.policy=compact` topics: runs `key_cleaning.py`'s rules
 against the database and the object store, on the writer agent.
 
-A pass over a partition reads the batch rows from the log start to the cleanable end,
-maps the dirty part's keys (the map is bounded: `map_bytes`), then walks the log from its
-start in chunks of about `chunk_bytes`: each batch is read, its records decoded (with its
+A pass over a partition scans the batch rows from the log start to the cleanable end a
+page at a time, maps the dirty part's keys (the map is bounded: `map_bytes`), then walks
+the log from its start in chunks of about `chunk_bytes`: each batch is read, its records decoded (with its
 own codec) and filtered; a batch that lost records is written again (`rewrite_batch`:
 same base offset, last offset delta, producer id, epoch, base sequence and bits) into a
 new object, a batch left without records is removed (readers see a gap, as in Kafka).
@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,12 +47,11 @@ from driftlog.lifecycle.key_cleaning import (
     CleaningHistory,
     KeyCompactionPolicy,
     KeyMap,
+    LogScan,
     aborted_in,
-    cleanable_end,
     keep_record,
     key_digest,
     policy_for,
-    should_clean,
 )
 from driftlog.lifecycle.keys import new_object_key
 from driftlog.records.control import is_marker_key
@@ -141,36 +140,38 @@ class KeyCompactor:
         stable = self._view.last_stable_offset(topic_id, partition)
         if offsets is None or stable is None:
             return False
-        refs = await self._refs(
-            topic_id, partition, offsets.log_start_offset, offsets.high_watermark
+        start, high_watermark = offsets.log_start_offset, offsets.high_watermark
+        newest = await self._backend.read_batch_refs(
+            topic_id, partition, high_watermark - 1, high_watermark, 1
         )
-        infos = [
-            BatchInfo(r.location.base_offset, r.location.last_offset, r.location.byte_length,
-                      r.location.max_timestamp_ms)
-            for r in refs
-        ]  # fmt: skip
+        if not newest:
+            return False
         now_ms = self._clock.wall_ms()
-        end = cleanable_end(infos, stable, now_ms, policy)
         state = await self._backend.key_clean_state(topic_id, partition)
         history = CleaningHistory(state.passes if state else ())
-        cleaned_offset = max(state.cleaned_offset if state else 0, offsets.log_start_offset)
-        if not should_clean(infos, cleaned_offset, end, history, now_ms, policy):
+        cleaned_offset = max(state.cleaned_offset if state else 0, start)
+        # One scan of the rows, a page at a time (memory does not grow with the log):
+        # where cleaning stops, and whether the partition needs a pass.
+        scan = LogScan.start(
+            min(stable, newest[0].location.base_offset), cleaned_offset, now_ms, policy
+        )
+        async for page in self._pages(topic_id, partition, start, scan.end):
+            if not all(scan.add(_info(ref)) for ref in page):
+                break
+        end = scan.end
+        if not scan.needs_pass(history, now_ms, policy):
             return False
         self.stats.passes += 1
-        in_range = [r for r in refs if r.location.last_offset < end]
-        aborted = await self._backend.read_aborted(
-            topic_id, partition, offsets.log_start_offset, end
-        )
+        aborted = await self._backend.read_aborted(topic_id, partition, start, end)
         key_map = KeyMap(self.config.map_bytes // KEY_MAP_ENTRY_BYTES)
         map_end = await self._map_keys(
-            [r for r in in_range if r.location.base_offset >= cleaned_offset], key_map, aborted
+            self._chunks(topic_id, partition, cleaned_offset, end), key_map, aborted
         )
         if map_end is None:
             map_end = max(end, cleaned_offset)
-        to_clean = [r for r in in_range if r.location.last_offset < map_end]
         kept_tombstones: list[int] = []
         complete = True
-        for chunk in _chunks(to_clean, self.config.chunk_bytes):
+        async for chunk in self._chunks(topic_id, partition, start, map_end):
             complete &= await self._clean_chunk(
                 chunk, key_map, aborted, history, now_ms, policy, kept_tombstones, topic_id,
                 partition,
@@ -189,17 +190,34 @@ class KeyCompactor:
         await self._rewrite(None, 0, [], [], state)
         return True
 
-    async def _refs(
+    async def _pages(
         self, topic_id: uuid.UUID, partition: int, start: int, end: int
-    ) -> list[BatchRef]:
-        refs: list[BatchRef] = []
+    ) -> AsyncIterator[list[BatchRef]]:
+        """The batch rows in [start, end), a page at a time."""
         while start < end:
             page = await self._backend.read_batch_refs(topic_id, partition, start, end, _PAGE)
-            refs += page
+            page = [r for r in page if r.location.last_offset < end]
+            if page:
+                yield page
             if len(page) < _PAGE:
-                break
+                return
             start = page[-1].location.last_offset + 1
-        return refs
+
+    async def _chunks(
+        self, topic_id: uuid.UUID, partition: int, start: int, end: int
+    ) -> AsyncIterator[list[BatchRef]]:
+        """The batch rows in [start, end) in chunks of about `chunk_bytes` of batches."""
+        chunk: list[BatchRef] = []
+        size = 0
+        async for page in self._pages(topic_id, partition, start, end):
+            for ref in page:
+                if chunk and size + ref.location.byte_length > self.config.chunk_bytes:
+                    yield chunk
+                    chunk, size = [], 0
+                chunk.append(ref)
+                size += ref.location.byte_length
+        if chunk:
+            yield chunk
 
     async def _read(self, refs: Sequence[BatchRef]) -> list[bytes | None]:
         """Each batch's bytes (None for markers, which have none)."""
@@ -222,11 +240,14 @@ class KeyCompactor:
         return out
 
     async def _map_keys(
-        self, dirty: Sequence[BatchRef], key_map: KeyMap, aborted: Sequence[AbortedTxn]
+        self,
+        dirty: AsyncIterator[list[BatchRef]],
+        key_map: KeyMap,
+        aborted: Sequence[AbortedTxn],
     ) -> int | None:
         """Map the dirty part's keys to their latest offsets; the offset the map stops at
         when it fills (a batch boundary), or None when it took everything."""
-        for chunk in _chunks(dirty, self.config.chunk_bytes):
+        async for chunk in dirty:
             for ref, data in zip(chunk, await self._read(chunk), strict=True):
                 if data is None:
                     continue
@@ -314,13 +335,9 @@ class KeyCompactor:
         return changed == len(rewrites) + len(removals)
 
 
-def _chunks(refs: Sequence[BatchRef], chunk_bytes: int) -> list[list[BatchRef]]:
-    out: list[list[BatchRef]] = []
-    size = 0
-    for ref in refs:
-        if not out or size + ref.location.byte_length > chunk_bytes:
-            out.append([])
-            size = 0
-        out[-1].append(ref)
-        size += ref.location.byte_length
-    return out
+def _info(ref: BatchRef) -> BatchInfo:
+    location = ref.location
+    return BatchInfo(
+        location.base_offset, location.last_offset, location.byte_length,
+        location.max_timestamp_ms,
+    )  # fmt: skip
