@@ -69,7 +69,6 @@ from driftlog.coordinator.sequencer import (
 from driftlog.coordinator.transactions import (
     Decision,
     PendingOffset,
-    Transaction,
     TxnEnd,
     TxnLimits,
 )
@@ -933,10 +932,6 @@ class CommitWriter:
                 except Exception:
                     log.exception("a listener failed on committed transaction markers")
             return decision
-
-    def transaction(self, transactional_id: str) -> Transaction | None:
-        sequencer = self._sequencer
-        return None if sequencer is None else sequencer.transactions.get(transactional_id)
 
     async def rewrite_batches(
         self,
