@@ -3,10 +3,11 @@ against the database and the object store, on the writer agent.
 
 A pass over a partition scans the batch rows from the log start to the cleanable end a
 page at a time, maps the dirty part's keys (the map is bounded: `map_bytes`), then walks
-the log from its start in chunks of about `chunk_bytes`: each batch is read, its records decoded (with its
-own codec) and filtered; a batch that lost records is written again (`rewrite_batch`:
-same base offset, last offset delta, producer id, epoch, base sequence and bits) into a
-new object, a batch left without records is removed (readers see a gap, as in Kafka).
+the log from its start in chunks of about `chunk_bytes`: each batch is read, its
+records decoded (with its own codec) and filtered; a batch that lost records is written
+again (`rewrite_batch`: same base offset, last offset delta, producer id, epoch, base
+sequence and bits) into a new object, a batch left without records is removed (readers
+see a gap, as in Kafka).
 Each chunk is one swap through the writer (`CommitWriter.rewrite_batches`): one fenced
 transaction points the rewritten batches at the new object and deletes the removed rows,
 only where a row still names the object it was read from (retention or object
