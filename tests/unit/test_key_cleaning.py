@@ -164,3 +164,16 @@ def test_snappy_keeps_the_framing_it_came_in() -> None:
     framed = compress(2, plain[61:], xerial=True)
     assert framed.startswith(b"\x82SNAPPY\x00")
     assert decompress(2, framed) == plain[61:]
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4])
+def test_decompression_is_bounded(codec: int) -> None:
+    """A batch that expands past the bound is refused without being expanded (a
+    decompression bomb costs no memory); one that stays within it opens."""
+    bomb = compress(codec, b"\0" * 5_000_000)
+    with pytest.raises(ValueError, match="expands past"):
+        decompress(codec, bomb, limit=1_000_000)
+    assert decompress(codec, bomb, limit=5_000_000) == b"\0" * 5_000_000
+    framed = compress(2, b"\0" * 5_000_000, xerial=True)
+    with pytest.raises(ValueError, match="expands past"):
+        decompress(2, framed, limit=1_000_000)

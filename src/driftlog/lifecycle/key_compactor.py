@@ -55,6 +55,7 @@ from driftlog.lifecycle.key_cleaning import (
     policy_for,
 )
 from driftlog.lifecycle.keys import new_object_key
+from driftlog.records.batch import BatchHeader, InvalidBatch
 from driftlog.records.control import is_marker_key
 from driftlog.records.recordset import Record, decode_records, rewrite_batch
 from driftlog.storage.api import ObjectStore, ObjectStoreError
@@ -95,6 +96,7 @@ class KeyCompactionStats:
     records_removed: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
+    unreadable_batches: int = 0
     errors: int = 0
 
 
@@ -240,6 +242,22 @@ class KeyCompactor:
         await asyncio.gather(*(read(k, v) for k, v in by_key.items()))
         return out
 
+    def _open(self, data: bytes | None, ref: BatchRef) -> tuple[BatchHeader, list[Record]] | None:
+        """The batch's header and records; None for a marker (no bytes) or a batch that
+        cannot be opened (corrupt, or expanding past the bound). Such a batch is left as
+        it is and its keys are not mapped: nothing it would supersede is removed."""
+        if data is None:
+            return None
+        try:
+            return decode_records(data)
+        except (ValueError, InvalidBatch) as e:
+            self.stats.unreadable_batches += 1
+            log.warning(
+                "key compaction leaves the batch at offset %d of object %s as it is: %s",
+                ref.location.base_offset, ref.location.object_key, e,
+            )  # fmt: skip
+            return None
+
     async def _map_keys(
         self,
         dirty: AsyncIterator[list[BatchRef]],
@@ -250,9 +268,10 @@ class KeyCompactor:
         when it fills (a batch boundary), or None when it took everything."""
         async for chunk in dirty:
             for ref, data in zip(chunk, await self._read(chunk), strict=True):
-                if data is None:
+                opened = self._open(data, ref)
+                if opened is None:
                     continue
-                header, records = decode_records(data)
+                header, records = opened
                 if header.is_control or (
                     header.is_transactional
                     and aborted_in(aborted, header.producer_id, ref.location.base_offset)
@@ -289,10 +308,11 @@ class KeyCompactor:
         position = 0
         removed_records = 0
         for ref, data in zip(chunk, await self._read(chunk), strict=True):
-            if data is None:
-                continue  # a marker: kept as it is
+            opened = self._open(data, ref)
+            if opened is None:
+                continue  # a marker, or a batch that cannot be opened: kept as it is
+            header, records = opened
             location = ref.location
-            header, records = decode_records(data)
             if header.is_control:
                 continue
             kept: list[Record] = []
@@ -315,6 +335,7 @@ class KeyCompactor:
             if not kept:
                 removals.append(BatchRemoval(*key))
                 continue
+            assert data is not None  # opened above
             rewritten = rewrite_batch(data, kept)
             rewrites.append(BatchRewrite(*key, position, len(rewritten)))
             parts.append(rewritten)

@@ -8,9 +8,13 @@ walk the records' varint headers for (offsetDelta, timestampDelta).
 
 from __future__ import annotations
 
+import io
 import struct
+import zlib
 
 import cramjam
+import lz4.frame
+import zstandard
 
 from driftlog.records.batch import HEADER_SIZE, parse_header
 
@@ -35,30 +39,66 @@ def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     return (raw >> 1) ^ -(raw & 1), pos
 
 
-def _snappy(data: bytes) -> bytes:
+# The most a batch may expand to when opened (Kafka bounds the compressed size only): a
+# batch of max.message.bytes is far below it unless it is a decompression bomb.
+MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+
+
+def _too_large(size: int, limit: int) -> None:
+    if size > limit:
+        raise ValueError(f"the batch expands past {limit} bytes")
+
+
+def _snappy(data: bytes, limit: int) -> bytes:
     if not data.startswith(_XERIAL_MAGIC):
+        _too_large(int(cramjam.snappy.decompress_raw_len(data)), limit)
         return bytes(cramjam.snappy.decompress_raw(data))
     out = bytearray()
     pos = 16  # magic, version, compatible version
     while pos < len(data):
         (length,) = struct.unpack_from(">i", data, pos)
         pos += 4
-        out += bytes(cramjam.snappy.decompress_raw(data[pos : pos + length]))
+        block = data[pos : pos + length]
+        _too_large(len(out) + int(cramjam.snappy.decompress_raw_len(block)), limit)
+        out += bytes(cramjam.snappy.decompress_raw(block))
         pos += length
     return bytes(out)
 
 
-def decompress(codec: int, data: bytes) -> bytes:
+def decompress(codec: int, data: bytes, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+    """The batch's records, uncompressed; ValueError if they would expand past `limit`
+    (each codec is read with a bound, so a decompression bomb costs no memory) or are not
+    valid for their codec."""
+    try:
+        return _decompress(codec, data, limit)
+    except (zlib.error, zstandard.ZstdError, RuntimeError) as e:  # lz4 raises RuntimeError
+        raise ValueError(f"codec {codec}: {e}") from e
+
+
+def _decompress(codec: int, data: bytes, limit: int) -> bytes:
     if codec == 0:
         return data
     if codec == 1:
-        return bytes(cramjam.gzip.decompress(data))
+        inflater = zlib.decompressobj(wbits=47)  # gzip or zlib, with its header
+        out = inflater.decompress(data, limit + 1)
+        _too_large(len(out), limit)
+        return out
     if codec == 2:
-        return _snappy(data)
+        return _snappy(data, limit)
     if codec == 3:
-        return bytes(cramjam.lz4.decompress(data))
+        out = lz4.frame.LZ4FrameDecompressor().decompress(data, max_length=limit + 1)
+        _too_large(len(out), limit)
+        return bytes(out)
     if codec == 4:
-        return bytes(cramjam.zstd.decompress(data))
+        chunks: list[bytes] = []
+        size = 0
+        dctx = zstandard.ZstdDecompressor()
+        with dctx.stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
+            while chunk := reader.read(1 << 20):
+                size += len(chunk)
+                _too_large(size, limit)
+                chunks.append(chunk)
+        return b"".join(chunks)
     raise ValueError(f"unknown compression codec {codec}")
 
 
