@@ -9,6 +9,7 @@ import crc32c
 import pytest
 from batch_builder import build_batch
 
+from driftlog.coordinator.retention import RetentionLimits, RetentionPolicy, limits_for
 from driftlog.coordinator.transactions import AbortedTxn
 from driftlog.lifecycle.key_cleaning import (
     BatchInfo,
@@ -177,3 +178,12 @@ def test_decompression_is_bounded(codec: int) -> None:
     framed = compress(2, b"\0" * 5_000_000, xerial=True)
     with pytest.raises(ValueError, match="expands past"):
         decompress(2, framed, limit=1_000_000)
+
+
+def test_retention_applies_only_when_the_policy_deletes() -> None:
+    """A compact-only topic keeps every key's latest record however old (Kafka deletes by
+    time or size only with cleanup.policy including delete)."""
+    broker = RetentionPolicy(retention_ms=1_000, retention_bytes=10)
+    assert limits_for({"cleanup.policy": "compact"}, broker).unlimited
+    assert limits_for({"cleanup.policy": "compact,delete"}, broker) == RetentionLimits(1_000, 10)
+    assert limits_for({}, broker) == RetentionLimits(1_000, 10)

@@ -40,7 +40,11 @@ class RetentionLimits:
 
 
 def limits_for(configs: Mapping[str, str], policy: RetentionPolicy) -> RetentionLimits:
-    """A topic's limits: its own configs, else the broker defaults."""
+    """A topic's limits: its own configs, else the broker defaults; none unless its
+    cleanup.policy includes delete (a compact-only topic keeps every key's latest record
+    however old, as in Kafka)."""
+    if "delete" not in configs.get("cleanup.policy", "delete").split(","):
+        return RetentionLimits(-1, -1)
     return RetentionLimits(
         _int(configs.get("retention.ms"), policy.retention_ms),
         _int(configs.get("retention.bytes"), policy.retention_bytes),

@@ -320,11 +320,25 @@ class CommitWriter:
                             topic.topic_id, partition, limits.retention_bytes, start
                         ),
                     )
+                if target > start and await self._only_gap_before(topic, partition, start, target):
+                    # Key compaction left a gap at the head of the log: nothing to delete,
+                    # and moving the log start over it would make consumers' offsets in
+                    # it out of range (Kafka deletes segments, so its log start stays).
+                    continue
                 if target > start:
                     requests.append((topic.topic_id, partition, min(target, end)))
         if requests:
             await self.advance_log_starts(requests)
         return len(requests)
+
+    async def _only_gap_before(
+        self, topic: TopicInfo, partition: int, start: int, target: int
+    ) -> bool:
+        """Is there no batch in [start, target) (a compacted topic's head gap)?"""
+        if "compact" not in topic.configs.get("cleanup.policy", "delete").split(","):
+            return False
+        first = await self._backend.read_batches(topic.topic_id, partition, start, target, 1)
+        return not first or first[0].base_offset >= target
 
     async def _lease_loop(self) -> None:
         while not self._closing:

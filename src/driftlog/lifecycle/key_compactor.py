@@ -58,7 +58,7 @@ from driftlog.lifecycle.keys import new_object_key
 from driftlog.records.batch import BatchHeader, InvalidBatch
 from driftlog.records.control import is_marker_key
 from driftlog.records.recordset import Record, decode_records, rewrite_batch
-from driftlog.storage.api import ObjectStore, ObjectStoreError
+from driftlog.storage.api import ObjectNotFound, ObjectStore, ObjectStoreError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ Rewrite = Callable[
     Awaitable[int | None],
 ]
 _PAGE = 5_000
+
+
+class _Unopenable(Exception):
+    """A batch key compaction cannot open (see `KeyCompactor._open`)."""
 
 
 class PartitionView(Protocol):
@@ -128,7 +132,7 @@ class KeyCompactor:
             for partition in range(topic.partition_count):
                 try:
                     cleaned += await self.clean_partition(topic.topic_id, partition, policy)
-                except (CoordinatorError, ObjectStoreError, ValueError) as e:
+                except (CoordinatorError, ObjectStoreError, ObjectNotFound, ValueError) as e:
                     self.stats.errors += 1
                     log.warning(
                         "key compaction of %s-%d failed (retried next run): %s",
@@ -243,9 +247,10 @@ class KeyCompactor:
         return out
 
     def _open(self, data: bytes | None, ref: BatchRef) -> tuple[BatchHeader, list[Record]] | None:
-        """The batch's header and records; None for a marker (no bytes) or a batch that
-        cannot be opened (corrupt, or expanding past the bound). Such a batch is left as
-        it is and its keys are not mapped: nothing it would supersede is removed."""
+        """The batch's header and records; None for a marker (no bytes). `_Unopenable` for a
+        batch that cannot be opened (corrupt, or expanding past the bound): cleaning stops
+        before it, since its superseded records could not be removed, and a tombstone
+        after it removed later would bring an old value back."""
         if data is None:
             return None
         try:
@@ -253,10 +258,10 @@ class KeyCompactor:
         except (ValueError, InvalidBatch) as e:
             self.stats.unreadable_batches += 1
             log.warning(
-                "key compaction leaves the batch at offset %d of object %s as it is: %s",
+                "key compaction stops at the batch at offset %d of object %s: %s",
                 ref.location.base_offset, ref.location.object_key, e,
             )  # fmt: skip
-            return None
+            raise _Unopenable from e
 
     async def _map_keys(
         self,
@@ -268,7 +273,10 @@ class KeyCompactor:
         when it fills (a batch boundary), or None when it took everything."""
         async for chunk in dirty:
             for ref, data in zip(chunk, await self._read(chunk), strict=True):
-                opened = self._open(data, ref)
+                try:
+                    opened = self._open(data, ref)
+                except _Unopenable:
+                    return ref.location.base_offset  # the pass ends before it
                 if opened is None:
                     continue
                 header, records = opened
@@ -307,10 +315,15 @@ class KeyCompactor:
         removals: list[BatchRemoval] = []
         position = 0
         removed_records = 0
+        complete = True
         for ref, data in zip(chunk, await self._read(chunk), strict=True):
-            opened = self._open(data, ref)
+            try:
+                opened = self._open(data, ref)
+            except _Unopenable:
+                complete = False  # left as it is: the range is not clean
+                continue
             if opened is None:
-                continue  # a marker, or a batch that cannot be opened: kept as it is
+                continue  # a marker: kept as it is
             header, records = opened
             location = ref.location
             if header.is_control:
@@ -341,7 +354,7 @@ class KeyCompactor:
             parts.append(rewritten)
             position += len(rewritten)
         if not (rewrites or removals):
-            return True
+            return complete
         object_key = None
         if rewrites:
             object_key = new_object_key(self._clock.wall_ms())
@@ -354,7 +367,7 @@ class KeyCompactor:
         self.stats.batches_rewritten += len(rewrites)
         self.stats.batches_removed += len(removals)
         self.stats.records_removed += removed_records
-        return changed == len(rewrites) + len(removals)
+        return complete and changed == len(rewrites) + len(removals)
 
 
 def _info(ref: BatchRef) -> BatchInfo:
