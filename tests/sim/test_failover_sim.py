@@ -14,9 +14,8 @@ the regression test at the end.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from sim.failover import run_seed
@@ -37,18 +36,6 @@ from driftlog.coordinator.writer import CommitWriter
 SEEDS = int(os.environ.get("DRIFTLOG_SIM_SEEDS", "50"))
 FIRST_SEED = int(os.environ.get("DRIFTLOG_SIM_FIRST_SEED", "0"))
 STEPS = int(os.environ.get("DRIFTLOG_SIM_STEPS", "300"))
-
-
-@pytest.fixture(autouse=True)
-def quiet_writer() -> Iterator[None]:
-    """The writer logs every injected failure; the simulation's own trace says more."""
-    logger = logging.getLogger("driftlog.coordinator")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 @pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + SEEDS))

@@ -17,11 +17,10 @@ Longer runs:
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import cast
 
 import pytest
@@ -47,20 +46,6 @@ SEEDS = int(os.environ.get("DRIFTLOG_KC_SIM_SEEDS", "100"))
 FIRST_SEED = int(os.environ.get("DRIFTLOG_KC_SIM_FIRST_SEED", "0"))
 STEPS = int(os.environ.get("DRIFTLOG_KC_SIM_STEPS", "150"))
 PLANTED_SEEDS = 50  # a planted bug must be caught within this many seeds
-
-
-@pytest.fixture(autouse=True)
-def quiet() -> Iterator[None]:
-    """The writer, collectors and compactors log every injected failure."""
-    loggers = [logging.getLogger(name) for name in ("driftlog.coordinator", "driftlog.lifecycle")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 @pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + SEEDS))

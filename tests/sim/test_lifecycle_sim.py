@@ -13,9 +13,7 @@ Each seed is one test; a failure names its seed and replays exactly with
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Iterator
 
 import pytest
 from sim.lifecycle import SimConfig, run_seed
@@ -39,20 +37,6 @@ HARSH = SimConfig(
     gc_deletes_per_pass=2,
     max_skew_ms=10_000,
 )
-
-
-@pytest.fixture(autouse=True)
-def quiet() -> Iterator[None]:
-    """The writer, collectors and compactors log every injected failure."""
-    loggers = [logging.getLogger(name) for name in ("driftlog.coordinator", "driftlog.lifecycle")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 @pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + SEEDS))

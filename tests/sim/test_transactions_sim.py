@@ -18,10 +18,9 @@ and a strict-xfail reproduction until it is fixed.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from kio.schema.errors import ErrorCode
@@ -49,20 +48,6 @@ SEEDS = int(os.environ.get("DRIFTLOG_SIM_SEEDS", "100"))
 FIRST_SEED = int(os.environ.get("DRIFTLOG_SIM_FIRST_SEED", "0"))
 STEPS = int(os.environ.get("DRIFTLOG_SIM_STEPS", "150"))
 BUG_SEEDS = 50
-
-
-@pytest.fixture(autouse=True)
-def quiet() -> Iterator[None]:
-    """The writer and the stream log every injected failure; the trace says more."""
-    loggers = [logging.getLogger(name) for name in ("driftlog.coordinator", "driftlog.cluster")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 @pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + SEEDS))
