@@ -1582,39 +1582,6 @@ class KeySim(Sim):
                 seen[rec.key] = offset
         await self.collect_all()
 
-    async def collect_all(self) -> None:
-        config = self.config
-        self.clock.advance(
-            config.orphan_grace_ms + config.delete_grace_ms + config.lease_ms + config.max_skew_ms
-        )
-        backend = MemoryBackend(self.db)
-        await backend.open()
-        collector = ObjectCollector(backend, self.store, self.skewed(), self.gc_config)
-        for _ in range(1_000):
-            before = (collector.stats.tombstones_purged, collector.stats.errors)
-            deleted = await collector.collect(scan_orphans=True)
-            if (
-                deleted == 0
-                and (collector.stats.tombstones_purged, collector.stats.errors) == before
-            ):
-                break
-        else:
-            raise self.fail("garbage collection did not finish in 1,000 passes")
-        if collector.stats.errors:
-            raise self.fail(f"garbage collection failed without faults: {collector.stats}")
-        self.check()
-        db = self.db
-        referenced = {
-            db.objects[row.object_id].key for part in db.batches.values() for row in part.rows
-        }
-        referenced = {k for k in referenced if not is_marker_key(k)}
-        stored = set(self.store.objects) - set(self.foreign)
-        if stored != referenced:
-            raise self.fail(
-                f"after healing the store holds {sorted(stored - referenced)[:5]} unreferenced"
-                f" and misses {sorted(referenced - stored)[:5]}"
-            )
-
 
 def _marker_commit(record: Record) -> bool:
     """A control record's type (its key: int16 version, int16 type; 1 is commit)."""
