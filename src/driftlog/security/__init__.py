@@ -1,0 +1,1 @@
+"""Authentication, authorization and quotas: pure rules here, wired in by the server."""
