@@ -1,0 +1,431 @@
+"""Every `driftlog serve` option, declared once: flag, environment variable, AgentConfig
+field, conversion, default, metavar and help.
+
+The argparse parser, the conversion to AgentConfig and README's table are all generated
+from `OPTIONS`, so adding an option is one entry there. Values stay raw strings until
+`config_values` converts them, which is where a bad value becomes a ValueError (the
+command line reports it as `driftlog: <message>`). Defaults are read from AgentConfig,
+so each has one home. No I/O: the environment is passed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from driftlog.config import AgentConfig
+
+_DEFAULTS = AgentConfig()
+
+# Turns a raw value (from the command line, the environment or the default) into one
+# value per field the option sets. Raises ValueError with a message for the user.
+Converter = Callable[[str], tuple[object, ...]]
+
+# AgentConfig fields deliberately without an option, and why. Everything else must be set
+# by exactly one option (tests/unit/test_options_table.py checks both).
+FIELDS_WITHOUT_OPTION: Mapping[str, str] = {
+    "max_uploads": "internal concurrency of object uploads; tuned with the write pipeline",
+    "max_pending_bytes": "internal back-pressure bound of the write pipeline, not a policy",
+    "max_in_flight_per_connection": "internal pipelining bound per connection",
+    "max_in_flight_bytes_per_connection": "internal memory bound per connection",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One command line option and its environment variable `DRIFTLOG_<FLAG>`."""
+
+    flag: str
+    metavar: str
+    help: str  # Markdown (backticks); the --help text drops the backticks
+    # AgentConfig fields set, in the order `convert` returns their values; () for options
+    # the command line itself uses (--log-level).
+    fields: tuple[str, ...]
+    convert: Converter
+    # Raw default, as if typed on the command line; None leaves the fields at AgentConfig's
+    # defaults (for optional settings whose default is None).
+    default: str | None
+    # The default column when the raw default says too little ("the listen address").
+    default_doc: str = ""
+    # Flag whose raw value this option takes when it is unset or empty (--advertise).
+    fallback: str | None = None
+
+    @property
+    def env(self) -> str:
+        return "DRIFTLOG_" + self.dest.upper()
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def default_markdown(self) -> str:
+        if self.default_doc:
+            return self.default_doc
+        return "empty" if not self.default else f"`{self.default}`"
+
+
+def _field_of(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def _bad(flag: str, expected: str, raw: str) -> ValueError:
+    env = "DRIFTLOG_" + _field_of(flag).upper()
+    return ValueError(f"{flag} ({env}): expected {expected}, got {raw!r}")
+
+
+# Converters. Each takes the flag only to name it in errors.
+
+
+def to_int(flag: str) -> Converter:
+    def convert(raw: str) -> tuple[object, ...]:
+        try:
+            return (int(raw),)
+        except ValueError:
+            raise _bad(flag, "an integer", raw) from None
+
+    return convert
+
+
+def ms_to_s(flag: str) -> Converter:
+    """Milliseconds on the command line (Kafka's unit) into a float of seconds."""
+    as_int = to_int(flag)
+
+    def convert(raw: str) -> tuple[object, ...]:
+        (ms,) = as_int(raw)
+        assert isinstance(ms, int)
+        return (ms / 1000,)
+
+    return convert
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def to_bool(flag: str) -> Converter:
+    def convert(raw: str) -> tuple[object, ...]:
+        word = raw.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return (word in _TRUE,)
+        raise _bad(flag, "true or false", raw)
+
+    return convert
+
+
+def parse_host_port(flag: str, raw: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[v6]:PORT` or `:PORT` (every interface, 0.0.0.0)."""
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit():
+        raise _bad(flag, "HOST:PORT", raw)
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def to_host_port(flag: str) -> Converter:
+    return lambda raw: parse_host_port(flag, raw)
+
+
+def to_advertised_host_port(flag: str) -> Converter:
+    """As `to_host_port`, but 0.0.0.0 (listen everywhere) is no address a client can use."""
+
+    def convert(raw: str) -> tuple[object, ...]:
+        host, port = parse_host_port(flag, raw)
+        return ("127.0.0.1" if host == "0.0.0.0" else host), port
+
+    return convert
+
+
+def to_str(_flag: str) -> Converter:
+    """Kept as given, comma-separated lists included (their parsing belongs to their user)."""
+    return lambda raw: (raw,)
+
+
+def to_optional_str(_flag: str) -> Converter:
+    """Empty means unset (None), so an empty environment variable turns the setting off."""
+    return lambda raw: (raw or None,)
+
+
+def to_path(_flag: str) -> Converter:
+    return lambda raw: (Path(raw),)
+
+
+def to_optional_path(_flag: str) -> Converter:
+    return lambda raw: (Path(raw) if raw else None,)
+
+
+def _default_text(converter: Callable[[str], Converter], value: object) -> str | None:
+    """AgentConfig's default in the option's own raw syntax."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if converter is ms_to_s:
+        assert isinstance(value, int | float)
+        return str(round(value * 1000))
+    return str(value)
+
+
+def option(
+    flag: str,
+    help_: str,
+    *,
+    metavar: str = "N",
+    converter: Callable[[str], Converter] = to_int,
+    field: str | None = None,
+    default_doc: str = "",
+) -> Option:
+    """An option setting one AgentConfig field (named after the flag unless `field` is
+    given), with AgentConfig's default. The converter's default (`to_int`) fits most."""
+    name = field or _field_of(flag)
+    default = _default_text(converter, getattr(_DEFAULTS, name))
+    return Option(flag, metavar, help_, (name,), converter(flag), default, default_doc)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "--listen",
+        "HOST:PORT",
+        "address to accept clients on (`:PORT` or `0.0.0.0:PORT`: every interface)",
+        ("listen_host", "listen_port"),
+        to_host_port("--listen"),
+        f"{_DEFAULTS.listen_host}:{_DEFAULTS.listen_port}",
+    ),
+    Option(
+        "--advertise",
+        "HOST:PORT",
+        "address Metadata tells clients to connect to; 0.0.0.0 is advertised as 127.0.0.1",
+        ("advertise_host", "advertise_port"),
+        to_advertised_host_port("--advertise"),
+        None,
+        default_doc="the listen address",
+        fallback="--listen",
+    ),
+    option(
+        "--data-dir",
+        "directory of the embedded SQLite coordinator and (by default) the objects",
+        metavar="DIR",
+        converter=to_path,
+    ),
+    option(
+        "--object-store",
+        "object store: `file:///path`, `memory://`, `s3://bucket[/prefix]` "
+        "(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION` apply)",
+        metavar="URL",
+        converter=to_optional_str,
+        field="object_store_url",
+        default_doc="`file://DATA_DIR/objects`",
+    ),
+    option(
+        "--coordinator",
+        "coordinator database: `postgresql://user@host:port/db` for cluster mode, "
+        "or empty for the embedded SQLite file in DATA_DIR",
+        metavar="URL",
+        converter=to_optional_str,
+        field="coordinator_url",
+        default_doc="embedded SQLite in DATA_DIR",
+    ),
+    option(
+        "--agent-id",
+        "this agent's name in the writer lease and membership; unique per agent, "
+        "stable across restarts (empty: the default)",
+        metavar="ID",
+        converter=to_str,
+        default_doc="`agent-NODE_ID`",
+    ),
+    option(
+        "--lease-ms",
+        "writer lease: a dead writer is replaced about this long after its last renewal",
+    ),
+    option(
+        "--rpc-port",
+        "cluster mode: port of the writer RPC, on the listen host (0: a free one)",
+        default_doc="`0` (a free port)",
+    ),
+    option("--heartbeat-ms", "cluster mode: how often the agent announces itself"),
+    option(
+        "--agent-timeout-ms",
+        "cluster mode: an agent silent this long leaves Metadata and its groups move",
+    ),
+    option(
+        "--log-retention-ms",
+        "`retention.ms` of topics that do not set it (-1: keep forever)",
+    ),
+    option(
+        "--log-retention-bytes",
+        "`retention.bytes` per partition of topics that do not set it (-1: no limit)",
+    ),
+    option(
+        "--retention-check-ms",
+        "how often the writer applies retention (moves log starts past expired data)",
+    ),
+    option(
+        "--gc-interval-ms",
+        "how often the writer deletes dead and orphaned objects (0: never)",
+    ),
+    option(
+        "--gc-delete-grace-ms",
+        "an object no batch references stays readable this long for fetches in flight",
+    ),
+    option(
+        "--gc-orphan-grace-ms",
+        "uploads no commit names are deleted at this age; "
+        "commits of objects older than half of it are refused",
+    ),
+    option("--gc-orphan-scan-ms", "how often the store is listed to find orphans"),
+    option("--gc-max-deletes-per-s", "upper bound on object deletions per second"),
+    option(
+        "--compaction-interval-ms",
+        "how often the writer merges small objects into one (0: never)",
+    ),
+    option("--compaction-min-age-ms", "objects younger than this are left alone"),
+    option("--compaction-small-object-bytes", "objects smaller than this are merged"),
+    option("--compaction-target-bytes", "size of the objects compaction writes"),
+    option(
+        "--transaction-max-timeout-ms",
+        "longest `transaction.timeout.ms` a producer may ask for "
+        "(longer: INVALID_TRANSACTION_TIMEOUT)",
+    ),
+    option(
+        "--transactional-id-expiration-ms",
+        "a transactional id idle this long is forgotten",
+    ),
+    option(
+        "--key-compaction-interval-ms",
+        "how often the writer compacts `cleanup.policy=compact` topics by key (0: never)",
+    ),
+    option(
+        "--key-compaction-map-bytes",
+        "memory for key compaction's map of keys "
+        "(about 120 bytes a key; more keys take more passes)",
+    ),
+    option(
+        "--flush-ms",
+        "flush the shared write buffer when its oldest batch is this old",
+    ),
+    option("--flush-bytes", "flush the shared write buffer when it holds this many bytes"),
+    option("--cache-bytes", "size of the in-memory LRU cache of stored batches"),
+    option(
+        "--max-frame-bytes",
+        "largest request accepted; a larger one disconnects the client",
+    ),
+    option("--max-connections", "connections accepted at once"),
+    option(
+        "--idle-timeout-ms",
+        "close connections idle this long (Kafka's `connections.max.idle.ms`)",
+        converter=ms_to_s,
+        field="idle_timeout_s",
+    ),
+    option(
+        "--request-timeout-ms",
+        "close a connection whose request takes longer than this",
+        converter=ms_to_s,
+        field="request_timeout_s",
+    ),
+    option("--default-partitions", "partitions of auto-created topics"),
+    option(
+        "--auto-create-topics",
+        "create unknown topics on their first Metadata request",
+        metavar="true/false",
+        converter=to_bool,
+    ),
+    option("--node-id", "broker id reported in Metadata; unique per agent in a cluster"),
+    option(
+        "--zone",
+        "availability zone, reported as the broker's rack; clients with "
+        "`driftlog_zone=NAME` in their client.id are sent here",
+        metavar="NAME",
+        converter=to_str,
+    ),
+    Option(
+        "--log-level",
+        "LEVEL",
+        "logging threshold: DEBUG, INFO, WARNING or ERROR",
+        (),
+        to_str("--log-level"),
+        "INFO",
+    ),
+    option(
+        "--faults",
+        "tests only: inject object-store errors, lost acks, timeouts, delays "
+        "(`put_error=0.1,get_error=0.05,put_lost_ack=0.02,timeout=0.01,timeout_ms=2000,"
+        "delay_ms=20,seed=7`)",
+        metavar="SPEC",
+        converter=to_str,
+        default_doc="off",
+    ),
+)
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    environ: Mapping[str, str],
+    options: Iterable[Option] = OPTIONS,
+) -> None:
+    """Declare the options on `parser`; an environment variable replaces the default, so
+    the command line wins over it. Values stay raw strings (see `config_values`)."""
+    for spec in options:
+        default_shown = spec.default_markdown.replace("`", "")
+        parser.add_argument(
+            spec.flag,
+            dest=spec.dest,
+            metavar=spec.metavar,
+            default=environ.get(spec.env, spec.default),
+            # argparse formats help with %, so a literal one is doubled
+            help=f"{spec.help.replace('`', '')} [{spec.env}, default {default_shown}]".replace(
+                "%", "%%"
+            ),
+        )
+
+
+def config_values(
+    args: argparse.Namespace, options: Iterable[Option] = OPTIONS
+) -> dict[str, object]:
+    """AgentConfig keyword arguments from parsed raw values; ValueError on a bad one."""
+    specs = list(options)
+    by_flag = {spec.flag: spec for spec in specs}
+    values: dict[str, object] = {}
+    for spec in specs:
+        raw: str | None = getattr(args, spec.dest)
+        if not raw and spec.fallback is not None:
+            raw = getattr(args, by_flag[spec.fallback].dest)
+        if raw is None or not spec.fields:
+            continue
+        values.update(zip(spec.fields, spec.convert(raw), strict=True))
+    return values
+
+
+def config_fields() -> frozenset[str]:
+    return frozenset(f.name for f in fields(AgentConfig))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table(options: Iterable[Option] = OPTIONS) -> str:
+    """README's table of options (between its `options:begin`/`options:end` markers)."""
+    lines = [
+        "| option | environment | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for spec in options:
+        cells = (
+            f"`{spec.flag} {spec.metavar}`",
+            f"`{spec.env}`",
+            spec.default_markdown,
+            spec.help,
+        )
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plain_listing(options: Iterable[Option] = OPTIONS) -> str:
+    """The options as text, for `driftlog options` without --markdown."""
+    out = []
+    for spec in options:
+        default = spec.default_markdown.replace("`", "")
+        out.append(f"{spec.flag} {spec.metavar}  [{spec.env}, default {default}]")
+        out.append(f"    {spec.help.replace('`', '')}")
+    return "\n".join(out) + "\n"
