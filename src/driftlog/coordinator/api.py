@@ -136,6 +136,48 @@ class AgentInfo:
     zone: str
     rpc_address: str
     heartbeat_ms: int = 0
+    # (listener name, advertised host, port) for each listener clients may use.
+    listeners: tuple[tuple[str, str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ScramCredential:
+    """A SCRAM credential as Kafka keeps it (RFC 5802): never the password itself."""
+
+    user_name: str
+    mechanism: str  # "SCRAM-SHA-256" or "SCRAM-SHA-512"
+    salt: bytes
+    stored_key: bytes
+    server_key: bytes
+    iterations: int
+
+
+@dataclass(frozen=True, slots=True)
+class AclBinding:
+    """One ACL as Kafka models it, with Kafka's integer codes (resource type, pattern
+    type, operation, permission type); `security/acl.py` gives them names."""
+
+    resource_type: int
+    resource_name: str
+    pattern_type: int
+    principal: str
+    host: str
+    operation: int
+    permission_type: int
+
+
+# A client-quota entity: (entity type, name) pairs sorted by type ("client-id", "user");
+# a name of None is that type's default entity (Kafka's <default>).
+QuotaEntity = tuple[tuple[str, str | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaEntry:
+    """An entity's client quotas (KIP-546): `producer_byte_rate`, `consumer_byte_rate`,
+    `request_percentage` and so on, by key."""
+
+    entity: QuotaEntity
+    values: dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,11 +24,15 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 from kio.schema.errors import ErrorCode
 
 from driftlog.coordinator.api import (
+    AclBinding,
     AgentInfo,
     BatchLocation,
     CommitOutcome,
     CommittedOffset,
     PartitionOffsets,
+    QuotaEntity,
+    QuotaEntry,
+    ScramCredential,
     TopicInfo,
 )
 from driftlog.coordinator.lease import LeaseRecord
@@ -375,6 +379,59 @@ class Backend(Protocol):
         """Replace a resource's dynamic broker configs (none: the row goes)."""
         ...
 
+    # Security (credentials, ACLs, quotas) and the cluster's own secret ------------
+    # Every change of credentials, ACLs or quotas bumps one counter in the same
+    # transaction: agents poll `security_version` each heartbeat and reload on a move.
+
+    async def cluster_secret(self) -> bytes:
+        """The secret agents authenticate each other's RPC with: 32 random bytes made by
+        the first call, the same bytes for every call after (whichever agent made them)."""
+        ...
+
+    async def security_version(self) -> int:
+        """Moves whenever credentials, ACLs or quotas change (and only then)."""
+        ...
+
+    async def load_scram_credentials(self) -> list[ScramCredential]: ...
+
+    async def put_scram_credentials(
+        self, upserts: Sequence[ScramCredential], deletions: Sequence[tuple[str, str]]
+    ) -> None:
+        """Store `upserts` (replacing a user's credential of the same mechanism) and delete
+        the (user name, mechanism) pairs of `deletions`, in one transaction."""
+        ...
+
+    async def load_acls(self) -> list[AclBinding]: ...
+
+    async def create_acls(self, bindings: Sequence[AclBinding]) -> None:
+        """Store the bindings; one already stored is not an error (Kafka's CreateAcls)."""
+        ...
+
+    async def delete_acls(self, bindings: Sequence[AclBinding]) -> int:
+        """Delete exactly these bindings (filters are matched by the caller); returns
+        how many were stored."""
+        ...
+
+    async def load_client_quotas(self) -> list[QuotaEntry]: ...
+
+    async def alter_client_quotas(
+        self, changes: Sequence[tuple[QuotaEntity, str, float | None]]
+    ) -> None:
+        """Set (a value) or remove (None) one quota key of an entity per change, in one
+        transaction; an entity left without keys is gone."""
+        ...
+
+    # Node ids (see node_ids.py) ---------------------------------------------------
+    async def claim_node_id(
+        self, agent_id: str, requested: int | None, now_ms: int, live_timeout_ms: int
+    ) -> int:
+        """The node id `agent_id` is to use, recorded for it. With `requested` None: the
+        one recorded before, or the smallest id no agent id holds. Otherwise `requested`,
+        taken from its holder unless that holder is alive (a heartbeat or a claim within
+        `live_timeout_ms` of `now_ms`; a database shared by many hosts judges by its own
+        clock): then `NodeIdTaken`. Agents claiming at once never get the same id."""
+        ...
+
     # Producer ids and consumer-group offsets ----------------------------------
     async def allocate_producer_id(self) -> int: ...
 
@@ -535,3 +592,61 @@ def partition_offsets(snapshot: SequencerSnapshot) -> dict[PartitionKey, Partiti
 
 def high_watermark(log_start_offset: int, last_offset: int | None) -> int:
     return max(log_start_offset, -1 if last_offset is None else last_offset + 1)
+
+
+# Security rows ------------------------------------------------------------------
+
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+CLUSTER_SECRET_BYTES = 32
+
+
+def check_scram_mechanisms(
+    upserts: Sequence[ScramCredential], deletions: Sequence[tuple[str, str]]
+) -> None:
+    """A mechanism Kafka does not know is the caller's mistake, not the database's."""
+    for mechanism in [c.mechanism for c in upserts] + [m for _, m in deletions]:
+        if mechanism not in SCRAM_MECHANISMS:
+            raise ValueError(f"unknown SCRAM mechanism {mechanism!r}")
+
+
+def quota_entity(entity: QuotaEntity) -> QuotaEntity:
+    """The entity with its pairs sorted by type (one type at most once)."""
+    ordered = tuple(sorted(entity, key=lambda pair: pair[0]))
+    if len({entity_type for entity_type, _ in ordered}) != len(ordered) or not ordered:
+        raise ValueError(f"a quota entity names each type once, at least one: {entity!r}")
+    return ordered
+
+
+def encode_quota_entity(entity: QuotaEntity) -> str:
+    """The entity as the text key of its rows: JSON `[[type, name or null], ...]`."""
+    return _JSON.encode([[entity_type, name] for entity_type, name in quota_entity(entity)])
+
+
+def decode_quota_entity(text: str) -> QuotaEntity:
+    return tuple((str(entity_type), name) for entity_type, name in json.loads(text))
+
+
+def quota_entries(rows: Sequence[tuple[str, str, float]]) -> list[QuotaEntry]:
+    """`client_quotas` rows (entity text, key, value) as entries, by entity text."""
+    values: dict[str, dict[str, float]] = {}
+    for entity, key, value in rows:
+        values.setdefault(entity, {})[key] = float(value)
+    return [QuotaEntry(decode_quota_entity(e), values[e]) for e in sorted(values)]
+
+
+def encode_listeners(listeners: Sequence[tuple[str, str, int]]) -> str:
+    return _JSON.encode([[name, host, port] for name, host, port in listeners])
+
+
+def decode_listeners(text: str) -> tuple[tuple[str, str, int], ...]:
+    return tuple((str(name), str(host), int(port)) for name, host, port in json.loads(text))
+
+
+def agent_from_row(row: Sequence[Any]) -> AgentInfo:
+    """An `agents` row (agent id, node id, host, port, zone, RPC address, heartbeat time,
+    listeners as JSON) as `AgentInfo`."""
+    agent_id, node_id, host, port, zone, rpc_address, heartbeat_ms, listeners = row
+    return AgentInfo(
+        str(agent_id), int(node_id), str(host), int(port), str(zone), str(rpc_address),
+        int(heartbeat_ms), decode_listeners(listeners),
+    )  # fmt: skip

@@ -32,12 +32,16 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from driftlog.coordinator.api import (
+    AclBinding,
     AgentInfo,
     BatchLocation,
     CommitOutcome,
     CommittedOffset,
     CoordinatorUnavailable,
     PartitionOffsets,
+    QuotaEntity,
+    QuotaEntry,
+    ScramCredential,
     TopicInfo,
 )
 from driftlog.coordinator.backend import (
@@ -206,6 +210,48 @@ class FaultyBackend:
     async def put_broker_configs(self, resource: str, configs: Mapping[str, str]) -> None:
         await self._call(
             "put_broker_configs", lambda: self.inner.put_broker_configs(resource, configs)
+        )
+
+    # Security and node ids --------------------------------------------------------
+    async def cluster_secret(self) -> bytes:
+        return await self._call("cluster_secret", self.inner.cluster_secret)
+
+    async def security_version(self) -> int:
+        return await self._call("security_version", self.inner.security_version)
+
+    async def load_scram_credentials(self) -> list[ScramCredential]:
+        return await self._call("load_scram_credentials", self.inner.load_scram_credentials)
+
+    async def put_scram_credentials(
+        self, upserts: Sequence[ScramCredential], deletions: Sequence[tuple[str, str]]
+    ) -> None:
+        await self._call(
+            "put_scram_credentials", lambda: self.inner.put_scram_credentials(upserts, deletions)
+        )
+
+    async def load_acls(self) -> list[AclBinding]:
+        return await self._call("load_acls", self.inner.load_acls)
+
+    async def create_acls(self, bindings: Sequence[AclBinding]) -> None:
+        await self._call("create_acls", lambda: self.inner.create_acls(bindings))
+
+    async def delete_acls(self, bindings: Sequence[AclBinding]) -> int:
+        return await self._call("delete_acls", lambda: self.inner.delete_acls(bindings))
+
+    async def load_client_quotas(self) -> list[QuotaEntry]:
+        return await self._call("load_client_quotas", self.inner.load_client_quotas)
+
+    async def alter_client_quotas(
+        self, changes: Sequence[tuple[QuotaEntity, str, float | None]]
+    ) -> None:
+        await self._call("alter_client_quotas", lambda: self.inner.alter_client_quotas(changes))
+
+    async def claim_node_id(
+        self, agent_id: str, requested: int | None, now_ms: int, live_timeout_ms: int
+    ) -> int:
+        return await self._call(
+            "claim_node_id",
+            lambda: self.inner.claim_node_id(agent_id, requested, now_ms, live_timeout_ms),
         )
 
     async def persist_transactions(self, fence: Fence, write: TxnWrite) -> None:

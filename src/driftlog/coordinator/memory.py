@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import secrets
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from driftlog.coordinator.api import (
+    AclBinding,
     AgentInfo,
     BatchLocation,
     CommitOutcome,
@@ -32,9 +34,13 @@ from driftlog.coordinator.api import (
     CoordinatorUnavailable,
     Fenced,
     PartitionOffsets,
+    QuotaEntity,
+    QuotaEntry,
+    ScramCredential,
     TopicInfo,
 )
 from driftlog.coordinator.backend import (
+    CLUSTER_SECRET_BYTES,
     MARKER_LEVEL,
     READ_BATCHES_PAGE,
     Backend,
@@ -51,10 +57,15 @@ from driftlog.coordinator.backend import (
     ObjectCounts,
     ObjectRef,
     TxnWrite,
+    check_scram_mechanisms,
+    encode_quota_entity,
     high_watermark,
     partition_offsets,
+    quota_entity,
+    quota_entries,
 )
 from driftlog.coordinator.lease import LeaseRecord
+from driftlog.coordinator.node_ids import NodeIdTaken, smallest_free
 from driftlog.coordinator.producers import ProducerPartitionState
 from driftlog.coordinator.sequencer import (
     PartitionKey,
@@ -109,6 +120,13 @@ class _PartitionBatches:
         return bisect.bisect_left(self.last_offsets, last_offset)
 
 
+class NodeIdClaim(NamedTuple):
+    """A row of `node_ids` (its agent id is the key that holds it)."""
+
+    node_id: int
+    claimed_ms: int
+
+
 @dataclass(slots=True)
 class MemoryDatabase:
     """The shared tables. Tests may read them; only `MemoryBackend` writes them."""
@@ -132,6 +150,12 @@ class MemoryDatabase:
     txn_offsets: dict[tuple[str, str, int, int], PendingOffset] = field(default_factory=dict)
     key_compaction: dict[PartitionKey, KeyCleanState] = field(default_factory=dict)
     broker_configs: dict[str, dict[str, str]] = field(default_factory=dict)
+    cluster_secret: bytes | None = None
+    scram_credentials: dict[tuple[str, str], ScramCredential] = field(default_factory=dict)
+    acls: dict[AclBinding, None] = field(default_factory=dict)  # a set in insertion order
+    client_quotas: dict[QuotaEntity, dict[str, float]] = field(default_factory=dict)
+    security_version: int = 0
+    node_ids: dict[str, NodeIdClaim] = field(default_factory=dict)  # by agent id
     # Incremented by every transaction that changed something (cheap change detection).
     version: int = 0
 
@@ -195,6 +219,120 @@ class MemoryBackend:
             db.cluster_id = proposed
             db.version += 1
         return db.cluster_id
+
+    async def cluster_secret(self) -> bytes:
+        db = self._db
+        if db.cluster_secret is None:
+            db.cluster_secret = secrets.token_bytes(CLUSTER_SECRET_BYTES)
+            db.version += 1
+        return db.cluster_secret
+
+    # Security -------------------------------------------------------------------
+    def _security_changed(self, changed: int) -> None:
+        if changed:
+            self._db.security_version += 1
+            self._db.version += 1
+
+    async def security_version(self) -> int:
+        return self._db.security_version
+
+    async def load_scram_credentials(self) -> list[ScramCredential]:
+        return [c for _, c in sorted(self._db.scram_credentials.items())]
+
+    async def put_scram_credentials(
+        self, upserts: Sequence[ScramCredential], deletions: Sequence[tuple[str, str]]
+    ) -> None:
+        check_scram_mechanisms(upserts, deletions)
+        stored = self._db.scram_credentials
+        changed = 0
+        for user, mechanism in deletions:
+            changed += stored.pop((user, mechanism), None) is not None
+        for c in upserts:
+            stored[(c.user_name, c.mechanism)] = c
+            changed += 1
+        self._security_changed(changed)
+
+    async def load_acls(self) -> list[AclBinding]:
+        return list(self._db.acls)
+
+    async def create_acls(self, bindings: Sequence[AclBinding]) -> None:
+        acls = self._db.acls
+        new = [b for b in dict.fromkeys(bindings) if b not in acls]
+        acls.update(dict.fromkeys(new))
+        self._security_changed(len(new))
+
+    async def delete_acls(self, bindings: Sequence[AclBinding]) -> int:
+        acls = self._db.acls
+        stored = [b for b in dict.fromkeys(bindings) if b in acls]
+        for binding in stored:
+            del acls[binding]
+        self._security_changed(len(stored))
+        return len(stored)
+
+    async def load_client_quotas(self) -> list[QuotaEntry]:
+        return quota_entries(
+            [
+                (encode_quota_entity(entity), key, value)
+                for entity, values in self._db.client_quotas.items()
+                for key, value in values.items()
+            ]
+        )
+
+    async def alter_client_quotas(
+        self, changes: Sequence[tuple[QuotaEntity, str, float | None]]
+    ) -> None:
+        normalized = [(quota_entity(entity), key, value) for entity, key, value in changes]
+        quotas = self._db.client_quotas
+        changed = 0
+        for entity, key, value in normalized:
+            if value is None:
+                values = quotas.get(entity, {})
+                changed += values.pop(key, None) is not None
+                if not values:
+                    quotas.pop(entity, None)
+            else:
+                quotas.setdefault(entity, {})[key] = float(value)
+                changed += 1
+        self._security_changed(changed)
+
+    # Node ids -------------------------------------------------------------------
+    async def claim_node_id(
+        self, agent_id: str, requested: int | None, now_ms: int, live_timeout_ms: int
+    ) -> int:
+        db = self._db
+        since_ms = now_ms - live_timeout_ms  # one process: the callers' clocks are one
+        claims = db.node_ids
+        mine = claims.get(agent_id)
+        if mine is not None and requested in (None, mine.node_id):
+            claims[agent_id] = NodeIdClaim(mine.node_id, now_ms)
+            db.version += 1
+            return mine.node_id
+        # Another agent alive: a heartbeat or a claim since `since_ms`.
+        live = {a.agent_id: a for a in db.agents.values() if a.heartbeat_ms >= since_ms}
+        live.pop(agent_id, None)
+        if requested is None:
+            # In use: recorded for any agent id, or advertised by another live agent
+            # (one that started before node ids were recorded).
+            node_id = smallest_free(
+                [c.node_id for c in claims.values()] + [a.node_id for a in live.values()]
+            )
+        else:
+            for holder, claim in claims.items():
+                if (
+                    claim.node_id == requested
+                    and holder != agent_id
+                    and (claim.claimed_ms >= since_ms or holder in live)
+                ):
+                    raise NodeIdTaken(requested, holder)
+            for agent in live.values():
+                if agent.node_id == requested:
+                    raise NodeIdTaken(requested, agent.agent_id)
+            node_id = requested
+        for holder in [h for h, c in claims.items() if h == agent_id or c.node_id == node_id]:
+            del claims[holder]
+        claims[agent_id] = NodeIdClaim(node_id, now_ms)
+        db.version += 1
+        return node_id
 
     # Membership ---------------------------------------------------------------
     async def heartbeat(self, agent: AgentInfo) -> None:

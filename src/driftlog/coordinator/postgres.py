@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import re
+import secrets
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from driftlog.coordinator import pg_arrays
 from driftlog.coordinator.api import (
+    AclBinding,
     AgentInfo,
     BatchLocation,
     CommitOutcome,
@@ -29,9 +31,13 @@ from driftlog.coordinator.api import (
     CoordinatorUnavailable,
     Fenced,
     PartitionOffsets,
+    QuotaEntity,
+    QuotaEntry,
+    ScramCredential,
     TopicInfo,
 )
 from driftlog.coordinator.backend import (
+    CLUSTER_SECRET_BYTES,
     MARKER_LEVEL,
     READ_BATCHES_PAGE,
     TRANSACTION_COLUMNS,
@@ -48,18 +54,24 @@ from driftlog.coordinator.backend import (
     ObjectCounts,
     ObjectRef,
     TxnWrite,
+    agent_from_row,
+    check_scram_mechanisms,
     decode_outcomes,
     decode_passes,
     decode_producer_state,
     encode_configs,
+    encode_listeners,
     encode_producer_batches,
+    encode_quota_entity,
     high_watermark,
     outcomes_json,
     partition_offsets,
+    quota_entries,
     transaction_from_row,
     transaction_row,
 )
 from driftlog.coordinator.lease import LeaseRecord
+from driftlog.coordinator.node_ids import NodeIdTaken, smallest_free
 from driftlog.coordinator.pg_arrays import int4_array, int8_array, uuid_array
 from driftlog.coordinator.sequencer import (
     PartitionKey,
@@ -271,9 +283,57 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (topic_id, partition)
     );
     """,
+    # Security and self-configuring agents. The secret of the agents' RPC; SCRAM
+    # credentials, ACLs and client quotas as Kafka keeps them, with one counter every
+    # change of theirs moves (agents poll it); node ids by agent id (node_ids.py); the
+    # listeners each agent advertises.
+    """
+    CREATE TABLE cluster_secret (
+        singleton integer PRIMARY KEY CHECK (singleton = 0),
+        secret bytea NOT NULL
+    );
+    CREATE TABLE security_version (
+        singleton integer PRIMARY KEY CHECK (singleton = 0),
+        version bigint NOT NULL
+    );
+    INSERT INTO security_version VALUES (0, 0);
+    CREATE TABLE scram_credentials (
+        user_name text NOT NULL,
+        mechanism text NOT NULL CHECK (mechanism IN ('SCRAM-SHA-256', 'SCRAM-SHA-512')),
+        salt bytea NOT NULL,
+        stored_key bytea NOT NULL,
+        server_key bytea NOT NULL,
+        iterations integer NOT NULL,
+        PRIMARY KEY (user_name, mechanism)
+    );
+    CREATE TABLE acls (
+        resource_type integer NOT NULL,
+        resource_name text NOT NULL,
+        pattern_type integer NOT NULL,
+        principal text NOT NULL,
+        host text NOT NULL,
+        operation integer NOT NULL,
+        permission_type integer NOT NULL,
+        PRIMARY KEY (resource_type, resource_name, pattern_type, principal, host, operation,
+            permission_type)
+    );
+    CREATE TABLE client_quotas (
+        entity text NOT NULL,
+        quota_key text NOT NULL,
+        value double precision NOT NULL,
+        PRIMARY KEY (entity, quota_key)
+    );
+    CREATE TABLE node_ids (
+        agent_id text PRIMARY KEY,
+        node_id integer NOT NULL UNIQUE,
+        claimed_ms bigint NOT NULL
+    );
+    ALTER TABLE agents ADD COLUMN listeners text NOT NULL DEFAULT '[]';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x647269667430
+_NODE_ID_LOCK = 0x64726966746E  # "driftn": claims of node ids, one at a time
 _WRITER_SESSION_PREFIX = "driftlog-writer-"  # any constant shared by all agents
 
 # Objects whose last reference a transaction removed: mark the candidates before the
@@ -316,6 +376,24 @@ _PREVIOUS_FAILED_SQLSTATE = "DLF02"
 _LOAD_TRANSACTIONS = f"SELECT {TRANSACTION_COLUMNS} FROM transactions".encode()
 
 _DATABASE_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
+_ACL = "resource_type, resource_name, pattern_type, principal, host, operation, permission_type"
+_ACL_ROW = b"(%s, %s, %s, %s, %s, %s, %s)"
+# Node ids in use: recorded for any agent id, or advertised by another live agent
+# (one that started before node ids were recorded).
+_HELD_NODE_IDS = (
+    b"SELECT node_id FROM node_ids UNION"
+    b" SELECT node_id FROM agents WHERE agent_id <> %s AND heartbeat_ms >= %s"
+)
+# Another agent alive (a heartbeat or a claim since `since`) that holds or advertises
+# the node id.
+_LIVE_HOLDER = (
+    b"(SELECT n.agent_id FROM node_ids n WHERE n.node_id = %(node_id)s"
+    b" AND n.agent_id <> %(agent_id)s AND (n.claimed_ms >= %(since)s OR EXISTS"
+    b" (SELECT 1 FROM agents a WHERE a.agent_id = n.agent_id AND a.heartbeat_ms >= %(since)s)))"
+    b" UNION ALL (SELECT agent_id FROM agents WHERE node_id = %(node_id)s"
+    b" AND agent_id <> %(agent_id)s AND heartbeat_ms >= %(since)s) LIMIT 1"
+)
 
 _LOCATION = (
     "o.key, b.byte_offset, b.byte_length, b.base_offset, b.last_offset,"
@@ -469,28 +547,49 @@ class PostgresBackend:
         [(cluster_id,)] = await self._fetch("SELECT cluster_id FROM cluster")
         return str(cluster_id)
 
+    async def cluster_secret(self) -> bytes:
+        rows = await self._fetch("SELECT secret FROM cluster_secret")
+        if not rows:
+            # Agents starting at once: the first insert wins, the others wait for it
+            # and insert nothing, then all read the winner's bytes.
+            await self._fetch(
+                "INSERT INTO cluster_secret VALUES (0, %s) ON CONFLICT DO NOTHING RETURNING 1",
+                (secrets.token_bytes(CLUSTER_SECRET_BYTES),),
+            )
+            rows = await self._fetch("SELECT secret FROM cluster_secret")
+        return bytes(rows[0][0])
+
     # Membership ---------------------------------------------------------------
     async def heartbeat(self, agent: AgentInfo) -> None:
         # The time of the beat is the database's: agents' clocks may disagree, and one
         # running ahead would otherwise see the others as silent (`live_agents`).
         await self._fetch(
-            "INSERT INTO agents VALUES (%s, %s, %s, %s, %s, %s, " + _DATABASE_NOW_MS + ")"
+            "INSERT INTO agents (agent_id, node_id, host, port, zone, rpc_address, listeners,"
+            " heartbeat_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, " + _DATABASE_NOW_MS + ")"
             " ON CONFLICT (agent_id)"
             " DO UPDATE SET node_id = excluded.node_id, host = excluded.host,"
             " port = excluded.port, zone = excluded.zone, rpc_address = excluded.rpc_address,"
-            " heartbeat_ms = excluded.heartbeat_ms RETURNING 1",
-            (agent.agent_id, agent.node_id, agent.host, agent.port, agent.zone, agent.rpc_address),
+            " listeners = excluded.listeners, heartbeat_ms = excluded.heartbeat_ms RETURNING 1",
+            (
+                agent.agent_id,
+                agent.node_id,
+                agent.host,
+                agent.port,
+                agent.zone,
+                agent.rpc_address,
+                encode_listeners(agent.listeners),
+            ),
         )
 
     async def live_agents(self, timeout_ms: int, now_ms: int) -> list[AgentInfo]:
         rows = await self._fetch(
             "WITH database AS (SELECT " + _DATABASE_NOW_MS + " AS now_ms)"
             " SELECT agent_id, node_id, host, port, zone, rpc_address,"
-            " heartbeat_ms - database.now_ms + %s FROM agents, database"
+            " heartbeat_ms - database.now_ms + %s, listeners FROM agents, database"
             " WHERE heartbeat_ms >= database.now_ms - %s ORDER BY node_id, agent_id",
             (now_ms, timeout_ms),
         )
-        return [AgentInfo(*row) for row in rows]
+        return [agent_from_row(row) for row in rows]
 
     async def remove_agent(self, agent_id: str) -> None:
         await self._fetch("DELETE FROM agents WHERE agent_id = %s RETURNING 1", (agent_id,))
@@ -928,6 +1027,118 @@ class PostgresBackend:
                 "DELETE FROM broker_configs WHERE resource = %s RETURNING 1", (resource,)
             )
 
+    # Security -------------------------------------------------------------------
+    async def security_version(self) -> int:
+        [(version,)] = await self._fetch("SELECT version FROM security_version")
+        return int(version)
+
+    async def load_scram_credentials(self) -> list[ScramCredential]:
+        rows = await self._fetch(
+            "SELECT user_name, mechanism, salt, stored_key, server_key, iterations"
+            " FROM scram_credentials ORDER BY user_name, mechanism"
+        )
+        return [
+            ScramCredential(user, mechanism, bytes(salt), bytes(stored), bytes(server), iterations)
+            for user, mechanism, salt, stored, server, iterations in rows
+        ]
+
+    async def put_scram_credentials(
+        self, upserts: Sequence[ScramCredential], deletions: Sequence[tuple[str, str]]
+    ) -> None:
+        check_scram_mechanisms(upserts, deletions)
+        statements: list[tuple[bytes, tuple[Any, ...]]] = [
+            (
+                b"DELETE FROM scram_credentials WHERE user_name = %s AND mechanism = %s",
+                (user, mechanism),
+            )
+            for user, mechanism in deletions
+        ]
+        statements += [
+            (
+                b"INSERT INTO scram_credentials VALUES (%s, %s, %s, %s, %s, %s)"
+                b" ON CONFLICT (user_name, mechanism) DO UPDATE SET salt = excluded.salt,"
+                b" stored_key = excluded.stored_key, server_key = excluded.server_key,"
+                b" iterations = excluded.iterations",
+                (c.user_name, c.mechanism, c.salt, c.stored_key, c.server_key, c.iterations),
+            )
+            for c in upserts
+        ]
+        await self._change_security(statements)
+
+    async def load_acls(self) -> list[AclBinding]:
+        return [AclBinding(*row) for row in await self._fetch(f"SELECT {_ACL} FROM acls")]
+
+    async def create_acls(self, bindings: Sequence[AclBinding]) -> None:
+        await self._change_security(
+            [(b"INSERT INTO acls VALUES " + _ACL_ROW + b" ON CONFLICT DO NOTHING", _acl_row(b))
+             for b in dict.fromkeys(bindings)]
+        )  # fmt: skip
+
+    async def delete_acls(self, bindings: Sequence[AclBinding]) -> int:
+        return await self._change_security(
+            [(f"DELETE FROM acls WHERE ({_ACL}) = ".encode() + _ACL_ROW, _acl_row(b))
+             for b in dict.fromkeys(bindings)]
+        )  # fmt: skip
+
+    async def load_client_quotas(self) -> list[QuotaEntry]:
+        return quota_entries(
+            [(e, k, v) for e, k, v in await self._fetch(
+                "SELECT entity, quota_key, value FROM client_quotas")]
+        )  # fmt: skip
+
+    async def alter_client_quotas(
+        self, changes: Sequence[tuple[QuotaEntity, str, float | None]]
+    ) -> None:
+        statements: list[tuple[bytes, tuple[Any, ...]]] = []
+        for entity, key, value in changes:
+            if value is None:
+                statements.append(
+                    (
+                        b"DELETE FROM client_quotas WHERE entity = %s AND quota_key = %s",
+                        (encode_quota_entity(entity), key),
+                    )
+                )
+            else:
+                statements.append(
+                    (
+                        b"INSERT INTO client_quotas VALUES (%s, %s, %s)"
+                        b" ON CONFLICT (entity, quota_key) DO UPDATE SET value = excluded.value",
+                        (encode_quota_entity(entity), key, float(value)),
+                    )
+                )
+        await self._change_security(statements)
+
+    async def _change_security(self, statements: Sequence[tuple[bytes, tuple[Any, ...]]]) -> int:
+        """Run the statements in one transaction, moving the security version with them
+        when they changed rows; returns how many rows changed."""
+        changed = 0
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                cursor = conn.cursor()
+                for statement, params in statements:
+                    await cursor.execute(statement, params)
+                    changed += max(cursor.rowcount, 0)
+                if changed:
+                    await cursor.execute(b"UPDATE security_version SET version = version + 1")
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+        return changed
+
+    # Node ids -------------------------------------------------------------------
+    async def claim_node_id(
+        self, agent_id: str, requested: int | None, now_ms: int, live_timeout_ms: int
+    ) -> int:
+        # Liveness by the database's clock, as heartbeats are stamped with it.
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                # Each statement sees the claims committed before it (a snapshot per
+                # statement), and claims wait for each other: none sees a stale table.
+                await conn.execute(b"SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                await conn.execute(b"SELECT pg_advisory_xact_lock(%s)", (_NODE_ID_LOCK,))
+                return await _claim_node_id(conn, agent_id, requested, live_timeout_ms)
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
+
     async def read_batch_refs(
         self, topic_id: uuid.UUID, partition: int, start_offset: int, end_offset: int, limit: int
     ) -> list[BatchRef]:
@@ -1268,6 +1479,43 @@ async def _check_fence(conn: psycopg.AsyncConnection[Any], fence: Fence) -> None
 
 def _superseded_error(fence: Fence) -> Fenced:
     return Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} was superseded")
+
+
+def _acl_row(b: AclBinding) -> tuple[int, str, int, str, str, int, int]:
+    return (b.resource_type, b.resource_name, b.pattern_type, b.principal, b.host,
+            b.operation, b.permission_type)  # fmt: skip
+
+
+async def _claim_node_id(
+    conn: psycopg.AsyncConnection[Any], agent_id: str, requested: int | None, live_timeout_ms: int
+) -> int:
+    """`claim_node_id` under the claims' lock (see `sqlite.py`'s, the same rules)."""
+    cursor = await conn.execute(("SELECT " + _DATABASE_NOW_MS).encode())
+    [(now_ms,)] = await cursor.fetchall()
+    since_ms = now_ms - live_timeout_ms
+    cursor = await conn.execute(b"SELECT node_id FROM node_ids WHERE agent_id = %s", (agent_id,))
+    row = await cursor.fetchone()
+    if row is not None and requested in (None, row[0]):
+        await conn.execute(
+            b"UPDATE node_ids SET claimed_ms = %s WHERE agent_id = %s", (now_ms, agent_id)
+        )
+        return int(row[0])
+    if requested is None:
+        cursor = await conn.execute(_HELD_NODE_IDS, (agent_id, since_ms))
+        node_id = smallest_free(r[0] for r in await cursor.fetchall())
+    else:
+        cursor = await conn.execute(
+            _LIVE_HOLDER, {"agent_id": agent_id, "node_id": requested, "since": since_ms}
+        )
+        holder = await cursor.fetchone()
+        if holder is not None:
+            raise NodeIdTaken(requested, str(holder[0]))
+        node_id = requested
+    await conn.execute(
+        b"DELETE FROM node_ids WHERE agent_id = %s OR node_id = %s", (agent_id, node_id)
+    )
+    await conn.execute(b"INSERT INTO node_ids VALUES (%s, %s, %s)", (agent_id, node_id, now_ms))
+    return node_id
 
 
 async def _load_topics(conn: psycopg.AsyncConnection[Any]) -> list[TopicInfo]:

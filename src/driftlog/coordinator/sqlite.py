@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import functools
 import json
+import secrets
 import sqlite3
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from driftlog.coordinator.api import (
+    AclBinding,
     AgentInfo,
     BatchLocation,
     CommitOutcome,
@@ -25,9 +27,13 @@ from driftlog.coordinator.api import (
     CoordinatorUnavailable,
     Fenced,
     PartitionOffsets,
+    QuotaEntity,
+    QuotaEntry,
+    ScramCredential,
     TopicInfo,
 )
 from driftlog.coordinator.backend import (
+    CLUSTER_SECRET_BYTES,
     MARKER_LEVEL,
     READ_BATCHES_PAGE,
     TRANSACTION_COLUMNS,
@@ -44,18 +50,24 @@ from driftlog.coordinator.backend import (
     ObjectCounts,
     ObjectRef,
     TxnWrite,
+    agent_from_row,
+    check_scram_mechanisms,
     decode_outcomes,
     decode_passes,
     decode_producer_state,
     encode_configs,
+    encode_listeners,
     encode_producer_batches,
+    encode_quota_entity,
     high_watermark,
     outcomes_json,
     partition_offsets,
+    quota_entries,
     transaction_from_row,
     transaction_row,
 )
 from driftlog.coordinator.lease import LeaseRecord
+from driftlog.coordinator.node_ids import NodeIdTaken, smallest_free
 from driftlog.coordinator.producers import ProducerPartitionState, record_batch
 from driftlog.coordinator.sequencer import (
     PartitionKey,
@@ -68,7 +80,7 @@ from driftlog.coordinator.transactions import AbortedTxn, Transaction
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -216,11 +228,76 @@ CREATE TABLE key_compaction (
 ) WITHOUT ROWID
 """
 
+# Version 6: security and self-configuring agents. The secret of the agents' RPC; SCRAM
+# credentials, ACLs and client quotas as Kafka keeps them, with one counter every change
+# of theirs moves (agents poll it); node ids by agent id (node_ids.py); the listeners
+# each agent advertises.
+_SECURITY = """
+CREATE TABLE cluster_secret (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 0),
+    secret BLOB NOT NULL
+);
+CREATE TABLE security_version (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 0),
+    version INTEGER NOT NULL
+);
+INSERT INTO security_version VALUES (0, 0);
+CREATE TABLE scram_credentials (
+    user_name TEXT NOT NULL,
+    mechanism TEXT NOT NULL CHECK (mechanism IN ('SCRAM-SHA-256', 'SCRAM-SHA-512')),
+    salt BLOB NOT NULL,
+    stored_key BLOB NOT NULL,
+    server_key BLOB NOT NULL,
+    iterations INTEGER NOT NULL,
+    PRIMARY KEY (user_name, mechanism)
+) WITHOUT ROWID;
+CREATE TABLE acls (
+    resource_type INTEGER NOT NULL,
+    resource_name TEXT NOT NULL,
+    pattern_type INTEGER NOT NULL,
+    principal TEXT NOT NULL,
+    host TEXT NOT NULL,
+    operation INTEGER NOT NULL,
+    permission_type INTEGER NOT NULL,
+    PRIMARY KEY (resource_type, resource_name, pattern_type, principal, host, operation,
+        permission_type)
+) WITHOUT ROWID;
+CREATE TABLE client_quotas (
+    entity TEXT NOT NULL,
+    quota_key TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (entity, quota_key)
+) WITHOUT ROWID;
+CREATE TABLE node_ids (
+    agent_id TEXT PRIMARY KEY,
+    node_id INTEGER NOT NULL UNIQUE,
+    claimed_ms INTEGER NOT NULL
+);
+ALTER TABLE agents ADD COLUMN listeners TEXT NOT NULL DEFAULT '[]'
+"""
+
 # Objects whose last reference a transaction removed: mark the candidates before the
 # batches go, then unmark those still referenced (by the index on batches.object_id).
 _UNMARK_REFERENCED = (
     "UPDATE objects SET dead_since_ms = NULL WHERE dead_since_ms = ? AND deleted_ms IS NULL"
     " AND EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)"
+)
+
+_ACL = "resource_type, resource_name, pattern_type, principal, host, operation, permission_type"
+# Node ids in use: recorded for any agent id, or advertised by another live agent
+# (one that started before node ids were recorded).
+_HELD_NODE_IDS = (
+    "SELECT node_id FROM node_ids UNION"
+    " SELECT node_id FROM agents WHERE agent_id <> ? AND heartbeat_ms >= ?"
+)
+# Another agent alive (a heartbeat or a claim since `since`) that holds or advertises
+# the node id.
+_LIVE_HOLDER = (
+    "SELECT n.agent_id FROM node_ids n WHERE n.node_id = :node_id AND n.agent_id <> :agent_id"
+    " AND (n.claimed_ms >= :since OR EXISTS (SELECT 1 FROM agents a"
+    " WHERE a.agent_id = n.agent_id AND a.heartbeat_ms >= :since))"
+    " UNION ALL SELECT agent_id FROM agents WHERE node_id = :node_id"
+    " AND agent_id <> :agent_id AND heartbeat_ms >= :since LIMIT 1"
 )
 
 _LOCATION = (
@@ -291,6 +368,8 @@ class SqliteBackend:
                     _execute_script(db, _LIFECYCLE)
                 if version < 5:
                     _execute_script(db, _TRANSACTIONS)
+                if version < 6:
+                    _execute_script(db, _SECURITY)
                 db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
             elif "batches" in tables:
                 _migrate_from_v1(db)
@@ -310,6 +389,14 @@ class SqliteBackend:
             db.execute("INSERT OR IGNORE INTO cluster VALUES (0, ?)", (proposed,))
             return str(db.execute("SELECT cluster_id FROM cluster").fetchone()[0])
 
+    async def cluster_secret(self) -> bytes:
+        return await self._run(self._cluster_secret, secrets.token_bytes(CLUSTER_SECRET_BYTES))
+
+    def _cluster_secret(self, proposed: bytes) -> bytes:
+        with _Transaction(self.db) as db:
+            db.execute("INSERT OR IGNORE INTO cluster_secret VALUES (0, ?)", (proposed,))
+            return bytes(db.execute("SELECT secret FROM cluster_secret").fetchone()[0])
+
     # Membership ---------------------------------------------------------------
     async def heartbeat(self, agent: AgentInfo) -> None:
         await self._run(self._heartbeat, agent)
@@ -317,7 +404,8 @@ class SqliteBackend:
     def _heartbeat(self, agent: AgentInfo) -> None:
         with _Transaction(self.db) as db:
             db.execute(
-                "INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO agents (agent_id, node_id, host, port, zone,"
+                " rpc_address, heartbeat_ms, listeners) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     agent.agent_id,
                     agent.node_id,
@@ -326,6 +414,7 @@ class SqliteBackend:
                     agent.zone,
                     agent.rpc_address,
                     agent.heartbeat_ms,
+                    encode_listeners(agent.listeners),
                 ),
             )
 
@@ -335,10 +424,10 @@ class SqliteBackend:
 
     def _live_agents(self, since_ms: int) -> list[AgentInfo]:
         return [
-            AgentInfo(*row)
+            agent_from_row(row)
             for row in self.db.execute(
-                "SELECT agent_id, node_id, host, port, zone, rpc_address, heartbeat_ms"
-                " FROM agents WHERE heartbeat_ms >= ? ORDER BY node_id, agent_id",
+                "SELECT agent_id, node_id, host, port, zone, rpc_address, heartbeat_ms,"
+                " listeners FROM agents WHERE heartbeat_ms >= ? ORDER BY node_id, agent_id",
                 (since_ms,),
             )
         ]
@@ -770,6 +859,139 @@ class SqliteBackend:
             else:
                 db.execute("DELETE FROM broker_configs WHERE resource = ?", (resource,))
 
+    # Security -------------------------------------------------------------------
+    async def security_version(self) -> int:
+        return await self._run(
+            lambda: int(self.db.execute("SELECT version FROM security_version").fetchone()[0])
+        )
+
+    async def load_scram_credentials(self) -> list[ScramCredential]:
+        return await self._run(self._load_scram_credentials)
+
+    def _load_scram_credentials(self) -> list[ScramCredential]:
+        return [
+            ScramCredential(user, mechanism, bytes(salt), bytes(stored), bytes(server), iterations)
+            for user, mechanism, salt, stored, server, iterations in self.db.execute(
+                "SELECT user_name, mechanism, salt, stored_key, server_key, iterations"
+                " FROM scram_credentials ORDER BY user_name, mechanism"
+            )
+        ]
+
+    async def put_scram_credentials(
+        self, upserts: Sequence[ScramCredential], deletions: Sequence[tuple[str, str]]
+    ) -> None:
+        check_scram_mechanisms(upserts, deletions)
+        await self._run(self._put_scram_credentials, list(upserts), list(deletions))
+
+    def _put_scram_credentials(
+        self, upserts: list[ScramCredential], deletions: list[tuple[str, str]]
+    ) -> None:
+        with _Transaction(self.db) as db:
+            changed = 0
+            for user, mechanism in deletions:
+                changed += db.execute(
+                    "DELETE FROM scram_credentials WHERE user_name = ? AND mechanism = ?",
+                    (user, mechanism),
+                ).rowcount
+            for c in upserts:
+                changed += db.execute(
+                    "INSERT OR REPLACE INTO scram_credentials VALUES (?, ?, ?, ?, ?, ?)",
+                    (c.user_name, c.mechanism, c.salt, c.stored_key, c.server_key, c.iterations),
+                ).rowcount
+            _bump_security_version(db, changed)
+
+    async def load_acls(self) -> list[AclBinding]:
+        return await self._run(
+            lambda: [AclBinding(*row) for row in self.db.execute(f"SELECT {_ACL} FROM acls")]
+        )
+
+    async def create_acls(self, bindings: Sequence[AclBinding]) -> None:
+        await self._run(self._change_acls, "INSERT OR IGNORE INTO acls VALUES", list(bindings))
+
+    async def delete_acls(self, bindings: Sequence[AclBinding]) -> int:
+        return await self._run(
+            self._change_acls, f"DELETE FROM acls WHERE ({_ACL}) =", list(bindings)
+        )
+
+    def _change_acls(self, statement: str, bindings: list[AclBinding]) -> int:
+        with _Transaction(self.db) as db:
+            changed = 0
+            for b in bindings:
+                changed += db.execute(
+                    f"{statement} (?, ?, ?, ?, ?, ?, ?)",
+                    (b.resource_type, b.resource_name, b.pattern_type, b.principal, b.host,
+                     b.operation, b.permission_type),
+                ).rowcount  # fmt: skip
+            _bump_security_version(db, changed)
+            return changed
+
+    async def load_client_quotas(self) -> list[QuotaEntry]:
+        return await self._run(
+            lambda: quota_entries(
+                self.db.execute("SELECT entity, quota_key, value FROM client_quotas").fetchall()
+            )
+        )
+
+    async def alter_client_quotas(
+        self, changes: Sequence[tuple[QuotaEntity, str, float | None]]
+    ) -> None:
+        rows = [(encode_quota_entity(entity), key, value) for entity, key, value in changes]
+        await self._run(self._alter_client_quotas, rows)
+
+    def _alter_client_quotas(self, rows: list[tuple[str, str, float | None]]) -> None:
+        with _Transaction(self.db) as db:
+            changed = 0
+            for entity, key, value in rows:
+                if value is None:
+                    changed += db.execute(
+                        "DELETE FROM client_quotas WHERE entity = ? AND quota_key = ?",
+                        (entity, key),
+                    ).rowcount
+                else:
+                    changed += db.execute(
+                        "INSERT OR REPLACE INTO client_quotas VALUES (?, ?, ?)",
+                        (entity, key, float(value)),
+                    ).rowcount
+            _bump_security_version(db, changed)
+
+    # Node ids -------------------------------------------------------------------
+    async def claim_node_id(
+        self, agent_id: str, requested: int | None, now_ms: int, live_timeout_ms: int
+    ) -> int:
+        # One host shares the file: its agents share a clock.
+        return await self._run(self._claim_node_id, agent_id, requested, now_ms, live_timeout_ms)
+
+    def _claim_node_id(
+        self, agent_id: str, requested: int | None, now_ms: int, live_timeout_ms: int
+    ) -> int:
+        since_ms = now_ms - live_timeout_ms
+        # BEGIN IMMEDIATE: claims are serialized, so none sees a stale table.
+        with _Transaction(self.db) as db:
+            row = db.execute(
+                "SELECT node_id FROM node_ids WHERE agent_id = ?", (agent_id,)
+            ).fetchone()
+            if row is not None and requested in (None, row[0]):
+                db.execute(
+                    "UPDATE node_ids SET claimed_ms = ? WHERE agent_id = ?", (now_ms, agent_id)
+                )
+                return int(row[0])
+            if requested is None:
+                node_id = smallest_free(
+                    r[0] for r in db.execute(_HELD_NODE_IDS, (agent_id, since_ms))
+                )
+            else:
+                holder = db.execute(
+                    _LIVE_HOLDER, {"agent_id": agent_id, "node_id": requested, "since": since_ms}
+                ).fetchone()
+                if holder is not None:
+                    raise NodeIdTaken(requested, str(holder[0]))
+                node_id = requested
+            db.execute(
+                "DELETE FROM node_ids WHERE agent_id = ? OR node_id = ?", (agent_id, node_id)
+            )
+            db.execute("INSERT INTO node_ids VALUES (?, ?, ?)", (agent_id, node_id, now_ms))
+            return node_id
+
     # Object lifecycle ---------------------------------------------------------
     async def dead_objects(self, dead_before_ms: int, limit: int) -> list[ObjectRef]:
         return await self._run(self._rows_as_refs, _DEAD_OBJECTS, (dead_before_ms, limit))
@@ -1066,6 +1288,11 @@ def _insert_objects(db: sqlite3.Connection, objects: Sequence[SequencedObject]) 
     )
 
 
+def _bump_security_version(db: sqlite3.Connection, changed_rows: int) -> None:
+    if changed_rows:
+        db.execute("UPDATE security_version SET version = version + 1")
+
+
 def _check_fence(db: sqlite3.Connection, fence: Fence) -> None:
     cursor = db.execute(
         "UPDATE leases SET expires_ms = max(expires_ms, ?) WHERE shard = ? AND epoch = ?",
@@ -1086,6 +1313,7 @@ def _create_schema(db: sqlite3.Connection) -> None:
     _execute_script(db, SCHEMA)
     _execute_script(db, _LIFECYCLE)
     _execute_script(db, _TRANSACTIONS)
+    _execute_script(db, _SECURITY)
     db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
 
