@@ -634,6 +634,12 @@ def quota_entries(rows: Sequence[tuple[str, str, float]]) -> list[QuotaEntry]:
     return [QuotaEntry(decode_quota_entity(e), values[e]) for e in sorted(values)]
 
 
+def acl_row(b: AclBinding) -> tuple[int, str, int, str, str, int, int]:
+    """An `acls` row: the binding's seven fields in column order."""
+    return (b.resource_type, b.resource_name, b.pattern_type, b.principal, b.host,
+            b.operation, b.permission_type)  # fmt: skip
+
+
 def encode_listeners(listeners: Sequence[tuple[str, str, int]]) -> str:
     return _JSON.encode([[name, host, port] for name, host, port in listeners])
 

@@ -54,6 +54,7 @@ from driftlog.coordinator.backend import (
     ObjectCounts,
     ObjectRef,
     TxnWrite,
+    acl_row,
     agent_from_row,
     check_scram_mechanisms,
     decode_outcomes,
@@ -378,7 +379,8 @@ _LOAD_TRANSACTIONS = f"SELECT {TRANSACTION_COLUMNS} FROM transactions".encode()
 _DATABASE_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 _ACL = "resource_type, resource_name, pattern_type, principal, host, operation, permission_type"
-_ACL_ROW = b"(%s, %s, %s, %s, %s, %s, %s)"
+_INSERT_ACL = b"INSERT INTO acls VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+_DELETE_ACL = f"DELETE FROM acls WHERE ({_ACL}) = (%s, %s, %s, %s, %s, %s, %s)".encode()
 # Node ids in use: recorded for any agent id, or advertised by another live agent
 # (one that started before node ids were recorded).
 _HELD_NODE_IDS = (
@@ -1069,22 +1071,16 @@ class PostgresBackend:
         return [AclBinding(*row) for row in await self._fetch(f"SELECT {_ACL} FROM acls")]
 
     async def create_acls(self, bindings: Sequence[AclBinding]) -> None:
-        await self._change_security(
-            [(b"INSERT INTO acls VALUES " + _ACL_ROW + b" ON CONFLICT DO NOTHING", _acl_row(b))
-             for b in dict.fromkeys(bindings)]
-        )  # fmt: skip
+        await self._change_security([(_INSERT_ACL, acl_row(b)) for b in dict.fromkeys(bindings)])
 
     async def delete_acls(self, bindings: Sequence[AclBinding]) -> int:
         return await self._change_security(
-            [(f"DELETE FROM acls WHERE ({_ACL}) = ".encode() + _ACL_ROW, _acl_row(b))
-             for b in dict.fromkeys(bindings)]
-        )  # fmt: skip
+            [(_DELETE_ACL, acl_row(b)) for b in dict.fromkeys(bindings)]
+        )
 
     async def load_client_quotas(self) -> list[QuotaEntry]:
-        return quota_entries(
-            [(e, k, v) for e, k, v in await self._fetch(
-                "SELECT entity, quota_key, value FROM client_quotas")]
-        )  # fmt: skip
+        rows = await self._fetch("SELECT entity, quota_key, value FROM client_quotas")
+        return quota_entries(rows)
 
     async def alter_client_quotas(
         self, changes: Sequence[tuple[QuotaEntity, str, float | None]]
@@ -1479,11 +1475,6 @@ async def _check_fence(conn: psycopg.AsyncConnection[Any], fence: Fence) -> None
 
 def _superseded_error(fence: Fence) -> Fenced:
     return Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} was superseded")
-
-
-def _acl_row(b: AclBinding) -> tuple[int, str, int, str, str, int, int]:
-    return (b.resource_type, b.resource_name, b.pattern_type, b.principal, b.host,
-            b.operation, b.permission_type)  # fmt: skip
 
 
 async def _claim_node_id(

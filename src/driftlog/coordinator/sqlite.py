@@ -50,6 +50,7 @@ from driftlog.coordinator.backend import (
     ObjectCounts,
     ObjectRef,
     TxnWrite,
+    acl_row,
     agent_from_row,
     check_scram_mechanisms,
     decode_outcomes,
@@ -284,6 +285,8 @@ _UNMARK_REFERENCED = (
 )
 
 _ACL = "resource_type, resource_name, pattern_type, principal, host, operation, permission_type"
+_INSERT_ACL = "INSERT OR IGNORE INTO acls VALUES (?, ?, ?, ?, ?, ?, ?)"
+_DELETE_ACL = f"DELETE FROM acls WHERE ({_ACL}) = (?, ?, ?, ?, ?, ?, ?)"
 # Node ids in use: recorded for any agent id, or advertised by another live agent
 # (one that started before node ids were recorded).
 _HELD_NODE_IDS = (
@@ -906,22 +909,16 @@ class SqliteBackend:
         )
 
     async def create_acls(self, bindings: Sequence[AclBinding]) -> None:
-        await self._run(self._change_acls, "INSERT OR IGNORE INTO acls VALUES", list(bindings))
+        await self._run(self._change_acls, _INSERT_ACL, list(bindings))
 
     async def delete_acls(self, bindings: Sequence[AclBinding]) -> int:
-        return await self._run(
-            self._change_acls, f"DELETE FROM acls WHERE ({_ACL}) =", list(bindings)
-        )
+        return await self._run(self._change_acls, _DELETE_ACL, list(bindings))
 
     def _change_acls(self, statement: str, bindings: list[AclBinding]) -> int:
         with _Transaction(self.db) as db:
             changed = 0
-            for b in bindings:
-                changed += db.execute(
-                    f"{statement} (?, ?, ?, ?, ?, ?, ?)",
-                    (b.resource_type, b.resource_name, b.pattern_type, b.principal, b.host,
-                     b.operation, b.permission_type),
-                ).rowcount  # fmt: skip
+            for binding in bindings:
+                changed += db.execute(statement, acl_row(binding)).rowcount
             _bump_security_version(db, changed)
             return changed
 
