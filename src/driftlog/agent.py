@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
+import ssl
 import sys
 import time
 import uuid
@@ -20,7 +22,7 @@ from driftlog.clock import SYSTEM_CLOCK
 from driftlog.cluster.membership import Membership
 from driftlog.cluster.placement import group_coordinator
 from driftlog.config import AgentConfig
-from driftlog.coordinator.api import AgentInfo
+from driftlog.coordinator.api import AgentInfo, CoordinatorError
 from driftlog.coordinator.backend import Backend
 from driftlog.coordinator.postgres import PostgresBackend
 from driftlog.coordinator.retention import RetentionPolicy
@@ -43,11 +45,22 @@ from driftlog.protocol.codec import (
 )
 from driftlog.read.cache import BatchCache
 from driftlog.read.fetcher import BatchFetcher
+from driftlog.security.credentials import CredentialCache
+from driftlog.security.listeners import Listener, parse_listeners
+from driftlog.security.principal import (
+    PrincipalMapper,
+    PrincipalMappingError,
+    certificate_subject,
+    user_principal,
+)
+from driftlog.security.tls import server_context
 from driftlog.server import broker_configs
 from driftlog.server.api_versions import api_versions_error_response
 from driftlog.server.context import RequestContext
 from driftlog.server.listener import ConnectionClosed, ConnectionLimits, KafkaConnection
 from driftlog.server.registry import HANDLERS, SUPPORTED_VERSIONS
+from driftlog.server.sasl_handlers import unframed_token
+from driftlog.server.session import Session
 from driftlog.storage.api import ObjectStore
 from driftlog.storage.faulty import FaultConfig, FaultyObjectStore
 from driftlog.storage.obstore import open_store
@@ -64,14 +77,20 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.node_id = config.node_id
-        self.advertised_host = config.advertise_host
-        self.advertised_port = config.advertise_port
+        self.listeners = listeners_of(config)
+        self._tls = {
+            listener.name: _tls_context(config, listener)
+            for listener in self.listeners
+            if listener.protocol.uses_tls
+        }
+        self._principal_mapper = PrincipalMapper(config.ssl_principal_mapping_rules)
+        self.credentials = CredentialCache()
         self.store: ObjectStore = open_store(config.store_url)
         if config.faults:
             log.warning("FAULT INJECTION ON in the object store: %s", config.faults)
             self.store = FaultyObjectStore(self.store, FaultConfig.parse(config.faults))
         self.coordinator = AgentCoordinator(
-            _open_backend(config),
+            open_backend(config),
             SYSTEM_CLOCK,
             holder=_lease_holder(config),
             rpc_host=config.listen_host if config.clustered else None,
@@ -142,6 +161,8 @@ class Agent:
                 config.heartbeat_ms,
                 lambda: True,
             ),
+            # Credentials (and ACLs and quotas) another agent changed.
+            PeriodicJob("security", self._refresh_security, config.heartbeat_ms, lambda: True),
             PeriodicJob(
                 "key-compaction",
                 self.key_compactor.compact_once,
@@ -166,10 +187,13 @@ class Agent:
             AgentInfo(
                 agent_id=config.holder_id,
                 node_id=config.node_id,
-                host=config.advertise_host,
-                port=config.advertise_port,
+                host=self.listeners[0].advertised_host,
+                port=self.listeners[0].advertised_port,
                 zone=config.zone,
                 rpc_address="",
+                listeners=tuple(
+                    (lis.name, lis.advertised_host, lis.advertised_port) for lis in self.listeners
+                ),
             ),
             shared=config.clustered,
             heartbeat_ms=config.heartbeat_ms,
@@ -179,7 +203,7 @@ class Agent:
         self.groups = GroupCoordinator(
             now_ms=lambda: int(time.monotonic() * 1000), owns=self.owns_group
         )
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._connections: set[KafkaConnection] = set()
         self._limits = ConnectionLimits(
             max_frame_bytes=config.max_frame_bytes,
@@ -218,29 +242,72 @@ class Agent:
         # Bind the client port first (serving comes last): a port in use fails at once,
         # and the writer RPC's ephemeral port can never land on it.
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._new_connection,
-            self.config.listen_host,
-            self.config.listen_port,
-            reuse_address=True,
-            backlog=1024,
-            start_serving=False,
-        )
+        for listener in self.listeners:
+            self._servers.append(
+                await loop.create_server(
+                    functools.partial(self._new_connection, listener),
+                    listener.host,
+                    listener.port,
+                    ssl=self._tls.get(listener.name),
+                    reuse_address=True,
+                    backlog=1024,
+                    start_serving=False,
+                )
+            )
         # A restarted writer takes its lease back at once; another agent's lease
         # must expire first (then produce waits for a writer, as for a leader election).
         await self.coordinator.start(wait_for_writer_s=2 * self.config.lease_ms / 1000 + 1)
         self.cluster_id = await self.coordinator.backend.cluster_id(self._proposed_cluster_id())
         await broker_configs.refresh(self)  # before serving: the stored values apply
+        await self._refresh_security()
         await self.membership.start()
         await self.groups.start()
         for job in self._lifecycle_jobs:
             job.start()
-        await self._server.start_serving()
+        for server in self._servers:
+            await server.start_serving()
 
-    def _new_connection(self) -> asyncio.BufferedProtocol:
+    @property
+    def listen_port(self) -> int:
+        """The port of the first listener (as bound: a configured 0 becomes a real one)."""
+        return int(self._servers[0].sockets[0].getsockname()[1])
+
+    async def _refresh_security(self) -> None:
+        backend = self.coordinator.backend
+        try:
+            version = await backend.security_version()
+            if version == self.credentials.version:
+                return
+            stored = await backend.load_scram_credentials()
+        except CoordinatorError as e:
+            log.warning("cannot reload credentials: %s", e)
+            return
+        self.credentials.replace(stored, version)
+
+    def _open_session(self, listener: Listener, transport: asyncio.BaseTransport) -> Session:
+        peer: Any = transport.get_extra_info("peername")
+        address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        tls_principal = None
+        tls: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
+        der = tls.getpeercert(binary_form=True) if tls is not None else None
+        if der:
+            subject = certificate_subject(der)
+            try:
+                tls_principal = user_principal(self._principal_mapper.name(subject))
+            except PrincipalMappingError as e:
+                # Kafka fails the connection when no rule applies.
+                log.warning("closing %s: %s", address, e)
+                raise ConnectionClosed from None
+        return Session.open(listener, address, tls_principal)
+
+    def _new_connection(self, listener: Listener) -> asyncio.BufferedProtocol:
         refuse = len(self._connections) >= self.config.max_connections
         connection = KafkaConnection(
-            self.handle_frame, self._limits, self._connections.discard, refuse=refuse
+            self.handle_frame,
+            self._limits,
+            self._connections.discard,
+            open_session=functools.partial(self._open_session, listener),
+            refuse=refuse,
         )
         if refuse:
             log.warning("connection limit %d reached; refusing", self.config.max_connections)
@@ -250,8 +317,8 @@ class Agent:
 
     async def drain_and_stop(self) -> None:
         """Stop accepting, commit what is buffered, answer producers, then close."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for connection in self._connections:
             connection.stop_reading()
         await asyncio.sleep(0)  # let decoded requests reach the pipeline
@@ -301,8 +368,13 @@ class Agent:
         print("driftlog-stats " + json.dumps(self.stats()), file=sys.stderr, flush=True)
 
     # Dispatch -------------------------------------------------------------------
-    def handle_frame(self, frame: memoryview, peer: str) -> Coroutine[Any, Any, list[bytes] | None]:
+    def handle_frame(
+        self, frame: memoryview, session: Session
+    ) -> Coroutine[Any, Any, list[bytes] | None]:
         """Decode the frame now (its buffer is reused after this returns); handle it later."""
+        peer = session.peer
+        if session.unframed_tokens:
+            return unframed_token(self, session, bytes(frame))
         try:
             request = decode_request(frame, SUPPORTED_VERSIONS)
         except UnsupportedRequest as e:
@@ -318,16 +390,20 @@ class Agent:
             api_key = peek_prefix(frame)[0] if len(frame) >= 8 else -1
             self.log_client_error(peer, api_key, f"malformed request from {peer}: {e}")
             return _disconnect()
-        return self._handle(request, peer)
+        refusal = session.refusal(request.api_key, time.monotonic() * 1000)
+        if refusal is not None:
+            log.info("closing %s (%s): %s", peer, session.principal, refusal)
+            return _disconnect()
+        return self._handle(request, session)
 
-    async def _handle(self, request: Request, peer: str) -> list[bytes] | None:
+    async def _handle(self, request: Request, session: Session) -> list[bytes] | None:
         ctx = RequestContext(
-            agent=self,
+            services=self,
+            session=session,
             api_key=request.api_key,
             api_version=request.api_version,
             correlation_id=request.correlation_id,
             client_id=request.client_id,
-            peer=peer,
         )
         response = await HANDLERS[request.api_key](ctx, request.body)
         if response is None:
@@ -343,6 +419,35 @@ class Agent:
             log.warning("%s", message)
 
 
+def listeners_of(config: AgentConfig) -> list[Listener]:
+    """The configured listeners, or the one PLAINTEXT listener of `--listen`."""
+    if config.listeners:
+        listeners, advertised = config.listeners, config.advertised_listeners
+    else:
+        listeners = f"PLAINTEXT://{config.listen_host}:{config.listen_port}"
+        advertised = f"PLAINTEXT://{config.advertise_host}:{config.advertise_port}"
+    return parse_listeners(
+        listeners,
+        advertised=advertised,
+        protocol_map=config.listener_security_protocol_map,
+        settings=config.listener_settings,
+        sasl_mechanisms=config.sasl_enabled_mechanisms,
+        client_auth=config.ssl_client_auth,
+        has_client_ca=config.tls_client_ca_file is not None,
+    )
+
+
+def _tls_context(config: AgentConfig, listener: Listener) -> ssl.SSLContext:
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        raise ValueError(
+            f"listener {listener.name} ({listener.protocol}) needs --tls-cert-file and "
+            "--tls-key-file"
+        )
+    return server_context(
+        config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file, listener.client_auth
+    )
+
+
 def _lease_holder(config: AgentConfig) -> str:
     """Who this process is in the writer lease.
 
@@ -356,7 +461,7 @@ def _lease_holder(config: AgentConfig) -> str:
     return f"{config.holder_id}/{uuid.uuid4().hex[:8]}"
 
 
-def _open_backend(config: AgentConfig) -> Backend:
+def open_backend(config: AgentConfig) -> Backend:
     url = config.coordinator_url
     if url is None:
         return SqliteBackend(config.sqlite_path)

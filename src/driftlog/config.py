@@ -66,6 +66,20 @@ class AgentConfig:
     default_partitions: int = 1
     node_id: int = 0
     zone: str = ""
+    # Listeners in Kafka's syntax (security/listeners.py); empty: one PLAINTEXT listener
+    # on listen_host:listen_port, advertised as advertise_host:advertise_port.
+    listeners: str = ""
+    advertised_listeners: str = ""
+    listener_security_protocol_map: str = ""
+    listener_settings: str = ""
+    sasl_enabled_mechanisms: str = "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+    ssl_client_auth: str = ""  # empty: required with a client CA file, else none
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    ssl_principal_mapping_rules: str = "DEFAULT"
+    # KIP-368: SASL sessions last this long, then the client re-authenticates (0: forever).
+    connections_max_reauth_ms: int = 0
     # Fault injection for tests (storage/faulty.py); empty means off.
     faults: str = ""
 

@@ -21,8 +21,10 @@ from kio.serial import entity_reader, entity_writer
 from driftlog.coordinator.api import AgentInfo, CommittedOffset, TopicInfo
 from driftlog.groups.coordinator import GroupCoordinator
 from driftlog.protocol.schema import build, request_module
+from driftlog.security.listeners import parse_listeners
 from driftlog.server.context import RequestContext
 from driftlog.server.group_handlers import GROUP_API_VERSIONS, GROUP_HANDLERS
+from driftlog.server.session import Session
 
 TOPIC = TopicInfo(name="orders", topic_id=uuid.UUID(int=7), partition_count=2)
 SESSION = datetime.timedelta(seconds=10)
@@ -80,6 +82,9 @@ class FakeAgent:
         return group_id not in self.foreign_groups
 
 
+[PLAINTEXT_LISTENER] = parse_listeners("PLAINTEXT://127.0.0.1:9092")
+
+
 def roundtrip(entity: Any) -> Any:
     buffer = io.BytesIO()
     entity_writer(type(entity))(buffer, entity)
@@ -100,12 +105,12 @@ async def call(agent: FakeAgent, api_key: int, version: int, **fields: Any) -> A
     )
     request = roundtrip(build(request_cls, **fields))
     ctx = RequestContext(
-        agent=cast(Any, agent),
+        services=cast(Any, agent),
+        session=Session.open(PLAINTEXT_LISTENER, "127.0.0.1:50000"),
         api_key=api_key,
         api_version=version,
         correlation_id=1,
         client_id="client-1",
-        peer="127.0.0.1:50000",
     )
     return roundtrip(await GROUP_HANDLERS[api_key](ctx, request))
 

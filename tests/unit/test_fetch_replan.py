@@ -34,6 +34,7 @@ from driftlog.coordinator.backend import BatchMove
 from driftlog.lifecycle.keys import new_object_key
 from driftlog.server import fetch
 from driftlog.server.context import RequestContext
+from driftlog.server.session import Session
 
 
 def with_agent(tmp_path: Path, body: Callable[[Agent], Awaitable[None]]) -> None:
@@ -74,7 +75,8 @@ async def setup_topic(agent: Agent, name: str, produced: dict[int, list[bytes]])
 
 
 def context(agent: Agent) -> RequestContext:
-    return RequestContext(agent, 1, 12, 0, "replan-test", "127.0.0.1:1")
+    session = Session.open(agent.listeners[0], "127.0.0.1:1")
+    return RequestContext(agent, session, 1, 12, 0, "replan-test")
 
 
 def request(topic: str, partitions: list[int]) -> FetchRequest:

@@ -17,7 +17,7 @@ from typing import Any
 import uvloop
 
 from driftlog.agent import Agent
-from driftlog.cli import options
+from driftlog.cli import options, users
 from driftlog.config import AgentConfig
 from driftlog.storage.faulty import FaultConfig
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--markdown", action="store_true", help="as the Markdown table in README.md"
     )
+    users.add_commands(commands)
     return parser
 
 
@@ -89,14 +90,27 @@ def tune_garbage_collector() -> None:
 async def serve(config: AgentConfig) -> None:
     agent = Agent(config)
     await agent.start()
-    address = f"{config.advertise_host}:{config.advertise_port}"
-    log.info("driftlog agent listening on %s:%d", config.listen_host, config.listen_port)
-    print(
-        f"Driftlog is up. Bootstrap servers: {address}\n"
-        f"  produce: echo 'hello' | kcat -P -b {address} -t demo\n"
-        f"  consume: kcat -C -b {address} -t demo -o beginning -e",
-        flush=True,
-    )
+    for listener in agent.listeners:
+        log.info(
+            "listener %s (%s) on %s:%d, advertised as %s:%d",
+            listener.name,
+            listener.protocol,
+            listener.host,
+            listener.port,
+            listener.advertised_host,
+            listener.advertised_port,
+        )
+    first = agent.listeners[0]
+    address = f"{first.advertised_host}:{first.advertised_port}"
+    if first.protocol == "PLAINTEXT":
+        print(
+            f"Driftlog is up. Bootstrap servers: {address}\n"
+            f"  produce: echo 'hello' | kcat -P -b {address} -t demo\n"
+            f"  consume: kcat -C -b {address} -t demo -o beginning -e",
+            flush=True,
+        )
+    else:
+        print(f"Driftlog is up. Bootstrap servers: {address} ({first.protocol})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -112,6 +126,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "options":
         listing = options.markdown_table() if args.markdown else options.plain_listing()
         sys.stdout.write(listing)
+        return
+    if args.command == "users":
+        try:
+            print(users.run(args))
+        except (ValueError, OSError) as e:
+            sys.exit(f"driftlog: {e}")
         return
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),

@@ -332,6 +332,79 @@ OPTIONS: tuple[Option, ...] = (
     ),
     option("--node-id", "broker id reported in Metadata; unique per agent in a cluster"),
     option(
+        "--listeners",
+        "listeners in Kafka's syntax, `NAME://HOST:PORT,...` (e.g. "
+        "`INTERNAL://0.0.0.0:9092,EXTERNAL://0.0.0.0:9093`); replaces `--listen`",
+        metavar="LIST",
+        converter=to_str,
+        default_doc="one PLAINTEXT listener on `--listen`",
+    ),
+    option(
+        "--advertised-listeners",
+        "the address Metadata gives per listener, `NAME://HOST:PORT,...`",
+        metavar="LIST",
+        converter=to_str,
+        default_doc="the listeners' addresses",
+    ),
+    option(
+        "--listener-security-protocol-map",
+        "`NAME:PROTOCOL,...` with PROTOCOL one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL "
+        "(a listener named after a protocol needs no entry)",
+        metavar="MAP",
+        converter=to_str,
+    ),
+    option(
+        "--listener-settings",
+        "per-listener settings in Kafka's keys, `;`-separated: "
+        "`listener.name.NAME.sasl.enabled.mechanisms=...;listener.name.NAME.ssl.client.auth=...`",
+        metavar="SETTINGS",
+        converter=to_str,
+    ),
+    option(
+        "--sasl-enabled-mechanisms",
+        "SASL mechanisms of SASL listeners: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 "
+        "(OAUTHBEARER and GSSAPI are not supported)",
+        metavar="LIST",
+        converter=to_str,
+    ),
+    option(
+        "--tls-cert-file",
+        "PEM certificate (and chain) of SSL and SASL_SSL listeners",
+        metavar="FILE",
+        converter=to_optional_path,
+    ),
+    option(
+        "--tls-key-file",
+        "PEM private key of `--tls-cert-file`",
+        metavar="FILE",
+        converter=to_optional_path,
+    ),
+    option(
+        "--tls-client-ca-file",
+        "PEM CA certificates that sign client certificates: turns on mutual TLS",
+        metavar="FILE",
+        converter=to_optional_path,
+    ),
+    option(
+        "--ssl-client-auth",
+        "`none`, `requested` or `required`: whether TLS clients must send a certificate",
+        metavar="MODE",
+        converter=to_str,
+        default_doc="`required` with `--tls-client-ca-file`, else `none`",
+    ),
+    option(
+        "--ssl-principal-mapping-rules",
+        "Kafka's rules mapping a client certificate's distinguished name to a user name "
+        "(`RULE:^CN=(.*?),.*$/$1/L,DEFAULT`)",
+        metavar="RULES",
+        converter=to_str,
+    ),
+    option(
+        "--connections-max-reauth-ms",
+        "SASL sessions last this long; the client re-authenticates on its connection or "
+        "the connection is closed (KIP-368; 0: sessions never end)",
+    ),
+    option(
         "--zone",
         "availability zone, reported as the broker's rack; clients with "
         "`driftlog_zone=NAME` in their client.id are sent here",

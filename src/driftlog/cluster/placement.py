@@ -109,3 +109,17 @@ def _ranking(key: bytes, agent_ids: Sequence[str]) -> list[int]:
 
 def group_coordinator(group_id: str, agents: Sequence[AgentInfo]) -> AgentInfo | None:
     return rendezvous(b"group:" + group_id.encode(), agents)
+
+
+def endpoint(agent: AgentInfo, listener: str) -> tuple[str, int] | None:
+    """Where clients of `listener` reach `agent` (None: it has no such listener).
+
+    Agents name their listeners in membership; a row without any (an agent from
+    before listeners) has only its one address, taken as PLAINTEXT's.
+    """
+    for name, host, port in agent.listeners:
+        if name == listener:
+            return host, port
+    if not agent.listeners and listener == "PLAINTEXT":
+        return agent.host, agent.port
+    return None

@@ -48,8 +48,8 @@ _NO_THROTTLE = datetime.timedelta(0)
 
 async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
     module = response_module(CREATE_TOPICS, ctx.api_version)
-    agent = ctx.agent
-    topic_defaults = broker_configs.topic_defaults(agent)
+    services = ctx.services
+    topic_defaults = broker_configs.topic_defaults(services)
     results = []
     for topic in request.topics:
         configs = {c.name: c.value for c in topic.configs}
@@ -57,11 +57,11 @@ async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
         if topic.assignments:
             count = len(topic.assignments)
         elif count == -1:
-            count = agent.config.default_partitions
+            count = services.config.default_partitions
         error, message = ErrorCode.none, None
         if (name_error := topic_name_error(topic.name)) is not None:
             error, message = ErrorCode.invalid_topic_exception, name_error
-        elif agent.coordinator.topic(topic.name) is not None:
+        elif services.coordinator.topic(topic.name) is not None:
             error, message = ErrorCode.topic_already_exists, f"topic {topic.name!r} exists"
         elif not 1 <= count <= MAX_PARTITIONS:
             error, message = ErrorCode.invalid_partitions, f"partition count {count} not allowed"
@@ -81,7 +81,7 @@ async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
         topic_id = uuid.UUID(int=0)
         if error == ErrorCode.none and not request.validate_only:
             try:
-                error, info = await agent.coordinator.create_topic(topic.name, count, stored)
+                error, info = await services.coordinator.create_topic(topic.name, count, stored)
             except CoordinatorError as e:
                 error, message, info = ErrorCode.request_timed_out, str(e), None
             if info is not None:
@@ -115,7 +115,7 @@ async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
 
 
 def _live_node_ids(ctx: RequestContext) -> set[int]:
-    return {a.node_id for a in ctx.agent.membership.live}
+    return {a.node_id for a in ctx.services.membership.live}
 
 
 def _replica_lists_error(
@@ -188,7 +188,7 @@ async def handle_delete_records(ctx: RequestContext, request: Any) -> Any:
     follow the new log start); their bytes go when garbage collection runs.
     """
     module = response_module(DELETE_RECORDS, ctx.api_version)
-    coordinator = ctx.agent.coordinator
+    coordinator = ctx.services.coordinator
     wanted: list[tuple[uuid.UUID, int, int]] = []
     answers: dict[tuple[str, int], tuple[ErrorCode, int]] = {}
     for t in request.topics:
@@ -236,7 +236,7 @@ async def handle_delete_records(ctx: RequestContext, request: Any) -> Any:
 
 async def handle_delete_topics(ctx: RequestContext, request: Any) -> Any:
     module = response_module(DELETE_TOPICS, ctx.api_version)
-    coordinator = ctx.agent.coordinator
+    coordinator = ctx.services.coordinator
     if hasattr(request, "topic_names"):
         targets: list[tuple[str | None, uuid.UUID | None]] = [
             (name, None) for name in request.topic_names
@@ -274,7 +274,7 @@ async def handle_delete_topics(ctx: RequestContext, request: Any) -> Any:
 
 async def handle_create_partitions(ctx: RequestContext, request: Any) -> Any:
     module = response_module(CREATE_PARTITIONS, ctx.api_version)
-    coordinator = ctx.agent.coordinator
+    coordinator = ctx.services.coordinator
     results = []
     for topic in request.topics:
         info = coordinator.topic(topic.name)
@@ -331,7 +331,7 @@ def _new_partitions_assignment_error(
 async def handle_describe_configs(ctx: RequestContext, request: Any) -> Any:
     """Every config of the resource with its source; synonyms and documentation when asked."""
     module = response_module(DESCRIBE_CONFIGS, ctx.api_version)
-    agent = ctx.agent
+    services = ctx.services
     with_synonyms = bool(getattr(request, "include_synonyms", False))
     with_documentation = bool(getattr(request, "include_documentation", False))
     results = []
@@ -340,15 +340,15 @@ async def handle_describe_configs(ctx: RequestContext, request: Any) -> Any:
         error, message = ErrorCode.none, None
         entries: list[tuple[Described, bool]] = []
         if resource.resource_type == RESOURCE_TOPIC:
-            topic = agent.coordinator.topic(resource.resource_name)
+            topic = services.coordinator.topic(resource.resource_name)
             if topic is None:
                 error = ErrorCode.unknown_topic_or_partition
                 message = f"no topic {resource.resource_name!r}"
             else:
-                described = describe(topic.configs, broker_configs.topic_defaults(agent))
+                described = describe(topic.configs, broker_configs.topic_defaults(services))
                 entries.extend((entry, False) for entry in described)
         elif resource.resource_type == RESOURCE_BROKER:
-            if resource.resource_name not in ("", str(agent.node_id)):
+            if resource.resource_name not in ("", str(services.node_id)):
                 error = ErrorCode.invalid_request
                 message = f"unknown broker {resource.resource_name!r}"
             else:
@@ -405,7 +405,7 @@ _BROKER_TYPES: Mapping[str, ConfigType] = {
 def _broker_entries(ctx: RequestContext) -> list[tuple[Described, bool]]:
     """This agent's broker configs: (entry, read_only), dynamic values first in synonyms."""
     entries = []
-    for name, chain in sorted(broker_configs.broker_values(ctx.agent).items()):
+    for name, chain in sorted(broker_configs.broker_values(ctx.services).items()):
         spec = BROKER_SYNONYMS.get(name)
         if spec is not None:
             config_type = spec.type
@@ -445,25 +445,25 @@ async def _alter_broker(
 ) -> tuple[ErrorCode, str | None]:
     """Set (value) or remove (None) a broker resource's dynamic configs (this agent's own
     or the cluster-wide default): all or none, stored before they apply."""
-    agent = ctx.agent
-    error, message = broker_configs.check_resource(agent, name)
+    services = ctx.services
+    error, message = broker_configs.check_resource(services, name)
     if error == ErrorCode.none:
         # A delete of a config this agent never applies is refused too, as in Kafka.
         error, message = broker_configs.validate(changes)
     if error != ErrorCode.none or validate_only:
         return error, message
     try:
-        stored = await agent.coordinator.backend.load_broker_configs()
+        stored = await services.coordinator.backend.load_broker_configs()
         current = dict(stored.get(name, {}))
         for config, value in changes.items():
             if value is None:
                 current.pop(config, None)
             else:
                 current[config] = value
-        await agent.coordinator.backend.put_broker_configs(name, current)
+        await services.coordinator.backend.put_broker_configs(name, current)
     except CoordinatorError as e:
         return ErrorCode.request_timed_out, f"the coordinator did not store it: {e}"
-    broker_configs.apply_stored(agent, {**stored, name: current})
+    broker_configs.apply_stored(services, {**stored, name: current})
     return ErrorCode.none, None
 
 
@@ -474,18 +474,18 @@ async def _alter(
         return await _alter_broker(ctx, resource.resource_name, changes, validate_only)
     if resource.resource_type != RESOURCE_TOPIC:
         return ErrorCode.invalid_request, f"Unknown resource type {resource.resource_type}"
-    topic = ctx.agent.coordinator.topic(resource.resource_name)
+    topic = ctx.services.coordinator.topic(resource.resource_name)
     if topic is None:
         return ErrorCode.unknown_topic_or_partition, f"no topic {resource.resource_name!r}"
     try:
-        topic_defaults = defaults(broker_configs.topic_defaults(ctx.agent))
+        topic_defaults = defaults(broker_configs.topic_defaults(ctx.services))
         checked = validate_changes(changes, topic.configs, topic_defaults)
     except ConfigError as e:
         return ErrorCode.invalid_config, str(e)
     if validate_only:
         return ErrorCode.none, None
     try:
-        return await ctx.agent.coordinator.alter_topic_configs(topic.name, checked), None
+        return await ctx.services.coordinator.alter_topic_configs(topic.name, checked), None
     except CoordinatorError as e:
         return ErrorCode.request_timed_out, str(e)
 
@@ -498,10 +498,10 @@ async def handle_alter_configs(ctx: RequestContext, request: Any) -> Any:
         changes: dict[str, str | None] = {c.name: c.value for c in resource.configs}
         if resource.resource_type == RESOURCE_BROKER:
             existing: Iterable[str] = broker_configs.resource_values(
-                ctx.agent, resource.resource_name
+                ctx.services, resource.resource_name
             )
         else:
-            topic = ctx.agent.coordinator.topic(resource.resource_name)
+            topic = ctx.services.coordinator.topic(resource.resource_name)
             existing = topic.configs if topic is not None else ()
         for name in list(existing):
             changes.setdefault(name, None)
@@ -538,7 +538,7 @@ def _incremental_changes(
     changes: dict[str, str | None] = {}
     topic = None
     if resource.resource_type == RESOURCE_TOPIC:
-        topic = ctx.agent.coordinator.topic(resource.resource_name)
+        topic = ctx.services.coordinator.topic(resource.resource_name)
     for config in resource.configs:
         op = config.config_operation
         if op == OP_SET:

@@ -37,7 +37,7 @@ from driftlog.topic_config import (
 )
 
 if TYPE_CHECKING:
-    from driftlog.agent import Agent
+    from driftlog.server.context import AgentServices
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,12 @@ class _State:
     message_max_bytes: int = _STATIC_MAX_MESSAGE_BYTES
 
 
-# One entry per Agent object (tests may run several in one process); weak so an
+# One entry per agent (tests may run several in one process); weak so an
 # agent that is gone takes its overrides with it.
-_states: weakref.WeakKeyDictionary[Agent, _State] = weakref.WeakKeyDictionary()
+_states: weakref.WeakKeyDictionary[AgentServices, _State] = weakref.WeakKeyDictionary()
 
 
-def _state(agent: Agent) -> _State:
+def _state(agent: AgentServices) -> _State:
     state = _states.get(agent)
     if state is None:
         state = _State(static_max_connections=agent.config.max_connections)
@@ -69,19 +69,19 @@ def _state(agent: Agent) -> _State:
     return state
 
 
-def overrides(agent: Agent) -> Mapping[str, str]:
+def overrides(agent: AgentServices) -> Mapping[str, str]:
     """The dynamic values that apply to this agent (name to value)."""
     state = _states.get(agent)
     return state.overrides if state is not None else {}
 
 
-def resource_values(agent: Agent, name: str) -> dict[str, str]:
+def resource_values(agent: AgentServices, name: str) -> dict[str, str]:
     """The dynamic values stored on one resource: this broker's own, or the default."""
     state = _state(agent)
     return dict(state.cluster if name == CLUSTER_DEFAULT else state.own)
 
 
-def _dynamic_chain(agent: Agent, name: str) -> list[tuple[str, ConfigSource]]:
+def _dynamic_chain(agent: AgentServices, name: str) -> list[tuple[str, ConfigSource]]:
     """A config's dynamic values, highest priority first."""
     state = _states.get(agent)
     if state is None:
@@ -94,13 +94,13 @@ def _dynamic_chain(agent: Agent, name: str) -> list[tuple[str, ConfigSource]]:
     return chain
 
 
-def message_max_bytes(agent: Agent) -> int:
+def message_max_bytes(agent: AgentServices) -> int:
     """The largest batch a topic without its own max.message.bytes accepts."""
     state = _states.get(agent)
     return state.message_max_bytes if state is not None else _STATIC_MAX_MESSAGE_BYTES
 
 
-def static_values(agent: Agent) -> dict[str, str]:
+def static_values(agent: AgentServices) -> dict[str, str]:
     """What each dynamic config is without an override (from the command line)."""
     state = _states.get(agent)
     max_connections = state.static_max_connections if state else agent.config.max_connections
@@ -113,7 +113,7 @@ def static_values(agent: Agent) -> dict[str, str]:
 BrokerValues = dict[str, list[tuple[str, ConfigSource]]]
 
 
-def topic_defaults(agent: Agent) -> BrokerValues:
+def topic_defaults(agent: AgentServices) -> BrokerValues:
     """The broker configs that supply topic config defaults, set on this agent.
 
     Each maps to its values and sources, highest priority first: a dynamic value,
@@ -133,7 +133,7 @@ def topic_defaults(agent: Agent) -> BrokerValues:
     return values
 
 
-def broker_values(agent: Agent) -> BrokerValues:
+def broker_values(agent: AgentServices) -> BrokerValues:
     """Every broker config DescribeConfigs lists for this agent, as in `topic_defaults`."""
     config = agent.config
     static = {
@@ -159,7 +159,7 @@ def broker_values(agent: Agent) -> BrokerValues:
     return values
 
 
-def check_resource(agent: Agent, name: str) -> tuple[ErrorCode, str | None]:
+def check_resource(agent: AgentServices, name: str) -> tuple[ErrorCode, str | None]:
     """Whether a BROKER resource name may be altered here (Kafka's wording)."""
     if name == CLUSTER_DEFAULT:
         return ErrorCode.none, None
@@ -190,7 +190,7 @@ def validate(changes: Mapping[str, str | None]) -> tuple[ErrorCode, str | None]:
     return ErrorCode.none, None
 
 
-def apply(agent: Agent, own: Mapping[str, str], cluster: Mapping[str, str]) -> None:
+def apply(agent: AgentServices, own: Mapping[str, str], cluster: Mapping[str, str]) -> None:
     """Make these the agent's dynamic values (its own and the cluster-wide default),
     effective at once."""
     state = _state(agent)
@@ -205,12 +205,12 @@ def apply(agent: Agent, own: Mapping[str, str], cluster: Mapping[str, str]) -> N
         agent.config = dataclasses.replace(agent.config, max_connections=max_connections)
 
 
-def apply_stored(agent: Agent, stored: Mapping[str, Mapping[str, str]]) -> None:
+def apply_stored(agent: AgentServices, stored: Mapping[str, Mapping[str, str]]) -> None:
     """Apply what the coordinator database holds (every resource's values)."""
     apply(agent, stored.get(str(agent.node_id), {}), stored.get(CLUSTER_DEFAULT, {}))
 
 
-async def refresh(agent: Agent) -> None:
+async def refresh(agent: AgentServices) -> None:
     """Reload the stored dynamic broker configs and apply them (every heartbeat). While the
     database is unreachable the last values stay (the heartbeat's own log says so)."""
     try:

@@ -1,4 +1,5 @@
-"""What a request handler may use: the request's header facts and the agent's services.
+"""What a request handler may use: the request's header, the connection's session, and
+the agent's services (a narrow view of the agent, not the agent).
 
 Handlers are `async def handle(ctx: RequestContext, request) -> response`, where
 `request` is the kio request entity of the version the client sent and the
@@ -10,20 +11,61 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from driftlog.server.session import Session
 
 if TYPE_CHECKING:
-    from driftlog.agent import Agent
+    from driftlog.cluster.membership import Membership
+    from driftlog.config import AgentConfig
+    from driftlog.coordinator.api import AgentInfo
+    from driftlog.coordinator.service import AgentCoordinator
+    from driftlog.groups.coordinator import GroupCoordinator
+    from driftlog.read.fetcher import BatchFetcher
+    from driftlog.security.credentials import CredentialCache
+    from driftlog.write.pipeline import WritePipeline
+
+
+class AgentServices(Protocol):
+    """Everything handlers reach beyond the request: the agent implements it."""
+
+    # Settable: dynamic broker configs (server/broker_configs.py) replace it.
+    config: AgentConfig
+    node_id: int
+    cluster_id: str
+
+    @property
+    def coordinator(self) -> AgentCoordinator: ...
+    @property
+    def fetcher(self) -> BatchFetcher: ...
+    @property
+    def pipeline(self) -> WritePipeline: ...
+    @property
+    def groups(self) -> GroupCoordinator: ...
+    @property
+    def membership(self) -> Membership: ...
+    @property
+    def credentials(self) -> CredentialCache: ...
+
+    def group_coordinator(self, group_id: str) -> AgentInfo: ...
+
+    def owns_group(self, group_id: str) -> bool: ...
+
+    def log_client_error(self, peer: str, api_key: int, message: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    agent: Agent
+    services: AgentServices
+    session: Session
     api_key: int
     api_version: int
     correlation_id: int
     client_id: str | None
-    peer: str
+
+    @property
+    def peer(self) -> str:
+        return self.session.peer
 
 
 Handler = Callable[[RequestContext, Any], Awaitable[Any]]

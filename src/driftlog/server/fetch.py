@@ -85,7 +85,7 @@ class _TopicPlan:
 
 
 async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], int]:
-    coordinator = ctx.agent.coordinator
+    coordinator = ctx.services.coordinator
     # KIP-98: read_committed consumers read up to the last stable offset only.
     read_committed = getattr(request, "isolation_level", 0) == READ_COMMITTED
     uses_ids = ctx.api_version >= 13
@@ -168,7 +168,7 @@ async def handle_fetch(ctx: RequestContext, request: Any) -> Any:
             for p in t.partitions
             if p.error == ErrorCode.none
         ]
-        await ctx.agent.coordinator.wait_for_commit(watched, remaining)
+        await ctx.services.coordinator.wait_for_commit(watched, remaining)
     return await _respond(ctx, plans)
 
 
@@ -177,7 +177,7 @@ async def _read(ctx: RequestContext, plans: list[_TopicPlan]) -> None:
     wanted = [(t, p) for t in plans for p in t.partitions if p.locations]
     if not wanted:
         return
-    reads = await ctx.agent.fetcher.read_many([p.locations for _, p in wanted])
+    reads = await ctx.services.fetcher.read_many([p.locations for _, p in wanted])
     forget: list[tuple[uuid.UUID, int]] = []
     stale: list[tuple[_TopicPlan, _PartitionPlan, BatchLocation]] = []
     for (topic, part), read in zip(wanted, reads, strict=True):
@@ -191,14 +191,14 @@ async def _read(ctx: RequestContext, plans: list[_TopicPlan]) -> None:
             forget.append((topic.topic_id, part.partition))
         elif not read.data:
             # Transient (or unknown): retriable, clients back off and fetch again.
-            ctx.agent.log_client_error("store", FETCH, f"fetch read failed: {failure.error!r}")
+            ctx.services.log_client_error("store", FETCH, f"fetch read failed: {failure.error!r}")
             part.error = ErrorCode.kafka_storage_error
         # With some data read, the partition answers that; the next fetch starts at the
         # batch that failed and meets the failure alone.
     if forget:
         # The view's cached coordinates may be what is stale: the next lookups (the
         # re-plan below, and later fetches) go to the database.
-        ctx.agent.coordinator.forget_cached(forget)
+        ctx.services.coordinator.forget_cached(forget)
     if stale:
         await _replan(ctx, stale)
 
@@ -207,7 +207,7 @@ async def _replan(
     ctx: RequestContext, stale: list[tuple[_TopicPlan, _PartitionPlan, BatchLocation]]
 ) -> None:
     """Plan and read, once more, partitions whose first object was not found."""
-    coordinator = ctx.agent.coordinator
+    coordinator = ctx.services.coordinator
     again: list[tuple[_TopicPlan, _PartitionPlan]] = []
     for topic, part, lost in stale:
         part.locations = ()
@@ -246,7 +246,7 @@ async def _replan(
         again.append((topic, part))
     if not again:
         return
-    reads = await ctx.agent.fetcher.read_many([p.locations for _, p in again])
+    reads = await ctx.services.fetcher.read_many([p.locations for _, p in again])
     for (topic, part), read in zip(again, reads, strict=True):
         part.records = read.data
         failure = read.failure
@@ -255,7 +255,7 @@ async def _replan(
         if failure.not_found:
             _report_lost(ctx, topic, part, failure.location)  # fresh coordinates, still gone
         else:
-            ctx.agent.log_client_error("store", FETCH, f"fetch read failed: {failure.error!r}")
+            ctx.services.log_client_error("store", FETCH, f"fetch read failed: {failure.error!r}")
             part.error = ErrorCode.kafka_storage_error
 
 
@@ -265,7 +265,7 @@ def _report_lost(
     part.error = LOST_DATA_ERROR
     part.records = b""
     name = topic.topic.name if topic.topic is not None else str(topic.topic_id)
-    ctx.agent.fetcher.missing.report(
+    ctx.services.fetcher.missing.report(
         lost.object_key,
         name,
         part.partition,
@@ -280,7 +280,7 @@ async def _respond(ctx: RequestContext, plans: list[_TopicPlan]) -> Any:
     try:
         await _read(ctx, plans)
     except Exception as e:  # a bug or a malformed stored batch: retriable, as before
-        ctx.agent.log_client_error("store", FETCH, f"fetch read failed: {e!r}")
+        ctx.services.log_client_error("store", FETCH, f"fetch read failed: {e!r}")
         for part in (p for t in plans for p in t.partitions if p.locations):
             part.error, part.records = ErrorCode.kafka_storage_error, b""
     responses = []

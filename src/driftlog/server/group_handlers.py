@@ -16,6 +16,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from driftlog.cluster.placement import endpoint
 from driftlog.coordinator.api import CommittedOffset, CoordinatorError, TopicInfo
 from driftlog.groups.machine import (
     GroupOverview,
@@ -86,7 +87,7 @@ def _client_host(peer: str) -> str:
 
 async def handle_find_coordinator(ctx: RequestContext, request: Any) -> Any:
     module = response_module(FIND_COORDINATOR, ctx.api_version)
-    agent = ctx.agent
+    services = ctx.services
     key_type = getattr(request, "key_type", _KEY_TYPE_GROUP)
 
     def find(key: str) -> dict[str, Any]:
@@ -98,13 +99,22 @@ async def handle_find_coordinator(ctx: RequestContext, request: Any) -> Any:
                 "host": "",
                 "port": -1,
             }
-        chosen = agent.group_coordinator(key)
+        chosen = services.group_coordinator(key)
+        address = endpoint(chosen, ctx.session.listener.name)
+        if address is None:
+            return {
+                "error_code": ErrorCode.listener_not_found,
+                "error_message": f"the coordinator has no listener {ctx.session.listener.name}",
+                "node_id": -1,
+                "host": "",
+                "port": -1,
+            }
         return {
             "error_code": ErrorCode.none,
             "error_message": None,
             "node_id": chosen.node_id,
-            "host": chosen.host,
-            "port": chosen.port,
+            "host": address[0],
+            "port": address[1],
         }
 
     if ctx.api_version >= 4:
@@ -136,7 +146,7 @@ async def handle_join_group(ctx: RequestContext, request: Any) -> Any:
         require_known_member_id=version >= 4,
         supports_skip_assignment=version >= 9,
     )
-    result = await ctx.agent.groups.join(request.group_id, join)
+    result = await ctx.services.groups.join(request.group_id, join)
     module = response_module(JOIN_GROUP, version)
     members = tuple(
         build(
@@ -171,7 +181,7 @@ async def handle_sync_group(ctx: RequestContext, request: Any) -> Any:
         protocol_name=getattr(request, "protocol_name", None),
         assignments=tuple(MemberAssignment(a.member_id, a.assignment) for a in request.assignments),
     )
-    result = await ctx.agent.groups.sync(request.group_id, sync)
+    result = await ctx.services.groups.sync(request.group_id, sync)
     module = response_module(SYNC_GROUP, ctx.api_version)
     return build(
         module.SyncGroupResponse,
@@ -183,7 +193,7 @@ async def handle_sync_group(ctx: RequestContext, request: Any) -> Any:
 
 
 async def handle_heartbeat(ctx: RequestContext, request: Any) -> Any:
-    error = await ctx.agent.groups.heartbeat(
+    error = await ctx.services.groups.heartbeat(
         request.group_id,
         request.member_id,
         getattr(request, "group_instance_id", None),
@@ -200,7 +210,7 @@ async def handle_leave_group(ctx: RequestContext, request: Any) -> Any:
     else:
         # KIP-345: v3+ removes a batch of members, static ones by instance id alone.
         leaving = tuple(LeavingMember(m.member_id, m.group_instance_id) for m in request.members)
-    result: LeaveResult = await ctx.agent.groups.leave(request.group_id, leaving)
+    result: LeaveResult = await ctx.services.groups.leave(request.group_id, leaving)
     if version < 3:
         # One member and no member list: its error is the answer, as in Kafka.
         error = result.error
@@ -253,7 +263,7 @@ async def handle_describe_groups(ctx: RequestContext, request: Any) -> Any:
 async def _describe_groups(ctx: RequestContext, request: Any) -> Any:
     version = ctx.api_version
     module = response_module(DESCRIBE_GROUPS, version)
-    agent = ctx.agent
+    services = ctx.services
     with_operations = getattr(request, "include_authorized_operations", False)
     with_offsets: set[str] | None = None
     described: list[Any] = []
@@ -261,7 +271,7 @@ async def _describe_groups(ctx: RequestContext, request: Any) -> Any:
         extra: dict[str, Any] = {}
         if with_operations:
             extra["authorized_operations"] = _GROUP_OPERATIONS
-        if not agent.owns_group(group_id):
+        if not services.owns_group(group_id):
             described.append(
                 build(
                     module.DescribedGroup,
@@ -275,7 +285,7 @@ async def _describe_groups(ctx: RequestContext, request: Any) -> Any:
                 )
             )
             continue
-        description = agent.groups.describe(group_id)
+        description = services.groups.describe(group_id)
         if description is not None:
             members = tuple(
                 build(
@@ -303,7 +313,7 @@ async def _describe_groups(ctx: RequestContext, request: Any) -> Any:
             )
             continue
         if with_offsets is None:
-            with_offsets = set(await agent.coordinator.groups_with_offsets())
+            with_offsets = set(await services.coordinator.groups_with_offsets())
         if group_id in with_offsets:
             # Offsets outlive membership (and agent restarts): an Empty group.
             state, error, message = GroupState.EMPTY, ErrorCode.none, None
@@ -341,19 +351,19 @@ async def handle_list_groups(ctx: RequestContext, request: Any) -> Any:
 
 async def _list_groups(ctx: RequestContext, request: Any) -> Any:
     module = response_module(LIST_GROUPS, ctx.api_version)
-    agent = ctx.agent
+    services = ctx.services
     # Kafka compares states and types case-insensitively (KIP-518, KIP-848).
     states = {s.lower() for s in getattr(request, "states_filter", ())}
     types = {t.lower() for t in getattr(request, "types_filter", ())}
     overviews: list[GroupOverview] = []
     if not types or _GROUP_TYPE_CLASSIC in types:
-        overviews = agent.groups.list_groups()
+        overviews = services.groups.list_groups()
         live = {o.group_id for o in overviews}
         overviews.extend(
             GroupOverview(group_id, "", GroupState.EMPTY)
-            for group_id in await agent.coordinator.groups_with_offsets()
+            for group_id in await services.coordinator.groups_with_offsets()
             # Each agent lists the groups it coordinates: clients merge all agents' lists.
-            if group_id not in live and agent.owns_group(group_id)
+            if group_id not in live and services.owns_group(group_id)
         )
     groups = tuple(
         build(
@@ -389,11 +399,11 @@ async def handle_delete_groups(ctx: RequestContext, request: Any) -> Any:
 
 async def _delete_groups(ctx: RequestContext, request: Any) -> Any:
     module = response_module(DELETE_GROUPS, ctx.api_version)
-    agent = ctx.agent
-    with_offsets = set(await agent.coordinator.groups_with_offsets())
+    services = ctx.services
+    with_offsets = set(await services.coordinator.groups_with_offsets())
     results: list[Any] = []
     for group_id in request.groups_names:
-        if not agent.owns_group(group_id):
+        if not services.owns_group(group_id):
             # Only the coordinating agent knows whether the group is live.
             results.append(
                 build(
@@ -403,11 +413,11 @@ async def _delete_groups(ctx: RequestContext, request: Any) -> Any:
                 )
             )
             continue
-        error = agent.groups.delete_group(group_id)
+        error = services.groups.delete_group(group_id)
         if error is ErrorCode.group_id_not_found and group_id in with_offsets:
             error = ErrorCode.none  # only offsets are left of it
         if error is ErrorCode.none:
-            await agent.coordinator.delete_group_offsets(group_id)
+            await services.coordinator.delete_group_offsets(group_id)
         results.append(build(module.DeletableGroupResult, group_id=group_id, error_code=error))
     return build(module.DeleteGroupsResponse, results=tuple(results))
 
@@ -418,8 +428,8 @@ async def _delete_groups(ctx: RequestContext, request: Any) -> Any:
 async def handle_offset_commit(ctx: RequestContext, request: Any) -> Any:
     version = ctx.api_version
     module = response_module(OFFSET_COMMIT, version)
-    agent = ctx.agent
-    group_error = agent.groups.validate_offset_commit(
+    services = ctx.services
+    group_error = services.groups.validate_offset_commit(
         request.group_id,
         request.member_id,
         getattr(request, "group_instance_id", None),
@@ -435,9 +445,9 @@ async def handle_offset_commit(ctx: RequestContext, request: Any) -> Any:
     topics: list[Any] = []
     for topic in request.topics:
         info = (
-            agent.coordinator.topic_by_id(topic.topic_id)
+            services.coordinator.topic_by_id(topic.topic_id)
             if by_id
-            else agent.coordinator.topic(topic.name)
+            else services.coordinator.topic(topic.name)
         )
         partitions: list[Any] = []
         for p in topic.partitions:
@@ -478,10 +488,10 @@ async def handle_offset_commit(ctx: RequestContext, request: Any) -> Any:
         )
     if to_commit:
         try:
-            await agent.coordinator.commit_offsets(request.group_id, to_commit)
+            await services.coordinator.commit_offsets(request.group_id, to_commit)
         except CoordinatorError as e:
             # Retriable: the client looks the coordinator up again and re-commits.
-            agent.log_client_error("coordinator", OFFSET_COMMIT, f"offset commit failed: {e}")
+            services.log_client_error("coordinator", OFFSET_COMMIT, f"offset commit failed: {e}")
             topics = [
                 build(
                     module.OffsetCommitResponseTopic,
@@ -505,7 +515,7 @@ async def handle_offset_fetch(ctx: RequestContext, request: Any) -> Any:
     try:
         return await _offset_fetch(ctx, request)
     except CoordinatorError as e:
-        ctx.agent.log_client_error("coordinator", OFFSET_FETCH, f"offset fetch failed: {e}")
+        ctx.services.log_client_error("coordinator", OFFSET_FETCH, f"offset fetch failed: {e}")
         module = response_module(OFFSET_FETCH, ctx.api_version)
         unavailable = ErrorCode.coordinator_not_available
         if ctx.api_version >= 8:
@@ -562,7 +572,7 @@ async def _fetch_topics(
     With `require_stable` (KIP-447, what read_committed consumers send), a partition with
     an offset committed in a transaction still open answers UNSTABLE_OFFSET_COMMIT, and
     the consumer asks again instead of starting from an offset about to change."""
-    coordinator = ctx.agent.coordinator
+    coordinator = ctx.services.coordinator
     unstable = await coordinator.pending_offsets(group_id) if require_stable else set()
     batched = version >= 8
     topic_cls = module.OffsetFetchResponseTopics if batched else module.OffsetFetchResponseTopic

@@ -34,7 +34,7 @@ async def _batch_at(
 ) -> tuple[BatchLocation, bytes | None] | ErrorCode | None:
     """The first batch at or after `timestamp` and its stored bytes (None when the
     batch carries its time itself: LogAppendTime); None if there is no such batch."""
-    coordinator = ctx.agent.coordinator
+    coordinator = ctx.services.coordinator
     lost: BatchLocation | None = None
     for _ in range(2):  # a second look if the object was not found: coordinates may be stale
         location = await coordinator.batch_at_timestamp(topic.topic_id, partition, timestamp)
@@ -45,12 +45,12 @@ async def _batch_at(
         if lost is not None and location.object_key == lost.object_key:
             break  # the database still names the object the store said is not there
         try:
-            return location, await ctx.agent.fetcher.read_raw(location)
+            return location, await ctx.services.fetcher.read_raw(location)
         except ObjectNotFound:
             lost = location
             coordinator.forget_cached([(topic.topic_id, partition)])
     assert lost is not None
-    ctx.agent.fetcher.missing.report(
+    ctx.services.fetcher.missing.report(
         lost.object_key, topic.name, partition, lost.base_offset, lost.last_offset, time.monotonic()
     )
     return LOST_DATA_ERROR
@@ -59,7 +59,7 @@ async def _batch_at(
 async def _lookup(
     ctx: RequestContext, topic: TopicInfo, partition: int, timestamp: int, read_committed: bool
 ) -> tuple[ErrorCode, int, int]:
-    coordinator = ctx.agent.coordinator
+    coordinator = ctx.services.coordinator
     offsets = coordinator.partition_offsets(topic.topic_id, partition)
     if offsets is None:
         return ErrorCode.unknown_topic_or_partition, -1, -1
@@ -105,7 +105,7 @@ async def _lookup(
 
 async def handle_list_offsets(ctx: RequestContext, request: Any) -> Any:
     module = response_module(LIST_OFFSETS, ctx.api_version)
-    coordinator = ctx.agent.coordinator
+    coordinator = ctx.services.coordinator
     read_committed = getattr(request, "isolation_level", 0) == 1
     topics = []
     for requested in request.topics:
@@ -120,7 +120,7 @@ async def handle_list_offsets(ctx: RequestContext, request: Any) -> Any:
                         ctx, topic, p.partition_index, p.timestamp, read_committed
                     )
                 except Exception as e:
-                    ctx.agent.log_client_error(ctx.peer, LIST_OFFSETS, f"lookup failed: {e!r}")
+                    ctx.services.log_client_error(ctx.peer, LIST_OFFSETS, f"lookup failed: {e!r}")
                     error, ts, offset = ErrorCode.kafka_storage_error, -1, -1
             partitions.append(
                 build(

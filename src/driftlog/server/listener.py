@@ -23,12 +23,16 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from driftlog.protocol.framing import FrameReceiver, FrameTooLarge, NegativeFrameSize
+from driftlog.server.session import Session
 
 log = logging.getLogger(__name__)
 
 # Decodes the frame at once and returns the work that produces the response
 # frame chunks, or None when no response is due (acks=0).
-FrameHandler = Callable[[memoryview, str], Coroutine[Any, Any, list[bytes] | None]]
+FrameHandler = Callable[[memoryview, Session], Coroutine[Any, Any, list[bytes] | None]]
+# The session of a new connection (after its TLS handshake): who the client is.
+# Raises ConnectionClosed to refuse it.
+SessionOpener = Callable[[asyncio.BaseTransport], Session]
 
 
 class ConnectionClosed(Exception):
@@ -51,9 +55,12 @@ class KafkaConnection(asyncio.BufferedProtocol):
         limits: ConnectionLimits,
         on_close: Callable[[KafkaConnection], None],
         *,
+        open_session: SessionOpener,
         refuse: bool = False,
     ) -> None:
         self._refuse = refuse
+        self._open_session = open_session
+        self._session: Session | None = None
         self._handle_frame = handle_frame
         self._limits = limits
         self._receiver = FrameReceiver(limits.max_frame_bytes)
@@ -89,6 +96,12 @@ class KafkaConnection(asyncio.BufferedProtocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer: Any = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        try:
+            self._session = self._open_session(transport)
+        except ConnectionClosed:
+            self._closed = True
+            transport.close()
+            return
         self._writer = asyncio.create_task(self._write_responses())
         self._idle_handle = asyncio.get_running_loop().call_later(
             self._limits.idle_timeout_s, self._check_idle
@@ -104,11 +117,11 @@ class KafkaConnection(asyncio.BufferedProtocol):
             log.warning("closing %s: %s", self._peer, e)
             self.close()
             return
-        if not frames:
+        if not frames or self._session is None:
             return
         for frame in frames:
             try:
-                work = self._handle_frame(frame, self._peer)
+                work = self._handle_frame(frame, self._session)
             except Exception:
                 # A decoding path we did not foresee: this client only pays for it.
                 log.exception("cannot decode a request from %s; closing", self._peer)
@@ -209,6 +222,10 @@ class KafkaConnection(asyncio.BufferedProtocol):
                     await self._can_write.wait()
                     if not self._closed:
                         self._transport.writelines(chunks)
+                if self._session is not None and self._session.close_after_response:
+                    # A failed login: its answer is the last thing this client gets.
+                    self.close()
+                    return
         finally:
             for _, task in self._responses:
                 task.cancel()

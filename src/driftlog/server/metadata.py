@@ -10,7 +10,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.cluster.placement import client_zone, partition_leaders
+from driftlog.cluster.placement import client_zone, endpoint, partition_leaders
 from driftlog.coordinator.api import AgentInfo, CoordinatorError, TopicInfo
 from driftlog.protocol.schema import build, response_module
 from driftlog.server.context import RequestContext
@@ -41,16 +41,18 @@ def topic_name_error(name: str) -> str | None:
 
 async def ensure_topic(ctx: RequestContext, name: str) -> tuple[ErrorCode, TopicInfo | None]:
     """The topic, auto-created with the default partition count when enabled."""
-    coordinator = ctx.agent.coordinator
+    coordinator = ctx.services.coordinator
     topic = coordinator.topic(name)
     if topic is not None:
         return ErrorCode.none, topic
-    if not ctx.agent.config.auto_create_topics:
+    if not ctx.services.config.auto_create_topics:
         return ErrorCode.unknown_topic_or_partition, None
     if topic_name_error(name):
         return ErrorCode.invalid_topic_exception, None
     try:
-        error, topic = await coordinator.create_topic(name, ctx.agent.config.default_partitions, {})
+        error, topic = await coordinator.create_topic(
+            name, ctx.services.config.default_partitions, {}
+        )
     except CoordinatorError:
         # Retriable, as Kafka answers while a topic is being created.
         return ErrorCode.leader_not_available, None
@@ -73,10 +75,23 @@ def _partition(module: Any, partition: int, leader: AgentInfo | None) -> Any:
     )
 
 
+def reachable(ctx: RequestContext) -> list[AgentInfo]:
+    """The live agents with an address on the listener this request came in on."""
+    name = ctx.session.listener.name
+    return [a for a in ctx.services.membership.live if endpoint(a, name) is not None]
+
+
+def addresses(
+    ctx: RequestContext, agents: list[AgentInfo]
+) -> list[tuple[AgentInfo, tuple[str, int]]]:
+    name = ctx.session.listener.name
+    return [(a, address) for a in agents if (address := endpoint(a, name)) is not None]
+
+
 async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
     module = response_module(METADATA, ctx.api_version)
-    agent = ctx.agent
-    coordinator = agent.coordinator
+    services = ctx.services
+    coordinator = services.coordinator
     # v0 has no null topics: an empty list means all topics there (KIP-4 changed it in v1).
     all_topics = request.topics is None or (ctx.api_version == 0 and not request.topics)
     allow_create = getattr(request, "allow_auto_topic_creation", True)
@@ -107,7 +122,9 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
                 error = ErrorCode.none if topic else ErrorCode.unknown_topic_or_partition
             found.append((name, error, topic))
 
-    live = agent.membership.live
+    # Only agents this client can reach on its listener lead (any agent serves any
+    # partition, and this agent is always one of them).
+    live = reachable(ctx)
     zone = client_zone(ctx.client_id)
     for name, error, topic in found:
         partitions = ()
@@ -133,18 +150,18 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
         build(
             module.MetadataResponseBroker,
             node_id=a.node_id,
-            host=a.host,
-            port=a.port,
+            host=host,
+            port=port,
             rack=a.zone or None,
         )
-        for a in live
+        for a, (host, port) in addresses(ctx, live)
     )
     return build(
         module.MetadataResponse,
         throttle_time=datetime.timedelta(0),
         brokers=brokers,
-        cluster_id=agent.cluster_id,
-        controller_id=agent.node_id,
+        cluster_id=services.cluster_id,
+        controller_id=services.node_id,
         topics=tuple(topics),
         cluster_authorized_operations=CLUSTER_OPERATIONS
         if include_cluster_operations
@@ -161,7 +178,7 @@ async def handle_describe_cluster(ctx: RequestContext, request: Any) -> Any:
     fenced, so include_fenced_brokers (v2) changes nothing.
     """
     module = response_module(DESCRIBE_CLUSTER, ctx.api_version)
-    agent = ctx.agent
+    services = ctx.services
     endpoint_type = getattr(request, "endpoint_type", ENDPOINT_BROKERS)
     if endpoint_type != ENDPOINT_BROKERS:
         return build(
@@ -171,7 +188,7 @@ async def handle_describe_cluster(ctx: RequestContext, request: Any) -> Any:
             error_message=f"endpoint type {endpoint_type} is not served here: "
             "Driftlog agents are brokers (endpoint type 1) and have no controllers",
             endpoint_type=endpoint_type,
-            cluster_id=agent.cluster_id,
+            cluster_id=services.cluster_id,
             controller_id=-1,
             brokers=(),
         )
@@ -179,12 +196,12 @@ async def handle_describe_cluster(ctx: RequestContext, request: Any) -> Any:
         build(
             module.DescribeClusterBroker,
             broker_id=a.node_id,
-            host=a.host,
-            port=a.port,
+            host=host,
+            port=port,
             rack=a.zone or None,
             is_fenced=False,
         )
-        for a in agent.membership.live
+        for a, (host, port) in addresses(ctx, reachable(ctx))
     )
     return build(
         module.DescribeClusterResponse,
@@ -192,9 +209,9 @@ async def handle_describe_cluster(ctx: RequestContext, request: Any) -> Any:
         error_code=ErrorCode.none,
         error_message=None,
         endpoint_type=ENDPOINT_BROKERS,
-        cluster_id=agent.cluster_id,
+        cluster_id=services.cluster_id,
         # Metadata names this agent as controller too: admin requests sent to it work.
-        controller_id=agent.node_id,
+        controller_id=services.node_id,
         brokers=brokers,
         cluster_authorized_operations=CLUSTER_OPERATIONS
         if request.include_cluster_authorized_operations

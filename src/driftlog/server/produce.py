@@ -74,13 +74,13 @@ def _validate(
 
 
 async def handle_produce(ctx: RequestContext, request: Any) -> Any:
-    agent = ctx.agent
-    coordinator = agent.coordinator
+    services = ctx.services
+    coordinator = services.coordinator
     results: list[_PartitionResult] = []
     for topic_data in request.topic_data:
         topic = coordinator.topic(topic_data.name)
         checks: RecordChecks | None = None
-        max_bytes = broker_configs.message_max_bytes(agent)
+        max_bytes = broker_configs.message_max_bytes(services)
         if topic is not None:
             if "max.message.bytes" in topic.configs:
                 max_bytes = int(topic.configs["max.message.bytes"])
@@ -94,7 +94,7 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
             try:
                 result.batch = _validate(partition_data.records, max_bytes, checks)
             except InvalidBatch as e:
-                agent.log_client_error(
+                services.log_client_error(
                     ctx.peer, PRODUCE, f"produce to {topic.name}-{result.partition}: {e}"
                 )
                 result.error, result.message = e.error, e.reason
@@ -111,15 +111,15 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
     accepted = [r for r in results if r.batch is not None]
     total = sum(len(r.batch[0]) for r in accepted if r.batch is not None)
     if total:
-        await agent.pipeline.reserve(total)
+        await services.pipeline.reserve(total)
     for r in accepted:
         assert r.batch is not None
         topic = coordinator.topic(r.topic)
         if topic is None or r.partition >= topic.partition_count:  # deleted while waiting
-            agent.pipeline.release(len(r.batch[0]))
+            services.pipeline.release(len(r.batch[0]))
             r.error, r.batch = ErrorCode.unknown_topic_or_partition, None
             continue
-        r.outcome = agent.pipeline.append(topic.topic_id, r.partition, *r.batch)
+        r.outcome = services.pipeline.append(topic.topic_id, r.partition, *r.batch)
 
     if request.acks == 0:
         return None

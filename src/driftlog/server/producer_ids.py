@@ -27,9 +27,9 @@ async def handle_init_producer_id(ctx: RequestContext, request: Any) -> Any:
     else:
         error, epoch = ErrorCode.none, 0
         try:
-            producer_id = await ctx.agent.coordinator.allocate_producer_id()
+            producer_id = await ctx.services.coordinator.allocate_producer_id()
         except CoordinatorError as e:
-            ctx.agent.log_client_error("coordinator", INIT_PRODUCER_ID, f"no producer id: {e}")
+            ctx.services.log_client_error("coordinator", INIT_PRODUCER_ID, f"no producer id: {e}")
             error, producer_id, epoch = ErrorCode.coordinator_not_available, -1, -1
     return build(
         module.InitProducerIdResponse,

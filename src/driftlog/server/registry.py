@@ -16,6 +16,7 @@ from driftlog.server.list_offsets import handle_list_offsets
 from driftlog.server.metadata import handle_describe_cluster, handle_metadata
 from driftlog.server.produce import handle_produce
 from driftlog.server.producer_ids import handle_init_producer_id
+from driftlog.server.sasl_handlers import handle_sasl_authenticate, handle_sasl_handshake
 
 _CORE: dict[int, tuple[Handler, int, int]] = {
     0: (handle_produce, 3, 11),
@@ -23,6 +24,10 @@ _CORE: dict[int, tuple[Handler, int, int]] = {
     2: (handle_list_offsets, 1, 9),
     3: (handle_metadata, 0, 12),
     18: (handle_api_versions, 0, 4),
+    # Handshake v0 is followed by unframed tokens (Agent.handle_frame); librdkafka wants
+    # v0 advertised before it uses SASL at all, then uses v1.
+    17: (handle_sasl_handshake, 0, 1),
+    36: (handle_sasl_authenticate, 0, 2),
     19: (admin.handle_create_topics, 2, 7),
     20: (admin.handle_delete_topics, 1, 6),
     21: (admin.handle_delete_records, 0, 2),

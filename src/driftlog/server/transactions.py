@@ -50,7 +50,7 @@ def _ms(value: datetime.timedelta) -> int:
 
 
 def _unavailable(ctx: RequestContext, api_key: int, e: CoordinatorError) -> ErrorCode:
-    ctx.agent.log_client_error("coordinator", api_key, f"transaction request failed: {e}")
+    ctx.services.log_client_error("coordinator", api_key, f"transaction request failed: {e}")
     # Retriable for every client: it looks the coordinator up again and retries.
     return ErrorCode.coordinator_not_available
 
@@ -60,7 +60,7 @@ async def init_transactional_producer(
 ) -> tuple[ErrorCode, int, int]:
     """InitProducerId with a transactional id: (error, producer id, epoch)."""
     try:
-        error, producer_id, epoch = await ctx.agent.coordinator.init_transactional_producer(
+        error, producer_id, epoch = await ctx.services.coordinator.init_transactional_producer(
             request.transactional_id,
             _ms(request.transaction_timeout),
             getattr(request, "producer_id", -1),
@@ -74,7 +74,7 @@ async def init_transactional_producer(
 async def handle_add_partitions_to_txn(ctx: RequestContext, request: Any) -> Any:
     version = ctx.api_version
     module = response_module(ADD_PARTITIONS_TO_TXN, version)
-    coordinator = ctx.agent.coordinator
+    coordinator = ctx.services.coordinator
     requested: list[tuple[str, int, uuid.UUID | None]] = []
     unknown = False
     for topic in request.v3_and_below_topics:
@@ -128,7 +128,7 @@ async def handle_add_partitions_to_txn(ctx: RequestContext, request: Any) -> Any
 async def handle_add_offsets_to_txn(ctx: RequestContext, request: Any) -> Any:
     module = response_module(ADD_OFFSETS_TO_TXN, ctx.api_version)
     try:
-        error = await ctx.agent.coordinator.add_to_transaction(
+        error = await ctx.services.coordinator.add_to_transaction(
             request.transactional_id,
             request.producer_id,
             request.producer_epoch,
@@ -146,7 +146,7 @@ async def handle_add_offsets_to_txn(ctx: RequestContext, request: Any) -> Any:
 async def handle_end_txn(ctx: RequestContext, request: Any) -> Any:
     module = response_module(END_TXN, ctx.api_version)
     try:
-        error = await ctx.agent.coordinator.end_transaction(
+        error = await ctx.services.coordinator.end_transaction(
             request.transactional_id,
             request.producer_id,
             request.producer_epoch,
@@ -164,11 +164,11 @@ async def handle_end_txn(ctx: RequestContext, request: Any) -> Any:
 async def handle_txn_offset_commit(ctx: RequestContext, request: Any) -> Any:
     version = ctx.api_version
     module = response_module(TXN_OFFSET_COMMIT, version)
-    agent = ctx.agent
+    services = ctx.services
     # Sent to the group's coordinator, like OffsetCommit. v3 (KIP-447) names the member
     # and generation, so a zombie of an earlier generation cannot commit (exactly once
     # across a rebalance); generation -1 (no group management) is not checked.
-    group_error = agent.groups.validate_offset_commit(
+    group_error = services.groups.validate_offset_commit(
         request.group_id,
         getattr(request, "member_id", ""),
         getattr(request, "group_instance_id", None),
@@ -179,7 +179,7 @@ async def handle_txn_offset_commit(ctx: RequestContext, request: Any) -> Any:
     pending: list[PendingOffset] = []
     errors: dict[tuple[str, int], ErrorCode] = {}
     for topic in request.topics:
-        info = agent.coordinator.topic(topic.name)
+        info = services.coordinator.topic(topic.name)
         for p in topic.partitions:
             metadata = p.committed_metadata
             if info is None or not 0 <= p.partition_index < info.partition_count:
@@ -201,7 +201,7 @@ async def handle_txn_offset_commit(ctx: RequestContext, request: Any) -> Any:
             errors[(topic.name, p.partition_index)] = error
     if pending:
         try:
-            error = await agent.coordinator.txn_offset_commit(
+            error = await services.coordinator.txn_offset_commit(
                 request.transactional_id, request.producer_id, request.producer_epoch, pending
             )
         except CoordinatorError as e:
@@ -232,7 +232,7 @@ async def handle_write_txn_markers(ctx: RequestContext, request: Any) -> Any:
     """WriteTxnMarkers, as `kafka-transactions.sh abort` sends it to a partition's leader
     for a hanging transaction (data of a producer whose coordinator has no transaction)."""
     module = response_module(WRITE_TXN_MARKERS, ctx.api_version)
-    coordinator = ctx.agent.coordinator
+    coordinator = ctx.services.coordinator
     ends: list[TxnEnd] = []
     unknown: dict[tuple[int, str, int], ErrorCode] = {}
     for marker in request.markers:
@@ -291,9 +291,9 @@ def _start_time(txn: Transaction) -> datetime.datetime:
 
 async def handle_describe_transactions(ctx: RequestContext, request: Any) -> Any:
     module = response_module(DESCRIBE_TRANSACTIONS, ctx.api_version)
-    agent = ctx.agent
+    services = ctx.services
     try:
-        known = {t.transactional_id: t for t in await agent.coordinator.transaction_states()}
+        known = {t.transactional_id: t for t in await services.coordinator.transaction_states()}
         failure: ErrorCode | None = None
     except CoordinatorError as e:
         known, failure = {}, _unavailable(ctx, DESCRIBE_TRANSACTIONS, e)
@@ -317,7 +317,7 @@ async def handle_describe_transactions(ctx: RequestContext, request: Any) -> Any
             continue
         by_topic: dict[str, list[int]] = {}
         for topic_id, partition in sorted(txn.partitions, key=lambda k: (k[0].bytes, k[1])):
-            info = agent.coordinator.topic_by_id(topic_id)
+            info = services.coordinator.topic_by_id(topic_id)
             if info is not None:
                 by_topic.setdefault(info.name, []).append(partition)
         states.append(
@@ -352,7 +352,7 @@ async def handle_list_transactions(ctx: RequestContext, request: Any) -> Any:
     min_duration_ms = getattr(request, "duration_filter", -1)
     error = ErrorCode.none
     try:
-        transactions = await ctx.agent.coordinator.transaction_states()
+        transactions = await ctx.services.coordinator.transaction_states()
     except CoordinatorError as e:
         transactions, error = [], _unavailable(ctx, LIST_TRANSACTIONS, e)
     now_ms = SYSTEM_CLOCK.wall_ms()
@@ -381,7 +381,7 @@ async def handle_describe_producers(ctx: RequestContext, request: Any) -> Any:
     """The producers with state in each partition (for `kafka-transactions.sh
     find-hanging` and `describe-producers`), from the coordinator's producer states."""
     module = response_module(DESCRIBE_PRODUCERS, ctx.api_version)
-    coordinator = ctx.agent.coordinator
+    coordinator = ctx.services.coordinator
     try:
         states = await coordinator.producer_states()
         failure: ErrorCode | None = None
