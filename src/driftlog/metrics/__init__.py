@@ -1,0 +1,1 @@
+"""Metrics: one registry the components feed, and its HTTP endpoint."""
