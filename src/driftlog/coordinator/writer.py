@@ -73,6 +73,7 @@ from driftlog.coordinator.transactions import (
     TxnLimits,
 )
 from driftlog.lifecycle.keys import key_time_ms
+from driftlog.metrics.registry import NULL_OBSERVER, Observer
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +187,31 @@ class CommitWriter:
         self.commits_persisted = 0
         self.transactions = 0
         self.terms = 0  # how many times this process took the lease
+        # The newest epoch this process saw in the lease row (held, or read as a candidate).
+        self.epoch_seen = 0
+        # Per round that stored objects: objects and batches in it, and seconds from
+        # sequencing to durable (histograms once the metrics registry attaches them).
+        self.round_objects: Observer = NULL_OBSERVER
+        self.round_batches: Observer = NULL_OBSERVER
+        self.commit_seconds: Observer = NULL_OBSERVER
 
     @property
     def is_writer(self) -> bool:
         return self.lease is not None
+
+    @property
+    def lease_epoch(self) -> int:
+        """The epoch of the lease held, else the newest one seen (0: none yet)."""
+        return self.lease.epoch if self.lease is not None else self.epoch_seen
+
+    @property
+    def queue_depth(self) -> int:
+        """Commits queued for the next rounds."""
+        return len(self._pending)
+
+    @property
+    def rounds_in_flight(self) -> int:
+        return len(self._in_flight)
 
     # Lease ----------------------------------------------------------------------
     async def tick(self) -> None:
@@ -218,6 +240,8 @@ class CommitWriter:
     async def _try_acquire(self) -> None:
         try:
             record = await self._backend.read_lease(self.shard)
+            if record is not None:
+                self.epoch_seen = max(self.epoch_seen, record.epoch)
             now_ms = self._clock.wall_ms()
             if not may_acquire(record, self.holder, now_ms):
                 return
@@ -248,6 +272,7 @@ class CommitWriter:
         self._sequencer = Sequencer(snapshot)
         self._needs_reload = False
         self.lease = HeldLease(new, self.lease_ms, started_s)
+        self.epoch_seen = max(self.epoch_seen, new.epoch)
         self.terms += 1
         log.info("became writer of shard %d (epoch %d)", self.shard, new.epoch)
         self._listener.on_reloaded(snapshot)
@@ -592,6 +617,9 @@ class CommitWriter:
         if sequenced:
             self.transactions += 1
             self.commits_persisted += len(sequenced)
+            self.commit_seconds.observe(self._clock.monotonic_s() - started_s)
+            self.round_objects.observe(len(sequenced))
+            self.round_batches.observe(sum(len(obj.rows) for obj in sequenced))
         # Durable: answer first, then tell the listeners (whose failure must not leave
         # a committed round unanswered).
         for request, future in round_:

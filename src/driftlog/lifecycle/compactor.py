@@ -69,6 +69,7 @@ class CompactionStats:
     bytes_written: int = 0
     missing_objects: int = 0
     errors: int = 0
+    last_run_ms: int = 0  # wall clock at the end of the last run that did not fail
 
 
 class Compactor:
@@ -91,7 +92,9 @@ class Compactor:
         """One run: at most one new object. Returns how many batches moved."""
         self.stats.runs += 1
         try:
-            return await self._compact()
+            moved = await self._compact()
+            self.stats.last_run_ms = self._clock.wall_ms()
+            return moved
         except (CoordinatorError, ObjectStoreError) as e:
             self.stats.errors += 1
             log.warning("compaction run failed (retried next run): %s", e)

@@ -65,6 +65,7 @@ class GcStats:
     tombstones_purged: int = 0
     errors: int = 0
     orphan_scans: int = 0
+    last_pass_ms: int = 0  # wall clock at the end of the last pass that did not fail
 
 
 class ObjectCollector:
@@ -101,6 +102,7 @@ class ObjectCollector:
             self.stats.tombstones_purged += await self._backend.purge_tombstones(
                 now_ms - self.config.orphan_grace_ms, budget
             )
+            self.stats.last_pass_ms = self._clock.wall_ms()
         except (CoordinatorError, ObjectStoreError) as e:
             self.stats.errors += 1
             log.warning("garbage collection pass failed (retried next pass): %s", e)

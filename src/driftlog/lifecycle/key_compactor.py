@@ -94,7 +94,8 @@ class KeyCompactionConfig:
 
 @dataclass(slots=True)
 class KeyCompactionStats:
-    passes: int = 0
+    runs: int = 0  # calls of compact_once
+    passes: int = 0  # partitions cleaned
     batches_rewritten: int = 0
     batches_removed: int = 0
     records_removed: int = 0
@@ -102,6 +103,7 @@ class KeyCompactionStats:
     bytes_written: int = 0
     unreadable_batches: int = 0
     errors: int = 0
+    last_run_ms: int = 0  # wall clock at the end of the last run (failed partitions or not)
 
 
 class KeyCompactor:
@@ -124,6 +126,7 @@ class KeyCompactor:
 
     async def compact_once(self) -> int:
         """One pass over every compacted partition that needs one; how many were cleaned."""
+        self.stats.runs += 1
         cleaned = 0
         for topic in list(self._view.topics()):
             policy = policy_for(topic.configs)
@@ -138,6 +141,7 @@ class KeyCompactor:
                         "key compaction of %s-%d failed (retried next run): %s",
                         topic.name, partition, e,
                     )  # fmt: skip
+        self.stats.last_run_ms = self._clock.wall_ms()
         return cleaned
 
     async def clean_partition(

@@ -24,6 +24,7 @@ class BatchCache:
         self.size_bytes = 0
         self.hits = 0
         self.misses = 0
+        self.evictions = 0  # entries dropped for room (a replaced entry is not one)
         self._entries: OrderedDict[tuple[str, int], BatchBytes] = OrderedDict()
 
     def get(self, key: tuple[str, int]) -> BatchBytes | None:
@@ -34,6 +35,9 @@ class BatchCache:
         self.hits += 1
         self._entries.move_to_end(key)
         return data
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def put(self, key: tuple[str, int], data: BatchBytes) -> None:
         cost = len(data) + ENTRY_OVERHEAD_BYTES
@@ -47,3 +51,4 @@ class BatchCache:
         while self.size_bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
             self.size_bytes -= len(evicted) + ENTRY_OVERHEAD_BYTES
+            self.evictions += 1

@@ -30,6 +30,7 @@ from kio.schema.errors import ErrorCode
 from driftlog.clock import SYSTEM_CLOCK, Clock
 from driftlog.coordinator.api import CommitOutcome, CommitRequest, Coordinator
 from driftlog.lifecycle.keys import new_object_key
+from driftlog.metrics.registry import NULL_OBSERVER, Observer
 from driftlog.records.batch import BatchHeader
 from driftlog.storage.api import ObjectAlreadyExists, ObjectStore, ObjectStoreError
 from driftlog.write.buffer import PendingBatch, WriteBuffer
@@ -44,7 +45,8 @@ UPLOAD_RETRY_BACKOFF_S = 0.05
 
 
 class PipelineTimings:
-    """Recent per-object durations, for the stats line and benchmarks."""
+    """Per-object durations: the recent ones (benchmarks' percentiles), and histograms
+    of all of them once the metrics registry attaches its observers (in seconds)."""
 
     SAMPLES = 10_000
 
@@ -54,6 +56,12 @@ class PipelineTimings:
         self.commit_ms: collections.deque[float] = collections.deque(maxlen=self.SAMPLES)
         # Per batch: from append to the outcome (what a producer waits inside the agent).
         self.ack_ms: collections.deque[float] = collections.deque(maxlen=self.SAMPLES)
+        self.upload_seconds: Observer = NULL_OBSERVER
+        self.order_wait_seconds: Observer = NULL_OBSERVER
+        self.commit_seconds: Observer = NULL_OBSERVER
+        self.ack_seconds: Observer = NULL_OBSERVER
+        # Bytes per object flushed (how full objects get before their age flushes them).
+        self.object_bytes: Observer = NULL_OBSERVER
 
     def summary(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -93,6 +101,15 @@ class WritePipeline:
         self._previous_turn: asyncio.Future[None] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
         self.timings = PipelineTimings()
+        self.uploads_in_flight = 0
+        # Objects whose batches were answered with an error, by the step that failed.
+        self.failed_uploads = 0
+        self.failed_commits = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes reserved, buffered or in flight (producers wait past `max_pending_bytes`)."""
+        return self._pending_bytes
 
     async def reserve(self, size: int) -> None:
         """Wait until `size` more bytes may be buffered, then hold them for `append`.
@@ -163,6 +180,7 @@ class WritePipeline:
         if not batches:
             return
         layout = lay_out(batches)
+        self.timings.object_bytes.observe(layout.size)
         previous = self._previous_turn
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._previous_turn = turn
@@ -213,21 +231,30 @@ class WritePipeline:
     ) -> None:
         key = new_object_key(self._clock.wall_ms())
         commit: asyncio.Future[list[CommitOutcome]] | None = None
+        timings = self.timings
         try:
             started = self._clock.monotonic_s()
             async with self._uploads:
-                await self._put_with_retries(key, layout)
+                self.uploads_in_flight += 1
+                try:
+                    await self._put_with_retries(key, layout)
+                finally:
+                    self.uploads_in_flight -= 1
             uploaded = self._clock.monotonic_s()
-            self.timings.upload_ms.append((uploaded - started) * 1000)
+            timings.upload_ms.append((uploaded - started) * 1000)
+            timings.upload_seconds.observe(uploaded - started)
             if previous is not None:
                 await asyncio.shield(previous)
-            self.timings.order_wait_ms.append((self._clock.monotonic_s() - uploaded) * 1000)
+            order_wait_s = self._clock.monotonic_s() - uploaded
+            timings.order_wait_ms.append(order_wait_s * 1000)
+            timings.order_wait_seconds.observe(order_wait_s)
             # Submitting is synchronous and the coordinator commits in submission
             # order, so the next object may submit right away (and share a transaction).
             commit = self._coordinator.submit_commit(
                 CommitRequest(key, layout.size, layout.coordinates)
             )
         except Exception as e:
+            self.failed_uploads += 1
             log.warning("object %s not uploaded (%d batches): %r", key, len(layout.batches), e)
         finally:
             if commit is None and previous is not None:
@@ -240,15 +267,20 @@ class WritePipeline:
             submitted = self._clock.monotonic_s()
             try:
                 outcomes = await asyncio.shield(commit)
-                self.timings.commit_ms.append((self._clock.monotonic_s() - submitted) * 1000)
+                commit_s = self._clock.monotonic_s() - submitted
+                timings.commit_ms.append(commit_s * 1000)
+                timings.commit_seconds.observe(commit_s)
                 if self._on_committed is not None:
                     self._on_committed(key, layout)
             except Exception as e:
+                self.failed_commits += 1
                 log.warning("object %s not committed: %r", key, e)
         self._pending_bytes -= layout.size
         self._admit_waiters()
         now_ms = self._now_ms()
+        observe_ack_s = timings.ack_seconds.observe
         for batch, outcome in zip(layout.batches, outcomes, strict=True):
-            self.timings.ack_ms.append(now_ms - batch.appended_ms)
+            timings.ack_ms.append(now_ms - batch.appended_ms)
+            observe_ack_s((now_ms - batch.appended_ms) / 1000)
             if not batch.waiter.done():
                 batch.waiter.set_result(outcome)
