@@ -169,7 +169,9 @@ def _cache(registry: Registry, cache: BatchCache) -> None:
     _read_gauge(
         registry, "driftlog_cache_max_bytes", "The cache's size limit.", lambda: cache.max_bytes
     )
-    _read_gauge(registry, "driftlog_cache_entries", "Batches the cache holds.", lambda: len(cache))
+    _read_gauge(
+        registry, "driftlog_cache_entries", "Batches the cache holds.", lambda: cache.entry_count
+    )
 
 
 def _write_pipeline(registry: Registry, pipeline: WritePipeline) -> None:

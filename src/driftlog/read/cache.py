@@ -36,7 +36,9 @@ class BatchCache:
         self._entries.move_to_end(key)
         return data
 
-    def __len__(self) -> int:
+    @property
+    def entry_count(self) -> int:
+        # Not __len__: an empty cache would then be falsy where `cache or ...` is written.
         return len(self._entries)
 
     def put(self, key: tuple[str, int], data: BatchBytes) -> None:
