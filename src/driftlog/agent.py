@@ -43,8 +43,10 @@ from driftlog.protocol.codec import (
     encode_response,
     peek_prefix,
 )
+from driftlog.protocol.schema import build, response_class
 from driftlog.read.cache import BatchCache
 from driftlog.read.fetcher import BatchFetcher
+from driftlog.security.acl import AclBinding, Authorizer, parse_super_users
 from driftlog.security.credentials import CredentialCache
 from driftlog.security.listeners import Listener, parse_listeners
 from driftlog.security.principal import (
@@ -55,6 +57,7 @@ from driftlog.security.principal import (
 )
 from driftlog.security.tls import server_context
 from driftlog.server import broker_configs
+from driftlog.server.access import Access, denial
 from driftlog.server.api_versions import api_versions_error_response
 from driftlog.server.context import RequestContext
 from driftlog.server.listener import ConnectionClosed, ConnectionLimits, KafkaConnection
@@ -85,6 +88,9 @@ class Agent:
         }
         self._principal_mapper = PrincipalMapper(config.ssl_principal_mapping_rules)
         self.credentials = CredentialCache()
+        # None: no authorizer (everything allowed); else rebuilt whenever ACLs change.
+        self.authorizer: Authorizer | None = None
+        self._super_users = parse_super_users(config.super_users)
         self.store: ObjectStore = open_store(config.store_url)
         if config.faults:
             log.warning("FAULT INJECTION ON in the object store: %s", config.faults)
@@ -162,7 +168,7 @@ class Agent:
                 lambda: True,
             ),
             # Credentials (and ACLs and quotas) another agent changed.
-            PeriodicJob("security", self._refresh_security, config.heartbeat_ms, lambda: True),
+            PeriodicJob("security", self.refresh_security, config.heartbeat_ms, lambda: True),
             PeriodicJob(
                 "key-compaction",
                 self.key_compactor.compact_once,
@@ -259,7 +265,7 @@ class Agent:
         await self.coordinator.start(wait_for_writer_s=2 * self.config.lease_ms / 1000 + 1)
         self.cluster_id = await self.coordinator.backend.cluster_id(self._proposed_cluster_id())
         await broker_configs.refresh(self)  # before serving: the stored values apply
-        await self._refresh_security()
+        await self.refresh_security()
         await self.membership.start()
         await self.groups.start()
         for job in self._lifecycle_jobs:
@@ -272,17 +278,25 @@ class Agent:
         """The port of the first listener (as bound: a configured 0 becomes a real one)."""
         return int(self._servers[0].sockets[0].getsockname()[1])
 
-    async def _refresh_security(self) -> None:
+    async def refresh_security(self) -> None:
+        """Reload credentials and ACLs if another agent (or this one) changed them."""
         backend = self.coordinator.backend
         try:
             version = await backend.security_version()
             if version == self.credentials.version:
                 return
             stored = await backend.load_scram_credentials()
+            acls = await backend.load_acls() if self.config.authorizer == "acl" else []
         except CoordinatorError as e:
-            log.warning("cannot reload credentials: %s", e)
+            log.warning("cannot reload credentials and ACLs: %s", e)
             return
         self.credentials.replace(stored, version)
+        if self.config.authorizer == "acl":
+            self.authorizer = Authorizer(
+                (AclBinding.from_stored(a) for a in acls),
+                self._super_users,
+                self.config.allow_everyone_if_no_acl_found,
+            )
 
     def _open_session(self, listener: Listener, transport: asyncio.BaseTransport) -> Session:
         peer: Any = transport.get_extra_info("peername")
@@ -397,6 +411,13 @@ class Agent:
         return self._handle(request, session)
 
     async def _handle(self, request: Request, session: Session) -> list[bytes] | None:
+        access = Access(self.authorizer, session.principal, session.host)
+        denied = denial(access, request.api_key, request.body)
+        if denied is not None:
+            refused = build(response_class(request.api_key, request.api_version), error_code=denied)
+            return encode_response(
+                request.api_key, request.api_version, request.correlation_id, refused
+            )
         ctx = RequestContext(
             services=self,
             session=session,
@@ -404,6 +425,7 @@ class Agent:
             api_version=request.api_version,
             correlation_id=request.correlation_id,
             client_id=request.client_id,
+            access=access,
         )
         response = await HANDLERS[request.api_key](ctx, request.body)
         if response is None:

@@ -80,6 +80,10 @@ class AgentConfig:
     ssl_principal_mapping_rules: str = "DEFAULT"
     # KIP-368: SASL sessions last this long, then the client re-authenticates (0: forever).
     connections_max_reauth_ms: int = 0
+    # "acl": Kafka ACLs from the coordinator store decide every request; "": no authorizer.
+    authorizer: str = ""
+    super_users: str = ""  # Kafka's super.users: "User:a;User:b"
+    allow_everyone_if_no_acl_found: bool = False
     # Fault injection for tests (storage/faulty.py); empty means off.
     faults: str = ""
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from driftlog.config import AgentConfig
+from driftlog.security.acl import parse_super_users
 
 _DEFAULTS = AgentConfig()
 
@@ -153,6 +154,28 @@ def to_path(_flag: str) -> Converter:
 
 def to_optional_path(_flag: str) -> Converter:
     return lambda raw: (Path(raw) if raw else None,)
+
+
+def to_authorizer(flag: str) -> Converter:
+    def convert(raw: str) -> tuple[object, ...]:
+        if raw.strip().lower() not in ("", "acl"):
+            raise _bad(flag, "acl or empty", raw)
+        return (raw.strip().lower(),)
+
+    return convert
+
+
+def to_super_users(flag: str) -> Converter:
+    """Checked as Kafka parses super.users; kept as given."""
+
+    def convert(raw: str) -> tuple[object, ...]:
+        try:
+            parse_super_users(raw)
+        except ValueError as e:
+            raise ValueError(f"{flag}: {e}") from None
+        return (raw,)
+
+    return convert
 
 
 def _default_text(converter: Callable[[str], Converter], value: object) -> str | None:
@@ -403,6 +426,26 @@ OPTIONS: tuple[Option, ...] = (
         "--connections-max-reauth-ms",
         "SASL sessions last this long; the client re-authenticates on its connection or "
         "the connection is closed (KIP-368; 0: sessions never end)",
+    ),
+    option(
+        "--authorizer",
+        "`acl`: Kafka ACLs (CreateAcls, stored in the coordinator) decide every request; "
+        "empty: no authorizer, everything is allowed",
+        metavar="NAME",
+        converter=to_authorizer,
+        default_doc="none",
+    ),
+    option(
+        "--super-users",
+        "principals that bypass ACLs, Kafka's `super.users` syntax (`User:admin;User:ops`)",
+        metavar="LIST",
+        converter=to_super_users,
+    ),
+    option(
+        "--allow-everyone-if-no-acl-found",
+        "with `--authorizer acl`, allow a request on a resource no ACL names (as Kafka)",
+        metavar="true/false",
+        converter=to_bool,
     ),
     option(
         "--zone",

@@ -70,5 +70,15 @@ def response_module(api_key: int, version: int) -> ModuleType:
 
 
 @functools.cache
+def response_class(api_key: int, version: int) -> type:
+    """The response entity of an API version (its top-level class)."""
+    module = response_module(api_key, version)
+    for value in vars(module).values():
+        if isinstance(value, type) and getattr(value, "__type__", None) == EntityType.response:
+            return value
+    raise LookupError(f"no response entity for API {api_key} v{version}")
+
+
+@functools.cache
 def request_module(api_key: int, version: int) -> ModuleType:
     return load_payload_module(api_key, version, EntityType.request)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from driftlog.server.access import UNCHECKED, Access
 from driftlog.server.session import Session
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class AgentServices(Protocol):
 
     def log_client_error(self, peer: str, api_key: int, message: str) -> None: ...
 
+    async def refresh_security(self) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
@@ -62,6 +65,7 @@ class RequestContext:
     api_version: int
     correlation_id: int
     client_id: str | None
+    access: Access = UNCHECKED
 
     @property
     def peer(self) -> str:

@@ -35,6 +35,8 @@ from kio.schema.errors import ErrorCode
 from driftlog.coordinator.api import BatchLocation, CoordinatorError, TopicInfo
 from driftlog.coordinator.transactions import AbortedTxn
 from driftlog.protocol.schema import build, response_module
+from driftlog.security.acl import AclOperation
+from driftlog.server.access import TOPIC
 from driftlog.server.context import RequestContext
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,13 @@ async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], in
             topic_id = topic.topic_id if topic else uuid.UUID(int=0)
             plan = _TopicPlan(fetch_topic.topic, topic_id, [], topic)
         plans.append(plan)
+        name = topic.name if topic is not None else fetch_topic.topic if not uses_ids else None
+        if name is not None and not ctx.access.allows(AclOperation.READ, TOPIC, name):
+            denied = ErrorCode.topic_authorization_failed
+            plan.partitions.extend(
+                _PartitionPlan(fp.partition, denied) for fp in fetch_topic.partitions
+            )
+            continue
         for fp in fetch_topic.partitions:
             offsets = coordinator.partition_offsets(topic.topic_id, fp.partition) if topic else None
             if topic is None or offsets is None:

@@ -29,6 +29,8 @@ from driftlog.groups.machine import (
     SyncRequest,
 )
 from driftlog.protocol.schema import build, response_module
+from driftlog.security.acl import AclOperation
+from driftlog.server.access import GROUP, TOPIC, TRANSACTIONAL_ID
 from driftlog.server.context import Handler, RequestContext
 
 OFFSET_COMMIT = 8
@@ -95,6 +97,17 @@ async def handle_find_coordinator(ctx: RequestContext, request: Any) -> Any:
             return {
                 "error_code": ErrorCode.invalid_request,
                 "error_message": f"unsupported coordinator key type {key_type}",
+                "node_id": -1,
+                "host": "",
+                "port": -1,
+            }
+        resource = GROUP if key_type == _KEY_TYPE_GROUP else TRANSACTIONAL_ID
+        if not ctx.access.allows(AclOperation.DESCRIBE, resource, key):
+            return {
+                "error_code": ErrorCode.group_authorization_failed
+                if resource == GROUP
+                else ErrorCode.transactional_id_authorization_failed,
+                "error_message": None,
                 "node_id": -1,
                 "host": "",
                 "port": -1,
@@ -439,6 +452,8 @@ async def handle_offset_commit(ctx: RequestContext, request: Any) -> Any:
         # Kafka answers a generation for an unknown group with ILLEGAL_GENERATION
         # before v9 and GROUP_ID_NOT_FOUND from v9 on.
         group_error = ErrorCode.illegal_generation
+    if not ctx.access.allows(AclOperation.READ, GROUP, request.group_id):
+        group_error = ErrorCode.group_authorization_failed
     by_id = version >= 10  # KIP-848: v10 names topics by id only
     unknown_topic = ErrorCode.unknown_topic_id if by_id else ErrorCode.unknown_topic_or_partition
     to_commit: list[CommittedOffset] = []
@@ -452,7 +467,12 @@ async def handle_offset_commit(ctx: RequestContext, request: Any) -> Any:
         partitions: list[Any] = []
         for p in topic.partitions:
             metadata = p.committed_metadata if p.committed_metadata is not None else ""
-            if info is None:
+            error: ErrorCode
+            if group_error is ErrorCode.group_authorization_failed:
+                error = group_error
+            elif info is not None and not ctx.access.allows(AclOperation.READ, TOPIC, info.name):
+                error = ErrorCode.topic_authorization_failed
+            elif info is None:
                 error = unknown_topic
             elif not 0 <= p.partition_index < info.partition_count:
                 error = ErrorCode.unknown_topic_or_partition
@@ -535,6 +555,7 @@ async def handle_offset_fetch(ctx: RequestContext, request: Any) -> Any:
 async def _offset_fetch(ctx: RequestContext, request: Any) -> Any:
     version = ctx.api_version
     module = response_module(OFFSET_FETCH, version)
+    denied = ErrorCode.group_authorization_failed
     if version >= 8:
         # KIP-709: v8+ fetches for a batch of groups. Classic groups check neither
         # the member id nor the member epoch of v9+ (those are for KIP-848 groups).
@@ -548,10 +569,19 @@ async def _offset_fetch(ctx: RequestContext, request: Any) -> Any:
                     ),
                     error_code=ErrorCode.none,
                 )
+                if ctx.access.allows(AclOperation.DESCRIBE, GROUP, g.group_id)
+                else build(
+                    module.OffsetFetchResponseGroup,
+                    group_id=g.group_id,
+                    topics=(),
+                    error_code=denied,
+                )
                 for g in request.groups
             ]
         )
         return build(module.OffsetFetchResponse, groups=groups)
+    if not ctx.access.allows(AclOperation.DESCRIBE, GROUP, request.group_id):
+        return build(module.OffsetFetchResponse, topics=(), error_code=denied)
     topics = await _fetch_topics(
         ctx, module, version, request.group_id, request.topics,
         getattr(request, "require_stable", False),
@@ -608,6 +638,8 @@ async def _fetch_topics(
             info = coordinator.topic(name)
             if by_id and info is None:
                 continue  # a deleted topic has no id to report
+            if not ctx.access.allows(AclOperation.DESCRIBE, TOPIC, name):
+                continue  # as Kafka: topics the principal may not describe are left out
             entries.append(
                 build(
                     topic_cls,
@@ -639,6 +671,11 @@ async def _fetch_topics(
         if topic_name is None:
             partitions = tuple(
                 partition(p, None, ErrorCode.unknown_topic_id) for p in t.partition_indexes
+            )
+        elif not ctx.access.allows(AclOperation.DESCRIBE, TOPIC, topic_name):
+            partitions = tuple(
+                partition(p, None, ErrorCode.topic_authorization_failed)
+                for p in t.partition_indexes
             )
         else:
             partitions = tuple(

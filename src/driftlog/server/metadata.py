@@ -13,6 +13,8 @@ from kio.schema.errors import ErrorCode
 from driftlog.cluster.placement import client_zone, endpoint, partition_leaders
 from driftlog.coordinator.api import AgentInfo, CoordinatorError, TopicInfo
 from driftlog.protocol.schema import build, response_module
+from driftlog.security.acl import CLUSTER_NAME, AclOperation, ResourceType, authorized_operations
+from driftlog.server.access import CLUSTER, TOPIC
 from driftlog.server.context import RequestContext
 
 METADATA = 3
@@ -75,6 +77,19 @@ def _partition(module: Any, partition: int, leader: AgentInfo | None) -> Any:
     )
 
 
+def _operations(ctx: RequestContext, resource_type: ResourceType, name: str, bits: int) -> int:
+    """KIP-430's bit field: of the operations the resource supports, those allowed."""
+    candidates = [AclOperation(op) for op in range(32) if bits & (1 << op)]
+    return authorized_operations(
+        ctx.access.authorizer,
+        ctx.access.principal,
+        ctx.access.host,
+        resource_type,
+        name,
+        candidates,
+    )
+
+
 def reachable(ctx: RequestContext) -> list[AgentInfo]:
     """The live agents with an address on the listener this request came in on."""
     name = ctx.session.listener.name
@@ -99,9 +114,13 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
     include_cluster_operations = getattr(request, "include_cluster_authorized_operations", False)
 
     topics: list[Any] = []
+    access = ctx.access
     if all_topics:
+        # Topics this principal may not describe are left out, as Kafka does.
         found: list[tuple[str, ErrorCode, TopicInfo | None]] = [
-            (t.name, ErrorCode.none, t) for t in coordinator.topics()
+            (t.name, ErrorCode.none, t)
+            for t in coordinator.topics()
+            if access.allows(AclOperation.DESCRIBE, TOPIC, t.name)
         ]
     else:
         found = []
@@ -115,8 +134,17 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
                     else (topic.name, ErrorCode.none, topic)
                 )
                 continue
-            if allow_create:
+            if not access.allows(AclOperation.DESCRIBE, TOPIC, name):
+                found.append((name, ErrorCode.topic_authorization_failed, None))
+                continue
+            may_create = access.allows_cluster(AclOperation.CREATE) or access.allows(
+                AclOperation.CREATE, TOPIC, name
+            )
+            if allow_create and (may_create or coordinator.topic(name) is not None):
                 error, topic = await ensure_topic(ctx, name)
+            elif allow_create and ctx.services.config.auto_create_topics:
+                topic = coordinator.topic(name)
+                error = ErrorCode.topic_authorization_failed
             else:
                 topic = coordinator.topic(name)
                 error = ErrorCode.none if topic else ErrorCode.unknown_topic_or_partition
@@ -141,7 +169,7 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
                 topic_id=topic.topic_id if topic else _ZERO_UUID,
                 is_internal=False,
                 partitions=partitions,
-                topic_authorized_operations=TOPIC_OPERATIONS
+                topic_authorized_operations=_operations(ctx, TOPIC, name, TOPIC_OPERATIONS)
                 if topic is not None and include_topic_operations
                 else _OPERATIONS_OMITTED,
             )
@@ -163,7 +191,7 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
         cluster_id=services.cluster_id,
         controller_id=services.node_id,
         topics=tuple(topics),
-        cluster_authorized_operations=CLUSTER_OPERATIONS
+        cluster_authorized_operations=_operations(ctx, CLUSTER, CLUSTER_NAME, CLUSTER_OPERATIONS)
         if include_cluster_operations
         else _OPERATIONS_OMITTED,
         error_code=ErrorCode.none,
@@ -213,7 +241,7 @@ async def handle_describe_cluster(ctx: RequestContext, request: Any) -> Any:
         # Metadata names this agent as controller too: admin requests sent to it work.
         controller_id=services.node_id,
         brokers=brokers,
-        cluster_authorized_operations=CLUSTER_OPERATIONS
+        cluster_authorized_operations=_operations(ctx, CLUSTER, CLUSTER_NAME, CLUSTER_OPERATIONS)
         if request.include_cluster_authorized_operations
         else _OPERATIONS_OMITTED,
     )

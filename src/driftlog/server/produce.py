@@ -25,7 +25,9 @@ from driftlog.coordinator.api import CommitOutcome
 from driftlog.protocol.codec import EncodedBody, encode_body
 from driftlog.protocol.schema import build, response_module
 from driftlog.records.batch import BatchHeader, InvalidBatch, split_batches
+from driftlog.security.acl import AclOperation
 from driftlog.server import broker_configs
+from driftlog.server.access import TOPIC, TRANSACTIONAL_ID
 from driftlog.server.context import RequestContext
 from driftlog.server.listener import ConnectionClosed
 from driftlog.server.record_checks import RecordChecks, RecordErrors, check_records, checks_for
@@ -77,7 +79,24 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
     services = ctx.services
     coordinator = services.coordinator
     results: list[_PartitionResult] = []
+    transactional_id = getattr(request, "transactional_id", None)
+    txn_denied = transactional_id is not None and not ctx.access.allows(
+        AclOperation.WRITE, TRANSACTIONAL_ID, transactional_id
+    )
     for topic_data in request.topic_data:
+        denied = (
+            ErrorCode.transactional_id_authorization_failed
+            if txn_denied
+            else None
+            if ctx.access.allows(AclOperation.WRITE, TOPIC, topic_data.name)
+            else ErrorCode.topic_authorization_failed
+        )
+        if denied is not None:
+            for partition_data in topic_data.partition_data:
+                result = _PartitionResult(topic_data.name, partition_data.index)
+                result.error = denied
+                results.append(result)
+            continue
         topic = coordinator.topic(topic_data.name)
         checks: RecordChecks | None = None
         max_bytes = broker_configs.message_max_bytes(services)

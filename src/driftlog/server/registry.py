@@ -7,6 +7,7 @@ defines that matters to clients (flexible versions included).
 from __future__ import annotations
 
 from driftlog.server import admin
+from driftlog.server import security_admin as sec
 from driftlog.server import transactions as txn
 from driftlog.server.api_versions import handle_api_versions
 from driftlog.server.context import Handler
@@ -28,6 +29,11 @@ _CORE: dict[int, tuple[Handler, int, int]] = {
     # v0 advertised before it uses SASL at all, then uses v1.
     17: (handle_sasl_handshake, 0, 1),
     36: (handle_sasl_authenticate, 0, 2),
+    29: (sec.handle_describe_acls, 1, 3),
+    30: (sec.handle_create_acls, 1, 3),
+    31: (sec.handle_delete_acls, 1, 3),
+    50: (sec.handle_describe_user_scram_credentials, 0, 0),
+    51: (sec.handle_alter_user_scram_credentials, 0, 0),
     19: (admin.handle_create_topics, 2, 7),
     20: (admin.handle_delete_topics, 1, 6),
     21: (admin.handle_delete_records, 0, 2),
