@@ -35,6 +35,9 @@ from driftlog.lifecycle.gc import GcConfig, ObjectCollector
 from driftlog.lifecycle.key_compactor import KeyCompactionConfig, KeyCompactor
 from driftlog.lifecycle.keys import max_commit_age_ms
 from driftlog.lifecycle.runner import PeriodicJob
+from driftlog.metrics.agent_metrics import exit_stats, register_agent_metrics
+from driftlog.metrics.http import MetricsServer
+from driftlog.metrics.registry import Registry
 from driftlog.protocol.codec import (
     MalformedRequest,
     Request,
@@ -62,10 +65,12 @@ from driftlog.server.api_versions import api_versions_error_response
 from driftlog.server.context import RequestContext
 from driftlog.server.listener import ConnectionClosed, ConnectionLimits, KafkaConnection
 from driftlog.server.registry import HANDLERS, SUPPORTED_VERSIONS
+from driftlog.server.request_metrics import RequestMetrics
 from driftlog.server.sasl_handlers import unframed_token
 from driftlog.server.session import Session
 from driftlog.storage.api import ObjectStore
 from driftlog.storage.faulty import FaultConfig, FaultyObjectStore
+from driftlog.storage.metered import MeteredObjectStore
 from driftlog.storage.obstore import open_store
 from driftlog.write.layout import ObjectLayout
 from driftlog.write.pipeline import WritePipeline
@@ -91,10 +96,12 @@ class Agent:
         # None: no authorizer (everything allowed); else rebuilt whenever ACLs change.
         self.authorizer: Authorizer | None = None
         self._super_users = parse_super_users(config.super_users)
-        self.store: ObjectStore = open_store(config.store_url)
+        store: ObjectStore = open_store(config.store_url)
         if config.faults:
             log.warning("FAULT INJECTION ON in the object store: %s", config.faults)
-            self.store = FaultyObjectStore(self.store, FaultConfig.parse(config.faults))
+            store = FaultyObjectStore(store, FaultConfig.parse(config.faults))
+        # Outermost: injected faults count as the store's own.
+        self.store = MeteredObjectStore(store)
         self.coordinator = AgentCoordinator(
             open_backend(config),
             SYSTEM_CLOCK,
@@ -220,6 +227,34 @@ class Agent:
         )
         self._logged_errors: set[tuple[str, int]] = set()
         self.cluster_id = ""
+        self.metrics = Registry()
+        register_agent_metrics(
+            self.metrics,
+            store=self.store,
+            cache=self.cache,
+            pipeline=self.pipeline,
+            coordinator=self.coordinator,
+            collector=self.collector,
+            compactor=self.compactor,
+            key_compactor=self.key_compactor,
+            membership=self.membership,
+            fetcher=self.fetcher,
+        )
+        self.request_metrics = RequestMetrics(
+            self.metrics,
+            lambda: len(self._connections),
+            {key: h.__name__.removeprefix("handle_") for key, h in HANDLERS.items()},
+        )
+        self._metrics_server: MetricsServer | None = None
+        if config.metrics_listen:
+            host, _, port = config.metrics_listen.rpartition(":")  # checked by the CLI
+            self._metrics_server = MetricsServer(
+                host.strip("[]") or "0.0.0.0",
+                int(port),
+                self.metrics,
+                self._ready,
+                collect=lambda: self.request_metrics.collect_lag(self.coordinator, self.owns_group),
+            )
 
     def _proposed_cluster_id(self) -> str:
         # Data directories from before the id moved into the database kept it in a file.
@@ -272,6 +307,23 @@ class Agent:
             job.start()
         for server in self._servers:
             await server.start_serving()
+        if self._metrics_server is not None:
+            await self._metrics_server.start()
+
+    async def _ready(self) -> tuple[bool, str]:
+        """Ready: the coordinator answers, and this agent is in the membership it sees."""
+        try:
+            await self.coordinator.backend.security_version()
+        except CoordinatorError as e:
+            return False, f"coordinator unreachable: {e}"
+        me = self.membership.me.agent_id
+        if not any(a.agent_id == me for a in self.membership.live):
+            return False, "not in the cluster's membership"
+        return True, "ready"
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._metrics_server.port if self._metrics_server is not None else None
 
     @property
     def listen_port(self) -> int:
@@ -325,6 +377,7 @@ class Agent:
         )
         if refuse:
             log.warning("connection limit %d reached; refusing", self.config.max_connections)
+            self.request_metrics.connections_refused.inc()
         else:
             self._connections.add(connection)
         return connection
@@ -352,31 +405,11 @@ class Agent:
         await self.membership.close()
         await self.coordinator.close()
         await self.store.close()
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
 
     def stats(self) -> dict[str, Any]:
-        s = self.store.stats
-        return {
-            "object_puts": s.puts,
-            "object_gets": s.gets,
-            "object_bytes_put": s.bytes_put,
-            "object_bytes_got": s.bytes_got,
-            "object_deletes": s.deletes,
-            "missing_objects": self.fetcher.missing.count,
-            "gc_dead_objects_deleted": self.collector.stats.dead_deleted,
-            "gc_orphans_deleted": self.collector.stats.orphans_deleted,
-            "compaction_objects_written": self.compactor.stats.objects_written,
-            "compaction_objects_compacted": self.compactor.stats.objects_compacted,
-            "compaction_batches_moved": self.compactor.stats.batches_moved,
-            "key_compaction_passes": self.key_compactor.stats.passes,
-            "key_compaction_records_removed": self.key_compactor.stats.records_removed,
-            "key_compaction_bytes_read": self.key_compactor.stats.bytes_read,
-            "key_compaction_bytes_written": self.key_compactor.stats.bytes_written,
-            "coordinator_commits": self.coordinator.commits_persisted,
-            "coordinator_transactions": self.coordinator.transactions,
-            "cache_hits": self.cache.hits,
-            "cache_misses": self.cache.misses,
-            **self.pipeline.timings.summary(),
-        }
+        return exit_stats(self.metrics)
 
     def print_stats(self) -> None:
         print("driftlog-stats " + json.dumps(self.stats()), file=sys.stderr, flush=True)
@@ -427,7 +460,13 @@ class Agent:
             client_id=request.client_id,
             access=access,
         )
+        started = time.perf_counter()
         response = await HANDLERS[request.api_key](ctx, request.body)
+        self.request_metrics.observe(
+            request.api_key,
+            getattr(response, "error_code", None),
+            time.perf_counter() - started,
+        )
         if response is None:
             return None
         return encode_response(

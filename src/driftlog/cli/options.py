@@ -156,6 +156,17 @@ def to_optional_path(_flag: str) -> Converter:
     return lambda raw: (Path(raw) if raw else None,)
 
 
+def to_optional_host_port(flag: str) -> Converter:
+    """`HOST:PORT` checked, kept as text; empty means off."""
+
+    def convert(raw: str) -> tuple[object, ...]:
+        if raw:
+            parse_host_port(flag, raw)
+        return (raw,)
+
+    return convert
+
+
 def to_authorizer(flag: str) -> Converter:
     def convert(raw: str) -> tuple[object, ...]:
         if raw.strip().lower() not in ("", "acl"):
@@ -426,6 +437,13 @@ OPTIONS: tuple[Option, ...] = (
         "--connections-max-reauth-ms",
         "SASL sessions last this long; the client re-authenticates on its connection or "
         "the connection is closed (KIP-368; 0: sessions never end)",
+    ),
+    option(
+        "--metrics-listen",
+        "HOST:PORT serving Prometheus metrics at `/metrics`, and `/healthz` and `/readyz`",
+        metavar="HOST:PORT",
+        converter=to_optional_host_port,
+        default_doc="off",
     ),
     option(
         "--authorizer",

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from driftlog.groups.coordinator import GroupCoordinator
     from driftlog.read.fetcher import BatchFetcher
     from driftlog.security.credentials import CredentialCache
+    from driftlog.server.request_metrics import RequestMetrics
     from driftlog.write.pipeline import WritePipeline
 
 
@@ -47,6 +48,8 @@ class AgentServices(Protocol):
     def membership(self) -> Membership: ...
     @property
     def credentials(self) -> CredentialCache: ...
+    @property
+    def request_metrics(self) -> RequestMetrics: ...
 
     def group_coordinator(self, group_id: str) -> AgentInfo: ...
 

@@ -293,9 +293,16 @@ async def _respond(ctx: RequestContext, plans: list[_TopicPlan]) -> Any:
         for part in (p for t in plans for p in t.partitions if p.locations):
             part.error, part.records = ErrorCode.kafka_storage_error, b""
     responses = []
+    metrics = ctx.services.request_metrics
     for plan in plans:
         partitions = []
         for part in plan.partitions:
+            if part.records and part.locations:
+                metrics.fetched_bytes.inc(len(part.records))
+                # Offsets the batches read span (the read may stop short of the plan).
+                metrics.fetched_offsets.inc(
+                    part.locations[-1].last_offset - part.locations[0].base_offset + 1
+                )
             partitions.append(
                 build(
                     module.PartitionData,

@@ -144,6 +144,7 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
         return None
 
     answers: list[_Answer] = []
+    metrics = services.request_metrics
     for r in results:
         answer = _Answer(r.topic, r.partition, r.error, r.message, record_errors=r.record_errors)
         if r.outcome is not None:
@@ -153,6 +154,9 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
                 # KIP-890: a batch for a partition not in the transaction. Clients that
                 # know TRANSACTION_ABORTABLE abort and go on; older ones get the old code.
                 answer.error = ErrorCode.transaction_abortable
+            if outcome.error == ErrorCode.none and r.batch is not None:
+                metrics.produced_bytes.inc(len(r.batch[0]))
+                metrics.produced_records.inc(r.batch[1].record_count)
             if outcome.error == ErrorCode.none:
                 answer.base_offset = outcome.base_offset
                 answer.log_start_offset = outcome.log_start_offset

@@ -99,6 +99,7 @@ async def handle_sasl_authenticate(ctx: RequestContext, request: Any) -> Any:
         # PLAIN derives a key from the password (thousands of hashes): off the loop.
         token = await asyncio.to_thread(exchange.step, bytes(request.auth_bytes))
     except AuthenticationFailed as e:
+        ctx.services.request_metrics.login(exchange.mechanism, succeeded=False)
         session.exchange = None
         session.close_after_response = True
         log.info(
@@ -115,6 +116,7 @@ async def handle_sasl_authenticate(ctx: RequestContext, request: Any) -> Any:
         )
     lifetime_ms = 0
     if exchange.done:
+        ctx.services.request_metrics.login(exchange.mechanism, succeeded=True)
         session.exchange = None
         principal = user_principal(exchange.user)
         if session.authenticated and session.principal != principal:
