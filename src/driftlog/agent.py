@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import json
 import logging
@@ -84,8 +85,10 @@ DRAIN_RESPONSES_S = 2.0
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.node_id = config.node_id
         self.listeners = listeners_of(config)
+        self.agent_id = agent_identity(config, self.listeners)
+        # A cluster agent without --node-id gets its id at start (claim_node_id).
+        self.node_id = config.node_id if config.node_id is not None else 0
         self._tls = {
             listener.name: _tls_context(config, listener)
             for listener in self.listeners
@@ -105,7 +108,7 @@ class Agent:
         self.coordinator = AgentCoordinator(
             open_backend(config),
             SYSTEM_CLOCK,
-            holder=_lease_holder(config),
+            holder=_lease_holder(config, self.agent_id),
             rpc_host=config.listen_host if config.clustered else None,
             rpc_port=config.rpc_port,
             rpc_advertise_host=config.advertise_host,
@@ -198,8 +201,8 @@ class Agent:
             self.coordinator.backend,
             SYSTEM_CLOCK,
             AgentInfo(
-                agent_id=config.holder_id,
-                node_id=config.node_id,
+                agent_id=self.agent_id,
+                node_id=self.node_id,
                 host=self.listeners[0].advertised_host,
                 port=self.listeners[0].advertised_port,
                 zone=config.zone,
@@ -299,6 +302,8 @@ class Agent:
         # must expire first (then produce waits for a writer, as for a leader election).
         await self.coordinator.start(wait_for_writer_s=2 * self.config.lease_ms / 1000 + 1)
         self.cluster_id = await self.coordinator.backend.cluster_id(self._proposed_cluster_id())
+        if self.config.clustered:
+            await self._claim_node_id()
         await broker_configs.refresh(self)  # before serving: the stored values apply
         await self.refresh_security()
         await self.membership.start()
@@ -309,6 +314,18 @@ class Agent:
             await server.start_serving()
         if self._metrics_server is not None:
             await self._metrics_server.start()
+
+    async def _claim_node_id(self) -> None:
+        """Take this agent id's node id (or the one asked for) before joining; NodeIdTaken
+        (another live agent holds the one asked for) stops the start."""
+        self.node_id = await self.coordinator.backend.claim_node_id(
+            self.agent_id,
+            self.config.node_id,
+            SYSTEM_CLOCK.wall_ms(),
+            self.config.agent_timeout_ms,
+        )
+        self.membership.me = dataclasses.replace(self.membership.me, node_id=self.node_id)
+        log.info("agent %s is node %d", self.agent_id, self.node_id)
 
     async def _ready(self) -> tuple[bool, str]:
         """Ready: the coordinator answers, and this agent is in the membership it sees."""
@@ -509,7 +526,17 @@ def _tls_context(config: AgentConfig, listener: Listener) -> ssl.SSLContext:
     )
 
 
-def _lease_holder(config: AgentConfig) -> str:
+def agent_identity(config: AgentConfig, listeners: list[Listener]) -> str:
+    """This agent's id: `--agent-id`, else (in a cluster) its first advertised address,
+    which is unique per agent and stable across restarts; `agent-NODE_ID` embedded."""
+    if config.agent_id:
+        return config.agent_id
+    if config.clustered:
+        return f"{listeners[0].advertised_host}:{listeners[0].advertised_port}"
+    return f"agent-{config.node_id or 0}"
+
+
+def _lease_holder(config: AgentConfig, agent_id: str) -> str:
     """Who this process is in the writer lease.
 
     Embedded, the agent id alone: a restart takes its lease back at once. In a
@@ -518,8 +545,8 @@ def _lease_holder(config: AgentConfig) -> str:
     a restarted agent waits like any other (a cleanly stopped writer releases it).
     """
     if not config.clustered:
-        return config.holder_id
-    return f"{config.holder_id}/{uuid.uuid4().hex[:8]}"
+        return agent_id
+    return f"{agent_id}/{uuid.uuid4().hex[:8]}"
 
 
 def open_backend(config: AgentConfig) -> Backend:

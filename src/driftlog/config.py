@@ -64,7 +64,9 @@ class AgentConfig:
     idle_timeout_s: float = 600.0
     auto_create_topics: bool = True
     default_partitions: int = 1
-    node_id: int = 0
+    # None: 0 when embedded; in a cluster, the id recorded for this agent id, or the
+    # smallest free one (coordinator/node_ids.py).
+    node_id: int | None = None
     zone: str = ""
     # Listeners in Kafka's syntax (security/listeners.py); empty: one PLAINTEXT listener
     # on listen_host:listen_port, advertised as advertise_host:advertise_port.
@@ -104,6 +106,3 @@ class AgentConfig:
         """Several agents share the coordinator database (PostgreSQL)."""
         return self.coordinator_url is not None
 
-    @property
-    def holder_id(self) -> str:
-        return self.agent_id or f"agent-{self.node_id}"

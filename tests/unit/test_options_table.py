@@ -146,7 +146,8 @@ def test_optional_strings_and_paths() -> None:
     assert parsed.data_dir == Path("/tmp/d")
     assert parsed.object_store_url == "memory://"
     assert parsed.coordinator_url is None  # empty: the embedded SQLite
-    assert parsed.holder_id == "agent-0"  # empty agent id: the default
+    assert parsed.agent_id == ""  # empty agent id: the default
+    assert parsed.node_id is None  # unset node id: assigned
     assert options.to_optional_path("--x")("") == (None,)
     assert options.to_optional_path("--x")("a/b") == (Path("a/b"),)
     assert options.to_str("--x")("a,b,c") == ("a,b,c",)

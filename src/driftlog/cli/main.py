@@ -19,6 +19,7 @@ import uvloop
 from driftlog.agent import Agent
 from driftlog.cli import options, users
 from driftlog.config import AgentConfig
+from driftlog.coordinator.node_ids import NodeIdTaken
 from driftlog.storage.faulty import FaultConfig
 
 log = logging.getLogger("driftlog")
@@ -89,7 +90,10 @@ def tune_garbage_collector() -> None:
 
 async def serve(config: AgentConfig) -> None:
     agent = Agent(config)
-    await agent.start()
+    try:
+        await agent.start()
+    except NodeIdTaken as e:
+        sys.exit(f"driftlog: {e}")
     for listener in agent.listeners:
         log.info(
             "listener %s (%s) on %s:%d, advertised as %s:%d",

@@ -156,6 +156,12 @@ def to_optional_path(_flag: str) -> Converter:
     return lambda raw: (Path(raw) if raw else None,)
 
 
+def to_optional_int(flag: str) -> Converter:
+    """An integer, or empty for unset (None)."""
+    as_int = to_int(flag)
+    return lambda raw: as_int(raw) if raw else (None,)
+
+
 def to_optional_host_port(flag: str) -> Converter:
     """`HOST:PORT` checked, kept as text; empty means off."""
 
@@ -364,7 +370,13 @@ OPTIONS: tuple[Option, ...] = (
         metavar="true/false",
         converter=to_bool,
     ),
-    option("--node-id", "broker id reported in Metadata; unique per agent in a cluster"),
+    option(
+        "--node-id",
+        "broker id in Metadata; in a cluster, assigned and kept per agent id when not "
+        "given, and refused at start if another live agent holds it",
+        converter=to_optional_int,
+        default_doc="assigned (`0` embedded)",
+    ),
     option(
         "--listeners",
         "listeners in Kafka's syntax, `NAME://HOST:PORT,...` (e.g. "
