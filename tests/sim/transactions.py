@@ -450,7 +450,7 @@ class TxnSim(Sim):
             lease_ms=self.config.lease_ms,
             txn_limits=TxnLimits(id_expiration_ms=self.txn_config.id_expiration_ms),
         )
-        server = WriterServer(writer, "127.0.0.1")
+        server = WriterServer(writer, "127.0.0.1", secret=b"sim")
         listeners.listeners.append(server)
         self.servers[node_id] = server
         resync = view.resync
@@ -1081,6 +1081,7 @@ class TxnSim(Sim):
             node.view,
             is_local_writer=lambda: node.writer.is_writer,
             holder=node.holder,
+            secret=b"sim",
         )
         task = asyncio.create_task(client._read_stream(follower.reader))
         task.add_done_callback(functools.partial(self.stream_ended, node.id, follower))

@@ -7,16 +7,22 @@ import asyncio
 
 from driftlog.clock import SystemClock
 from driftlog.cluster import messages
-from driftlog.cluster.rpc import read_body, read_message
+from driftlog.cluster.rpc import authenticate_to_server, read_body, read_message
 from driftlog.coordinator.api import BatchToCommit, CommitRequest
 from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
 from driftlog.coordinator.service import AgentCoordinator
+
+SECRET = b"test cluster secret"
 
 
 def test_commits_stream_and_malformed_frames() -> None:
     async def scenario() -> None:
         coordinator = AgentCoordinator(
-            MemoryBackend(MemoryDatabase()), SystemClock(), holder="a", rpc_host="127.0.0.1"
+            MemoryBackend(MemoryDatabase()),
+            SystemClock(),
+            holder="a",
+            rpc_host="127.0.0.1",
+            rpc_secret=SECRET,
         )
         await coordinator.start(wait_for_writer_s=5.0)
         try:
@@ -24,10 +30,12 @@ def test_commits_stream_and_malformed_frames() -> None:
             assert topic is not None
             host, _, port = coordinator.writer.address.rpartition(":")
             stream, stream_writer = await asyncio.open_connection(host, int(port))
+            await authenticate_to_server(stream, stream_writer, SECRET)
             stream_writer.write(messages.encode({"op": "subscribe"}))
             assert (await read_message(stream)) == {"op": "subscribed"}
 
             reader, writer = await asyncio.open_connection(host, int(port))
+            await authenticate_to_server(reader, writer, SECRET)
             batches = [BatchToCommit(topic.topic_id, p, 100 * p, 100, 3, 0, 7) for p in (0, 2)]
             writer.write(messages.encode_commit(41, CommitRequest("k1", 300, batches)))
             reply = await read_message(reader)
@@ -48,6 +56,7 @@ def test_commits_stream_and_malformed_frames() -> None:
             assert await reader.read() == b""
             # The writer still serves the others.
             reader, writer = await asyncio.open_connection(host, int(port))
+            await authenticate_to_server(reader, writer, SECRET)
             writer.write(messages.encode_commit(43, CommitRequest("k3", 300, batches[:1])))
             reply = await read_message(reader)
             assert [o.base_offset for o in messages.reply_outcomes(reply)] == [3]

@@ -3,7 +3,8 @@
 Frames are a 4-byte big-endian length followed by a body. Commits, the bulk of
 the traffic, are binary; everything else is one JSON object. A body's first
 byte tells them apart: `{` is JSON, 0x01 a commit, 0x02 an `applied` event.
-An agent sends the writer:
+(Before the first frame both ends prove they hold the cluster secret, in fixed-size
+unframed messages: `peer_auth.py`.) An agent sends the writer:
 
     COMMIT (binary, below)
     {"op": "admin", "id": N, "action": A, "name": T, "partitions": P, "configs": {...}}

@@ -10,6 +10,15 @@ A broken connection fails the requests in flight with `CoordinatorUnavailable`;
 the caller re-sends them, which is safe because commits are idempotent by
 object key. After (re)subscribing, the client resynchronizes its view from the
 database, so nothing committed while it was disconnected is missed.
+
+Peers authenticate before anything else (`peer_auth.py`): on every connection the
+server sends a fresh nonce, the client answers with its own nonce and an HMAC-SHA256
+proof of the cluster secret over both, and the server answers with its proof, so each
+side knows the other holds the secret. Each step reads a fixed number of bytes within
+`HANDSHAKE_TIMEOUT_S`; a peer that fails closes only its own connection, with a
+rate-limited warning naming its address, before the server reads any RPC frame from it.
+At most `MAX_PENDING_HANDSHAKES` connections may be authenticating at once (more are
+closed at once), so unauthenticated peers cannot hold the agent's sockets.
 """
 
 from __future__ import annotations
@@ -19,14 +28,16 @@ import contextlib
 import functools
 import itertools
 import logging
+import secrets
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.cluster import messages
+from driftlog.cluster import messages, peer_auth
 from driftlog.cluster.messages import Message, ProtocolError
+from driftlog.cluster.peer_auth import HANDSHAKE_TIMEOUT_S, HandshakeFailed, RefusalLog
 from driftlog.coordinator.api import (
     CommitOutcome,
     CommitRequest,
@@ -52,6 +63,8 @@ RECONNECT_BACKOFF_S = 0.2
 # How often a follower re-reads the lease: a writer that hangs (a pause, a frozen VM)
 # keeps its TCP connections open, so followers leave it when the lease moves on.
 LEASE_CHECK_S = 0.25
+# Connections still authenticating at once: the agents are few, and each one retries.
+MAX_PENDING_HANDSHAKES = 64
 _COMMIT_TAG = bytes([messages.COMMIT])
 _APPLIED_TAG = bytes([messages.APPLIED])
 
@@ -68,12 +81,41 @@ async def read_message(reader: asyncio.StreamReader) -> Message:
     return messages.decode(await read_body(reader))
 
 
+async def authenticate_to_server(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes
+) -> None:
+    """The client's side of the handshake (see `peer_auth`), within `HANDSHAKE_TIMEOUT_S`;
+    raises `HandshakeFailed` unless both sides proved they hold `secret`."""
+    handshake = peer_auth.ClientHandshake(secret, secrets.token_bytes(peer_auth.NONCE_BYTES))
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            hello = await reader.readexactly(peer_auth.SERVER_HELLO_BYTES)
+            writer.write(handshake.receive_hello(hello))
+            handshake.receive_proof(await reader.readexactly(peer_auth.SERVER_PROOF_BYTES))
+    except asyncio.IncompleteReadError as e:
+        # The server closes without a word when our proof is wrong.
+        raise HandshakeFailed(
+            "the writer closed the connection during authentication (a different cluster secret?)"
+        ) from e
+    except TimeoutError as e:
+        raise HandshakeFailed("the writer did not finish authentication in time") from e
+
+
 class WriterServer:
     """The writer side: serves requests when this agent holds the lease, streams events."""
 
     def __init__(
-        self, writer: CommitWriter, host: str, port: int = 0, advertise_host: str = ""
+        self,
+        writer: CommitWriter,
+        host: str,
+        port: int = 0,
+        advertise_host: str = "",
+        *,
+        secret: bytes,
     ) -> None:
+        self._secret = peer_auth.check_secret(secret)
+        self._refusals = RefusalLog()
+        self._handshakes_pending = 0
         self._writer = writer
         self._host = host
         self._port = port
@@ -152,6 +194,8 @@ class WriterServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(writer)
         try:
+            if not await self._authenticate(reader, writer):
+                return
             while True:
                 body = await read_body(reader)
                 if body[:1] == _COMMIT_TAG:
@@ -179,6 +223,44 @@ class WriterServer:
             self._subscribers.discard(writer)
             self._connections.discard(writer)
             writer.close()
+
+    async def _authenticate(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """The server's side of the handshake: True once the peer proved it holds the
+        secret; False (logged) for anything else, and the caller closes."""
+        if self._handshakes_pending >= MAX_PENDING_HANDSHAKES:
+            self._refused(writer, "too many connections authenticating at once")
+            return False
+        self._handshakes_pending += 1
+        handshake = peer_auth.ServerHandshake(
+            self._secret, secrets.token_bytes(peer_auth.NONCE_BYTES)
+        )
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                writer.write(handshake.hello())
+                answer = await reader.readexactly(peer_auth.CLIENT_PROOF_BYTES)
+                writer.write(handshake.receive_proof(answer))
+            return True
+        except HandshakeFailed as e:
+            self._refused(writer, str(e))
+        except TimeoutError:
+            self._refused(writer, f"no valid handshake within {HANDSHAKE_TIMEOUT_S:g}s")
+        except asyncio.IncompleteReadError as e:
+            self._refused(writer, f"closed after {len(e.partial)} bytes of its handshake")
+        except OSError as e:  # a reset, mostly
+            self._refused(writer, repr(e))
+        finally:
+            self._handshakes_pending -= 1
+        return False
+
+    def _refused(self, writer: asyncio.StreamWriter, reason: str) -> None:
+        unlogged = self._refusals.admit(asyncio.get_running_loop().time())
+        if unlogged is not None:
+            more = f" ({unlogged} more refusals not logged)" if unlogged else ""
+            log.warning(
+                "writer RPC: refused peer %s: %s%s", writer.get_extra_info("peername"), reason, more
+            )
 
     def _spawn(self, coroutine: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine)
@@ -326,7 +408,10 @@ class WriterClient:
         shard: int = 0,
         is_local_writer: Callable[[], bool],
         holder: str,
+        secret: bytes,
     ) -> None:
+        self._secret = peer_auth.check_secret(secret)
+        self._refusals = RefusalLog()
         self._backend = backend
         self._view = view
         self._shard = shard
@@ -366,6 +451,11 @@ class WriterClient:
                 await self._follow(lease.address)
             except asyncio.CancelledError:
                 raise
+            except HandshakeFailed as e:
+                unlogged = self._refusals.admit(asyncio.get_running_loop().time())
+                if unlogged is not None:
+                    more = f" ({unlogged} more not logged)" if unlogged else ""
+                    log.warning("writer at %s: %s%s", self._connected_to, e, more)
             except (OSError, CoordinatorError, ProtocolError, asyncio.IncompleteReadError) as e:
                 log.info("writer connection: %r", e)
             except Exception:
@@ -380,6 +470,7 @@ class WriterClient:
         )
         self._writer = writer
         self._connected_to = address
+        await authenticate_to_server(reader, writer, self._secret)
         writer.write(messages.encode({"op": "subscribe"}))
         # Subscribed first (confirmed by the writer), then read the database: a
         # commit is either in what we read or in the stream after the confirmation

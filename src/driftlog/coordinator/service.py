@@ -86,6 +86,7 @@ class AgentCoordinator:
         retention: RetentionPolicy | None = None,
         max_commit_age_ms: int | None = None,
         txn_limits: TxnLimits | None = None,
+        rpc_secret: bytes | None = None,
     ) -> None:
         self.backend = backend
         self._clock = clock
@@ -105,17 +106,15 @@ class AgentCoordinator:
             commit_timeout_s if commit_timeout_s is not None else 2 * lease_ms / 1000 + 5
         )
         # Without an RPC host the writer is only ever this process (embedded SQLite).
-        self.server = (
-            WriterServer(self.writer, rpc_host, rpc_port, rpc_advertise_host or rpc_host)
-            if rpc_host
-            else None
-        )
-        self.client = (
-            WriterClient(backend, self.view, is_local_writer=lambda: self.writer.is_writer,
-                         holder=holder)
-            if rpc_host
-            else None
-        )  # fmt: skip
+        # With one, the RPC's server and client are made in `start`, once the secret
+        # peers authenticate with is known (given, or the cluster's from the database).
+        self._rpc_host = rpc_host
+        self._rpc_port = rpc_port
+        self._rpc_advertise_host = rpc_advertise_host
+        self._rpc_secret = rpc_secret
+        self._holder = holder
+        self.server: WriterServer | None = None
+        self.client: WriterClient | None = None
         self._queue: collections.deque[_QueuedCommit] = collections.deque()
         self._queue_wakeup = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
@@ -124,7 +123,24 @@ class AgentCoordinator:
         """Open the database, start the writer candidate and follow the lease holder."""
         await self.backend.open()
         await self.view.load()
-        if self.server is not None and self.client is not None:
+        if self._rpc_host:
+            secret = self._rpc_secret
+            if secret is None:
+                secret = await self.backend.cluster_secret()
+            self.server = WriterServer(
+                self.writer,
+                self._rpc_host,
+                self._rpc_port,
+                self._rpc_advertise_host or self._rpc_host,
+                secret=secret,
+            )
+            self.client = WriterClient(
+                self.backend,
+                self.view,
+                is_local_writer=lambda: self.writer.is_writer,
+                holder=self._holder,
+                secret=secret,
+            )
             self.writer.address = await self.server.start()
             self._listeners.listeners.append(self.server)
             self.client.start()
