@@ -59,6 +59,7 @@ from driftlog.security.principal import (
     certificate_subject,
     user_principal,
 )
+from driftlog.security.quotas import QuotaManager
 from driftlog.security.tls import server_context
 from driftlog.server import broker_configs
 from driftlog.server.access import Access, denial
@@ -98,6 +99,7 @@ class Agent:
         self.credentials = CredentialCache()
         # None: no authorizer (everything allowed); else rebuilt whenever ACLs change.
         self.authorizer: Authorizer | None = None
+        self.quotas = QuotaManager()
         self._super_users = parse_super_users(config.super_users)
         store: ObjectStore = open_store(config.store_url)
         if config.faults:
@@ -315,6 +317,9 @@ class Agent:
         if self._metrics_server is not None:
             await self._metrics_server.start()
 
+    def clock_ms(self) -> int:
+        return int(SYSTEM_CLOCK.monotonic_s() * 1000)
+
     async def _claim_node_id(self) -> None:
         """Take this agent id's node id (or the one asked for) before joining; NodeIdTaken
         (another live agent holds the one asked for) stops the start."""
@@ -356,10 +361,12 @@ class Agent:
                 return
             stored = await backend.load_scram_credentials()
             acls = await backend.load_acls() if self.config.authorizer == "acl" else []
+            quota_entries = await backend.load_client_quotas()
         except CoordinatorError as e:
             log.warning("cannot reload credentials and ACLs: %s", e)
             return
         self.credentials.replace(stored, version)
+        self.quotas.update(quota_entries)
         if self.config.authorizer == "acl":
             self.authorizer = Authorizer(
                 (AclBinding.from_stored(a) for a in acls),

@@ -281,7 +281,9 @@ def _scalar(kind: str | None, field_type: Any, name: str, api_key: int) -> Any:
     if kind == "timedelta_i32" or kind == "timedelta_i64":
         ms = _INTERESTING_TIMEDELTAS.get(name, 1000)
         return field_type.parse(datetime.timedelta(milliseconds=ms))
-    if kind is not None and ("int" in kind or kind == "float64"):
+    if kind == "float64":
+        return field_type(float(_int_value(api_key, name)))
+    if kind is not None and "int" in kind:
         return field_type(_int_value(api_key, name))
     raise TypeError(f"no value for field {name} of kind {kind}")
 

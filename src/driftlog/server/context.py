@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from driftlog.groups.coordinator import GroupCoordinator
     from driftlog.read.fetcher import BatchFetcher
     from driftlog.security.credentials import CredentialCache
+    from driftlog.security.quotas import QuotaManager
     from driftlog.server.request_metrics import RequestMetrics
     from driftlog.write.pipeline import WritePipeline
 
@@ -50,6 +51,10 @@ class AgentServices(Protocol):
     def credentials(self) -> CredentialCache: ...
     @property
     def request_metrics(self) -> RequestMetrics: ...
+    @property
+    def quotas(self) -> QuotaManager: ...
+
+    def clock_ms(self) -> int: ...
 
     def group_coordinator(self, group_id: str) -> AgentInfo: ...
 

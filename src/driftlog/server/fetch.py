@@ -38,12 +38,12 @@ from driftlog.protocol.schema import build, response_module
 from driftlog.security.acl import AclOperation
 from driftlog.server.access import TOPIC
 from driftlog.server.context import RequestContext
+from driftlog.server.quota_handlers import throttle, unthrottle
 
 log = logging.getLogger(__name__)
 
 FETCH = 1
 READ_COMMITTED = 1
-_NO_THROTTLE = datetime.timedelta(0)
 # Bounds a client's long poll regardless of what it asks for.
 MAX_WAIT_S = 30.0
 # Bounds one response's size whatever the client asks (Kafka's fetch.max.bytes).
@@ -292,6 +292,14 @@ async def _respond(ctx: RequestContext, plans: list[_TopicPlan]) -> Any:
         ctx.services.log_client_error("store", FETCH, f"fetch read failed: {e!r}")
         for part in (p for t in plans for p in t.partitions if p.locations):
             part.error, part.records = ErrorCode.kafka_storage_error, b""
+    response_bytes = sum(len(p.records) for t in plans for p in t.partitions)
+    throttle_ms = throttle(ctx, "fetch", response_bytes)
+    if throttle_ms > 0:
+        # KIP-219: over its quota, the client gets no data now, the throttle time, and a
+        # muted connection; the bytes it did not get do not count.
+        unthrottle(ctx, "fetch", response_bytes)
+        for part in (p for t in plans for p in t.partitions):
+            part.records = b""
     responses = []
     metrics = ctx.services.request_metrics
     for plan in plans:
@@ -335,7 +343,7 @@ async def _respond(ctx: RequestContext, plans: list[_TopicPlan]) -> Any:
         )
     return build(
         module.FetchResponse,
-        throttle_time=_NO_THROTTLE,
+        throttle_time=datetime.timedelta(milliseconds=throttle_ms),
         error_code=ErrorCode.none,
         session_id=0,
         responses=tuple(responses),

@@ -75,6 +75,9 @@ class KafkaConnection(asyncio.BufferedProtocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._reading_paused = False
+        self._muted = False
+        self._unmuted = asyncio.Event()
+        self._unmuted.set()
         self._draining = False
         self._closed = False
         self._last_activity = time.monotonic()
@@ -154,6 +157,7 @@ class KafkaConnection(asyncio.BufferedProtocol):
             self._idle_handle.cancel()
         self._writer_wakeup.set()
         self._can_write.set()
+        self._unmuted.set()
         self._on_close(self)
 
     # -------------------------------------------------------------------------
@@ -181,11 +185,32 @@ class KafkaConnection(asyncio.BufferedProtocol):
         remaining = max(self._limits.idle_timeout_s - idle_s, 1.0)
         self._idle_handle = asyncio.get_running_loop().call_later(remaining, self._check_idle)
 
+    def _mute(self, ms: int) -> None:
+        """Read nothing and answer nothing more for `ms` (a quota's throttle, KIP-219).
+
+        Kafka serves one request per connection at a time, so its mute stops the client
+        outright; requests this agent already read (clients pipeline) wait for their
+        answers instead, which holds back a client that keeps requests in flight."""
+        if self._muted:
+            return
+        self._muted = True
+        self._unmuted.clear()
+        if self._transport is not None and not self._closed and not self._reading_paused:
+            self._transport.pause_reading()
+            self._reading_paused = True
+        asyncio.get_running_loop().call_later(ms / 1000, self._unmute)
+
+    def _unmute(self) -> None:
+        self._muted = False
+        self._unmuted.set()
+        self._maybe_resume_reading()
+
     def _maybe_resume_reading(self) -> None:
         if (
             self._reading_paused
             and not self._closed
             and not self._draining
+            and not self._muted
             and len(self._responses) < self._limits.max_in_flight // 2
             and self._in_flight_bytes < self._limits.max_in_flight_bytes // 2
         ):
@@ -219,6 +244,7 @@ class KafkaConnection(asyncio.BufferedProtocol):
                 self._in_flight_bytes -= size
                 self._maybe_resume_reading()
                 if chunks is not None and self._transport is not None and not self._closed:
+                    await self._unmuted.wait()
                     await self._can_write.wait()
                     if not self._closed:
                         self._transport.writelines(chunks)
@@ -226,6 +252,9 @@ class KafkaConnection(asyncio.BufferedProtocol):
                     # A failed login: its answer is the last thing this client gets.
                     self.close()
                     return
+                if self._session is not None and self._session.mute_ms > 0:
+                    self._mute(self._session.mute_ms)
+                    self._session.mute_ms = 0
         finally:
             for _, task in self._responses:
                 task.cancel()

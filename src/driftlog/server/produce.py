@@ -30,10 +30,10 @@ from driftlog.server import broker_configs
 from driftlog.server.access import TOPIC, TRANSACTIONAL_ID
 from driftlog.server.context import RequestContext
 from driftlog.server.listener import ConnectionClosed
+from driftlog.server.quota_handlers import throttle
 from driftlog.server.record_checks import RecordChecks, RecordErrors, check_records, checks_for
 
 PRODUCE = 0
-_NO_THROTTLE = datetime.timedelta(0)
 
 
 @dataclass(slots=True)
@@ -140,6 +140,8 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
             continue
         r.outcome = services.pipeline.append(topic.topic_id, r.partition, *r.batch)
 
+    # Counted when accepted, as Kafka records a request's size; acks=0 is muted too.
+    throttle_ms = throttle(ctx, "produce", total)
     if request.acks == 0:
         return None
 
@@ -162,11 +164,11 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
                 answer.log_start_offset = outcome.log_start_offset
                 answer.log_append_time_ms = outcome.log_append_time_ms
         answers.append(answer)
-    if len(answers) == 1 and answers[0].error == ErrorCode.none:
+    if len(answers) == 1 and answers[0].error == ErrorCode.none and throttle_ms == 0:
         fast = _single_partition_response(ctx.api_version, answers[0])
         if fast is not None:
             return fast
-    return _response(ctx.api_version, answers)
+    return _response(ctx.api_version, answers, throttle_ms)
 
 
 @dataclass(slots=True)
@@ -181,7 +183,7 @@ class _Answer:
     record_errors: tuple[tuple[int, str], ...] = ()
 
 
-def _response(version: int, answers: list[_Answer]) -> Any:
+def _response(version: int, answers: list[_Answer], throttle_ms: int = 0) -> Any:
     module = response_module(PRODUCE, version)
     by_topic: dict[str, list[Any]] = {}
     for a in answers:
@@ -217,7 +219,7 @@ def _response(version: int, answers: list[_Answer]) -> Any:
             build(module.TopicProduceResponse, name=name, partition_responses=tuple(parts))
             for name, parts in by_topic.items()
         ),
-        throttle_time=_NO_THROTTLE,
+        throttle_time=datetime.timedelta(milliseconds=throttle_ms),
     )
 
 

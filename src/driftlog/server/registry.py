@@ -7,6 +7,7 @@ defines that matters to clients (flexible versions included).
 from __future__ import annotations
 
 from driftlog.server import admin
+from driftlog.server import quota_handlers as quota
 from driftlog.server import security_admin as sec
 from driftlog.server import transactions as txn
 from driftlog.server.api_versions import handle_api_versions
@@ -34,6 +35,8 @@ _CORE: dict[int, tuple[Handler, int, int]] = {
     31: (sec.handle_delete_acls, 1, 3),
     50: (sec.handle_describe_user_scram_credentials, 0, 0),
     51: (sec.handle_alter_user_scram_credentials, 0, 0),
+    48: (quota.handle_describe_client_quotas, 0, 1),
+    49: (quota.handle_alter_client_quotas, 0, 1),
     19: (admin.handle_create_topics, 2, 7),
     20: (admin.handle_delete_topics, 1, 6),
     21: (admin.handle_delete_records, 0, 2),

@@ -35,6 +35,8 @@ class Session:
     expires_at_ms: float | None = None
     # SaslHandshake v0: the exchange's tokens come as bare size-prefixed frames.
     unframed_tokens: bool = False
+    # A quota's throttle (ms): after its response the connection reads nothing this long.
+    mute_ms: int = 0
     # Set by a handler whose response must be the connection's last (failed login).
     close_after_response: bool = False
     authentications: int = field(default=0)
