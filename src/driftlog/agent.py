@@ -119,6 +119,7 @@ class Agent:
                 config.log_retention_ms, config.log_retention_bytes, config.retention_check_ms
             ),
             max_commit_age_ms=max_commit_age_ms(config.gc_orphan_grace_ms),
+            rpc_secret=_cluster_secret(config),
             txn_limits=TxnLimits(
                 config.transaction_max_timeout_ms, config.transactional_id_expiration_ms
             ),
@@ -520,6 +521,16 @@ def listeners_of(config: AgentConfig) -> list[Listener]:
         client_auth=config.ssl_client_auth,
         has_client_ca=config.tls_client_ca_file is not None,
     )
+
+
+def _cluster_secret(config: AgentConfig) -> bytes | None:
+    path = config.cluster_secret_file
+    if path is None:
+        return None
+    secret = path.read_bytes().strip()
+    if len(secret) < 16:
+        raise ValueError(f"--cluster-secret-file {path}: fewer than 16 bytes of secret")
+    return secret
 
 
 def _tls_context(config: AgentConfig, listener: Listener) -> ssl.SSLContext:

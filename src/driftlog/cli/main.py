@@ -89,7 +89,11 @@ def tune_garbage_collector() -> None:
 
 
 async def serve(config: AgentConfig) -> None:
-    agent = Agent(config)
+    try:
+        # Listeners, TLS files and the cluster secret are checked here.
+        agent = Agent(config)
+    except (ValueError, OSError) as e:
+        sys.exit(f"driftlog: {e}")
     try:
         await agent.start()
     except NodeIdTaken as e:

@@ -451,6 +451,14 @@ OPTIONS: tuple[Option, ...] = (
         "the connection is closed (KIP-368; 0: sessions never end)",
     ),
     option(
+        "--cluster-secret-file",
+        "cluster mode: file holding the secret agents prove to each other on the RPC port "
+        "(every agent the same; at least 16 bytes)",
+        metavar="FILE",
+        converter=to_optional_path,
+        default_doc="a secret kept in the coordinator database",
+    ),
+    option(
         "--metrics-listen",
         "HOST:PORT serving Prometheus metrics at `/metrics`, and `/healthz` and `/readyz`",
         metavar="HOST:PORT",
