@@ -17,7 +17,7 @@ from typing import Any
 import uvloop
 
 from driftlog.agent import Agent
-from driftlog.cli import options, users
+from driftlog.cli import options, status, users
 from driftlog.config import AgentConfig
 from driftlog.coordinator.node_ids import NodeIdTaken
 from driftlog.storage.faulty import FaultConfig
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--markdown", action="store_true", help="as the Markdown table in README.md"
     )
     users.add_commands(commands)
+    status.add_command(commands)
     return parser
 
 
@@ -134,6 +135,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "options":
         listing = options.markdown_table() if args.markdown else options.plain_listing()
         sys.stdout.write(listing)
+        return
+    if args.command == "status":
+        try:
+            print(status.run(args))
+        except (ValueError, OSError) as e:
+            sys.exit(f"driftlog: {e}")
         return
     if args.command == "users":
         try:
