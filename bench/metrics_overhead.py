@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
 from batch_builder import build_batch
 
+from driftlog.agent_metrics import register_agent_metrics
 from driftlog.clock import SYSTEM_CLOCK
 from driftlog.cluster.membership import Membership
 from driftlog.coordinator.api import AgentInfo
@@ -48,7 +49,6 @@ from driftlog.coordinator.sqlite import SqliteBackend
 from driftlog.lifecycle.compactor import Compactor
 from driftlog.lifecycle.gc import ObjectCollector
 from driftlog.lifecycle.key_compactor import KeyCompactor
-from driftlog.metrics.agent_metrics import register_agent_metrics
 from driftlog.metrics.registry import NULL_OBSERVER, Registry
 from driftlog.read.cache import BatchCache
 from driftlog.read.fetcher import BatchFetcher

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
+from driftlog.agent_metrics import exit_stats, register_agent_metrics
 from driftlog.clock import SYSTEM_CLOCK
 from driftlog.cluster.membership import Membership
 from driftlog.cluster.placement import group_coordinator
@@ -36,7 +37,6 @@ from driftlog.lifecycle.gc import GcConfig, ObjectCollector
 from driftlog.lifecycle.key_compactor import KeyCompactionConfig, KeyCompactor
 from driftlog.lifecycle.keys import max_commit_age_ms
 from driftlog.lifecycle.runner import PeriodicJob
-from driftlog.metrics.agent_metrics import exit_stats, register_agent_metrics
 from driftlog.metrics.http import MetricsServer
 from driftlog.metrics.registry import Registry
 from driftlog.protocol.codec import (

@@ -14,6 +14,12 @@ from kio.schema.errors import ErrorCode
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from driftlog.agent_metrics import (
+    GIB,
+    LEGACY_STATS_KEYS,
+    exit_stats,
+    register_agent_metrics,
+)
 from driftlog.clock import SYSTEM_CLOCK
 from driftlog.cluster.membership import Membership
 from driftlog.coordinator.api import AgentInfo
@@ -22,12 +28,6 @@ from driftlog.coordinator.sqlite import SqliteBackend
 from driftlog.lifecycle.compactor import Compactor
 from driftlog.lifecycle.gc import ObjectCollector
 from driftlog.lifecycle.key_compactor import KeyCompactor
-from driftlog.metrics.agent_metrics import (
-    GIB,
-    LEGACY_STATS_KEYS,
-    exit_stats,
-    register_agent_metrics,
-)
 from driftlog.metrics.registry import Registry
 from driftlog.read.cache import BatchCache
 from driftlog.read.fetcher import BatchFetcher

@@ -3,7 +3,7 @@
 Wraps any `ObjectStore` (the outermost one, so injected faults and delays count as the
 store's): `requests` and `errors` are plain counts the metrics registry reads at scrape
 time, and `latency` holds one observer per operation (a histogram child once
-`metrics/agent_metrics.py` attaches one; nothing before). Bytes stay in the inner
+`agent_metrics.py` attaches one; nothing before). Bytes stay in the inner
 store's `stats`. Adds no retries and changes no outcome.
 
 Operations: `put` (put_new), `get` (get_ranges: one call, however many ranges),
