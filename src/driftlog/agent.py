@@ -35,7 +35,6 @@ from driftlog.groups.coordinator import GroupCoordinator
 from driftlog.lifecycle.compactor import CompactionConfig, Compactor
 from driftlog.lifecycle.gc import GcConfig, ObjectCollector
 from driftlog.lifecycle.key_compactor import KeyCompactionConfig, KeyCompactor
-from driftlog.lifecycle.keys import max_commit_age_ms
 from driftlog.lifecycle.runner import PeriodicJob
 from driftlog.metrics.http import MetricsServer
 from driftlog.metrics.registry import Registry
@@ -72,6 +71,7 @@ from driftlog.server.sasl_handlers import unframed_token
 from driftlog.server.session import Session
 from driftlog.storage.api import ObjectStore
 from driftlog.storage.faulty import FaultConfig, FaultyObjectStore
+from driftlog.storage.keys import max_commit_age_ms
 from driftlog.storage.metered import MeteredObjectStore
 from driftlog.storage.obstore import open_store
 from driftlog.write.layout import ObjectLayout

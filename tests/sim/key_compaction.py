@@ -135,13 +135,13 @@ from driftlog.lifecycle.compactor import Compactor
 from driftlog.lifecycle.gc import ObjectCollector
 from driftlog.lifecycle.key_cleaning import KEY_MAP_ENTRY_BYTES, KeyCompactionPolicy, policy_for
 from driftlog.lifecycle.key_compactor import KeyCompactionConfig, KeyCompactor, Rewrite
-from driftlog.lifecycle.keys import new_object_key
 from driftlog.read.cache import BatchCache
 from driftlog.read.fetcher import BatchFetcher, ReadFailure
 from driftlog.records.batch import InvalidBatch, parse_header
 from driftlog.records.control import is_marker_key
 from driftlog.records.recordset import Record, decode_records
 from driftlog.storage.api import ObjectNotFound, ObjectStore, ObjectStoreError
+from driftlog.storage.keys import new_object_key
 
 __all__ = ["KNOWN_BUGS", "KeySim", "KeySimConfig", "SimFailure", "run_seed"]
 

@@ -87,7 +87,6 @@ from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, Sequen
 from driftlog.coordinator.writer import CommitWriter
 from driftlog.lifecycle.compactor import CompactionConfig, Compactor
 from driftlog.lifecycle.gc import GcConfig, ObjectCollector
-from driftlog.lifecycle.keys import key_time_ms, max_commit_age_ms, new_object_key
 from driftlog.records.control import is_marker_key
 from driftlog.storage.api import (
     ObjectAlreadyExists,
@@ -98,6 +97,7 @@ from driftlog.storage.api import (
     ObjectStoreStats,
 )
 from driftlog.storage.faulty import FaultConfig, FaultyObjectStore
+from driftlog.storage.keys import key_time_ms, max_commit_age_ms, new_object_key
 
 SHARD = 0
 # name -> (partitions, configs); t2 has a time retention the writer enforces.

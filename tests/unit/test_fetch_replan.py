@@ -31,10 +31,10 @@ from driftlog.agent import Agent
 from driftlog.config import AgentConfig
 from driftlog.coordinator.api import BatchLocation
 from driftlog.coordinator.backend import BatchMove
-from driftlog.lifecycle.keys import new_object_key
 from driftlog.server import fetch
 from driftlog.server.context import RequestContext
 from driftlog.server.session import Session
+from driftlog.storage.keys import new_object_key
 
 
 def with_agent(tmp_path: Path, body: Callable[[Agent], Awaitable[None]]) -> None:

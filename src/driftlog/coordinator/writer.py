@@ -72,8 +72,8 @@ from driftlog.coordinator.transactions import (
     TxnEnd,
     TxnLimits,
 )
-from driftlog.lifecycle.keys import key_time_ms
 from driftlog.metrics.registry import NULL_OBSERVER, Observer
+from driftlog.storage.keys import key_time_ms
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class CommitWriter:
         self.retention = retention or RetentionPolicy()
         self.txn_limits = txn_limits or TxnLimits()
         # Objects older than this are refused, so the garbage collector may take an
-        # uncommitted object past twice this age for an orphan (lifecycle/keys.py).
+        # uncommitted object past twice this age for an orphan (storage/keys.py).
         self.max_commit_age_ms = max_commit_age_ms
         self._backend = backend
         # Checked once: isinstance on a runtime-checkable Protocol runs Python code.

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from driftlog.clock import Clock
 from driftlog.coordinator.api import CoordinatorError
 from driftlog.coordinator.backend import Backend, BatchMove, NewObject, ObjectBatch, ObjectRef
-from driftlog.lifecycle.keys import new_object_key
 from driftlog.storage.api import ObjectNotFound, ObjectStore, ObjectStoreError
+from driftlog.storage.keys import new_object_key
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ Three kinds of garbage, each with its own rule:
   failed or refused commit, a deduplicated retry, a crash between upload and
   commit, a compaction output whose swap failed). An orphan is deleted once
   its key and the store both say it is older than `orphan_grace_ms`; the
-  writer refuses to commit objects older than half that (`keys.py`), so an
+  writer refuses to commit objects older than half that (`storage/keys.py`), so an
   object taken for an orphan can never become referenced.
 - **Tombstones**: rows of deleted objects, dropped once no commit of theirs
   can be re-sent (older than the orphan grace period).
@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from driftlog.clock import Clock
 from driftlog.coordinator.api import CoordinatorError
 from driftlog.coordinator.backend import Backend
-from driftlog.lifecycle.keys import PREFIX, key_time_ms
 from driftlog.records.control import is_marker_key
 from driftlog.storage.api import ObjectStore, ObjectStoreError
+from driftlog.storage.keys import PREFIX, key_time_ms
 
 log = logging.getLogger(__name__)
 

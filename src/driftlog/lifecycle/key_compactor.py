@@ -54,11 +54,11 @@ from driftlog.lifecycle.key_cleaning import (
     key_digest,
     policy_for,
 )
-from driftlog.lifecycle.keys import new_object_key
 from driftlog.records.batch import BatchHeader, InvalidBatch
 from driftlog.records.control import is_marker_key
 from driftlog.records.recordset import Record, decode_records, rewrite_batch
 from driftlog.storage.api import ObjectNotFound, ObjectStore, ObjectStoreError
+from driftlog.storage.keys import new_object_key
 
 log = logging.getLogger(__name__)
 

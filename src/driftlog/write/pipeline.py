@@ -29,10 +29,10 @@ from kio.schema.errors import ErrorCode
 
 from driftlog.clock import SYSTEM_CLOCK, Clock
 from driftlog.coordinator.api import CommitOutcome, CommitRequest, Coordinator
-from driftlog.lifecycle.keys import new_object_key
 from driftlog.metrics.registry import NULL_OBSERVER, Observer
 from driftlog.records.batch import BatchHeader
 from driftlog.storage.api import ObjectAlreadyExists, ObjectStore, ObjectStoreError
+from driftlog.storage.keys import new_object_key
 from driftlog.write.buffer import PendingBatch, WriteBuffer
 from driftlog.write.layout import ObjectLayout, lay_out
 
