@@ -31,8 +31,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from driftlog.cluster import messages
 from driftlog.coordinator import postgres
+from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import BatchToCommit, CommitRequest, EncodedOutcomes, TopicInfo
 from driftlog.coordinator.backend import outcomes_json
 from driftlog.coordinator.sequencer import (

@@ -86,7 +86,7 @@ class AgentConfig:
     authorizer: str = ""
     super_users: str = ""  # Kafka's super.users: "User:a;User:b"
     allow_everyone_if_no_acl_found: bool = False
-    # The agents' RPC secret (cluster/peer_auth.py); None: the one kept in the database.
+    # The agents' RPC secret (coordinator/peer_auth.py); None: the one kept in the database.
     cluster_secret_file: Path | None = None
     # HOST:PORT of the Prometheus endpoint (/metrics, /healthz, /readyz); empty: none.
     metrics_listen: str = ""

@@ -1,4 +1,4 @@
-"""The writer RPC's binary frames (`cluster/messages.py`): round trips, and mutated or
+"""The writer RPC's binary frames (`coordinator/rpc_messages.py`): round trips, and mutated or
 random bodies never raise anything but `ProtocolError`.
 
 No network. Fixed seed (`fuzzlib.SEED`), no example database.
@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from kio.schema.errors import ErrorCode
 
-from driftlog.cluster import messages
-from driftlog.cluster.messages import ProtocolError
+from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import BatchLocation, BatchToCommit, CommitOutcome, CommitRequest
 from driftlog.coordinator.backend import decode_outcomes, encode_outcomes, outcomes_json
+from driftlog.coordinator.rpc_messages import ProtocolError
 from driftlog.coordinator.sequencer import SequencedObject
 
 SCALE = float(os.environ.get("DRIFTLOG_FUZZ_SCALE", "1"))

@@ -1,5 +1,5 @@
-"""Fuzzing a real writer RPC port (`cluster/rpc.py`) with random bytes, random and mutated
-RPC frames, and mutated handshakes (`cluster/peer_auth.py`), each on a fresh connection
+"""Fuzzing a real writer RPC port (`coordinator/rpc.py`) with random bytes, random and mutated
+RPC frames, and mutated handshakes (`coordinator/peer_auth.py`), each on a fresh connection
 over loopback.
 
 A writer agent (`AgentCoordinator` on an in-memory database) serves from a thread of its
@@ -33,8 +33,11 @@ from hypothesis import strategies as st
 from kio.schema.errors import ErrorCode
 
 from driftlog.clock import SystemClock
-from driftlog.cluster import messages, peer_auth, rpc
-from driftlog.cluster.peer_auth import (
+from driftlog.coordinator import peer_auth, rpc
+from driftlog.coordinator import rpc_messages as messages
+from driftlog.coordinator.api import BatchToCommit, CommitRequest, TopicInfo
+from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.peer_auth import (
     CLIENT_PROOF_BYTES,
     NONCE_BYTES,
     SERVER_HELLO_BYTES,
@@ -42,8 +45,6 @@ from driftlog.cluster.peer_auth import (
     SERVER_PROOF_BYTES,
     ClientHandshake,
 )
-from driftlog.coordinator.api import BatchToCommit, CommitRequest, TopicInfo
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
 from driftlog.coordinator.service import AgentCoordinator
 
 T = TypeVar("T")
@@ -211,7 +212,7 @@ def errors() -> Iterator[ErrorRecords]:
     logger = logging.getLogger()
     logger.addHandler(handler)
     # Refusals are warnings, rate-limited; keep them out of the test's output.
-    quiet = logging.getLogger("driftlog.cluster.rpc")
+    quiet = logging.getLogger("driftlog.coordinator.rpc")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:

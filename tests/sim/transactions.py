@@ -108,8 +108,7 @@ from sim.failover import (
     TrackedBackend,
 )
 
-from driftlog.cluster import messages
-from driftlog.cluster.rpc import WriterClient, WriterServer
+from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import (
     TRANSACTIONAL_ATTRIBUTE,
     BatchLocation,
@@ -120,6 +119,7 @@ from driftlog.coordinator.api import (
 from driftlog.coordinator.backend import Fence, TxnWrite
 from driftlog.coordinator.faulty import FaultyBackend
 from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase, StoredBatch
+from driftlog.coordinator.rpc import WriterClient, WriterServer
 from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, Sequencer
 from driftlog.coordinator.transactions import (
     AbortedTxn,

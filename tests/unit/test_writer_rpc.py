@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 from driftlog.clock import SystemClock
-from driftlog.cluster import messages
-from driftlog.cluster.rpc import authenticate_to_server, read_body, read_message
+from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import BatchToCommit, CommitRequest
 from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.rpc import authenticate_to_server, read_body, read_message
 from driftlog.coordinator.service import AgentCoordinator
 
 SECRET = b"test cluster secret"

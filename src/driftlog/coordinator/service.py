@@ -3,7 +3,7 @@
 Every agent runs a writer candidate (`writer.py`): the one holding the lease
 sequences for everybody. Reads go to the local view; commits and topic changes
 go to the writer, in this process when it holds the lease, otherwise over the
-writer RPC (`cluster/rpc.py`) to the agent that does. Group offsets and
+writer RPC (`coordinator/rpc.py`) to the agent that does. Group offsets and
 producer ids go straight to the database: they need no sequencing.
 
 Commits are sent in submission order and re-sent after a failure (a lost
@@ -27,8 +27,7 @@ from typing import TypeVar
 from kio.schema.errors import ErrorCode
 
 from driftlog.clock import Clock
-from driftlog.cluster import messages
-from driftlog.cluster.rpc import WriterClient, WriterServer
+from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import (
     BatchLocation,
     CommitOutcome,
@@ -43,6 +42,7 @@ from driftlog.coordinator.api import (
 from driftlog.coordinator.backend import Backend
 from driftlog.coordinator.producers import ProducerPartitionState
 from driftlog.coordinator.retention import RetentionPolicy
+from driftlog.coordinator.rpc import WriterClient, WriterServer
 from driftlog.coordinator.sequencer import ProducerKey
 from driftlog.coordinator.transactions import (
     AbortedTxn,

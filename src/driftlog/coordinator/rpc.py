@@ -1,7 +1,7 @@
 """The writer RPC over TCP: agents send commits and topic changes to the lease holder,
 and the lease holder streams what became durable back to every agent.
 
-Messages are in `messages.py`. Each agent serves the RPC (`WriterServer`) on
+Messages are in `rpc_messages.py`. Each agent serves the RPC (`WriterServer`) on
 its own address, which it publishes in the lease row when it takes the lease;
 while it is not the writer it answers `not_writer`. Every agent runs a
 `WriterClient` that follows the lease: it connects to the holder's address,
@@ -35,9 +35,8 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.cluster import messages, peer_auth
-from driftlog.cluster.messages import Message, ProtocolError
-from driftlog.cluster.peer_auth import HANDSHAKE_TIMEOUT_S, HandshakeFailed, RefusalLog
+from driftlog.coordinator import peer_auth
+from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import (
     CommitOutcome,
     CommitRequest,
@@ -47,6 +46,8 @@ from driftlog.coordinator.api import (
     TopicInfo,
 )
 from driftlog.coordinator.backend import Backend, LogStart
+from driftlog.coordinator.peer_auth import HANDSHAKE_TIMEOUT_S, HandshakeFailed, RefusalLog
+from driftlog.coordinator.rpc_messages import Message, ProtocolError
 from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
 from driftlog.coordinator.transactions import TxnEnd
 from driftlog.coordinator.view import CoordinatorView
