@@ -136,6 +136,23 @@ class ScramExchange:
         raise AuthenticationFailed("Authentication failed: the SCRAM exchange is over")
 
 
+class RefusedExchange:
+    """A re-authentication that asked for another mechanism: Kafka answers the handshake
+    and fails the first token with this message (its REAUTH_BAD_MECHANISM state)."""
+
+    def __init__(self, mechanism: str, previous: str) -> None:
+        self.mechanism = mechanism
+        self.done = False
+        self.user = ""
+        self._message = (
+            f"SASL mechanism '{mechanism}' requested by client is not supported for "
+            f"re-authentication of mechanism '{previous}'"
+        )
+
+    def step(self, token: bytes) -> bytes:
+        raise AuthenticationFailed(self._message)
+
+
 def start_exchange(mechanism: str, credentials: CredentialCache) -> SaslExchange:
     if mechanism == "PLAIN":
         return PlainExchange(credentials)

@@ -19,7 +19,12 @@ from kio.schema.errors import ErrorCode
 
 from driftlog.protocol.schema import build, response_module
 from driftlog.security.principal import user_principal
-from driftlog.security.sasl import AuthenticationFailed, start_exchange
+from driftlog.security.sasl import (
+    AuthenticationFailed,
+    RefusedExchange,
+    SaslExchange,
+    start_exchange,
+)
 from driftlog.server.context import AgentServices, RequestContext
 from driftlog.server.listener import ConnectionClosed
 from driftlog.server.session import SASL_AUTHENTICATE, SASL_HANDSHAKE, Session
@@ -46,7 +51,10 @@ async def handle_sasl_handshake(ctx: RequestContext, request: Any) -> Any:
             error_code=ErrorCode.unsupported_sasl_mechanism,
             mechanisms=enabled,
         )
-    session.exchange = start_exchange(request.mechanism, ctx.services.credentials)
+    if session.mechanism and request.mechanism != session.mechanism:
+        session.exchange = RefusedExchange(request.mechanism, session.mechanism)
+    else:
+        session.exchange = start_exchange(request.mechanism, ctx.services.credentials)
     session.unframed_tokens = ctx.api_version == 0
     return build(module.SaslHandshakeResponse, error_code=ErrorCode.none, mechanisms=enabled)
 
@@ -64,22 +72,28 @@ async def unframed_token(services: AgentServices, session: Session, token: bytes
     if exchange.done:
         session.exchange = None
         session.unframed_tokens = False
-        _authenticated(services, session, user_principal(exchange.user), version=0)
+        if session.authenticated and session.principal != user_principal(exchange.user):
+            raise ConnectionClosed  # re-authentication must prove the same principal
+        _authenticated(services, session, exchange, version=0)
     return [len(answer).to_bytes(4, "big"), answer]
 
 
 def _authenticated(
-    services: AgentServices, session: Session, principal: str, *, version: int
+    services: AgentServices, session: Session, exchange: SaslExchange, *, version: int
 ) -> int:
-    """Mark the session authenticated as `principal`; returns its lifetime in ms (0: none)."""
-    session.principal = principal
+    """Mark the session authenticated; returns the lifetime to tell the client (ms, 0: none).
+
+    The session ends after --connections-max-reauth-ms whatever the version: a client
+    that cannot be told (SaslAuthenticate v0, unframed tokens) is closed at its first
+    request after that, as Kafka does, so a deleted user keeps no connection for long."""
+    session.principal = user_principal(exchange.user)
+    session.mechanism = exchange.mechanism
     session.authenticated = True
     session.authentications += 1
     reauth_ms = services.config.connections_max_reauth_ms
-    # v0 clients cannot be told a lifetime (KIP-368): their sessions do not end.
-    if reauth_ms > 0 and version >= 1:
+    if reauth_ms > 0:
         session.expires_at_ms = time.monotonic() * 1000 + reauth_ms
-        return reauth_ms
+        return reauth_ms if version >= 1 else 0
     session.expires_at_ms = None
     return 0
 
@@ -129,7 +143,7 @@ async def handle_sasl_authenticate(ctx: RequestContext, request: Any) -> Any:
                     f"{session.principal}: {principal}"
                 ),
             )
-        lifetime_ms = _authenticated(ctx.services, session, principal, version=ctx.api_version)
+        lifetime_ms = _authenticated(ctx.services, session, exchange, version=ctx.api_version)
     return build(
         module.SaslAuthenticateResponse,
         error_code=ErrorCode.none,

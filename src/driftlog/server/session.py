@@ -32,6 +32,7 @@ class Session:
     # SASL: the exchange in progress (a handshake chose its mechanism), and the end of
     # the authenticated session in monotonic ms (None: no end).
     exchange: SaslExchange | None = None
+    mechanism: str = ""  # of the last successful login: re-authentication must use it
     expires_at_ms: float | None = None
     # SaslHandshake v0: the exchange's tokens come as bare size-prefixed frames.
     unframed_tokens: bool = False
