@@ -2,6 +2,15 @@
 
 Every unknown topic gets UNKNOWN_TOPIC_OR_PARTITION and every invalid config
 INVALID_CONFIG, with a message; nothing answers NO_ERROR without doing the work.
+
+With an authorizer each topic or config resource is checked before anything else
+about it, with Kafka's mapping (ControllerApis, ConfigHelper): CreateTopics needs
+CREATE on the cluster or the topic (and DESCRIBE_CONFIGS on the topic to see its
+configs), DeleteTopics DELETE (on the cluster or the topic; without DESCRIBE a topic's
+existence is not revealed), CreatePartitions ALTER, DeleteRecords DELETE on the topic;
+DescribeConfigs DESCRIBE_CONFIGS and (Incremental)AlterConfigs ALTER_CONFIGS on the
+topic, or on the cluster for a broker. A denied resource gets TOPIC_, GROUP_ or
+CLUSTER_AUTHORIZATION_FAILED alone; the others in the request go ahead.
 """
 
 from __future__ import annotations
@@ -15,7 +24,9 @@ from kio.schema.errors import ErrorCode
 
 from driftlog.coordinator.api import CoordinatorError
 from driftlog.protocol.schema import build, response_module
+from driftlog.security.acl import AclOperation
 from driftlog.server import broker_configs
+from driftlog.server.access import GROUP, TOPIC, Access
 from driftlog.server.context import RequestContext
 from driftlog.server.metadata import topic_name_error
 from driftlog.topic_config import (
@@ -40,16 +51,49 @@ ALTER_CONFIGS = 33
 CREATE_PARTITIONS = 37
 INCREMENTAL_ALTER_CONFIGS = 44
 
+# ConfigResource.Type ids.
 RESOURCE_TOPIC = 2
 RESOURCE_BROKER = 4
+RESOURCE_BROKER_LOGGER = 8
+RESOURCE_CLIENT_METRICS = 16
+RESOURCE_GROUP = 32
 MAX_PARTITIONS = 10_000
 _NO_THROTTLE = datetime.timedelta(0)
+# Errors.message() of Kafka's authorization errors, which ApiError(error) reports.
+TOPIC_DENIED_MESSAGE = "Topic authorization failed."
+_DENIED_MESSAGES = {
+    ErrorCode.topic_authorization_failed: TOPIC_DENIED_MESSAGE,
+    ErrorCode.group_authorization_failed: "Group authorization failed.",
+    ErrorCode.cluster_authorization_failed: "Cluster authorization failed.",
+}
+
+
+def config_denial(
+    access: Access, operation: AclOperation, resource_type: int, name: str
+) -> ErrorCode | None:
+    """DESCRIBE_CONFIGS or ALTER_CONFIGS on a config resource (ConfigHelper and
+    ControllerApis.authorizeAlterResource): the error if denied, else None. Broker-wide
+    resources are the cluster's; a type Kafka does not authorize is left to the handler."""
+    if resource_type in (RESOURCE_BROKER, RESOURCE_BROKER_LOGGER, RESOURCE_CLIENT_METRICS):
+        allowed, denied = access.allows_cluster(operation), ErrorCode.cluster_authorization_failed
+    elif resource_type == RESOURCE_TOPIC:
+        allowed = access.allows(operation, TOPIC, name)
+        denied = ErrorCode.topic_authorization_failed
+    elif resource_type == RESOURCE_GROUP:
+        allowed = access.allows(operation, GROUP, name)
+        denied = ErrorCode.group_authorization_failed
+    else:
+        return None
+    return None if allowed else denied
 
 
 async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
     module = response_module(CREATE_TOPICS, ctx.api_version)
     services = ctx.services
     topic_defaults = broker_configs.topic_defaults(services)
+    access = ctx.access
+    # ControllerApis.createTopics: CREATE on the cluster covers every topic.
+    may_create_all = access.allows_cluster(AclOperation.CREATE)
     results = []
     for topic in request.topics:
         configs = {c.name: c.value for c in topic.configs}
@@ -59,7 +103,13 @@ async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
         elif count == -1:
             count = services.config.default_partitions
         error, message = ErrorCode.none, None
-        if (name_error := topic_name_error(topic.name)) is not None:
+        # Whether the configs may be shown: ReplicationControlManager.createTopic answers
+        # TOPIC_AUTHORIZATION_FAILED in topic_config_error_code instead.
+        configs_visible = access.allows(AclOperation.DESCRIBE_CONFIGS, TOPIC, topic.name)
+        if not (may_create_all or access.allows(AclOperation.CREATE, TOPIC, topic.name)):
+            # Before any other check: a denied principal learns nothing of the topic.
+            error, message = ErrorCode.topic_authorization_failed, "Authorization failed."
+        elif (name_error := topic_name_error(topic.name)) is not None:
             error, message = ErrorCode.invalid_topic_exception, name_error
         elif services.coordinator.topic(topic.name) is not None:
             error, message = ErrorCode.topic_already_exists, f"topic {topic.name!r} exists"
@@ -86,6 +136,21 @@ async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
                 error, message, info = ErrorCode.request_timed_out, str(e), None
             if info is not None:
                 topic_id = info.topic_id
+        shown = error == ErrorCode.none and configs_visible
+        described: tuple[Any, ...] | None = None if error != ErrorCode.none else ()
+        if shown and hasattr(module, "CreatableTopicConfigs"):
+            described = tuple(
+                build(
+                    module.CreatableTopicConfigs,
+                    name=entry.name,
+                    value=entry.value,
+                    read_only=False,
+                    config_source=entry.source,
+                    is_sensitive=False,
+                )
+                for entry in describe(stored, topic_defaults)
+            )
+        hidden = error == ErrorCode.none and not configs_visible
         results.append(
             build(
                 module.CreatableTopicResult,
@@ -93,22 +158,10 @@ async def handle_create_topics(ctx: RequestContext, request: Any) -> Any:
                 topic_id=topic_id,
                 error_code=error,
                 error_message=message,
-                topic_config_error_code=0,
-                num_partitions=count if error == ErrorCode.none else -1,
-                replication_factor=1 if error == ErrorCode.none else -1,
-                configs=tuple(
-                    build(
-                        module.CreatableTopicConfigs,
-                        name=entry.name,
-                        value=entry.value,
-                        read_only=False,
-                        config_source=entry.source,
-                        is_sensitive=False,
-                    )
-                    for entry in describe(stored, topic_defaults)
-                )
-                if error == ErrorCode.none and hasattr(module, "CreatableTopicConfigs")
-                else None,
+                topic_config_error_code=ErrorCode.topic_authorization_failed.value if hidden else 0,
+                num_partitions=count if shown else -1,
+                replication_factor=1 if shown else -1,
+                configs=described,
             )
         )
     return build(module.CreateTopicsResponse, throttle_time=_NO_THROTTLE, topics=tuple(results))
@@ -193,8 +246,11 @@ async def handle_delete_records(ctx: RequestContext, request: Any) -> Any:
     answers: dict[tuple[str, int], tuple[ErrorCode, int]] = {}
     for t in request.topics:
         topic = coordinator.topic(t.name)
+        deletable = ctx.access.allows(AclOperation.DELETE, TOPIC, t.name)
         for p in t.partitions:
-            if topic is None or not 0 <= p.partition_index < topic.partition_count:
+            if not deletable:
+                answers[(t.name, p.partition_index)] = (ErrorCode.topic_authorization_failed, -1)
+            elif topic is None or not 0 <= p.partition_index < topic.partition_count:
                 answers[(t.name, p.partition_index)] = (ErrorCode.unknown_topic_or_partition, -1)
             elif p.offset < -1:
                 answers[(t.name, p.partition_index)] = (ErrorCode.offset_out_of_range, -1)
@@ -243,18 +299,37 @@ async def handle_delete_topics(ctx: RequestContext, request: Any) -> Any:
         ]
     else:
         targets = [(t.name, t.topic_id) for t in request.topics]
+    access = ctx.access
+    # ControllerApis.deleteTopics: DELETE on the cluster covers every topic.
+    may_delete_all = access.allows_cluster(AclOperation.DELETE)
+
+    def may(operation: AclOperation, topic_name: str) -> bool:
+        return may_delete_all or access.allows(operation, TOPIC, topic_name)
+
     results = []
     for name, topic_id in targets:
         if name is not None:
             topic = coordinator.topic(name)
         else:
             topic = coordinator.topic_by_id(topic_id) if topic_id is not None else None
-        if topic is None:
+        shown_name, shown_id = (topic.name, topic.topic_id) if topic else (name, topic_id)
+        message = None
+        if name is not None and not may(AclOperation.DESCRIBE, name):
+            # Named but not describable: denied whether or not it exists, id not revealed.
+            error, message = ErrorCode.topic_authorization_failed, TOPIC_DENIED_MESSAGE
+            shown_id = None
+        elif topic is None:
             error = (
                 ErrorCode.unknown_topic_or_partition
                 if name is not None
                 else ErrorCode.unknown_topic_id
             )
+        elif not may(AclOperation.DELETE, topic.name):
+            error, message = ErrorCode.topic_authorization_failed, TOPIC_DENIED_MESSAGE
+            if name is None and not may(AclOperation.DESCRIBE, topic.name):
+                shown_name = None  # asked by id: the name stays hidden from who cannot see it
+            if name is not None:
+                shown_id = None
         else:
             try:
                 error = await coordinator.delete_topic(topic.name)
@@ -263,10 +338,10 @@ async def handle_delete_topics(ctx: RequestContext, request: Any) -> Any:
         results.append(
             build(
                 module.DeletableTopicResult,
-                name=topic.name if topic else name,
-                topic_id=topic.topic_id if topic else (topic_id or uuid.UUID(int=0)),
+                name=shown_name,
+                topic_id=shown_id or uuid.UUID(int=0),
                 error_code=error,
-                error_message=None,
+                error_message=message,
             )
         )
     return build(module.DeleteTopicsResponse, throttle_time=_NO_THROTTLE, responses=tuple(results))
@@ -279,7 +354,9 @@ async def handle_create_partitions(ctx: RequestContext, request: Any) -> Any:
     for topic in request.topics:
         info = coordinator.topic(topic.name)
         message = None
-        if info is None:
+        if not ctx.access.allows(AclOperation.ALTER, TOPIC, topic.name):
+            error = ErrorCode.topic_authorization_failed  # before existence, as Kafka
+        elif info is None:
             error, message = ErrorCode.unknown_topic_or_partition, f"no topic {topic.name!r}"
         elif topic.count <= info.partition_count:
             error = ErrorCode.invalid_partitions
@@ -339,7 +416,15 @@ async def handle_describe_configs(ctx: RequestContext, request: Any) -> Any:
         wanted = set(resource.configuration_keys) if resource.configuration_keys else None
         error, message = ErrorCode.none, None
         entries: list[tuple[Described, bool]] = []
-        if resource.resource_type == RESOURCE_TOPIC:
+        denied = config_denial(
+            ctx.access,
+            AclOperation.DESCRIBE_CONFIGS,
+            resource.resource_type,
+            resource.resource_name,
+        )
+        if denied is not None:
+            error, message = denied, _DENIED_MESSAGES[denied]
+        elif resource.resource_type == RESOURCE_TOPIC:
             topic = services.coordinator.topic(resource.resource_name)
             if topic is None:
                 error = ErrorCode.unknown_topic_or_partition
@@ -425,6 +510,17 @@ def _broker_entries(ctx: RequestContext) -> list[tuple[Described, bool]]:
     return entries
 
 
+def _alter_denial(ctx: RequestContext, resource: Any) -> tuple[ErrorCode, str | None]:
+    """ALTER_CONFIGS on the resource (ControllerApis.authorizeAlterResource), checked
+    before its configs are looked at."""
+    denied = config_denial(
+        ctx.access, AclOperation.ALTER_CONFIGS, resource.resource_type, resource.resource_name
+    )
+    if denied is None:
+        return ErrorCode.none, None
+    return denied, _DENIED_MESSAGES[denied]
+
+
 def _preflight(configs: Sequence[Any], *, incremental: bool) -> tuple[ErrorCode, str | None]:
     """Kafka's checks before any resource is touched: duplicate keys, null values to set."""
     names = [c.name for c in configs]
@@ -505,7 +601,9 @@ async def handle_alter_configs(ctx: RequestContext, request: Any) -> Any:
             existing = topic.configs if topic is not None else ()
         for name in list(existing):
             changes.setdefault(name, None)
-        error, message = _preflight(resource.configs, incremental=False)
+        error, message = _alter_denial(ctx, resource)
+        if error == ErrorCode.none:
+            error, message = _preflight(resource.configs, incremental=False)
         if error == ErrorCode.none:
             error, message = await _alter(ctx, resource, changes, request.validate_only)
         responses.append(
@@ -573,7 +671,9 @@ async def handle_incremental_alter_configs(ctx: RequestContext, request: Any) ->
     module = response_module(INCREMENTAL_ALTER_CONFIGS, ctx.api_version)
     responses = []
     for resource in request.resources:
-        error, message = _preflight(resource.configs, incremental=True)
+        error, message = _alter_denial(ctx, resource)
+        if error == ErrorCode.none:
+            error, message = _preflight(resource.configs, incremental=True)
         if error == ErrorCode.none:
             changes, error, message = _incremental_changes(ctx, resource)
         if error == ErrorCode.none:

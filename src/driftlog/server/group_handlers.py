@@ -29,7 +29,7 @@ from driftlog.groups.machine import (
     SyncRequest,
 )
 from driftlog.protocol.schema import build, response_module
-from driftlog.security.acl import AclOperation
+from driftlog.security.acl import AclOperation, authorized_operations
 from driftlog.server.access import GROUP, TOPIC, TRANSACTIONAL_ID
 from driftlog.server.context import Handler, RequestContext
 
@@ -246,31 +246,53 @@ async def handle_leave_group(ctx: RequestContext, request: Any) -> Any:
 
 
 async def handle_describe_groups(ctx: RequestContext, request: Any) -> Any:
+    """DESCRIBE on each group (KafkaApis.handleDescribeGroupsRequest): a denied group gets
+    GROUP_AUTHORIZATION_FAILED alone; v3+ reports the principal's operations on each
+    group described without error (KIP-430), from the ACLs."""
     try:
         return await _describe_groups(ctx, request)
     except CoordinatorError:
         module = response_module(DESCRIBE_GROUPS, ctx.api_version)
-        extra = (
-            {"authorized_operations": _GROUP_OPERATIONS}
-            if getattr(request, "include_authorized_operations", False)
-            else {}
-        )
         return build(
             module.DescribeGroupsResponse,
             groups=tuple(
-                build(
-                    module.DescribedGroup,
-                    error_code=ErrorCode.coordinator_not_available,
-                    group_id=group_id,
-                    group_state="",
-                    protocol_type="",
-                    protocol_data="",
-                    members=(),
-                    **extra,
+                _group_error(
+                    module,
+                    group_id,
+                    ErrorCode.coordinator_not_available
+                    if ctx.access.allows(AclOperation.DESCRIBE, GROUP, group_id)
+                    else ErrorCode.group_authorization_failed,
                 )
                 for group_id in request.groups
             ),
         )
+
+
+_OPERATIONS_OMITTED = -2147483648
+"""KIP-430: authorized operations not reported (Integer.MIN_VALUE)."""
+
+
+def _group_error(module: Any, group_id: str, error: ErrorCode) -> Any:
+    """DescribeGroupsResponse.groupError: no state, no members, operations omitted."""
+    return build(
+        module.DescribedGroup,
+        error_code=error,
+        group_id=group_id,
+        group_state="",
+        protocol_type="",
+        protocol_data="",
+        members=(),
+        authorized_operations=_OPERATIONS_OMITTED,
+    )
+
+
+def _group_operations(ctx: RequestContext, group_id: str) -> int:
+    """The principal's operations on the group, of those Driftlog reports (KIP-430)."""
+    access = ctx.access
+    candidates = [AclOperation(op) for op in range(32) if _GROUP_OPERATIONS & (1 << op)]
+    return authorized_operations(
+        access.authorizer, access.principal, access.host, GROUP, group_id, candidates
+    )
 
 
 async def _describe_groups(ctx: RequestContext, request: Any) -> Any:
@@ -281,22 +303,15 @@ async def _describe_groups(ctx: RequestContext, request: Any) -> Any:
     with_offsets: set[str] | None = None
     described: list[Any] = []
     for group_id in request.groups:
+        if not ctx.access.allows(AclOperation.DESCRIBE, GROUP, group_id):
+            described.append(_group_error(module, group_id, ErrorCode.group_authorization_failed))
+            continue
         extra: dict[str, Any] = {}
         if with_operations:
-            extra["authorized_operations"] = _GROUP_OPERATIONS
+            # Kafka sets them only on groups described without error.
+            extra["authorized_operations"] = _group_operations(ctx, group_id)
         if not services.owns_group(group_id):
-            described.append(
-                build(
-                    module.DescribedGroup,
-                    error_code=ErrorCode.not_coordinator,
-                    group_id=group_id,
-                    group_state="",
-                    protocol_type="",
-                    protocol_data="",
-                    members=(),
-                    **extra,
-                )
-            )
+            described.append(_group_error(module, group_id, ErrorCode.not_coordinator))
             continue
         description = services.groups.describe(group_id)
         if description is not None:
@@ -334,6 +349,7 @@ async def _describe_groups(ctx: RequestContext, request: Any) -> Any:
             # KIP-1043: v6+ says the group does not exist instead of calling it Dead.
             state, error = GroupState.DEAD, ErrorCode.group_id_not_found
             message = f"Group {group_id} not found."
+            extra.pop("authorized_operations", None)
         else:
             state, error, message = GroupState.DEAD, ErrorCode.none, None
         described.append(
@@ -363,8 +379,12 @@ async def handle_list_groups(ctx: RequestContext, request: Any) -> Any:
 
 
 async def _list_groups(ctx: RequestContext, request: Any) -> Any:
+    """KafkaApis.handleListGroupsRequest: every group with DESCRIBE on the cluster, else
+    only the groups the principal may DESCRIBE."""
     module = response_module(LIST_GROUPS, ctx.api_version)
     services = ctx.services
+    access = ctx.access
+    sees_all = access.allows_cluster(AclOperation.DESCRIBE)
     # Kafka compares states and types case-insensitively (KIP-518, KIP-848).
     states = {s.lower() for s in getattr(request, "states_filter", ())}
     types = {t.lower() for t in getattr(request, "types_filter", ())}
@@ -387,12 +407,15 @@ async def _list_groups(ctx: RequestContext, request: Any) -> Any:
             group_type=_GROUP_TYPE_CLASSIC,
         )
         for o in overviews
-        if not states or o.state.value.lower() in states
+        if (not states or o.state.value.lower() in states)
+        and (sees_all or access.allows(AclOperation.DESCRIBE, GROUP, o.group_id))
     )
     return build(module.ListGroupsResponse, error_code=ErrorCode.none, groups=groups)
 
 
 async def handle_delete_groups(ctx: RequestContext, request: Any) -> Any:
+    """DELETE on each group (KafkaApis.handleDeleteGroupsRequest): a denied group gets
+    GROUP_AUTHORIZATION_FAILED and is left alone."""
     try:
         return await _delete_groups(ctx, request)
     except CoordinatorError:
@@ -403,7 +426,9 @@ async def handle_delete_groups(ctx: RequestContext, request: Any) -> Any:
                 build(
                     module.DeletableGroupResult,
                     group_id=group_id,
-                    error_code=ErrorCode.coordinator_not_available,
+                    error_code=ErrorCode.coordinator_not_available
+                    if ctx.access.allows(AclOperation.DELETE, GROUP, group_id)
+                    else ErrorCode.group_authorization_failed,
                 )
                 for group_id in request.groups_names
             ),
@@ -416,6 +441,15 @@ async def _delete_groups(ctx: RequestContext, request: Any) -> Any:
     with_offsets = set(await services.coordinator.groups_with_offsets())
     results: list[Any] = []
     for group_id in request.groups_names:
+        if not ctx.access.allows(AclOperation.DELETE, GROUP, group_id):
+            results.append(
+                build(
+                    module.DeletableGroupResult,
+                    group_id=group_id,
+                    error_code=ErrorCode.group_authorization_failed,
+                )
+            )
+            continue
         if not services.owns_group(group_id):
             # Only the coordinating agent knows whether the group is live.
             results.append(

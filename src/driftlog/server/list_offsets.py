@@ -3,6 +3,9 @@
 Timestamps need one stored batch: a batch whose object is not found is looked up
 once more (its coordinates may be stale, see `server/fetch.py`); if the database
 still names the missing object the partition gets CORRUPT_MESSAGE, as Fetch does.
+
+A topic the principal may not DESCRIBE gets TOPIC_AUTHORIZATION_FAILED on each of
+its partitions, whether or not it exists (KafkaApis.handleListOffsetRequest).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from kio.schema.errors import ErrorCode
 from driftlog.coordinator.api import BatchLocation, TopicInfo
 from driftlog.protocol.schema import build, response_module
 from driftlog.records.timestamps import first_offset_at_or_after, max_timestamp_offset
+from driftlog.security.acl import AclOperation
+from driftlog.server.access import TOPIC
 from driftlog.server.context import RequestContext
 from driftlog.server.fetch import LOST_DATA_ERROR
 from driftlog.storage.api import ObjectNotFound
@@ -110,9 +115,12 @@ async def handle_list_offsets(ctx: RequestContext, request: Any) -> Any:
     topics = []
     for requested in request.topics:
         topic = coordinator.topic(requested.name)
+        described = ctx.access.allows(AclOperation.DESCRIBE, TOPIC, requested.name)
         partitions = []
         for p in requested.partitions:
-            if topic is None:
+            if not described:
+                error, ts, offset = ErrorCode.topic_authorization_failed, -1, -1
+            elif topic is None:
                 error, ts, offset = ErrorCode.unknown_topic_or_partition, -1, -1
             else:
                 try:

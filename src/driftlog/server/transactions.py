@@ -8,6 +8,15 @@ the rules (`coordinator/transactions.py`); this module checks what only the
 request can tell (known topics, group membership for TxnOffsetCommit v3) and
 maps errors to what each request version's clients understand. Any agent
 serves them: FindCoordinator names one, and they all reach the same writer.
+
+With an authorizer, Kafka's checks (KafkaApis): AddPartitionsToTxn needs WRITE on the
+transactional id (else every partition gets TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+and WRITE on each topic; TxnOffsetCommit WRITE on the transactional id, READ on the
+group and READ on each topic; DescribeProducers READ on each topic;
+DescribeTransactions DESCRIBE on each transactional id (and shows only the topics the
+principal may DESCRIBE); ListTransactions lists only the transactional ids the
+principal may DESCRIBE. AddOffsetsToTxn, EndTxn and WriteTxnMarkers are all or
+nothing: server/access.py's GATES check them before they get here.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from driftlog.coordinator.transactions import (
     error_for_version,
 )
 from driftlog.protocol.schema import build, response_module
+from driftlog.security.acl import AclOperation
+from driftlog.server.access import GROUP, TOPIC, TRANSACTIONAL_ID
 from driftlog.server.context import RequestContext
 
 INIT_PRODUCER_ID = 22
@@ -43,6 +54,7 @@ LIST_TRANSACTIONS = 66
 _NO_THROTTLE = datetime.timedelta(0)
 _NO_LEADER_EPOCH = -1
 OFFSET_METADATA_BYTES_MAX = 4096
+_TOPIC_DENIED_MESSAGE = "Topic authorization failed."  # Errors.TOPIC_AUTHORIZATION_FAILED
 
 
 def _ms(value: datetime.timedelta) -> int:
@@ -75,22 +87,29 @@ async def handle_add_partitions_to_txn(ctx: RequestContext, request: Any) -> Any
     version = ctx.api_version
     module = response_module(ADD_PARTITIONS_TO_TXN, version)
     coordinator = ctx.services.coordinator
+    access = ctx.access
     requested: list[tuple[str, int, uuid.UUID | None]] = []
-    unknown = False
+    refused: dict[tuple[str, int], ErrorCode] = {}
     for topic in request.v3_and_below_topics:
         info = coordinator.topic(topic.name)
+        writable = access.allows(AclOperation.WRITE, TOPIC, topic.name)
         for p in topic.partitions:
             known = info is not None and 0 <= p < info.partition_count
-            unknown = unknown or not known
+            if not writable:
+                refused[(topic.name, p)] = ErrorCode.topic_authorization_failed
+            elif not known:
+                refused[(topic.name, p)] = ErrorCode.unknown_topic_or_partition
             requested.append((topic.name, p, info.topic_id if known and info else None))
-    if unknown:
-        # Kafka adds nothing when a partition is unknown: those get the error, the others
-        # OPERATION_NOT_ATTEMPTED.
+    errors: dict[tuple[str, int], ErrorCode]
+    if not access.allows(
+        AclOperation.WRITE, TRANSACTIONAL_ID, request.v3_and_below_transactional_id
+    ):
+        errors = {(n, p): ErrorCode.transactional_id_authorization_failed for n, p, _ in requested}
+    elif refused:
+        # Kafka adds nothing when a partition is denied or unknown: those get their error,
+        # the others OPERATION_NOT_ATTEMPTED.
         errors = {
-            (n, p): ErrorCode.unknown_topic_or_partition
-            if tid is None
-            else ErrorCode.operation_not_attempted
-            for n, p, tid in requested
+            (n, p): refused.get((n, p), ErrorCode.operation_not_attempted) for n, p, _ in requested
         }
     else:
         try:
@@ -165,6 +184,18 @@ async def handle_txn_offset_commit(ctx: RequestContext, request: Any) -> Any:
     version = ctx.api_version
     module = response_module(TXN_OFFSET_COMMIT, version)
     services = ctx.services
+    access = ctx.access
+    # TxnOffsetCommitRequest.getErrorResponse: a denied id or group fails every partition.
+    denied: ErrorCode | None = None
+    if not access.allows(AclOperation.WRITE, TRANSACTIONAL_ID, request.transactional_id):
+        denied = ErrorCode.transactional_id_authorization_failed
+    elif not access.allows(AclOperation.READ, GROUP, request.group_id):
+        denied = ErrorCode.group_authorization_failed
+    if denied is not None:
+        return _txn_offset_commit_response(
+            module,
+            {(t.name, p.partition_index): denied for t in request.topics for p in t.partitions},
+        )
     # Sent to the group's coordinator, like OffsetCommit. v3 (KIP-447) names the member
     # and generation, so a zombie of an earlier generation cannot commit (exactly once
     # across a rebalance); generation -1 (no group management) is not checked.
@@ -180,9 +211,12 @@ async def handle_txn_offset_commit(ctx: RequestContext, request: Any) -> Any:
     errors: dict[tuple[str, int], ErrorCode] = {}
     for topic in request.topics:
         info = services.coordinator.topic(topic.name)
+        readable = access.allows(AclOperation.READ, TOPIC, topic.name)
         for p in topic.partitions:
             metadata = p.committed_metadata
-            if info is None or not 0 <= p.partition_index < info.partition_count:
+            if not readable:
+                error = ErrorCode.topic_authorization_failed
+            elif info is None or not 0 <= p.partition_index < info.partition_count:
                 error = ErrorCode.unknown_topic_or_partition
             elif group_error != ErrorCode.none:
                 error = group_error
@@ -209,6 +243,10 @@ async def handle_txn_offset_commit(ctx: RequestContext, request: Any) -> Any:
         error = error_for_version(error, TXN_OFFSET_COMMIT, version)
         for o in pending:
             errors[(o.topic, o.partition)] = error
+    return _txn_offset_commit_response(module, errors)
+
+
+def _txn_offset_commit_response(module: Any, errors: dict[tuple[str, int], ErrorCode]) -> Any:
     by_topic: dict[str, list[Any]] = {}
     for (name, partition), error in errors.items():
         by_topic.setdefault(name, []).append(
@@ -298,13 +336,20 @@ async def handle_describe_transactions(ctx: RequestContext, request: Any) -> Any
     except CoordinatorError as e:
         known, failure = {}, _unavailable(ctx, DESCRIBE_TRANSACTIONS, e)
     states = []
+    access = ctx.access
     for txn_id in request.transactional_ids:
         txn = known.get(txn_id)
-        if txn is None:
+        allowed = access.allows(AclOperation.DESCRIBE, TRANSACTIONAL_ID, txn_id)
+        if txn is None or not allowed:
+            error = (
+                ErrorCode.transactional_id_authorization_failed
+                if not allowed
+                else failure or ErrorCode.transactional_id_not_found
+            )
             states.append(
                 build(
                     module.TransactionState,
-                    error_code=failure or ErrorCode.transactional_id_not_found,
+                    error_code=error,
                     transactional_id=txn_id,
                     transaction_state="",
                     transaction_timeout=datetime.timedelta(0),
@@ -318,7 +363,8 @@ async def handle_describe_transactions(ctx: RequestContext, request: Any) -> Any
         by_topic: dict[str, list[int]] = {}
         for topic_id, partition in sorted(txn.partitions, key=lambda k: (k[0].bytes, k[1])):
             info = services.coordinator.topic_by_id(topic_id)
-            if info is not None:
+            # Only the topics the principal may describe are shown, as Kafka does.
+            if info is not None and access.allows(AclOperation.DESCRIBE, TOPIC, info.name):
                 by_topic.setdefault(info.name, []).append(partition)
         states.append(
             build(
@@ -356,6 +402,7 @@ async def handle_list_transactions(ctx: RequestContext, request: Any) -> Any:
     except CoordinatorError as e:
         transactions, error = [], _unavailable(ctx, LIST_TRANSACTIONS, e)
     now_ms = SYSTEM_CLOCK.wall_ms()
+    access = ctx.access
     listed = [
         build(
             module.TransactionState,
@@ -367,6 +414,8 @@ async def handle_list_transactions(ctx: RequestContext, request: Any) -> Any:
         if (not wanted_states or t.state.value in wanted_states)
         and (not wanted_producers or t.producer_id in wanted_producers)
         and (min_duration_ms < 0 or (t.ongoing and now_ms - t.start_ms >= min_duration_ms))
+        # Only the transactional ids the principal may describe are listed, as Kafka does.
+        and access.allows(AclOperation.DESCRIBE, TRANSACTIONAL_ID, t.transactional_id)
     ]
     return build(
         module.ListTransactionsResponse,
@@ -390,9 +439,14 @@ async def handle_describe_producers(ctx: RequestContext, request: Any) -> Any:
     topics = []
     for topic in request.topics:
         info = coordinator.topic(topic.name)
+        readable = ctx.access.allows(AclOperation.READ, TOPIC, topic.name)
         partitions = []
         for index in topic.partition_indexes:
-            if info is None or not 0 <= index < info.partition_count:
+            message = None
+            if not readable:
+                error, active = ErrorCode.topic_authorization_failed, ()
+                message = _TOPIC_DENIED_MESSAGE
+            elif info is None or not 0 <= index < info.partition_count:
                 error, active = ErrorCode.unknown_topic_or_partition, ()
             elif failure is not None:
                 error, active = failure, ()
@@ -416,7 +470,7 @@ async def handle_describe_producers(ctx: RequestContext, request: Any) -> Any:
                     module.PartitionResponse,
                     partition_index=index,
                     error_code=error,
-                    error_message=None,
+                    error_message=message,
                     active_producers=active,
                 )
             )
