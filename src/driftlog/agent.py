@@ -97,10 +97,15 @@ class Agent:
         }
         self._principal_mapper = PrincipalMapper(config.ssl_principal_mapping_rules)
         self.credentials = CredentialCache()
-        # None: no authorizer (everything allowed); else rebuilt whenever ACLs change.
-        self.authorizer: Authorizer | None = None
-        self.quotas = QuotaManager()
+        # None: no authorizer (everything allowed); else rebuilt whenever ACLs change. Until
+        # the ACLs are first loaded only super users are allowed: never fail open.
         self._super_users = parse_super_users(config.super_users)
+        self.authorizer: Authorizer | None = (
+            Authorizer((), self._super_users, allow_everyone_if_no_acl_found=False)
+            if config.authorizer == "acl"
+            else None
+        )
+        self.quotas = QuotaManager()
         store: ObjectStore = open_store(config.store_url)
         if config.faults:
             log.warning("FAULT INJECTION ON in the object store: %s", config.faults)

@@ -95,9 +95,7 @@ GATES: dict[int, Callable[[Any], list[Need]]] = {
     14: _group_read,  # SyncGroup
     25: _txn_offsets,  # AddOffsetsToTxn
     26: _txn_write,  # EndTxn
-    27: _cluster(AclOperation.CLUSTER_ACTION),  # WriteTxnMarkers
     48: _cluster(AclOperation.DESCRIBE_CONFIGS),  # DescribeClientQuotas
-    50: _cluster(AclOperation.DESCRIBE),  # DescribeUserScramCredentials
 }
 
 

@@ -117,7 +117,7 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
     access = ctx.access
     if all_topics:
         # Topics this principal may not describe are left out, as Kafka does.
-        found: list[tuple[str, ErrorCode, TopicInfo | None]] = [
+        found: list[tuple[str | None, ErrorCode, TopicInfo | None]] = [
             (t.name, ErrorCode.none, t)
             for t in coordinator.topics()
             if access.allows(AclOperation.DESCRIBE, TOPIC, t.name)
@@ -128,11 +128,13 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
             name = requested.name
             if name is None:
                 topic = coordinator.topic_by_id(requested.topic_id)
-                found.append(
-                    ("", ErrorCode.unknown_topic_id, None)
-                    if topic is None
-                    else (topic.name, ErrorCode.none, topic)
-                )
+                if topic is None:
+                    found.append(("", ErrorCode.unknown_topic_id, None))
+                elif not access.allows(AclOperation.DESCRIBE, TOPIC, topic.name):
+                    # As Kafka: refused, and the name stays hidden (null).
+                    found.append((None, ErrorCode.topic_authorization_failed, None))
+                else:
+                    found.append((topic.name, ErrorCode.none, topic))
                 continue
             if not access.allows(AclOperation.DESCRIBE, TOPIC, name):
                 found.append((name, ErrorCode.topic_authorization_failed, None))
@@ -169,7 +171,7 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
                 topic_id=topic.topic_id if topic else _ZERO_UUID,
                 is_internal=False,
                 partitions=partitions,
-                topic_authorized_operations=_operations(ctx, TOPIC, name, TOPIC_OPERATIONS)
+                topic_authorized_operations=_operations(ctx, TOPIC, topic.name, TOPIC_OPERATIONS)
                 if topic is not None and include_topic_operations
                 else _OPERATIONS_OMITTED,
             )

@@ -239,6 +239,14 @@ async def handle_delete_acls(ctx: RequestContext, request: Any) -> Any:
 
 async def handle_describe_user_scram_credentials(ctx: RequestContext, request: Any) -> Any:
     module = response_module(DESCRIBE_SCRAM, ctx.api_version)
+    if not ctx.access.allows_cluster(AclOperation.DESCRIBE):
+        return build(
+            module.DescribeUserScramCredentialsResponse,
+            throttle_time=_ZERO,
+            error_code=ErrorCode.cluster_authorization_failed,
+            error_message="Cluster authorization failed.",
+            results=(),
+        )
     known = ctx.services.credentials.users()
     wanted = [u.name for u in request.users] if request.users else sorted(known)
     seen: dict[str, int] = {}

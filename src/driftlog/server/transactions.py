@@ -273,7 +273,19 @@ async def handle_write_txn_markers(ctx: RequestContext, request: Any) -> Any:
     coordinator = ctx.services.coordinator
     ends: list[TxnEnd] = []
     unknown: dict[tuple[int, str, int], ErrorCode] = {}
+    # Kafka: CLUSTER_ACTION on the cluster, or ALTER (what an administrator running
+    # kafka-transactions.sh abort has); else every partition is refused.
+    allowed = ctx.access.allows_cluster(AclOperation.CLUSTER_ACTION) or (
+        ctx.access.allows_cluster(AclOperation.ALTER)
+    )
     for marker in request.markers:
+        if not allowed:
+            for topic in marker.topics:
+                for index in topic.partition_indexes:
+                    unknown[(marker.producer_id, topic.name, index)] = (
+                        ErrorCode.cluster_authorization_failed
+                    )
+            continue
         partitions = []
         for topic in marker.topics:
             info = coordinator.topic(topic.name)
