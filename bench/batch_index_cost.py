@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from services import PostgresServer
 
 from driftlog.coordinator.api import BatchToCommit, TopicInfo
-from driftlog.coordinator.backend import Fence
-from driftlog.coordinator.lease import LeaseRecord
-from driftlog.coordinator.postgres import PostgresBackend
-from driftlog.coordinator.sequencer import Sequencer
+from driftlog.coordinator.core.lease import LeaseRecord
+from driftlog.coordinator.core.sequencer import Sequencer
+from driftlog.coordinator.engines.backend import Fence
+from driftlog.coordinator.engines.postgres import PostgresBackend
 
 WARMUP_ROUNDS = 20
 

@@ -4,7 +4,7 @@ What it measures
 ----------------
 A real `driftlog serve` agent on a throwaway PostgreSQL 15 (or `--dsn`) takes the
 writer lease. N simulated agents connect to its writer RPC, exactly as agents do
-(`coordinator/rpc_messages.py`), and each keeps `--depth` commits in flight (a real agent
+(`coordinator/runtime/rpc_messages.py`), and each keeps `--depth` commits in flight (a real agent
 uploads up to 4 objects at once and submits each as soon as it is uploaded).
 Every commit is one object of `--batches` batches (default 20) on partitions drawn
 at random from a topic of `--partitions` partitions (default 1,000). Each simulated
@@ -57,9 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from services import PostgresServer, free_port, wait_for_port
 
-from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import BatchToCommit
-from driftlog.coordinator.rpc import read_body, read_message
+from driftlog.coordinator.runtime import rpc_messages as messages
+from driftlog.coordinator.runtime.rpc import read_body, read_message
 
 # Distinct random partition sets each simulated agent cycles through, encoded once:
 # the writer's work per commit is the same, the load generator's much smaller (it

@@ -44,8 +44,8 @@ from driftlog.agent_metrics import register_agent_metrics
 from driftlog.clock import SYSTEM_CLOCK
 from driftlog.cluster.membership import Membership
 from driftlog.coordinator.api import AgentInfo
-from driftlog.coordinator.service import AgentCoordinator
-from driftlog.coordinator.sqlite import SqliteBackend
+from driftlog.coordinator.engines.sqlite import SqliteBackend
+from driftlog.coordinator.runtime.service import AgentCoordinator
 from driftlog.lifecycle.compactor import Compactor
 from driftlog.lifecycle.gc import ObjectCollector
 from driftlog.lifecycle.key_compactor import KeyCompactor

@@ -31,17 +31,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from driftlog.coordinator import postgres
-from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import BatchToCommit, CommitRequest, EncodedOutcomes, TopicInfo
-from driftlog.coordinator.backend import outcomes_json
-from driftlog.coordinator.sequencer import (
+from driftlog.coordinator.core.sequencer import (
     PartitionSequence,
     SequencedObject,
     Sequencer,
     SequencerSnapshot,
 )
-from driftlog.coordinator.view import CoordinatorView
+from driftlog.coordinator.engines import postgres
+from driftlog.coordinator.engines.backend import outcomes_json
+from driftlog.coordinator.runtime import rpc_messages as messages
+from driftlog.coordinator.runtime.view import CoordinatorView
 
 
 def requests(

@@ -35,9 +35,7 @@ class Pki:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             _builder(subject, ca.subject, key)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         cert_path = self.directory / f"client-{common_name}.pem"
@@ -118,9 +116,7 @@ def make_pki(directory: Path) -> Pki:
             ),
             critical=False,
         )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     _write(directory / "server.pem", directory / "server.key", server, server_key)

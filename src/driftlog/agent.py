@@ -25,12 +25,12 @@ from driftlog.cluster.membership import Membership
 from driftlog.cluster.placement import group_coordinator
 from driftlog.config import AgentConfig
 from driftlog.coordinator.api import AgentInfo, CoordinatorError
-from driftlog.coordinator.backend import Backend
-from driftlog.coordinator.postgres import PostgresBackend
-from driftlog.coordinator.retention import RetentionPolicy
-from driftlog.coordinator.service import AgentCoordinator
-from driftlog.coordinator.sqlite import SqliteBackend
-from driftlog.coordinator.transactions import TxnLimits
+from driftlog.coordinator.core.retention import RetentionPolicy
+from driftlog.coordinator.core.transactions import TxnLimits
+from driftlog.coordinator.engines.backend import Backend
+from driftlog.coordinator.engines.postgres import PostgresBackend
+from driftlog.coordinator.engines.sqlite import SqliteBackend
+from driftlog.coordinator.runtime.service import AgentCoordinator
 from driftlog.groups.coordinator import GroupCoordinator
 from driftlog.lifecycle.compactor import CompactionConfig, Compactor
 from driftlog.lifecycle.gc import GcConfig, ObjectCollector

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from driftlog.cluster.membership import Membership
-from driftlog.coordinator.service import AgentCoordinator
+from driftlog.coordinator.runtime.service import AgentCoordinator
 from driftlog.lifecycle.compactor import Compactor
 from driftlog.lifecycle.gc import ObjectCollector
 from driftlog.lifecycle.key_compactor import KeyCompactor

@@ -65,7 +65,7 @@ class AgentConfig:
     auto_create_topics: bool = True
     default_partitions: int = 1
     # None: 0 when embedded; in a cluster, the id recorded for this agent id, or the
-    # smallest free one (coordinator/node_ids.py).
+    # smallest free one (coordinator/core/node_ids.py).
     node_id: int | None = None
     zone: str = ""
     # Listeners in Kafka's syntax (security/listeners.py); empty: one PLAINTEXT listener
@@ -86,7 +86,7 @@ class AgentConfig:
     authorizer: str = ""
     super_users: str = ""  # Kafka's super.users: "User:a;User:b"
     allow_everyone_if_no_acl_found: bool = False
-    # The agents' RPC secret (coordinator/peer_auth.py); None: the one kept in the database.
+    # The agents' RPC secret (coordinator/runtime/peer_auth.py); None: the one kept in the database.
     cluster_secret_file: Path | None = None
     # HOST:PORT of the Prometheus endpoint (/metrics, /healthz, /readyz); empty: none.
     metrics_listen: str = ""
@@ -107,4 +107,3 @@ class AgentConfig:
     def clustered(self) -> bool:
         """Several agents share the coordinator database (PostgreSQL)."""
         return self.coordinator_url is not None
-

@@ -1,5 +1,5 @@
 """The writer RPC refuses peers that do not prove they hold the cluster secret
-(`coordinator/peer_auth.py`), over real loopback sockets: agents with the secret commit
+(`coordinator/runtime/peer_auth.py`), over real loopback sockets: agents with the secret commit
 through the writer; an agent with another secret, and raw sockets sending garbage, an
 unauthenticated commit or subscription, a reflected handshake or nothing at all, are
 disconnected without any effect, while the good agent keeps committing."""
@@ -15,13 +15,13 @@ import pytest
 from kio.schema.errors import ErrorCode
 
 from driftlog.clock import SystemClock
-from driftlog.coordinator import peer_auth, rpc
-from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import BatchToCommit, CommitRequest, TopicInfo
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.peer_auth import HandshakeFailed
-from driftlog.coordinator.rpc import authenticate_to_server, read_message
-from driftlog.coordinator.service import AgentCoordinator
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.runtime import peer_auth, rpc
+from driftlog.coordinator.runtime import rpc_messages as messages
+from driftlog.coordinator.runtime.peer_auth import HandshakeFailed
+from driftlog.coordinator.runtime.rpc import authenticate_to_server, read_message
+from driftlog.coordinator.runtime.service import AgentCoordinator
 
 SECRET = b"the cluster's secret"
 WRONG_SECRET = b"some other cluster's secret"
@@ -134,7 +134,7 @@ def test_without_an_explicit_secret_agents_use_the_databases() -> None:
 
 
 def test_agent_with_another_secret_is_refused(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="driftlog.coordinator.rpc")
+    caplog.set_level(logging.WARNING, logger="driftlog.coordinator.runtime.rpc")
 
     async def scenario() -> None:
         database = MemoryDatabase()
@@ -173,7 +173,7 @@ def test_unauthenticated_sockets_are_disconnected_without_effect(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(rpc, "HANDSHAKE_TIMEOUT_S", SHORT_HANDSHAKE_S)
-    caplog.set_level(logging.WARNING, logger="driftlog.coordinator.rpc")
+    caplog.set_level(logging.WARNING, logger="driftlog.coordinator.runtime.rpc")
 
     async def scenario() -> None:
         async with writer_and_follower() as (writer, follower):

@@ -1,7 +1,7 @@
 """The agent's memory stays flat as the log grows, and a restart does not rebuild a batch index.
 
 The coordinator keeps per-partition and per-producer state plus a bounded tail
-cache of batch coordinates (`coordinator/tail.py`: 2,000 batches per partition);
+cache of batch coordinates (`coordinator/core/tail.py`: 2,000 batches per partition);
 older coordinates are read from the database. An index holding every committed
 batch costs at least ~150 bytes a batch (a named tuple of seven fields and its
 ints, plus a list slot; the index this replaced measured ~270 bytes a batch
@@ -52,7 +52,7 @@ from kio.serial import entity_reader
 from kio.static.primitive import Records, i16, i32, i32Timedelta
 from raw_client import RawClient
 
-from driftlog.coordinator.tail import DEFAULT_MAX_BATCHES, DEFAULT_MAX_BATCHES_PER_PARTITION
+from driftlog.coordinator.core.tail import DEFAULT_MAX_BATCHES, DEFAULT_MAX_BATCHES_PER_PARTITION
 
 TOPIC = "memory-bound"
 PARTITIONS = 16

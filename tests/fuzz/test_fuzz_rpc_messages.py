@@ -1,5 +1,5 @@
-"""The writer RPC's binary frames (`coordinator/rpc_messages.py`): round trips, and mutated or
-random bodies never raise anything but `ProtocolError`.
+"""The writer RPC's binary frames (`coordinator/runtime/rpc_messages.py`): round trips, and
+mutated or random bodies never raise anything but `ProtocolError`.
 
 No network. Fixed seed (`fuzzlib.SEED`), no example database.
 """
@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from kio.schema.errors import ErrorCode
 
-from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import BatchLocation, BatchToCommit, CommitOutcome, CommitRequest
-from driftlog.coordinator.backend import decode_outcomes, encode_outcomes, outcomes_json
-from driftlog.coordinator.rpc_messages import ProtocolError
-from driftlog.coordinator.sequencer import SequencedObject
+from driftlog.coordinator.core.sequencer import SequencedObject
+from driftlog.coordinator.engines.backend import decode_outcomes, encode_outcomes, outcomes_json
+from driftlog.coordinator.runtime import rpc_messages as messages
+from driftlog.coordinator.runtime.rpc_messages import ProtocolError
 
 SCALE = float(os.environ.get("DRIFTLOG_FUZZ_SCALE", "1"))
 

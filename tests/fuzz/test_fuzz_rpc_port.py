@@ -1,6 +1,6 @@
-"""Fuzzing a real writer RPC port (`coordinator/rpc.py`) with random bytes, random and mutated
-RPC frames, and mutated handshakes (`coordinator/peer_auth.py`), each on a fresh connection
-over loopback.
+"""Fuzzing a real writer RPC port (`coordinator/runtime/rpc.py`) with random bytes, random and
+mutated RPC frames, and mutated handshakes (`coordinator/runtime/peer_auth.py`), each on a
+fresh connection over loopback.
 
 A writer agent (`AgentCoordinator` on an in-memory database) serves from a thread of its
 own; the examples use blocking sockets. A peer without the cluster secret must get the
@@ -33,11 +33,11 @@ from hypothesis import strategies as st
 from kio.schema.errors import ErrorCode
 
 from driftlog.clock import SystemClock
-from driftlog.coordinator import peer_auth, rpc
-from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import BatchToCommit, CommitRequest, TopicInfo
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.peer_auth import (
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.runtime import peer_auth, rpc
+from driftlog.coordinator.runtime import rpc_messages as messages
+from driftlog.coordinator.runtime.peer_auth import (
     CLIENT_PROOF_BYTES,
     NONCE_BYTES,
     SERVER_HELLO_BYTES,
@@ -45,7 +45,7 @@ from driftlog.coordinator.peer_auth import (
     SERVER_PROOF_BYTES,
     ClientHandshake,
 )
-from driftlog.coordinator.service import AgentCoordinator
+from driftlog.coordinator.runtime.service import AgentCoordinator
 
 T = TypeVar("T")
 SCALE = float(os.environ.get("DRIFTLOG_FUZZ_SCALE", "1"))
@@ -212,7 +212,7 @@ def errors() -> Iterator[ErrorRecords]:
     logger = logging.getLogger()
     logger.addHandler(handler)
     # Refusals are warnings, rate-limited; keep them out of the test's output.
-    quiet = logging.getLogger("driftlog.coordinator.rpc")
+    quiet = logging.getLogger("driftlog.coordinator.runtime.rpc")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
@@ -352,7 +352,7 @@ def test_mutated_handshakes(writer: RunningWriter, errors: ErrorRecords) -> None
 def is_duplicate_key_error(record: logging.LogRecord) -> bool:
     """The writer's own error for a commit that re-uses a committed object's key without
     the re-send flag (only an authenticated peer can send one; agents never do)."""
-    return record.name == "driftlog.coordinator.writer" and "exists" in record.getMessage()
+    return record.name == "driftlog.coordinator.runtime.writer" and "exists" in record.getMessage()
 
 
 def test_authenticated_peer_with_mutated_frames(errors: ErrorRecords) -> None:

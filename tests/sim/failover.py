@@ -76,13 +76,13 @@ from driftlog.coordinator.api import (
     NotWriter,
     TopicInfo,
 )
-from driftlog.coordinator.backend import Fence
-from driftlog.coordinator.faulty import BackendFaults, FaultyBackend
-from driftlog.coordinator.lease import LeaseRecord
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase, StoredBatch
-from driftlog.coordinator.sequencer import PartitionKey, SequencedObject
-from driftlog.coordinator.view import CoordinatorView
-from driftlog.coordinator.writer import CommitWriter
+from driftlog.coordinator.core.lease import LeaseRecord
+from driftlog.coordinator.core.sequencer import PartitionKey, SequencedObject
+from driftlog.coordinator.engines.backend import Fence
+from driftlog.coordinator.engines.faulty import BackendFaults, FaultyBackend
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase, StoredBatch
+from driftlog.coordinator.runtime.view import CoordinatorView
+from driftlog.coordinator.runtime.writer import CommitWriter
 
 SHARD = 0
 TOPICS = ("t0", "t1", "t2")

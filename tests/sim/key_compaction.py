@@ -116,7 +116,10 @@ from sim.lifecycle import (
 )
 
 from driftlog.coordinator.api import BatchLocation, BatchToCommit, CommitOutcome, CoordinatorError
-from driftlog.coordinator.backend import (
+from driftlog.coordinator.core.retention import RetentionPolicy
+from driftlog.coordinator.core.sequencer import PartitionKey, SequencedObject
+from driftlog.coordinator.core.transactions import AbortedTxn
+from driftlog.coordinator.engines.backend import (
     BatchRemoval,
     BatchRewrite,
     Fence,
@@ -125,12 +128,9 @@ from driftlog.coordinator.backend import (
     NewObject,
     TxnWrite,
 )
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase, StoredBatch
-from driftlog.coordinator.retention import RetentionPolicy
-from driftlog.coordinator.sequencer import PartitionKey, SequencedObject
-from driftlog.coordinator.transactions import AbortedTxn
-from driftlog.coordinator.view import CoordinatorView
-from driftlog.coordinator.writer import CommitWriter
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase, StoredBatch
+from driftlog.coordinator.runtime.view import CoordinatorView
+from driftlog.coordinator.runtime.writer import CommitWriter
 from driftlog.lifecycle.compactor import Compactor
 from driftlog.lifecycle.gc import ObjectCollector
 from driftlog.lifecycle.key_cleaning import KEY_MAP_ENTRY_BYTES, KeyCompactionPolicy, policy_for

@@ -80,11 +80,11 @@ from driftlog.coordinator.api import (
     NotWriter,
     TopicInfo,
 )
-from driftlog.coordinator.backend import BatchMove, Fence, LogStart, NewObject
-from driftlog.coordinator.faulty import BackendFaults, FaultyBackend
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
-from driftlog.coordinator.writer import CommitWriter
+from driftlog.coordinator.core.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
+from driftlog.coordinator.engines.backend import BatchMove, Fence, LogStart, NewObject
+from driftlog.coordinator.engines.faulty import BackendFaults, FaultyBackend
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.runtime.writer import CommitWriter
 from driftlog.lifecycle.compactor import CompactionConfig, Compactor
 from driftlog.lifecycle.gc import GcConfig, ObjectCollector
 from driftlog.records.control import is_marker_key

@@ -27,11 +27,11 @@ from driftlog.coordinator.api import (
     CommitRequest,
     CoordinatorUnavailable,
 )
-from driftlog.coordinator.backend import Fence
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.sequencer import SequencedObject
-from driftlog.coordinator.view import CoordinatorView
-from driftlog.coordinator.writer import CommitWriter
+from driftlog.coordinator.core.sequencer import SequencedObject
+from driftlog.coordinator.engines.backend import Fence
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.runtime.view import CoordinatorView
+from driftlog.coordinator.runtime.writer import CommitWriter
 
 SEEDS = int(os.environ.get("DRIFTLOG_SIM_SEEDS", "50"))
 FIRST_SEED = int(os.environ.get("DRIFTLOG_SIM_FIRST_SEED", "0"))

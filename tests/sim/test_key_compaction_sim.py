@@ -27,14 +27,14 @@ import pytest
 from sim.key_compaction import KNOWN_BUGS, KeySimConfig, SimFailure, run_seed
 
 from driftlog.coordinator.api import PartitionOffsets, TopicInfo
-from driftlog.coordinator.backend import (
+from driftlog.coordinator.core.transactions import AbortedTxn
+from driftlog.coordinator.engines.backend import (
     Backend,
     BatchRef,
     BatchRemoval,
     BatchRewrite,
     KeyCleanState,
 )
-from driftlog.coordinator.transactions import AbortedTxn
 from driftlog.lifecycle import key_compactor
 from driftlog.lifecycle.key_cleaning import CleaningHistory, KeyCompactionPolicy, KeyMap
 from driftlog.lifecycle.key_compactor import KeyCompactor, PartitionView, Rewrite

@@ -28,7 +28,6 @@ from sim.failover import SimFailure
 from sim.transactions import KNOWN_BUGS, PLANTED_BUGS, TxnSimConfig, plant, run_seed
 
 from driftlog.clock import FakeClock
-from driftlog.coordinator import transactions as txns
 from driftlog.coordinator.api import (
     TRANSACTIONAL_ATTRIBUTE,
     BatchToCommit,
@@ -37,12 +36,13 @@ from driftlog.coordinator.api import (
     CoordinatorError,
     TopicInfo,
 )
-from driftlog.coordinator.backend import Fence, LogStart, TxnWrite
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
-from driftlog.coordinator.transactions import Transaction, TxnLimits, TxnState
-from driftlog.coordinator.view import CoordinatorView
-from driftlog.coordinator.writer import CommitWriter, Listeners
+from driftlog.coordinator.core import transactions as txns
+from driftlog.coordinator.core.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
+from driftlog.coordinator.core.transactions import Transaction, TxnLimits, TxnState
+from driftlog.coordinator.engines.backend import Fence, LogStart, TxnWrite
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.runtime.view import CoordinatorView
+from driftlog.coordinator.runtime.writer import CommitWriter, Listeners
 
 SEEDS = int(os.environ.get("DRIFTLOG_SIM_SEEDS", "100"))
 FIRST_SEED = int(os.environ.get("DRIFTLOG_SIM_FIRST_SEED", "0"))

@@ -108,7 +108,6 @@ from sim.failover import (
     TrackedBackend,
 )
 
-from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import (
     TRANSACTIONAL_ATTRIBUTE,
     BatchLocation,
@@ -116,12 +115,8 @@ from driftlog.coordinator.api import (
     CommitOutcome,
     CoordinatorError,
 )
-from driftlog.coordinator.backend import Fence, TxnWrite
-from driftlog.coordinator.faulty import FaultyBackend
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase, StoredBatch
-from driftlog.coordinator.rpc import WriterClient, WriterServer
-from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, Sequencer
-from driftlog.coordinator.transactions import (
+from driftlog.coordinator.core.sequencer import PartitionKey, SequencedObject, Sequencer
+from driftlog.coordinator.core.transactions import (
     AbortedTxn,
     Decision,
     PendingOffset,
@@ -130,8 +125,13 @@ from driftlog.coordinator.transactions import (
     TxnLimits,
     TxnState,
 )
-from driftlog.coordinator.view import CoordinatorView
-from driftlog.coordinator.writer import CommitWriter, Listeners
+from driftlog.coordinator.engines.backend import Fence, TxnWrite
+from driftlog.coordinator.engines.faulty import FaultyBackend
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase, StoredBatch
+from driftlog.coordinator.runtime import rpc_messages as messages
+from driftlog.coordinator.runtime.rpc import WriterClient, WriterServer
+from driftlog.coordinator.runtime.view import CoordinatorView
+from driftlog.coordinator.runtime.writer import CommitWriter, Listeners
 from driftlog.records.control import is_marker_key, parse_marker_key
 
 GROUPS = ("g0", "g1")

@@ -28,14 +28,14 @@ from driftlog.coordinator.api import (
     Fenced,
     NotWriter,
 )
-from driftlog.coordinator.backend import Backend, Fence
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.postgres import PostgresBackend
-from driftlog.coordinator.sequencer import SequencedObject, Sequencer
-from driftlog.coordinator.service import LocalCoordinator
-from driftlog.coordinator.sqlite import SqliteBackend
-from driftlog.coordinator.tail import TailIndex
-from driftlog.coordinator.writer import CommitWriter, Listeners
+from driftlog.coordinator.core.sequencer import SequencedObject, Sequencer
+from driftlog.coordinator.core.tail import TailIndex
+from driftlog.coordinator.engines.backend import Backend, Fence
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.engines.postgres import PostgresBackend
+from driftlog.coordinator.engines.sqlite import SqliteBackend
+from driftlog.coordinator.runtime.service import LocalCoordinator
+from driftlog.coordinator.runtime.writer import CommitWriter, Listeners
 
 LEASE_MS = 5_000
 BackendFactory = Callable[[], Backend]

@@ -18,12 +18,12 @@ from driftlog.coordinator.api import (
     CommitRequest,
     CommittedOffset,
 )
-from driftlog.coordinator.backend import Backend, BatchRemoval, BatchRewrite, KeyCleanState
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.postgres import PostgresBackend
-from driftlog.coordinator.service import LocalCoordinator
-from driftlog.coordinator.sqlite import SqliteBackend
-from driftlog.coordinator.transactions import AbortedTxn, PendingOffset, TxnState
+from driftlog.coordinator.core.transactions import AbortedTxn, PendingOffset, TxnState
+from driftlog.coordinator.engines.backend import Backend, BatchRemoval, BatchRewrite, KeyCleanState
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.engines.postgres import PostgresBackend
+from driftlog.coordinator.engines.sqlite import SqliteBackend
+from driftlog.coordinator.runtime.service import LocalCoordinator
 from driftlog.records.control import is_marker_key, parse_marker_key
 
 BackendFactory = Callable[[], Backend]

@@ -30,7 +30,7 @@ from services import free_port
 from driftlog.agent import Agent
 from driftlog.config import AgentConfig
 from driftlog.coordinator.api import BatchLocation
-from driftlog.coordinator.backend import BatchMove
+from driftlog.coordinator.engines.backend import BatchMove
 from driftlog.server import fetch
 from driftlog.server.context import RequestContext
 from driftlog.server.session import Session

@@ -9,8 +9,8 @@ import crc32c
 import pytest
 from batch_builder import build_batch
 
-from driftlog.coordinator.retention import RetentionLimits, RetentionPolicy, limits_for
-from driftlog.coordinator.transactions import AbortedTxn
+from driftlog.coordinator.core.retention import RetentionLimits, RetentionPolicy, limits_for
+from driftlog.coordinator.core.transactions import AbortedTxn
 from driftlog.lifecycle.key_cleaning import (
     BatchInfo,
     CleaningHistory,

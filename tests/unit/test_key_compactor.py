@@ -12,9 +12,9 @@ from batch_builder import build_batch
 
 from driftlog.clock import FakeClock
 from driftlog.coordinator.api import BatchToCommit, CommitRequest
-from driftlog.coordinator.backend import BatchRemoval, BatchRewrite, KeyCleanState
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.service import LocalCoordinator
+from driftlog.coordinator.engines.backend import BatchRemoval, BatchRewrite, KeyCleanState
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.runtime.service import LocalCoordinator
 from driftlog.lifecycle.key_cleaning import policy_for
 from driftlog.lifecycle.key_compactor import KeyCompactor
 from driftlog.storage.obstore import open_store

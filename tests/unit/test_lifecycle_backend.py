@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 
 from driftlog.coordinator.api import BatchToCommit, Fenced, TopicInfo
-from driftlog.coordinator.backend import (
+from driftlog.coordinator.core.lease import LeaseRecord
+from driftlog.coordinator.core.sequencer import SequencedObject, Sequencer
+from driftlog.coordinator.engines.backend import (
     Backend,
     BatchMove,
     Fence,
@@ -31,11 +33,9 @@ from driftlog.coordinator.backend import (
     ObjectCounts,
     ObjectRef,
 )
-from driftlog.coordinator.lease import LeaseRecord
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.postgres import PostgresBackend
-from driftlog.coordinator.sequencer import SequencedObject, Sequencer
-from driftlog.coordinator.sqlite import SqliteBackend
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.engines.postgres import PostgresBackend
+from driftlog.coordinator.engines.sqlite import SqliteBackend
 
 BackendFactory = Callable[[], Backend]
 FAR_MS = 10**13

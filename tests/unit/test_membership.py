@@ -11,8 +11,8 @@ import pytest
 from driftlog.clock import FakeClock
 from driftlog.cluster.membership import Membership
 from driftlog.coordinator.api import AgentInfo
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.postgres import PostgresBackend
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.engines.postgres import PostgresBackend
 
 HEARTBEAT_MS = 250
 TIMEOUT_MS = 3_000

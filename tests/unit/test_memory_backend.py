@@ -25,12 +25,12 @@ from driftlog.coordinator.api import (
     Fenced,
     TopicInfo,
 )
-from driftlog.coordinator.backend import READ_BATCHES_PAGE, Backend, Fence
-from driftlog.coordinator.faulty import BackendFaults, FaultyBackend
-from driftlog.coordinator.lease import LeaseRecord
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.sequencer import SequencedObject, Sequencer
-from driftlog.coordinator.sqlite import SqliteBackend
+from driftlog.coordinator.core.lease import LeaseRecord
+from driftlog.coordinator.core.sequencer import SequencedObject, Sequencer
+from driftlog.coordinator.engines.backend import READ_BATCHES_PAGE, Backend, Fence
+from driftlog.coordinator.engines.faulty import BackendFaults, FaultyBackend
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.engines.sqlite import SqliteBackend
 
 T = TypeVar("T")
 

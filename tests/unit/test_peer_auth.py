@@ -1,4 +1,4 @@
-"""The writer RPC's handshake (`coordinator/peer_auth.py`), driven directly: both sides with
+"""The writer RPC's handshake (`coordinator/runtime/peer_auth.py`), driven directly: both sides with
 the same secret agree; a wrong secret, a reflected or replayed proof, and messages of the
 wrong size or magic are refused on either side."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from driftlog.coordinator.peer_auth import (
+from driftlog.coordinator.runtime.peer_auth import (
     CLIENT_LABEL,
     CLIENT_PROOF_BYTES,
     CLIENT_PROOF_MAGIC,

@@ -6,7 +6,7 @@ import uuid
 
 import psycopg
 
-from driftlog.coordinator import pg_arrays
+from driftlog.coordinator.engines import pg_arrays
 
 
 def test_binary_arrays_round_trip_through_postgresql(postgres_dsn: str) -> None:

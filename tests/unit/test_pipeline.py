@@ -9,8 +9,8 @@ from batch_builder import build_batch
 from kio.schema.errors import ErrorCode
 
 from driftlog.clock import SYSTEM_CLOCK
-from driftlog.coordinator.service import LocalCoordinator
-from driftlog.coordinator.sqlite import SqliteBackend
+from driftlog.coordinator.engines.sqlite import SqliteBackend
+from driftlog.coordinator.runtime.service import LocalCoordinator
 from driftlog.records.batch import parse_header
 from driftlog.storage.faulty import FaultConfig, FaultyObjectStore
 from driftlog.storage.obstore import open_store

@@ -8,9 +8,9 @@ import uuid
 import psycopg
 
 from driftlog.clock import FakeClock
-from driftlog.coordinator import postgres
 from driftlog.coordinator.api import BatchToCommit, CommitRequest
-from driftlog.coordinator.service import LocalCoordinator
+from driftlog.coordinator.engines import postgres
+from driftlog.coordinator.runtime.service import LocalCoordinator
 
 
 def test_a_version_3_database_is_upgraded_and_keeps_its_data(postgres_dsn: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.coordinator.producers import (
+from driftlog.coordinator.core.producers import (
     MAX_SEQUENCE,
     check_sequence,
     record_batch,

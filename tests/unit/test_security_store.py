@@ -20,14 +20,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from driftlog.coordinator import postgres, sqlite
 from driftlog.coordinator.api import AclBinding, AgentInfo, QuotaEntry, ScramCredential
-from driftlog.coordinator.backend import Backend
-from driftlog.coordinator.faulty import BackendFaults, FaultyBackend
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.node_ids import NodeIdTaken
-from driftlog.coordinator.postgres import PostgresBackend
-from driftlog.coordinator.sqlite import SqliteBackend
+from driftlog.coordinator.core.node_ids import NodeIdTaken
+from driftlog.coordinator.engines import postgres, sqlite
+from driftlog.coordinator.engines.backend import Backend
+from driftlog.coordinator.engines.faulty import BackendFaults, FaultyBackend
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.engines.postgres import PostgresBackend
+from driftlog.coordinator.engines.sqlite import SqliteBackend
 
 BackendFactory = Callable[[], Backend]
 

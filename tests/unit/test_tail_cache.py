@@ -1,4 +1,4 @@
-"""The view's bounded cache of recent batch coordinates (`coordinator/tail.py`), pure."""
+"""The view's bounded cache of recent batch coordinates (`coordinator/core/tail.py`), pure."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 import uuid
 
 from driftlog.coordinator.api import BatchLocation
-from driftlog.coordinator.tail import PartitionState, TailIndex
+from driftlog.coordinator.core.tail import PartitionState, TailIndex
 
 
 def location(offset: int) -> BatchLocation:

@@ -1,4 +1,4 @@
-"""The transaction state machine (coordinator/transactions.py) and the sequencer's part in
+"""The transaction state machine (coordinator/core/transactions.py) and the sequencer's part in
 transactions (verification of transactional batches, open transactions, markers)."""
 
 from __future__ import annotations
@@ -7,18 +7,18 @@ import uuid
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.coordinator import transactions as txns
 from driftlog.coordinator.api import (
     TRANSACTIONAL_ATTRIBUTE,
     BatchLocation,
     BatchToCommit,
     TopicInfo,
 )
-from driftlog.coordinator.backend import LogStart
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.sequencer import PartitionSequence, Sequencer, SequencerSnapshot
-from driftlog.coordinator.transactions import Transaction, TxnLimits, TxnState
-from driftlog.coordinator.view import CoordinatorView
+from driftlog.coordinator.core import transactions as txns
+from driftlog.coordinator.core.sequencer import PartitionSequence, Sequencer, SequencerSnapshot
+from driftlog.coordinator.core.transactions import Transaction, TxnLimits, TxnState
+from driftlog.coordinator.engines.backend import LogStart
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.runtime.view import CoordinatorView
 from driftlog.records.batch import parse_header
 from driftlog.records.control import MARKER_BATCH_BYTES, control_batch, parse_marker_key
 

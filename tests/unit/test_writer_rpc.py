@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 
 from driftlog.clock import SystemClock
-from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import BatchToCommit, CommitRequest
-from driftlog.coordinator.memory import MemoryBackend, MemoryDatabase
-from driftlog.coordinator.rpc import authenticate_to_server, read_body, read_message
-from driftlog.coordinator.service import AgentCoordinator
+from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.coordinator.runtime import rpc_messages as messages
+from driftlog.coordinator.runtime.rpc import authenticate_to_server, read_body, read_message
+from driftlog.coordinator.runtime.service import AgentCoordinator
 
 SECRET = b"test cluster secret"
 

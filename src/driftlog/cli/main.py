@@ -19,7 +19,7 @@ import uvloop
 from driftlog.agent import Agent
 from driftlog.cli import options, status, users
 from driftlog.config import AgentConfig
-from driftlog.coordinator.node_ids import NodeIdTaken
+from driftlog.coordinator.core.node_ids import NodeIdTaken
 from driftlog.storage.faulty import FaultConfig
 
 log = logging.getLogger("driftlog")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from driftlog.agent import open_backend
 from driftlog.config import AgentConfig
-from driftlog.coordinator.backend import SCRAM_MECHANISMS
+from driftlog.coordinator.engines.backend import SCRAM_MECHANISMS
 from driftlog.security.credentials import MIN_ITERATIONS, secret_from_password
 
 

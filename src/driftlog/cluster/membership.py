@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from driftlog.clock import Clock
 from driftlog.coordinator.api import AgentInfo, CoordinatorError
-from driftlog.coordinator.backend import Backend
+from driftlog.coordinator.engines.backend import Backend
 
 log = logging.getLogger(__name__)
 

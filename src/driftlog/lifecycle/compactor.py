@@ -30,7 +30,13 @@ from dataclasses import dataclass
 
 from driftlog.clock import Clock
 from driftlog.coordinator.api import CoordinatorError
-from driftlog.coordinator.backend import Backend, BatchMove, NewObject, ObjectBatch, ObjectRef
+from driftlog.coordinator.engines.backend import (
+    Backend,
+    BatchMove,
+    NewObject,
+    ObjectBatch,
+    ObjectRef,
+)
 from driftlog.storage.api import ObjectNotFound, ObjectStore, ObjectStoreError
 from driftlog.storage.keys import new_object_key
 

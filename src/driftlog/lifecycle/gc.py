@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from driftlog.clock import Clock
 from driftlog.coordinator.api import CoordinatorError
-from driftlog.coordinator.backend import Backend
+from driftlog.coordinator.engines.backend import Backend
 from driftlog.records.control import is_marker_key
 from driftlog.storage.api import ObjectStore, ObjectStoreError
 from driftlog.storage.keys import PREFIX, key_time_ms

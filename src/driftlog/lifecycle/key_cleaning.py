@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from driftlog.coordinator.transactions import AbortedTxn
+from driftlog.coordinator.core.transactions import AbortedTxn
 
 NO_LIMIT_MS = 2**63 - 1
 # Passes remembered per partition (for tombstone horizons); past it the two oldest are

@@ -34,14 +34,14 @@ from typing import Protocol
 
 from driftlog.clock import Clock
 from driftlog.coordinator.api import CoordinatorError, PartitionOffsets, TopicInfo
-from driftlog.coordinator.backend import (
+from driftlog.coordinator.core.transactions import AbortedTxn
+from driftlog.coordinator.engines.backend import (
     Backend,
     BatchRef,
     BatchRemoval,
     BatchRewrite,
     KeyCleanState,
 )
-from driftlog.coordinator.transactions import AbortedTxn
 from driftlog.lifecycle.key_cleaning import (
     KEY_MAP_ENTRY_BYTES,
     BatchInfo,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from driftlog.cluster.membership import Membership
     from driftlog.config import AgentConfig
     from driftlog.coordinator.api import AgentInfo
-    from driftlog.coordinator.service import AgentCoordinator
+    from driftlog.coordinator.runtime.service import AgentCoordinator
     from driftlog.groups.coordinator import GroupCoordinator
     from driftlog.read.fetcher import BatchFetcher
     from driftlog.security.credentials import CredentialCache

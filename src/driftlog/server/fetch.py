@@ -33,7 +33,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from driftlog.coordinator.api import BatchLocation, CoordinatorError, TopicInfo
-from driftlog.coordinator.transactions import AbortedTxn
+from driftlog.coordinator.core.transactions import AbortedTxn
 from driftlog.protocol.schema import build, response_module
 from driftlog.security.acl import AclOperation
 from driftlog.server.access import TOPIC

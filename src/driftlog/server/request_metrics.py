@@ -17,7 +17,7 @@ from kio.schema.errors import ErrorCode
 from driftlog.metrics.registry import CounterChild, HistogramChild, Registry
 
 if TYPE_CHECKING:
-    from driftlog.coordinator.service import AgentCoordinator
+    from driftlog.coordinator.runtime.service import AgentCoordinator
 
 # Bounds the lag series one scrape may report (groups x partitions).
 MAX_LAG_SERIES = 10_000

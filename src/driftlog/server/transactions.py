@@ -3,8 +3,8 @@ AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn, and the admin side
 (DescribeTransactions, ListTransactions, DescribeProducers).
 
 Translates kio entities to coordinator calls and back. Every change of
-transaction state goes to the writer (`coordinator/writer.py`), which applies
-the rules (`coordinator/transactions.py`); this module checks what only the
+transaction state goes to the writer (`coordinator/runtime/writer.py`), which applies
+the rules (`coordinator/core/transactions.py`); this module checks what only the
 request can tell (known topics, group membership for TxnOffsetCommit v3) and
 maps errors to what each request version's clients understand. Any agent
 serves them: FindCoordinator names one, and they all reach the same writer.
@@ -29,7 +29,7 @@ from kio.schema.errors import ErrorCode
 
 from driftlog.clock import SYSTEM_CLOCK
 from driftlog.coordinator.api import CoordinatorError
-from driftlog.coordinator.transactions import (
+from driftlog.coordinator.core.transactions import (
     PendingOffset,
     Transaction,
     TxnEnd,

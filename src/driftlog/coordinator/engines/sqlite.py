@@ -32,7 +32,18 @@ from driftlog.coordinator.api import (
     ScramCredential,
     TopicInfo,
 )
-from driftlog.coordinator.backend import (
+from driftlog.coordinator.core.lease import LeaseRecord
+from driftlog.coordinator.core.node_ids import NodeIdTaken, smallest_free
+from driftlog.coordinator.core.producers import ProducerPartitionState, record_batch
+from driftlog.coordinator.core.sequencer import (
+    PartitionKey,
+    PartitionSequence,
+    ProducerKey,
+    SequencedObject,
+    SequencerSnapshot,
+)
+from driftlog.coordinator.core.transactions import AbortedTxn, Transaction
+from driftlog.coordinator.engines.backend import (
     CLUSTER_SECRET_BYTES,
     MARKER_LEVEL,
     READ_BATCHES_PAGE,
@@ -67,17 +78,6 @@ from driftlog.coordinator.backend import (
     transaction_from_row,
     transaction_row,
 )
-from driftlog.coordinator.lease import LeaseRecord
-from driftlog.coordinator.node_ids import NodeIdTaken, smallest_free
-from driftlog.coordinator.producers import ProducerPartitionState, record_batch
-from driftlog.coordinator.sequencer import (
-    PartitionKey,
-    PartitionSequence,
-    ProducerKey,
-    SequencedObject,
-    SequencerSnapshot,
-)
-from driftlog.coordinator.transactions import AbortedTxn, Transaction
 
 T = TypeVar("T")
 
@@ -180,7 +180,7 @@ UPDATE objects SET dead_since_ms = CAST((julianday('now') - 2440587.5) * 8640000
     WHERE NOT EXISTS (SELECT 1 FROM batches b WHERE b.object_id = objects.object_id)
 """
 
-# Version 5: transactions (coordinator/transactions.py). Their state by transactional id,
+# Version 5: transactions (coordinator/core/transactions.py). Their state by transactional id,
 # the aborted-transaction index read_committed fetches return, and offsets committed in
 # transactions until they end.
 _TRANSACTIONS = """

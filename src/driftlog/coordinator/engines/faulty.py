@@ -44,7 +44,10 @@ from driftlog.coordinator.api import (
     ScramCredential,
     TopicInfo,
 )
-from driftlog.coordinator.backend import (
+from driftlog.coordinator.core.lease import LeaseRecord
+from driftlog.coordinator.core.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
+from driftlog.coordinator.core.transactions import AbortedTxn, Transaction
+from driftlog.coordinator.engines.backend import (
     Backend,
     BatchMove,
     BatchRef,
@@ -59,9 +62,6 @@ from driftlog.coordinator.backend import (
     ObjectRef,
     TxnWrite,
 )
-from driftlog.coordinator.lease import LeaseRecord
-from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
-from driftlog.coordinator.transactions import AbortedTxn, Transaction
 
 T = TypeVar("T")
 

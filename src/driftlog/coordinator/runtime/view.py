@@ -22,10 +22,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from driftlog.coordinator.api import BatchLocation, PartitionOffsets, TopicInfo
-from driftlog.coordinator.backend import Backend, LogStart, partition_offsets
-from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
-from driftlog.coordinator.tail import PartitionState, TailIndex
-from driftlog.coordinator.transactions import AbortedTxn, TxnClose, TxnOpen
+from driftlog.coordinator.core.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
+from driftlog.coordinator.core.tail import PartitionState, TailIndex
+from driftlog.coordinator.core.transactions import AbortedTxn, TxnClose, TxnOpen
+from driftlog.coordinator.engines.backend import Backend, LogStart, partition_offsets
 
 # Aborted transactions a view remembers per partition; reads from further back ask the
 # database (they are rare: a read_committed consumer catching up past many aborts).

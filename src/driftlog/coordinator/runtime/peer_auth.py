@@ -27,7 +27,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from driftlog.coordinator.rpc_messages import ProtocolError
+from driftlog.coordinator.runtime.rpc_messages import ProtocolError
 
 NONCE_BYTES = 32
 PROOF_BYTES = hashlib.sha256().digest_size

@@ -32,7 +32,7 @@ import collections
 import uuid
 
 from driftlog.coordinator.api import BatchLocation, PartitionOffsets
-from driftlog.coordinator.transactions import AbortedTxn
+from driftlog.coordinator.core.transactions import AbortedTxn
 
 PartitionKey = tuple[uuid.UUID, int]
 

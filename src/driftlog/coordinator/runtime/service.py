@@ -3,7 +3,7 @@
 Every agent runs a writer candidate (`writer.py`): the one holding the lease
 sequences for everybody. Reads go to the local view; commits and topic changes
 go to the writer, in this process when it holds the lease, otherwise over the
-writer RPC (`coordinator/rpc.py`) to the agent that does. Group offsets and
+writer RPC (`coordinator/runtime/rpc.py`) to the agent that does. Group offsets and
 producer ids go straight to the database: they need no sequencing.
 
 Commits are sent in submission order and re-sent after a failure (a lost
@@ -27,7 +27,6 @@ from typing import TypeVar
 from kio.schema.errors import ErrorCode
 
 from driftlog.clock import Clock
-from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import (
     BatchLocation,
     CommitOutcome,
@@ -39,20 +38,21 @@ from driftlog.coordinator.api import (
     PartitionOffsets,
     TopicInfo,
 )
-from driftlog.coordinator.backend import Backend
-from driftlog.coordinator.producers import ProducerPartitionState
-from driftlog.coordinator.retention import RetentionPolicy
-from driftlog.coordinator.rpc import WriterClient, WriterServer
-from driftlog.coordinator.sequencer import ProducerKey
-from driftlog.coordinator.transactions import (
+from driftlog.coordinator.core.producers import ProducerPartitionState
+from driftlog.coordinator.core.retention import RetentionPolicy
+from driftlog.coordinator.core.sequencer import ProducerKey
+from driftlog.coordinator.core.transactions import (
     AbortedTxn,
     PendingOffset,
     Transaction,
     TxnEnd,
     TxnLimits,
 )
-from driftlog.coordinator.view import CoordinatorView
-from driftlog.coordinator.writer import DEFAULT_LEASE_MS, CommitWriter, Listeners
+from driftlog.coordinator.engines.backend import Backend
+from driftlog.coordinator.runtime import rpc_messages as messages
+from driftlog.coordinator.runtime.rpc import WriterClient, WriterServer
+from driftlog.coordinator.runtime.view import CoordinatorView
+from driftlog.coordinator.runtime.writer import DEFAULT_LEASE_MS, CommitWriter, Listeners
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

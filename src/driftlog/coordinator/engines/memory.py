@@ -39,7 +39,18 @@ from driftlog.coordinator.api import (
     ScramCredential,
     TopicInfo,
 )
-from driftlog.coordinator.backend import (
+from driftlog.coordinator.core.lease import LeaseRecord
+from driftlog.coordinator.core.node_ids import NodeIdTaken, smallest_free
+from driftlog.coordinator.core.producers import ProducerPartitionState
+from driftlog.coordinator.core.sequencer import (
+    PartitionKey,
+    PartitionSequence,
+    ProducerKey,
+    SequencedObject,
+    SequencerSnapshot,
+)
+from driftlog.coordinator.core.transactions import AbortedTxn, PendingOffset, Transaction
+from driftlog.coordinator.engines.backend import (
     CLUSTER_SECRET_BYTES,
     MARKER_LEVEL,
     READ_BATCHES_PAGE,
@@ -64,17 +75,6 @@ from driftlog.coordinator.backend import (
     quota_entity,
     quota_entries,
 )
-from driftlog.coordinator.lease import LeaseRecord
-from driftlog.coordinator.node_ids import NodeIdTaken, smallest_free
-from driftlog.coordinator.producers import ProducerPartitionState
-from driftlog.coordinator.sequencer import (
-    PartitionKey,
-    PartitionSequence,
-    ProducerKey,
-    SequencedObject,
-    SequencerSnapshot,
-)
-from driftlog.coordinator.transactions import AbortedTxn, PendingOffset, Transaction
 
 
 class StoredObject(NamedTuple):

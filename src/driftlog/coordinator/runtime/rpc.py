@@ -35,8 +35,6 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.coordinator import peer_auth
-from driftlog.coordinator import rpc_messages as messages
 from driftlog.coordinator.api import (
     CommitOutcome,
     CommitRequest,
@@ -45,13 +43,15 @@ from driftlog.coordinator.api import (
     NotWriter,
     TopicInfo,
 )
-from driftlog.coordinator.backend import Backend, LogStart
-from driftlog.coordinator.peer_auth import HANDSHAKE_TIMEOUT_S, HandshakeFailed, RefusalLog
-from driftlog.coordinator.rpc_messages import Message, ProtocolError
-from driftlog.coordinator.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
-from driftlog.coordinator.transactions import TxnEnd
-from driftlog.coordinator.view import CoordinatorView
-from driftlog.coordinator.writer import CommitWriter
+from driftlog.coordinator.core.sequencer import PartitionKey, SequencedObject, SequencerSnapshot
+from driftlog.coordinator.core.transactions import TxnEnd
+from driftlog.coordinator.engines.backend import Backend, LogStart
+from driftlog.coordinator.runtime import peer_auth
+from driftlog.coordinator.runtime import rpc_messages as messages
+from driftlog.coordinator.runtime.peer_auth import HANDSHAKE_TIMEOUT_S, HandshakeFailed, RefusalLog
+from driftlog.coordinator.runtime.rpc_messages import Message, ProtocolError
+from driftlog.coordinator.runtime.view import CoordinatorView
+from driftlog.coordinator.runtime.writer import CommitWriter
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from driftlog.coordinator import pg_arrays
 from driftlog.coordinator.api import (
     AclBinding,
     AgentInfo,
@@ -36,9 +35,21 @@ from driftlog.coordinator.api import (
     ScramCredential,
     TopicInfo,
 )
-from driftlog.coordinator.backend import (
+from driftlog.coordinator.core.lease import LeaseRecord
+from driftlog.coordinator.core.node_ids import NodeIdTaken, smallest_free
+from driftlog.coordinator.core.sequencer import (
+    PartitionKey,
+    PartitionSequence,
+    ProducerKey,
+    SequencedObject,
+    SequencerSnapshot,
+)
+from driftlog.coordinator.core.transactions import AbortedTxn, Transaction
+from driftlog.coordinator.engines import pg_arrays
+from driftlog.coordinator.engines.backend import (
     CLUSTER_SECRET_BYTES,
     MARKER_LEVEL,
+    MAX_ROUNDS_IN_FLIGHT,
     READ_BATCHES_PAGE,
     TRANSACTION_COLUMNS,
     BatchCollector,
@@ -71,18 +82,7 @@ from driftlog.coordinator.backend import (
     transaction_from_row,
     transaction_row,
 )
-from driftlog.coordinator.lease import LeaseRecord
-from driftlog.coordinator.node_ids import NodeIdTaken, smallest_free
-from driftlog.coordinator.pg_arrays import int4_array, int8_array, uuid_array
-from driftlog.coordinator.sequencer import (
-    PartitionKey,
-    PartitionSequence,
-    ProducerKey,
-    SequencedObject,
-    SequencerSnapshot,
-)
-from driftlog.coordinator.transactions import AbortedTxn, Transaction
-from driftlog.coordinator.writer import MAX_ROUNDS_IN_FLIGHT
+from driftlog.coordinator.engines.pg_arrays import int4_array, int8_array, uuid_array
 
 # Applied in order; each entry moves the schema to the next version.
 MIGRATIONS: list[str] = [
@@ -236,7 +236,7 @@ MIGRATIONS: list[str] = [
     $$;
     DROP INDEX batches_by_time;
     """,
-    # Transactions (coordinator/transactions.py): their state by transactional id, the
+    # Transactions (coordinator/core/transactions.py): their state by transactional id, the
     # aborted-transaction index read_committed fetches return, and offsets committed in
     # transactions until they end.
     """

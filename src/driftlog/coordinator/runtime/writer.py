@@ -34,7 +34,6 @@ from typing import Protocol
 from kio.schema.errors import ErrorCode
 
 from driftlog.clock import Clock
-from driftlog.coordinator import transactions as txns
 from driftlog.coordinator.api import (
     CommitOutcome,
     CommitRequest,
@@ -45,7 +44,23 @@ from driftlog.coordinator.api import (
     NotWriter,
     TopicInfo,
 )
-from driftlog.coordinator.backend import (
+from driftlog.coordinator.core import transactions as txns
+from driftlog.coordinator.core.lease import HeldLease, LeaseRecord, may_acquire
+from driftlog.coordinator.core.retention import RetentionPolicy, limits_for, time_cutoff_ms
+from driftlog.coordinator.core.sequencer import (
+    PartitionKey,
+    SequencedObject,
+    Sequencer,
+    SequencerSnapshot,
+)
+from driftlog.coordinator.core.transactions import (
+    Decision,
+    PendingOffset,
+    TxnEnd,
+    TxnLimits,
+)
+from driftlog.coordinator.engines.backend import (
+    MAX_ROUNDS_IN_FLIGHT,
     Backend,
     BatchMove,
     BatchRemoval,
@@ -58,20 +73,6 @@ from driftlog.coordinator.backend import (
     TxnWrite,
     outcomes_json,
 )
-from driftlog.coordinator.lease import HeldLease, LeaseRecord, may_acquire
-from driftlog.coordinator.retention import RetentionPolicy, limits_for, time_cutoff_ms
-from driftlog.coordinator.sequencer import (
-    PartitionKey,
-    SequencedObject,
-    Sequencer,
-    SequencerSnapshot,
-)
-from driftlog.coordinator.transactions import (
-    Decision,
-    PendingOffset,
-    TxnEnd,
-    TxnLimits,
-)
 from driftlog.metrics.registry import NULL_OBSERVER, Observer
 from driftlog.storage.keys import key_time_ms
 
@@ -83,10 +84,6 @@ MAX_BATCHES_PER_TRANSACTION = 50_000
 # Commits queued for the next rounds at most; past it the writer answers "unavailable"
 # and agents re-send later (a database stall must not grow the queue without end).
 MAX_PENDING_COMMITS = 20_000
-# Rounds in flight at once: one committing while the next is sequenced (on PostgreSQL
-# also inserted: the server orders their commits). Four instead of two measured no
-# better at 1, 8 or 32 agents, with smaller rounds costing more CPU per commit.
-MAX_ROUNDS_IN_FLIGHT = 2
 # How often the writer looks for transactions past their timeout (and idle ids to forget).
 TXN_TIMEOUT_CHECK_S = 1.0
 # How long close() lets the round in progress finish.

@@ -36,13 +36,13 @@ from driftlog.coordinator.api import (
     CommitOutcome,
     TopicInfo,
 )
-from driftlog.coordinator.producers import (
+from driftlog.coordinator.core.producers import (
     ProducerPartitionState,
     after_marker,
     check_sequence,
     record_batch,
 )
-from driftlog.coordinator.transactions import Transaction, TxnClose, TxnEnd, TxnOpen
+from driftlog.coordinator.core.transactions import Transaction, TxnClose, TxnEnd, TxnOpen
 from driftlog.records.control import MARKER_BATCH_BYTES, MarkerKey, marker_key
 
 ProducerKey = tuple[int, uuid.UUID, int]  # producer id, topic id, partition

@@ -83,9 +83,9 @@ from driftlog.coordinator.api import (
     NotWriter,
     TopicInfo,
 )
-from driftlog.coordinator.backend import outcomes_json
-from driftlog.coordinator.sequencer import SequencedObject
-from driftlog.coordinator.transactions import PendingOffset, TxnClose, TxnOpen
+from driftlog.coordinator.core.sequencer import SequencedObject
+from driftlog.coordinator.core.transactions import PendingOffset, TxnClose, TxnOpen
+from driftlog.coordinator.engines.backend import outcomes_json
 
 LENGTH = struct.Struct(">I")
 COMMIT = 0x01
