@@ -55,6 +55,10 @@ class HeldLease:
     def renew_due(self, now_s: float) -> bool:
         return now_s - self.renewed_at_s >= self.lease_ms / 3000
 
+    def time_left_s(self, now_s: float) -> float:
+        """Seconds until the lease lapses by this process's own monotonic clock."""
+        return self.renewed_at_s + self.lease_ms / 1000 - now_s
+
     def lapsed(self, now_s: float) -> bool:
         """True once a whole lease passed without a renewal: a successor may exist."""
         return now_s - self.renewed_at_s >= self.lease_ms / 1000

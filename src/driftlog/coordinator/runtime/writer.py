@@ -174,6 +174,8 @@ class CommitWriter:
         self._pending_by_key: dict[str, asyncio.Future[list[CommitOutcome]]] = {}
         self.max_pending = MAX_PENDING_COMMITS
         self._in_flight: list[asyncio.Task[bool]] = []
+        # The callers of each round in flight (failed, retriable, if the writer steps down).
+        self._round_waiters: dict[asyncio.Task[bool], list[_Pending]] = {}
         self._last_object_id: int | None = None  # the last object id sequenced
         self._in_flight_objects: dict[str, SequencedObject] = {}
         self._wakeup = asyncio.Event()
@@ -226,11 +228,16 @@ class CommitWriter:
         elif self.lease.renew_due(now_s):
             fence = self._fence()
             try:
-                await self._backend.renew_lease(fence)
+                # A renewal that hangs (packets to the database vanish) must not keep this
+                # process the writer past its lease: another may take over at expiry.
+                async with asyncio.timeout(max(self.lease.time_left_s(now_s), 0.0)):
+                    await self._backend.renew_lease(fence)
                 if self.lease is not None and self.lease.epoch == fence.epoch:
                     self.lease.renewed_at_s = now_s
             except Fenced as e:
                 self._step_down(str(e), fence.epoch)
+            except TimeoutError:
+                self._step_down("the lease ran out while its renewal went unanswered", fence.epoch)
             except CoordinatorError as e:
                 log.warning("lease renewal failed: %s", e)
 
@@ -284,6 +291,12 @@ class CommitWriter:
         self.lease = None
         self._sequencer = None
         self._fail_pending(Fenced(why))
+        # Rounds still in the database may commit (before a successor's takeover) or not:
+        # their callers get a retriable error now and re-send, which is idempotent by
+        # object key, instead of waiting on a database that may not answer.
+        unknown = CoordinatorUnavailable(f"the writer stepped down ({why}); re-send")
+        for round_ in self._round_waiters.values():
+            _fail(round_, unknown)
 
     def _fence(self) -> Fence:
         assert self.lease is not None
@@ -540,6 +553,7 @@ class CommitWriter:
             )
         )
         self._in_flight.append(task)
+        self._round_waiters[task] = round_
         return task
 
     def _too_old(self, key: str, now_ms: int) -> bool:
@@ -564,6 +578,7 @@ class CommitWriter:
             )
         finally:
             self._in_flight.remove(asyncio.current_task())  # type: ignore[arg-type]
+            self._round_waiters.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             for obj in sequenced:
                 self._in_flight_objects.pop(obj.object_key, None)
 
@@ -593,8 +608,8 @@ class CommitWriter:
             if sequenced and overlapping is None:
                 await self._backend.persist_objects(fence, sequenced)
         except Fenced as e:
+            _fail(round_, e)  # first: this round's callers learn they were fenced
             self._step_down(str(e), fence.epoch)
-            _fail(round_, e)
             return False
         except Exception as e:
             log.error("commit of %d objects failed: %r", len(sequenced), e)
