@@ -276,7 +276,7 @@ class Agent:
 
     def group_coordinator(self, group_id: str) -> AgentInfo:
         """The agent that coordinates `group_id` (this one when alone)."""
-        return group_coordinator(group_id, self.membership.live) or self.membership.me
+        return group_coordinator(group_id, self.membership.leaders()) or self.membership.me
 
     def owns_group(self, group_id: str) -> bool:
         return self.group_coordinator(group_id).agent_id == self.membership.me.agent_id

@@ -10,7 +10,7 @@ import pytest
 
 from driftlog.clock import FakeClock
 from driftlog.cluster.membership import Membership
-from driftlog.coordinator.api import AgentInfo
+from driftlog.coordinator.api import AgentInfo, CoordinatorUnavailable
 from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
 from driftlog.coordinator.engines.postgres import PostgresBackend
 
@@ -137,5 +137,74 @@ def test_agents_whose_clocks_disagree_see_each_other_on_postgresql(postgres_dsn:
         assert live(members[0]) == [(1, "a")]
         for backend in backends:
             await backend.close()
+
+    asyncio.run(scenario())
+
+
+class CutOff(MemoryBackend):
+    """The database as one agent sees it while a network cut lasts: calls fail."""
+
+    cut = False
+
+    async def heartbeat(self, agent: AgentInfo) -> None:
+        if self.cut:
+            raise CoordinatorUnavailable("connection timed out")
+        await super().heartbeat(agent)
+
+
+def test_an_agent_cut_off_from_the_database_steps_aside_and_rejoins(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="driftlog.cluster.membership")
+
+    async def scenario() -> None:
+        db, clock, changes = MemoryDatabase(), FakeClock(), list[str]()
+        backend = CutOff(db)
+        await backend.open()
+        me = agent(1, "a")
+        m1 = Membership(
+            backend, clock, me, shared=True, heartbeat_ms=HEARTBEAT_MS, timeout_ms=TIMEOUT_MS,
+            on_change=lambda: changes.append("changed"),
+        )  # fmt: skip
+        m2 = await member(db, clock, agent(2, "a"), [])
+        await m2.tick()
+        await m1.tick()
+        assert [a.node_id for a in m1.leaders()] == [1, 2]
+        messages(caplog)
+        changes.clear()
+
+        backend.cut = True
+        clock.advance(TIMEOUT_MS)  # silent for exactly the timeout: not yet detached
+        await m1.tick()
+        assert not m1.detached() and [a.node_id for a in m1.leaders()] == [1, 2]
+        clock.advance(1)
+        await m1.tick()
+        assert m1.detached()
+        assert [a.node_id for a in m1.leaders()] == [2]  # it names the others
+        assert [a.node_id for a in m1.live] == [1, 2]  # and still lists what it knew
+        assert changes == ["changed"]
+        assert any("stepping aside" in line for line in messages(caplog))
+
+        backend.cut = False
+        await m2.tick()
+        await m1.tick()
+        assert not m1.detached() and [a.node_id for a in m1.leaders()] == [1, 2]
+        assert changes == ["changed", "changed"]
+        assert any("rejoining" in line for line in messages(caplog))
+
+    asyncio.run(scenario())
+
+
+def test_an_agent_alone_does_not_step_aside_from_itself() -> None:
+    async def scenario() -> None:
+        backend = CutOff(MemoryDatabase())
+        await backend.open()
+        clock = FakeClock()
+        m = Membership(backend, clock, agent(1, "a"), shared=True, timeout_ms=TIMEOUT_MS)
+        await m.tick()
+        backend.cut = True
+        clock.advance(TIMEOUT_MS + 1)
+        await m.tick()
+        assert m.detached() and [a.node_id for a in m.leaders()] == [1]
 
     asyncio.run(scenario())

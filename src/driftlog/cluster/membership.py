@@ -8,6 +8,13 @@ cannot be reached, the last list is kept (and this agent is always in it).
 Without a shared database (the embedded default) the list is this agent alone.
 Each change of this agent's list (an agent joined, left, or is back with another
 zone, address or node id) is logged at INFO with the agent's zone.
+
+An agent whose heartbeats have not reached the database for longer than
+`timeout_ms` is *detached*: the others have dropped it by then, and it may no longer
+learn who writes. It steps aside: `leaders` (what Metadata names as partition
+leaders and group coordinators) leaves it out while another agent is known, so
+clients move to agents that can commit. A heartbeat that gets through rejoins it.
+A heartbeat that hangs is abandoned after `timeout_ms`.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ class Membership:
         self._timeout_ms = timeout_ms
         self.live: list[AgentInfo] = [me]
         self._task: asyncio.Task[None] | None = None
+        # Monotonic time of the last heartbeat that reached the database.
+        self._last_heartbeat_s = clock.monotonic_s()
+        self._was_detached = False
 
     async def start(self) -> None:
         if not self._shared:
@@ -53,14 +63,34 @@ class Membership:
         await self.tick()
         self._task = asyncio.create_task(self._loop(), name="membership")
 
+    def detached(self) -> bool:
+        """No heartbeat reached the database for longer than the agent timeout."""
+        silent_s = self._clock.monotonic_s() - self._last_heartbeat_s
+        return self._shared and silent_s > self._timeout_ms / 1000
+
+    def leaders(self) -> list[AgentInfo]:
+        """The agents to name as leaders and coordinators: the live ones, without this
+        agent while it is detached (unless it knows no other)."""
+        if not self.detached():
+            return self.live
+        others = [a for a in self.live if a.agent_id != self.me.agent_id]
+        return others or self.live
+
     async def tick(self) -> None:
         now_ms = self._clock.wall_ms()
         try:
-            await self._backend.heartbeat(dataclasses.replace(self.me, heartbeat_ms=now_ms))
-            live = await self._backend.live_agents(self._timeout_ms, now_ms)
-        except CoordinatorError as e:
-            log.warning("heartbeat failed: %s", e)
+            async with asyncio.timeout(self._timeout_ms / 1000):
+                await self._backend.heartbeat(dataclasses.replace(self.me, heartbeat_ms=now_ms))
+                live = await self._backend.live_agents(self._timeout_ms, now_ms)
+        except (CoordinatorError, TimeoutError) as e:
+            log.warning("heartbeat failed: %s", e or "no answer")
+            self._notice_detachment()
             return
+        self._last_heartbeat_s = self._clock.monotonic_s()
+        if self._was_detached:
+            self._was_detached = False
+            log.warning("heartbeat reached the database again: rejoining as a leader")
+            self._on_change()
         if all(a.agent_id != self.me.agent_id for a in live):
             live.append(self.me)
         live.sort(key=lambda a: (a.node_id, a.agent_id))
@@ -68,6 +98,18 @@ class Membership:
         _log_changes(self.live, live, now_ms)
         self.live = live
         if changed:
+            self._on_change()
+
+    def _notice_detachment(self) -> None:
+        if self.detached() and not self._was_detached:
+            self._was_detached = True
+            others = [a.agent_id for a in self.leaders() if a.agent_id != self.me.agent_id]
+            log.warning(
+                "no heartbeat reached the database for over %d ms: stepping aside; "
+                "Metadata names %s as leaders",
+                self._timeout_ms,
+                ", ".join(others) or "this agent still (it knows no other)",
+            )
             self._on_change()
 
     async def _loop(self) -> None:

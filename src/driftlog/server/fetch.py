@@ -32,12 +32,14 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.coordinator.api import BatchLocation, CoordinatorError, TopicInfo
+from driftlog.cluster.placement import client_zone, partition_leaders
+from driftlog.coordinator.api import AgentInfo, BatchLocation, CoordinatorError, TopicInfo
 from driftlog.coordinator.core.transactions import AbortedTxn
 from driftlog.protocol.schema import build, response_module
 from driftlog.security.acl import AclOperation
 from driftlog.server.access import TOPIC
 from driftlog.server.context import RequestContext
+from driftlog.server.metadata import addresses, leader_candidates
 from driftlog.server.quota_handlers import throttle, unthrottle
 
 log = logging.getLogger(__name__)
@@ -163,6 +165,11 @@ async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], in
 
 
 async def handle_fetch(ctx: RequestContext, request: Any) -> Any:
+    membership = ctx.services.membership
+    if membership.detached():
+        others = leader_candidates(ctx)
+        if all(a.agent_id != membership.me.agent_id for a in others):
+            return _redirect(ctx, request, others)
     max_wait_s = min(request.max_wait.total_seconds(), MAX_WAIT_S)
     deadline = time.monotonic() + max(max_wait_s, 0.0)
     while True:
@@ -179,6 +186,75 @@ async def handle_fetch(ctx: RequestContext, request: Any) -> Any:
         ]
         await ctx.services.coordinator.wait_for_commit(watched, remaining)
     return await _respond(ctx, plans)
+
+
+def _redirect(ctx: RequestContext, request: Any, leaders: list[AgentInfo]) -> Any:
+    """NOT_LEADER_OR_FOLLOWER for every partition from an agent cut off from the database
+    (it may no longer see what is committed), naming each partition's leader as Metadata
+    does, with its address from v16 (KIP-951)."""
+    module = response_module(FETCH, ctx.api_version)
+    coordinator = ctx.services.coordinator
+    zone = client_zone(ctx.client_id)
+    named: dict[int, AgentInfo] = {}
+    responses = []
+    for fetch_topic in request.topics:
+        topic = (
+            coordinator.topic_by_id(fetch_topic.topic_id)
+            if ctx.api_version >= 13
+            else coordinator.topic(fetch_topic.topic)
+        )
+        placed = (
+            partition_leaders(topic.topic_id.bytes, topic.partition_count, leaders, zone)
+            if topic is not None
+            else []
+        )
+        partitions = []
+        for fp in fetch_topic.partitions:
+            leader = placed[fp.partition] if 0 <= fp.partition < len(placed) else leaders[0]
+            assert leader is not None
+            named[leader.node_id] = leader
+            partitions.append(
+                build(
+                    module.PartitionData,
+                    partition_index=fp.partition,
+                    error_code=ErrorCode.not_leader_or_follower,
+                    high_watermark=-1,
+                    last_stable_offset=-1,
+                    log_start_offset=-1,
+                    aborted_transactions=None,
+                    preferred_read_replica=-1,
+                    records=b"",
+                    current_leader=build(
+                        module.LeaderIdAndEpoch, leader_id=leader.node_id, leader_epoch=0
+                    )
+                    if hasattr(module, "LeaderIdAndEpoch")  # v12+
+                    else None,
+                )
+            )
+        responses.append(
+            build(
+                module.FetchableTopicResponse,
+                topic=getattr(fetch_topic, "topic", ""),
+                topic_id=getattr(fetch_topic, "topic_id", None),
+                partitions=tuple(partitions),
+            )
+        )
+    endpoints = (
+        tuple(
+            build(module.NodeEndpoint, node_id=a.node_id, host=host, port=port, rack=a.zone or None)
+            for a, (host, port) in addresses(ctx, list(named.values()))
+        )
+        if hasattr(module, "NodeEndpoint")  # v16
+        else ()
+    )
+    return build(
+        module.FetchResponse,
+        throttle_time=datetime.timedelta(0),
+        error_code=ErrorCode.none,
+        session_id=0,
+        responses=tuple(responses),
+        node_endpoints=endpoints,
+    )
 
 
 async def _read(ctx: RequestContext, plans: list[_TopicPlan]) -> None:

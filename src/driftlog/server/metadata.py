@@ -96,6 +96,14 @@ def reachable(ctx: RequestContext) -> list[AgentInfo]:
     return [a for a in ctx.services.membership.live if endpoint(a, name) is not None]
 
 
+def leader_candidates(ctx: RequestContext) -> list[AgentInfo]:
+    """The agents to name as partition leaders on this request's listener: the live ones,
+    without this agent while it is cut off from the database (cluster/membership.py)."""
+    name = ctx.session.listener.name
+    candidates = [a for a in ctx.services.membership.leaders() if endpoint(a, name) is not None]
+    return candidates or reachable(ctx)
+
+
 def addresses(
     ctx: RequestContext, agents: list[AgentInfo]
 ) -> list[tuple[AgentInfo, tuple[str, int]]]:
@@ -153,8 +161,8 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
             found.append((name, error, topic))
 
     # Only agents this client can reach on its listener lead (any agent serves any
-    # partition, and this agent is always one of them).
-    live = reachable(ctx)
+    # partition, and this agent is always one of them); a detached agent steps aside.
+    live = leader_candidates(ctx)
     zone = client_zone(ctx.client_id)
     for name, error, topic in found:
         partitions = ()
@@ -184,7 +192,7 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
             port=port,
             rack=a.zone or None,
         )
-        for a, (host, port) in addresses(ctx, live)
+        for a, (host, port) in addresses(ctx, reachable(ctx))
     )
     return build(
         module.MetadataResponse,

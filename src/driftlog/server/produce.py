@@ -21,7 +21,8 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from driftlog.clock import SYSTEM_CLOCK
-from driftlog.coordinator.api import CommitOutcome
+from driftlog.cluster.placement import client_zone, partition_leaders
+from driftlog.coordinator.api import AgentInfo, CommitOutcome
 from driftlog.protocol.codec import EncodedBody, encode_body
 from driftlog.protocol.schema import build, response_module
 from driftlog.records.batch import BatchHeader, InvalidBatch, split_batches
@@ -30,6 +31,7 @@ from driftlog.server import broker_configs
 from driftlog.server.access import TOPIC, TRANSACTIONAL_ID
 from driftlog.server.context import RequestContext
 from driftlog.server.listener import ConnectionClosed
+from driftlog.server.metadata import addresses, leader_candidates
 from driftlog.server.quota_handlers import throttle
 from driftlog.server.record_checks import RecordChecks, RecordErrors, check_records, checks_for
 
@@ -78,6 +80,10 @@ def _validate(
 async def handle_produce(ctx: RequestContext, request: Any) -> Any:
     services = ctx.services
     coordinator = services.coordinator
+    if services.membership.detached():
+        others = leader_candidates(ctx)
+        if all(a.agent_id != services.membership.me.agent_id for a in others):
+            return redirect(ctx, request, others)
     results: list[_PartitionResult] = []
     transactional_id = getattr(request, "transactional_id", None)
     txn_denied = transactional_id is not None and not ctx.access.allows(
@@ -169,6 +175,70 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
         if fast is not None:
             return fast
     return _response(ctx.api_version, answers, throttle_ms)
+
+
+def redirect(ctx: RequestContext, request: Any, leaders: list[AgentInfo]) -> Any:
+    """NOT_LEADER_OR_FOLLOWER for every partition, from an agent cut off from the database
+    (it cannot commit): each partition names the agent Metadata now names as its leader,
+    and from v10 its address too (KIP-951), so the client moves without a Metadata round
+    trip. acks=0 has no response to carry it: the connection closes, as Kafka does."""
+    if request.acks == 0:
+        raise ConnectionClosed
+    module = response_module(PRODUCE, ctx.api_version)
+    zone = client_zone(ctx.client_id)
+    named: dict[int, AgentInfo] = {}
+    topics = []
+    for topic_data in request.topic_data:
+        topic = ctx.services.coordinator.topic(topic_data.name)
+        placed = (
+            partition_leaders(topic.topic_id.bytes, topic.partition_count, leaders, zone)
+            if topic is not None
+            else []
+        )
+        partitions = []
+        for partition_data in topic_data.partition_data:
+            index = partition_data.index
+            leader = placed[index] if 0 <= index < len(placed) else leaders[0]
+            assert leader is not None
+            named[leader.node_id] = leader
+            partitions.append(
+                build(
+                    module.PartitionProduceResponse,
+                    index=index,
+                    error_code=ErrorCode.not_leader_or_follower,
+                    base_offset=-1,
+                    log_start_offset=-1,
+                    record_errors=(),
+                    error_message="this agent cannot reach the coordinator database",
+                    # v10+ (KIP-951); the epoch is constant, as in Metadata.
+                    current_leader=build(
+                        module.LeaderIdAndEpoch, leader_id=leader.node_id, leader_epoch=0
+                    )
+                    if hasattr(module, "LeaderIdAndEpoch")
+                    else None,
+                )
+            )
+        topics.append(
+            build(
+                module.TopicProduceResponse,
+                name=topic_data.name,
+                partition_responses=tuple(partitions),
+            )
+        )
+    endpoints = (
+        tuple(
+            build(module.NodeEndpoint, node_id=a.node_id, host=host, port=port, rack=a.zone or None)
+            for a, (host, port) in addresses(ctx, list(named.values()))
+        )
+        if hasattr(module, "NodeEndpoint")  # v10+
+        else ()
+    )
+    return build(
+        module.ProduceResponse,
+        responses=tuple(topics),
+        throttle_time=datetime.timedelta(0),
+        node_endpoints=endpoints,
+    )
 
 
 @dataclass(slots=True)
