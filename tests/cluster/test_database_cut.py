@@ -328,19 +328,32 @@ _NOTEWORTHY = re.compile(
 
 def timeline(agents: list[AgentProcess], origin_wall_s: float, limit: int = 60) -> str:
     """The agents' log lines about the writer, the lease, membership and the database,
-    stamped in seconds from `origin_wall_s` (time.time() of the fault)."""
-    lines: list[tuple[float, str]] = []
+    stamped in seconds from `origin_wall_s` (time.time() of the fault). A message an
+    agent repeats (a reconnection every 200 ms) is shown once, with its count."""
+    entries: list[list[Any]] = []  # [first at, agent, message, count, last at]
     for index, agent in enumerate(agents):
+        previous: list[Any] | None = None
         for line in agent.log_text().splitlines():
             match = _LOG_TIME.match(line)
             if match is None or not _NOTEWORTHY.search(line):
                 continue
             stamp = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
             at = stamp.timestamp() - origin_wall_s
-            if at > -1:
-                lines.append((at, f"{at:+7.2f}s agent-{index + 1}: {line[24:][:200]}"))
-    lines.sort()
-    shown = [text for _, text in lines]
+            message = line[24:][:200]
+            if at <= -1:
+                continue
+            if previous is not None and previous[2] == message:
+                previous[3] += 1
+                previous[4] = at
+                continue
+            previous = [at, index + 1, message, 1, at]
+            entries.append(previous)
+    entries.sort(key=lambda entry: float(entry[0]))
+    shown = [
+        f"{at:+7.2f}s agent-{agent}: {message}"
+        + (f" (x{count}, until {last:+.2f}s)" if count > 1 else "")
+        for at, agent, message, count, last in entries
+    ]
     if len(shown) > limit:
         shown = [*shown[: limit // 2], f"... {len(shown) - limit} more ...", *shown[-limit // 2 :]]
     return "\n".join(shown)
