@@ -321,7 +321,8 @@ def verify(load: PacedLoad, records: dict[int, list[tuple[int, bytes]]]) -> Verd
 
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 _NOTEWORTHY = re.compile(
-    r"writer|lease|membership|joined|left|database|postgres|coordinator|timed out|unavailable",
+    r"writer|lease|membership|joined|left|database|postgres|coordinator|timed out|unavailable"
+    r"|cancel",
     re.IGNORECASE,
 )
 
