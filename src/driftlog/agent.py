@@ -19,12 +19,14 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
+from kio.schema.errors import ErrorCode
+
 from driftlog.agent_metrics import exit_stats, register_agent_metrics
 from driftlog.clock import SYSTEM_CLOCK
 from driftlog.cluster.membership import Membership
 from driftlog.cluster.placement import group_coordinator
 from driftlog.config import AgentConfig
-from driftlog.coordinator.api import AgentInfo, CoordinatorError
+from driftlog.coordinator.api import AgentInfo, CommitOutcome, CoordinatorError
 from driftlog.coordinator.core.retention import RetentionPolicy
 from driftlog.coordinator.core.transactions import TxnLimits
 from driftlog.coordinator.engines.backend import Backend
@@ -283,6 +285,12 @@ class Agent:
 
     def _membership_changed(self) -> None:
         self.groups.release_foreign_groups()
+        if self.membership.detached():
+            # Producers waiting on this agent's commits go elsewhere now (librdkafka keeps
+            # its requests in flight on a connection that stays open).
+            answered = self.pipeline.answer_waiting(CommitOutcome(ErrorCode.not_leader_or_follower))
+            if answered:
+                log.warning("answered %d waiting batches NOT_LEADER_OR_FOLLOWER", answered)
 
     def _cache_committed(self, key: str, layout: ObjectLayout) -> None:
         # Tail consumers then read what was just produced without a GET.

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from driftlog.clock import Clock
 from driftlog.coordinator.api import AgentInfo, CoordinatorError
 from driftlog.coordinator.engines.backend import Backend
+from driftlog.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,9 @@ class Membership:
     async def tick(self) -> None:
         now_ms = self._clock.wall_ms()
         try:
-            async with asyncio.timeout(self._timeout_ms / 1000):
-                await self._backend.heartbeat(dataclasses.replace(self.me, heartbeat_ms=now_ms))
-                live = await self._backend.live_agents(self._timeout_ms, now_ms)
+            live = await within(self._timeout_ms / 1000, self._beat(now_ms))
         except (CoordinatorError, TimeoutError) as e:
-            log.warning("heartbeat failed: %s", e or "no answer")
+            log.warning("heartbeat failed: %s", e)
             self._notice_detachment()
             return
         self._last_heartbeat_s = self._clock.monotonic_s()
@@ -99,6 +98,10 @@ class Membership:
         self.live = live
         if changed:
             self._on_change()
+
+    async def _beat(self, now_ms: int) -> list[AgentInfo]:
+        await self._backend.heartbeat(dataclasses.replace(self.me, heartbeat_ms=now_ms))
+        return await self._backend.live_agents(self._timeout_ms, now_ms)
 
     def _notice_detachment(self) -> None:
         if self.detached() and not self._was_detached:

@@ -99,6 +99,8 @@ class WritePipeline:
         self._clock = clock
         self._timer: asyncio.TimerHandle | None = None
         self._previous_turn: asyncio.Future[None] | None = None
+        # Objects flushed and not yet answered (uploading, waiting their turn, committing).
+        self._in_flight: dict[int, ObjectLayout] = {}  # by id(): layouts hold lists
         self._flushes: set[asyncio.Task[None]] = set()
         self.timings = PipelineTimings()
         self.uploads_in_flight = 0
@@ -180,6 +182,7 @@ class WritePipeline:
         if not batches:
             return
         layout = lay_out(batches)
+        self._in_flight[id(layout)] = layout
         self.timings.object_bytes.observe(layout.size)
         previous = self._previous_turn
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -187,6 +190,20 @@ class WritePipeline:
         task = asyncio.create_task(self._upload_and_commit(layout, previous, turn))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
+
+    def answer_waiting(self, outcome: CommitOutcome) -> int:
+        """Answer every batch still waiting for its commit with `outcome` now (an agent
+        stepping aside: its producers retry elsewhere instead of waiting on a database it
+        cannot reach). The objects go on and may still commit: an idempotent producer's
+        retry of the same batch is then recognized by its sequence numbers. Returns how
+        many batches were answered."""
+        answered = 0
+        waiting = [b for layout in self._in_flight.values() for b in layout.batches]
+        for batch in [*waiting, *self._buffer.batches]:
+            if not batch.waiter.done():
+                batch.waiter.set_result(outcome)
+                answered += 1
+        return answered
 
     @property
     def is_idle(self) -> bool:
@@ -275,6 +292,7 @@ class WritePipeline:
             except Exception as e:
                 self.failed_commits += 1
                 log.warning("object %s not committed: %r", key, e)
+        self._in_flight.pop(id(layout), None)
         self._pending_bytes -= layout.size
         self._admit_waiters()
         now_ms = self._now_ms()

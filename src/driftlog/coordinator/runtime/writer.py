@@ -75,6 +75,7 @@ from driftlog.coordinator.engines.backend import (
 )
 from driftlog.metrics.registry import NULL_OBSERVER, Observer
 from driftlog.storage.keys import key_time_ms
+from driftlog.timeouts import within
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +231,7 @@ class CommitWriter:
             try:
                 # A renewal that hangs (packets to the database vanish) must not keep this
                 # process the writer past its lease: another may take over at expiry.
-                async with asyncio.timeout(max(self.lease.time_left_s(now_s), 0.0)):
-                    await self._backend.renew_lease(fence)
+                await within(self.lease.time_left_s(now_s), self._backend.renew_lease(fence))
                 if self.lease is not None and self.lease.epoch == fence.epoch:
                     self.lease.renewed_at_s = now_s
             except Fenced as e:
