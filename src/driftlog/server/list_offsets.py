@@ -28,6 +28,8 @@ from driftlog.storage.api import ObjectNotFound
 
 LIST_OFFSETS = 2
 LATEST = -1
+# The longest ListOffsets waits for this agent's view to show what it acknowledged.
+READ_YOUR_WRITES_WAIT_S = 2.0
 EARLIEST = -2
 MAX_TIMESTAMP = -3  # KIP-734
 EARLIEST_LOCAL = -4  # KIP-405: all data is "local" here
@@ -69,6 +71,9 @@ async def _lookup(
     if offsets is None:
         return ErrorCode.unknown_topic_or_partition, -1, -1
     if timestamp in (LATEST, LATEST_TIERED):
+        # Read your writes: what this agent acknowledged is visible in its answer.
+        await coordinator.caught_up(topic.topic_id, partition, READ_YOUR_WRITES_WAIT_S)
+        offsets = coordinator.partition_offsets(topic.topic_id, partition) or offsets
         if read_committed:  # KIP-98: the last stable offset
             stable = coordinator.last_stable_offset(topic.topic_id, partition)
             return ErrorCode.none, -1, offsets.high_watermark if stable is None else stable

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import struct
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ class _PartitionResult:
     # The validated batch and, once buffered, the future of its commit outcome.
     batch: tuple[bytes, BatchHeader] | None = None
     outcome: asyncio.Future[CommitOutcome] | None = None
+    topic_id: uuid.UUID | None = None
 
 
 def _validate(
@@ -145,6 +147,7 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
             r.error, r.batch = ErrorCode.unknown_topic_or_partition, None
             continue
         r.outcome = services.pipeline.append(topic.topic_id, r.partition, *r.batch)
+        r.topic_id = topic.topic_id
 
     # Counted when accepted, as Kafka records a request's size; acks=0 is muted too.
     throttle_ms = throttle(ctx, "produce", total)
@@ -165,6 +168,9 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
             if outcome.error == ErrorCode.none and r.batch is not None:
                 metrics.produced_bytes.inc(len(r.batch[0]))
                 metrics.produced_records.inc(r.batch[1].record_count)
+                if r.topic_id is not None:
+                    end = outcome.base_offset + r.batch[1].last_offset_delta + 1
+                    coordinator.note_acknowledged(r.topic_id, r.partition, end)
             if outcome.error == ErrorCode.none:
                 answer.base_offset = outcome.base_offset
                 answer.log_start_offset = outcome.log_start_offset

@@ -466,6 +466,13 @@ class AgentCoordinator:
     ) -> None:
         await self.view.wait_for_commit(partitions, timeout_s)
 
+    def note_acknowledged(self, topic_id: uuid.UUID, partition: int, end_offset: int) -> None:
+        """This agent acknowledged a produce up to `end_offset` (see `caught_up`)."""
+        self.view.note_acknowledged(topic_id, partition, end_offset)
+
+    async def caught_up(self, topic_id: uuid.UUID, partition: int, timeout_s: float) -> None:
+        await self.view.caught_up(topic_id, partition, timeout_s)
+
     # Consumer-group offsets ---------------------------------------------------
     async def commit_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
         await self.backend.put_offsets(group_id, offsets)

@@ -43,6 +43,9 @@ class CoordinatorView:
         self._partitions: dict[PartitionKey, PartitionState] = {}
         self._by_topic: dict[uuid.UUID, list[PartitionState | None]] = {}
         self._waiters: dict[PartitionKey, set[asyncio.Future[None]]] = {}
+        # The end offset of what this agent acknowledged, per partition: a commit's answer
+        # can reach a follower before the writer's stream applies it here.
+        self._acknowledged: dict[PartitionKey, int] = {}
         self.database_reads = 0
 
     @property
@@ -294,6 +297,29 @@ class CoordinatorView:
     def partition_offsets(self, topic_id: uuid.UUID, partition: int) -> PartitionOffsets | None:
         state = self._partitions.get((topic_id, partition))
         return None if state is None else state.offsets
+
+    def note_acknowledged(self, topic_id: uuid.UUID, partition: int, end_offset: int) -> None:
+        key = (topic_id, partition)
+        if end_offset > self._acknowledged.get(key, -1):
+            self._acknowledged[key] = end_offset
+
+    async def caught_up(self, topic_id: uuid.UUID, partition: int, timeout_s: float) -> None:
+        """Until this view shows everything this agent acknowledged of the partition (read
+        your writes), at most `timeout_s`."""
+        key = (topic_id, partition)
+        acknowledged = self._acknowledged.get(key)
+        if acknowledged is None:
+            return
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            offsets = self.partition_offsets(topic_id, partition)
+            if offsets is None or offsets.high_watermark >= acknowledged:
+                del self._acknowledged[key]  # caught up: nothing to wait for until the next
+                return
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            await self.wait_for_commit([key], remaining)
 
     def last_stable_offset(self, topic_id: uuid.UUID, partition: int) -> int | None:
         state = self._partitions.get((topic_id, partition))
