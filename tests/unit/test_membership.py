@@ -208,3 +208,34 @@ def test_an_agent_alone_does_not_step_aside_from_itself() -> None:
         assert m.detached() and [a.node_id for a in m.leaders()] == [1]
 
     asyncio.run(scenario())
+
+
+class FailsFirst(MemoryBackend):
+    failures = 2
+
+    async def heartbeat(self, agent: AgentInfo) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise CoordinatorUnavailable("not yet")
+        await super().heartbeat(agent)
+
+
+def test_start_waits_for_a_heartbeat_that_gets_through() -> None:
+    """An agent whose first heartbeat fails would otherwise name itself alone in
+    Metadata until the next one."""
+
+    async def scenario() -> None:
+        db, clock = MemoryDatabase(), FakeClock()
+        other = await member(db, clock, agent(2, "a"), [])
+        await other.tick()
+        backend = FailsFirst(db)
+        await backend.open()
+        m = Membership(
+            backend, clock, agent(1, "a"), shared=True, heartbeat_ms=50, timeout_ms=TIMEOUT_MS
+        )
+        await m.start()
+        assert backend.failures == 0
+        assert [a.node_id for a in m.live] == [1, 2]
+        await m.close()
+
+    asyncio.run(scenario())

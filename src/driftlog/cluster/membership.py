@@ -59,9 +59,16 @@ class Membership:
         self._was_detached = False
 
     async def start(self) -> None:
+        """Join: until the first heartbeat gets through (for at most the agent timeout),
+        this agent knows no other, and Metadata would name it alone."""
         if not self._shared:
             return
-        await self.tick()
+        deadline_s = self._clock.monotonic_s() + self._timeout_ms / 1000
+        while True:
+            joined = await self.tick()
+            if joined or self._clock.monotonic_s() >= deadline_s:
+                break
+            await asyncio.sleep(self._heartbeat_ms / 1000)
         self._task = asyncio.create_task(self._loop(), name="membership")
 
     def detached(self) -> bool:
@@ -77,14 +84,15 @@ class Membership:
         others = [a for a in self.live if a.agent_id != self.me.agent_id]
         return others or self.live
 
-    async def tick(self) -> None:
+    async def tick(self) -> bool:
+        """One heartbeat and look at who is live; False when it did not get through."""
         now_ms = self._clock.wall_ms()
         try:
             live = await within(self._timeout_ms / 1000, self._beat(now_ms))
         except (CoordinatorError, TimeoutError) as e:
             log.warning("heartbeat failed: %s", e)
             self._notice_detachment()
-            return
+            return False
         self._last_heartbeat_s = self._clock.monotonic_s()
         if self._was_detached:
             self._was_detached = False
@@ -98,6 +106,7 @@ class Membership:
         self.live = live
         if changed:
             self._on_change()
+        return True
 
     async def _beat(self, now_ms: int) -> list[AgentInfo]:
         await self._backend.heartbeat(dataclasses.replace(self.me, heartbeat_ms=now_ms))
