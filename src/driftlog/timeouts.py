@@ -24,7 +24,12 @@ async def within(timeout_s: float, awaitable: Awaitable[T]) -> T:
     """The call's result, or TimeoutError at the deadline (the call is cancelled and
     left to finish unwinding in the background; its outcome is only logged)."""
     task = asyncio.ensure_future(awaitable)
-    done, _ = await asyncio.wait({task}, timeout=max(timeout_s, 0.0))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=max(timeout_s, 0.0))
+    except asyncio.CancelledError:
+        task.cancel()  # the caller gave up: so does the call
+        task.add_done_callback(_forget)
+        raise
     if task in done:
         return task.result()
     task.cancel()

@@ -57,6 +57,7 @@ class Membership:
         # Monotonic time of the last heartbeat that reached the database.
         self._last_heartbeat_s = clock.monotonic_s()
         self._was_detached = False
+        self._beating: asyncio.Future[list[AgentInfo]] | None = None  # the heartbeat in flight
 
     async def start(self) -> None:
         """Join: until the first heartbeat gets through (for at most the agent timeout),
@@ -87,8 +88,9 @@ class Membership:
     async def tick(self) -> bool:
         """One heartbeat and look at who is live; False when it did not get through."""
         now_ms = self._clock.wall_ms()
+        self._beating = asyncio.ensure_future(self._beat(now_ms))
         try:
-            live = await within(self._timeout_ms / 1000, self._beat(now_ms))
+            live = await within(self._timeout_ms / 1000, self._beating)
         except (CoordinatorError, TimeoutError) as e:
             log.warning("heartbeat failed: %s", e)
             self._notice_detachment()
@@ -134,6 +136,11 @@ class Membership:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._beating is not None and not self._beating.done():
+            # A heartbeat that lands after the removal below would bring this agent back
+            # for a whole timeout: let it end first (bounded; a hung one is cancelled).
+            self._beating.cancel()
+            await asyncio.wait({self._beating}, timeout=self._timeout_ms / 1000)
         if self._shared:
             with contextlib.suppress(CoordinatorError):
                 await self._backend.remove_agent(self.me.agent_id)
