@@ -9,6 +9,14 @@ Limits per connection: frame size (checked before buffering), requests and
 request bytes in flight (reading pauses past either), time per request, idle
 time without a request, and unread responses (writing pauses while the
 client does not read).
+
+While a large frame arrives, the socket's SO_RCVLOWAT is the part of it still to
+come (up to 256 KiB, Linux): the loop wakes once per 256 KiB instead of once per
+segment the client sent. Over TLS that matters: librdkafka writes a TLS record (and
+a segment) per buffer slice, often ~1 KiB, and each wakeup costs a read, a copy
+into the TLS layer and a pass through the protocol. Responses go to a TLS
+transport with their small chunks joined, each chunk written being a TLS record
+of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import asyncio
 import collections
 import logging
 import socket
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -35,8 +44,25 @@ FrameHandler = Callable[[memoryview, Session], Coroutine[Any, Any, list[bytes] |
 SessionOpener = Callable[[asyncio.BaseTransport], Session]
 
 
+# SO_RCVLOWAT while a large frame arrives: at most this (what uvloop's TLS transport
+# reads at once), and not below the minimum (then 1: wake for any byte).
+RCVLOWAT_MAX = 256 * 1024
+RCVLOWAT_MIN = 32 * 1024
+# Over TLS, what the TLS layer may hold of the frame still encrypted (a partial
+# record: 16 KiB + its overhead), not counted as received yet.
+TLS_RECORD_SLACK = 32 * 1024
+# Response chunks below this are joined before a TLS transport writes them.
+TLS_SMALL_CHUNK = 16 * 1024
+
+
 class ConnectionClosed(Exception):
     pass
+
+
+class _FrameReceiver(FrameReceiver):
+    def frame_bytes_due(self) -> int:
+        """Bytes of the large frame being received that have not arrived (0: none)."""
+        return self._large_size - self._large_filled if self._large is not None else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +89,7 @@ class KafkaConnection(asyncio.BufferedProtocol):
         self._session: Session | None = None
         self._handle_frame = handle_frame
         self._limits = limits
-        self._receiver = FrameReceiver(limits.max_frame_bytes)
+        self._receiver = _FrameReceiver(limits.max_frame_bytes)
         self._on_close = on_close
         self._transport: asyncio.Transport | None = None
         self._peer = "?"
@@ -83,6 +109,9 @@ class KafkaConnection(asyncio.BufferedProtocol):
         self._last_activity = time.monotonic()
         self._idle_handle: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._tls = False
+        self._lowat_socket: Any = None  # None: SO_RCVLOWAT not used
+        self._rcvlowat = 1
 
     # asyncio.BufferedProtocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -97,6 +126,9 @@ class KafkaConnection(asyncio.BufferedProtocol):
             # Responses are small and late (after a flush): never let Nagle hold them
             # back waiting for the client's delayed ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sys.platform == "linux":
+                self._lowat_socket = sock
+        self._tls = transport.get_extra_info("sslcontext") is not None
         peer: Any = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         try:
@@ -120,8 +152,13 @@ class KafkaConnection(asyncio.BufferedProtocol):
             log.warning("closing %s: %s", self._peer, e)
             self.close()
             return
-        if not frames or self._session is None:
-            return
+        if frames and self._session is not None:
+            self._take_frames(frames)
+        if self._lowat_socket is not None:
+            self._update_rcvlowat()
+
+    def _take_frames(self, frames: list[memoryview]) -> None:
+        assert self._session is not None
         for frame in frames:
             try:
                 work = self._handle_frame(frame, self._session)
@@ -142,6 +179,30 @@ class KafkaConnection(asyncio.BufferedProtocol):
             assert self._transport is not None
             self._transport.pause_reading()
             self._reading_paused = True
+
+    def _update_rcvlowat(self) -> None:
+        """Wake for the bytes the frame in progress is sure to bring, not for each segment.
+
+        Never more than will arrive: the frame's bytes still due (over TLS, less what the
+        TLS layer may hold undecrypted), so a frame is never left waiting. Kept while it
+        stays below what is due; back to 1 when the frame is complete."""
+        due = self._receiver.frame_bytes_due()
+        if self._tls:
+            due -= TLS_RECORD_SLACK
+        if due < RCVLOWAT_MIN:
+            lowat = 1
+        elif 1 < self._rcvlowat <= due:
+            return
+        else:
+            lowat = min(due, RCVLOWAT_MAX)
+        if lowat == self._rcvlowat or self._closed:
+            return
+        try:
+            self._lowat_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+        except OSError:
+            self._lowat_socket = None  # closing, or not a TCP socket: plain wakeups
+            return
+        self._rcvlowat = lowat
 
     def pause_writing(self) -> None:
         self._can_write.clear()
@@ -247,7 +308,9 @@ class KafkaConnection(asyncio.BufferedProtocol):
                     await self._unmuted.wait()
                     await self._can_write.wait()
                     if not self._closed:
-                        self._transport.writelines(chunks)
+                        self._transport.writelines(
+                            _join_small_chunks(chunks) if self._tls else chunks
+                        )
                 if self._session is not None and self._session.close_after_response:
                     # A failed login: its answer is the last thing this client gets.
                     self.close()
@@ -258,6 +321,23 @@ class KafkaConnection(asyncio.BufferedProtocol):
         finally:
             for _, task in self._responses:
                 task.cancel()
+
+
+def _join_small_chunks(chunks: list[bytes]) -> list[bytes]:
+    """Runs of small chunks joined, large ones (record batches) kept as they are."""
+    out: list[bytes] = []
+    run: list[bytes] = []
+    for chunk in chunks:
+        if len(chunk) < TLS_SMALL_CHUNK:
+            run.append(chunk)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else b"".join(run))
+            run = []
+        out.append(chunk)
+    if run:
+        out.append(run[0] if len(run) == 1 else b"".join(run))
+    return out
 
 
 async def _with_timeout(
