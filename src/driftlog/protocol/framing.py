@@ -70,6 +70,10 @@ class FrameReceiver:
             self._start, self._end = 0, pending
         return memoryview(self._scratch)[self._end :]
 
+    def frame_bytes_due(self) -> int:
+        """Bytes of the large frame being received that have not arrived yet (0: none)."""
+        return self._large_size - self._large_filled if self._large is not None else 0
+
     def buffer_updated(self, received: int) -> list[memoryview]:
         """Account for `received` bytes written into the last buffer; return finished frames."""
         frames: list[memoryview] = []

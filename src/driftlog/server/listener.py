@@ -59,12 +59,6 @@ class ConnectionClosed(Exception):
     pass
 
 
-class _FrameReceiver(FrameReceiver):
-    def frame_bytes_due(self) -> int:
-        """Bytes of the large frame being received that have not arrived (0: none)."""
-        return self._large_size - self._large_filled if self._large is not None else 0
-
-
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
     max_frame_bytes: int
@@ -89,7 +83,7 @@ class KafkaConnection(asyncio.BufferedProtocol):
         self._session: Session | None = None
         self._handle_frame = handle_frame
         self._limits = limits
-        self._receiver = _FrameReceiver(limits.max_frame_bytes)
+        self._receiver = FrameReceiver(limits.max_frame_bytes)
         self._on_close = on_close
         self._transport: asyncio.Transport | None = None
         self._peer = "?"
