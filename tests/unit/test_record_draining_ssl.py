@@ -48,7 +48,7 @@ def outcomes(server: ssl.SSLObject, reads: int, size: int = 1000) -> list[object
     seen: list[object] = []
     for _ in range(reads):
         try:
-            count = server.read(size, buffer)
+            count = int(server.read(size, buffer))
             seen.append((count, bytes(buffer[:count])))
         except ssl.SSLError as e:
             seen.append(type(e).__name__)
