@@ -16,6 +16,7 @@ between scrapes: a child reads them through a function at scrape time
 
 from __future__ import annotations
 
+import abc
 import math
 import re
 from bisect import bisect_left
@@ -141,7 +142,7 @@ class HistogramChild:
 _Child = TypeVar("_Child", CounterChild, GaugeChild, HistogramChild)
 
 
-class _Family(Generic[_Child]):
+class _Family(abc.ABC, Generic[_Child]):
     kind = ""
     sample_suffixes: tuple[str, ...] = ("",)
 
@@ -151,8 +152,8 @@ class _Family(Generic[_Child]):
         self.labelnames = tuple(labelnames)
         self._children: dict[tuple[str, ...], _Child] = {}
 
-    def _new_child(self) -> _Child:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _new_child(self) -> _Child: ...
 
     def labels(self, *values: str, **by_name: str) -> _Child:
         """The child of these label values, created on first use; keep it for the hot path."""
