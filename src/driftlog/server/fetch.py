@@ -39,7 +39,7 @@ from driftlog.protocol.schema import build, response_module
 from driftlog.security.acl import AclOperation
 from driftlog.server.access import TOPIC
 from driftlog.server.context import RequestContext
-from driftlog.server.metadata import addresses, leader_candidates
+from driftlog.server.metadata import leader_candidates, node_endpoints
 from driftlog.server.quota_handlers import throttle, unthrottle
 
 log = logging.getLogger(__name__)
@@ -239,14 +239,7 @@ def _redirect(ctx: RequestContext, request: Any, leaders: list[AgentInfo]) -> An
                 partitions=tuple(partitions),
             )
         )
-    endpoints = (
-        tuple(
-            build(module.NodeEndpoint, node_id=a.node_id, host=host, port=port, rack=a.zone or None)
-            for a, (host, port) in addresses(ctx, list(named.values()))
-        )
-        if hasattr(module, "NodeEndpoint")  # v16
-        else ()
-    )
+    endpoints = node_endpoints(ctx, module, list(named.values()))
     return build(
         module.FetchResponse,
         throttle_time=datetime.timedelta(0),

@@ -111,6 +111,17 @@ def addresses(
     return [(a, address) for a in agents if (address := endpoint(a, name)) is not None]
 
 
+def node_endpoints(ctx: RequestContext, module: Any, agents: list[AgentInfo]) -> tuple[Any, ...]:
+    """KIP-951's node endpoints of Produce v10+ and Fetch v16 (none in older versions):
+    where to reach these agents on this request's listener."""
+    if not hasattr(module, "NodeEndpoint"):
+        return ()
+    return tuple(
+        build(module.NodeEndpoint, node_id=a.node_id, host=host, port=port, rack=a.zone or None)
+        for a, (host, port) in addresses(ctx, agents)
+    )
+
+
 async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
     module = response_module(METADATA, ctx.api_version)
     services = ctx.services

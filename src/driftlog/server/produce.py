@@ -32,7 +32,7 @@ from driftlog.server import broker_configs
 from driftlog.server.access import TOPIC, TRANSACTIONAL_ID
 from driftlog.server.context import RequestContext
 from driftlog.server.listener import ConnectionClosed
-from driftlog.server.metadata import addresses, leader_candidates
+from driftlog.server.metadata import leader_candidates, node_endpoints
 from driftlog.server.quota_handlers import throttle
 from driftlog.server.record_checks import RecordChecks, RecordErrors, check_records, checks_for
 
@@ -231,14 +231,7 @@ def redirect(ctx: RequestContext, request: Any, leaders: list[AgentInfo]) -> Any
                 partition_responses=tuple(partitions),
             )
         )
-    endpoints = (
-        tuple(
-            build(module.NodeEndpoint, node_id=a.node_id, host=host, port=port, rack=a.zone or None)
-            for a, (host, port) in addresses(ctx, list(named.values()))
-        )
-        if hasattr(module, "NodeEndpoint")  # v10+
-        else ()
-    )
+    endpoints = node_endpoints(ctx, module, list(named.values()))
     return build(
         module.ProduceResponse,
         responses=tuple(topics),
