@@ -8,6 +8,11 @@ A failed read of one object affects only the groups (partitions) with batches in
 it, and each of those still gets its batches up to the first unreadable one: what
 the failure means (stale coordinates, a missing object, a transient error) is for
 the caller to decide, since only it can look the coordinates up again.
+
+With a zone cache (`read/zone/`), what is not in the batch cache is read through it:
+blocks this agent holds or owns, ranges asked of their owner, or a direct GET when the
+owner cannot answer. Those bytes are not copied into the batch cache (the block cache
+or the owner keeps them), which then holds what this agent uploaded.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from driftlog.coordinator.api import BatchLocation
 from driftlog.read.cache import BatchBytes, BatchCache
 from driftlog.read.missing import MissingObjects
+from driftlog.read.zone.cache import ZoneCache
 from driftlog.records.batch import with_offsets, write_base_offset
 from driftlog.records.control import MARKER_KEY_PREFIX, control_batch, parse_marker_key
 from driftlog.storage.api import ObjectNotFound, ObjectStore
@@ -45,9 +51,12 @@ class GroupRead:
 
 
 class BatchFetcher:
-    def __init__(self, store: ObjectStore, cache: BatchCache) -> None:
+    def __init__(
+        self, store: ObjectStore, cache: BatchCache, zone: ZoneCache | None = None
+    ) -> None:
         self._store = store
         self._cache = cache
+        self.zone = zone
         self.missing = MissingObjects()
 
     async def read_many(self, groups: Sequence[Sequence[BatchLocation]]) -> list[GroupRead]:
@@ -135,7 +144,11 @@ class BatchFetcher:
                 ranges[-1] = (ranges[-1][0], end)
             else:
                 ranges.append((loc.byte_offset, end))
-        parts = await self._store.get_ranges(object_key, ranges)
+        zone = self.zone
+        if zone is not None:
+            parts: Sequence[BatchBytes] = await zone.read(object_key, ranges)
+        else:
+            parts = await self._store.get_ranges(object_key, ranges)
         out: dict[tuple[str, int], BatchBytes] = {}
         index = 0
         for loc in ordered:
@@ -143,7 +156,8 @@ class BatchFetcher:
                 index += 1
             start = loc.byte_offset - ranges[index][0]
             data = parts[index][start : start + loc.byte_length]
-            self._cache.put((object_key, loc.byte_offset), data)
+            if zone is None:
+                self._cache.put((object_key, loc.byte_offset), data)
             out[(object_key, loc.byte_offset)] = data
         return out
 
