@@ -24,6 +24,7 @@ from driftlog.lifecycle.key_compactor import KeyCompactor
 from driftlog.metrics.registry import DEFAULT_BUCKETS_S, Registry
 from driftlog.read.cache import BatchCache
 from driftlog.read.fetcher import BatchFetcher
+from driftlog.read.zone.cache import FALLBACK_REASONS, ZoneCache
 from driftlog.storage.metered import OPERATIONS, MeteredObjectStore
 from driftlog.write.pipeline import WritePipeline
 
@@ -78,6 +79,7 @@ def register_agent_metrics(
     key_compactor: KeyCompactor,
     membership: Membership,
     fetcher: BatchFetcher,
+    zone_cache: ZoneCache | None = None,
 ) -> None:
     """Declare the families these components feed, and attach their observers."""
     _object_store(registry, store)
@@ -86,6 +88,8 @@ def register_agent_metrics(
     _coordinator(registry, coordinator)
     _lifecycle(registry, collector, compactor, key_compactor)
     _agent(registry, membership, fetcher)
+    if zone_cache is not None:
+        _zone_cache(registry, zone_cache)
 
 
 def exit_stats(registry: Registry) -> dict[str, float]:
@@ -172,6 +176,75 @@ def _cache(registry: Registry, cache: BatchCache) -> None:
     _read_gauge(
         registry, "driftlog_cache_entries", "Batches the cache holds.", lambda: cache.entry_count
     )
+
+
+def _zone_cache(registry: Registry, zone: ZoneCache) -> None:
+    stats, blocks = zone.stats, zone.blocks
+    _read_counter(
+        registry, "driftlog_zone_cache_blocks_fetched_total",
+        "Blocks this agent fetched from the store (one GET each): blocks it owns, or whose"
+        " owner could not answer.",
+        lambda: stats.blocks_fetched,
+    )  # fmt: skip
+    _read_counter(
+        registry, "driftlog_zone_cache_block_bytes_fetched_total",
+        "Bytes of the blocks this agent fetched from the store.",
+        lambda: stats.bytes_fetched,
+    )  # fmt: skip
+    _read_counter(
+        registry, "driftlog_zone_cache_local_hits_total",
+        "Block reads answered by this agent's block cache.",
+        lambda: stats.local_hits,
+    )  # fmt: skip
+    _read_counter(
+        registry, "driftlog_zone_cache_peer_hits_total",
+        "Block reads answered by the block's owner in this zone.",
+        lambda: stats.peer_hits,
+    )  # fmt: skip
+    fallbacks = registry.counter(
+        "driftlog_zone_cache_peer_fallbacks_total",
+        "Block reads the owner did not answer, read from the store instead, by reason"
+        " (unreachable: refused, reset or no answer within the timeout; busy; error).",
+        ["reason"],
+    )
+    for reason in FALLBACK_REASONS:
+        fallbacks.labels(reason).set_function(_item(stats.fallbacks, reason))
+    _read_counter(
+        registry, "driftlog_zone_cache_served_total",
+        "Block reads this agent answered for the zone's other agents.",
+        lambda: stats.served,
+    )  # fmt: skip
+    warms = registry.counter(
+        "driftlog_zone_cache_warms_total",
+        "Blocks of uploaded objects sent to their owner (sent), or kept here (kept: warmed"
+        " by a peer, or uploaded and owned here).",
+        ["kind"],
+    )
+    warms.labels("sent").set_function(lambda: stats.warms_sent)
+    warms.labels("kept").set_function(lambda: stats.warms_kept)
+    _read_counter(
+        registry, "driftlog_zone_cache_prefetches_total",
+        "Blocks read ahead for sequential readers.",
+        lambda: stats.prefetches,
+    )  # fmt: skip
+    _read_gauge(
+        registry, "driftlog_zone_cache_bytes",
+        "Bytes the block cache holds (entries' overhead included).",
+        lambda: blocks.size_bytes,
+    )  # fmt: skip
+    _read_gauge(
+        registry, "driftlog_zone_cache_max_bytes", "The block cache's size limit.",
+        lambda: blocks.max_bytes,
+    )  # fmt: skip
+    _read_gauge(
+        registry, "driftlog_zone_cache_blocks", "Blocks the block cache holds.",
+        lambda: blocks.entry_count,
+    )  # fmt: skip
+    _read_gauge(
+        registry, "driftlog_zone_cache_zone_agents",
+        "Agents of this zone the cache divides blocks among (itself included).",
+        lambda: len(zone.ring().agents),
+    )  # fmt: skip
 
 
 def _write_pipeline(registry: Registry, pipeline: WritePipeline) -> None:
