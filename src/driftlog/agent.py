@@ -121,6 +121,7 @@ class Agent:
             rpc_host=config.listen_host if config.clustered else None,
             rpc_port=config.rpc_port,
             rpc_advertise_host=config.advertise_host,
+            rpc_advertise_address=config.rpc_advertise,
             lease_ms=config.lease_ms,
             retention=RetentionPolicy(
                 config.log_retention_ms, config.log_retention_bytes, config.retention_check_ms
@@ -225,6 +226,7 @@ class Agent:
             heartbeat_ms=config.heartbeat_ms,
             timeout_ms=config.agent_timeout_ms,
             on_change=self._membership_changed,
+            writer_silent_s=self.coordinator.writer_silent_s,
         )
         self.groups = GroupCoordinator(
             now_ms=lambda: int(time.monotonic() * 1000), owns=self.owns_group
@@ -285,7 +287,7 @@ class Agent:
 
     def _membership_changed(self) -> None:
         self.groups.release_foreign_groups()
-        if self.membership.detached():
+        if self.membership.stepping_aside():
             # Producers waiting on this agent's commits go elsewhere now (librdkafka keeps
             # its requests in flight on a connection that stays open).
             answered = self.pipeline.answer_waiting(CommitOutcome(ErrorCode.not_leader_or_follower))
@@ -320,6 +322,10 @@ class Agent:
         self.cluster_id = await self.coordinator.backend.cluster_id(self._proposed_cluster_id())
         if self.config.clustered:
             await self._claim_node_id()
+            # Where the other agents reach this one's RPC (known once it listens).
+            self.membership.me = dataclasses.replace(
+                self.membership.me, rpc_address=self.coordinator.writer.address
+            )
         await broker_configs.refresh(self)  # before serving: the stored values apply
         await self.refresh_security()
         await self.membership.start()
@@ -355,6 +361,8 @@ class Agent:
         me = self.membership.me.agent_id
         if not any(a.agent_id == me for a in self.membership.live):
             return False, "not in the cluster's membership"
+        if self.membership.stepping_aside():
+            return False, "stepping aside: it cannot reach the database or the writer"
         return True, "ready"
 
     @property

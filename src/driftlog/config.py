@@ -25,6 +25,8 @@ class AgentConfig:
     lease_ms: int = 5_000
     # The writer RPC (cluster mode): port 0 picks a free one, published in the lease row.
     rpc_port: int = 0
+    # HOST:PORT other agents connect to for the RPC; empty: advertise_host and the bound port.
+    rpc_advertise: str = ""
     # Membership: agents heartbeat this often and count as gone after agent_timeout_ms.
     heartbeat_ms: int = 1_000
     agent_timeout_ms: int = 5_000

@@ -1083,7 +1083,7 @@ class TxnSim(Sim):
             holder=node.holder,
             secret=b"sim",
         )
-        task = asyncio.create_task(client._read_stream(follower.reader))
+        task = asyncio.create_task(client._read_stream(follower.reader, ""))
         task.add_done_callback(functools.partial(self.stream_ended, node.id, follower))
         follower.task = task
         self.stats["subscriptions"] += 1

@@ -138,6 +138,20 @@ def to_advertised_host_port(flag: str) -> Converter:
     return convert
 
 
+def to_optional_address(flag: str) -> Converter:
+    """`HOST:PORT` kept as text, or empty for unset; 0.0.0.0 is no address to connect to."""
+
+    def convert(raw: str) -> tuple[object, ...]:
+        if not raw:
+            return ("",)
+        host, port = parse_host_port(flag, raw)
+        if host == "0.0.0.0" or not 0 < port < 65536:
+            raise _bad(flag, "HOST:PORT that other agents can connect to", raw)
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}",)
+
+    return convert
+
+
 def to_str(_flag: str) -> Converter:
     """Kept as given, comma-separated lists included (their parsing belongs to their user)."""
     return lambda raw: (raw,)
@@ -282,6 +296,14 @@ OPTIONS: tuple[Option, ...] = (
         "--rpc-port",
         "cluster mode: port of the writer RPC, on the listen host (0: a free one)",
         default_doc="`0` (a free port)",
+    ),
+    option(
+        "--rpc-advertise",
+        "cluster mode: address other agents reach this agent's RPC at, when it differs "
+        "from the one it listens on (a proxy or NAT in between)",
+        metavar="HOST:PORT",
+        converter=to_optional_address,
+        default_doc="the advertised host and the RPC port",
     ),
     option("--heartbeat-ms", "cluster mode: how often the agent announces itself"),
     option(

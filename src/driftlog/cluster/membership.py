@@ -9,12 +9,18 @@ Without a shared database (the embedded default) the list is this agent alone.
 Each change of this agent's list (an agent joined, left, or is back with another
 zone, address or node id) is logged at INFO with the agent's zone.
 
-An agent whose heartbeats have not reached the database for longer than
-`timeout_ms` is *detached*: the others have dropped it by then, and it may no longer
-learn who writes. It steps aside: `leaders` (what Metadata names as partition
-leaders and group coordinators) leaves it out while another agent is known, so
-clients move to agents that can commit. A heartbeat that gets through rejoins it.
-A heartbeat that hangs is abandoned after `timeout_ms`.
+An agent steps aside while it cannot commit, in two cases:
+- *detached*: its heartbeats have not reached the database for longer than
+  `timeout_ms`. The others have dropped it by then, and it may no longer learn who
+  writes. A heartbeat that hangs is abandoned after `timeout_ms`.
+- *cut off from the writer*: the writer is alive (it renews its lease) but has not
+  been heard from over the RPC for longer than `timeout_ms` (`writer_silent_s`).
+  This agent then withdraws its row at once, so every other agent drops it at its
+  next heartbeat, and announces itself again once the writer is heard.
+While it steps aside, `leaders` (what Metadata names as partition leaders and group
+coordinators) leaves it out as long as another agent is known, so clients move to
+agents that can commit; a heartbeat that gets through, and a writer heard again,
+rejoin it.
 """
 
 from __future__ import annotations
@@ -44,8 +50,10 @@ class Membership:
         heartbeat_ms: int = 1_000,
         timeout_ms: int = 5_000,
         on_change: Callable[[], None] = lambda: None,
+        writer_silent_s: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._on_change = on_change
+        self._writer_silent_s = writer_silent_s
         self._backend = backend
         self._clock = clock
         self.me = me
@@ -57,6 +65,7 @@ class Membership:
         # Monotonic time of the last heartbeat that reached the database.
         self._last_heartbeat_s = clock.monotonic_s()
         self._was_detached = False
+        self._withdrawn = False  # this agent's row removed while cut off from the writer
         self._beating: asyncio.Future[list[AgentInfo]] | None = None  # the heartbeat in flight
 
     async def start(self) -> None:
@@ -77,10 +86,18 @@ class Membership:
         silent_s = self._clock.monotonic_s() - self._last_heartbeat_s
         return self._shared and silent_s > self._timeout_ms / 1000
 
+    def cut_off(self) -> bool:
+        """The writer is alive but has not been heard from for longer than the agent
+        timeout: commits cannot reach it."""
+        return self._shared and self._writer_silent_s() > self._timeout_ms / 1000
+
+    def stepping_aside(self) -> bool:
+        return self.detached() or self.cut_off()
+
     def leaders(self) -> list[AgentInfo]:
         """The agents to name as leaders and coordinators: the live ones, without this
-        agent while it is detached (unless it knows no other)."""
-        if not self.detached():
+        agent while it steps aside (unless it knows no other)."""
+        if not self.stepping_aside():
             return self.live
         others = [a for a in self.live if a.agent_id != self.me.agent_id]
         return others or self.live
@@ -88,7 +105,8 @@ class Membership:
     async def tick(self) -> bool:
         """One heartbeat and look at who is live; False when it did not get through."""
         now_ms = self._clock.wall_ms()
-        self._beating = asyncio.ensure_future(self._beat(now_ms))
+        cut_off = self.cut_off()
+        self._beating = asyncio.ensure_future(self._beat(now_ms, withdraw=cut_off))
         try:
             live = await within(self._timeout_ms / 1000, self._beating)
         except (CoordinatorError, TimeoutError) as e:
@@ -100,6 +118,17 @@ class Membership:
             self._was_detached = False
             log.warning("heartbeat reached the database again: rejoining as a leader")
             self._on_change()
+        if cut_off != self._withdrawn:
+            self._withdrawn = cut_off
+            if cut_off:
+                log.warning(
+                    "the writer has not been heard from for over %d ms while it renews its "
+                    "lease: stepping aside (withdrawn from the membership)",
+                    self._timeout_ms,
+                )
+            else:
+                log.warning("the writer is heard again: rejoining as a leader")
+            self._on_change()
         if all(a.agent_id != self.me.agent_id for a in live):
             live.append(self.me)
         live.sort(key=lambda a: (a.node_id, a.agent_id))
@@ -110,8 +139,13 @@ class Membership:
             self._on_change()
         return True
 
-    async def _beat(self, now_ms: int) -> list[AgentInfo]:
-        await self._backend.heartbeat(dataclasses.replace(self.me, heartbeat_ms=now_ms))
+    async def _beat(self, now_ms: int, *, withdraw: bool) -> list[AgentInfo]:
+        if not withdraw:
+            await self._backend.heartbeat(dataclasses.replace(self.me, heartbeat_ms=now_ms))
+        elif not self._withdrawn:
+            # Once, on stepping aside: the others drop this agent at their next heartbeat
+            # instead of a whole agent timeout later.
+            await self._backend.remove_agent(self.me.agent_id)
         return await self._backend.live_agents(self._timeout_ms, now_ms)
 
     def _notice_detachment(self) -> None:

@@ -166,7 +166,7 @@ async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], in
 
 async def handle_fetch(ctx: RequestContext, request: Any) -> Any:
     membership = ctx.services.membership
-    if membership.detached():
+    if membership.stepping_aside():
         others = leader_candidates(ctx)
         if all(a.agent_id != membership.me.agent_id for a in others):
             return _redirect(ctx, request, others)

@@ -82,7 +82,7 @@ def _validate(
 async def handle_produce(ctx: RequestContext, request: Any) -> Any:
     services = ctx.services
     coordinator = services.coordinator
-    if services.membership.detached():
+    if services.membership.stepping_aside():
         others = leader_candidates(ctx)
         if all(a.agent_id != services.membership.me.agent_id for a in others):
             return redirect(ctx, request, others)

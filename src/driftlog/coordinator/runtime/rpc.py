@@ -6,6 +6,11 @@ its own address, which it publishes in the lease row when it takes the lease;
 while it is not the writer it answers `not_writer`. Every agent runs a
 `WriterClient` that follows the lease: it connects to the holder's address,
 subscribes to its stream (feeding the local view), and carries requests.
+The writer pings its subscribers every `PING_INTERVAL_S`; a client that hears nothing
+for `STREAM_SILENCE_S` drops the connection and connects again, since a link whose
+packets vanish is not seen by TCP for minutes. A client also measures how long the
+writer, while alive (its lease keeps being renewed), has not been heard (`silent_s`):
+the agent steps aside when that passes the agent timeout (cluster/membership.py).
 A broken connection fails the requests in flight with `CoordinatorUnavailable`;
 the caller re-sends them, which is safe because commits are idempotent by
 object key. After (re)subscribing, the client resynchronizes its view from the
@@ -64,10 +69,18 @@ RECONNECT_BACKOFF_S = 0.2
 # How often a follower re-reads the lease: a writer that hangs (a pause, a frozen VM)
 # keeps its TCP connections open, so followers leave it when the lease moves on.
 LEASE_CHECK_S = 0.25
+# The writer pings its stream's subscribers this often (other frames count as well).
+PING_INTERVAL_S = 0.5
+# A follower that hears nothing from the writer for this long reconnects. Also the
+# margin by which the lease must have been renewed after the writer's last word for
+# the follower to count as cut off from a live writer: a writer that died cannot
+# have renewed it that long after its last ping.
+STREAM_SILENCE_S = 2.5
 # Connections still authenticating at once: the agents are few, and each one retries.
 MAX_PENDING_HANDSHAKES = 64
 _COMMIT_TAG = bytes([messages.COMMIT])
 _APPLIED_TAG = bytes([messages.APPLIED])
+_PING_FRAME = messages.encode({"op": "ping"})
 
 
 async def read_body(reader: asyncio.StreamReader) -> bytes:
@@ -113,6 +126,7 @@ class WriterServer:
         advertise_host: str = "",
         *,
         secret: bytes,
+        advertise_address: str = "",
     ) -> None:
         self._secret = peer_auth.check_secret(secret)
         self._refusals = RefusalLog()
@@ -121,19 +135,25 @@ class WriterServer:
         self._host = host
         self._port = port
         self._advertise_host = advertise_host or host
+        # HOST:PORT published instead (something relays the port to this one).
+        self._advertise_address = advertise_address
         self._server: asyncio.Server | None = None
         self._subscribers: set[asyncio.StreamWriter] = set()
         self._connections: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._raw_batches: dict[str, bytes] = {}
+        self._pinger: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         """Listen; returns the address to publish (host:port)."""
         self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        self._pinger = asyncio.create_task(self._ping_loop(), name="writer-rpc-ping")
         port = self._server.sockets[0].getsockname()[1]
-        return f"{self._advertise_host}:{port}"
+        return self._advertise_address or f"{self._advertise_host}:{port}"
 
     async def close(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
         if self._server is not None:
             self._server.close()
         for connection in list(self._connections):
@@ -171,6 +191,12 @@ class WriterServer:
 
     def on_relocated(self, partitions: Sequence[PartitionKey]) -> None:
         self._broadcast({"op": "relocated", "partitions": [[t.hex, p] for t, p in partitions]})
+
+    async def _ping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PING_INTERVAL_S)
+            if self._subscribers:
+                self._broadcast_frame(_PING_FRAME)
 
     def _broadcast(self, message: Message) -> None:
         self._broadcast_frame(messages.encode(message))
@@ -425,6 +451,14 @@ class WriterClient:
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self.resyncs = 0
+        self._watcher: asyncio.Task[None] | None = None
+        # The lease holder to follow ("" while there is none, or it is this agent), when
+        # it was last heard from (or became the one to follow), and when its lease was
+        # last seen renewed: loop time, seconds.
+        self._target = ""
+        self._heard_s = 0.0
+        self._renewed_s = 0.0
+        self._expires_ms = 0
 
     @property
     def connected(self) -> bool:
@@ -432,12 +466,23 @@ class WriterClient:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="writer-client")
+        self._watcher = asyncio.create_task(self._watch(), name="writer-client-watch")
+
+    def silent_s(self) -> float:
+        """Seconds the writer has not been heard from, counted only once its lease was
+        renewed well after its last word (so it is alive, yet does not reach this
+        agent); 0 otherwise."""
+        if not self._target or self._renewed_s - self._heard_s < STREAM_SILENCE_S:
+            return 0.0
+        return asyncio.get_running_loop().time() - self._heard_s
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._watcher):
+            if task is None:
+                continue
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+                await task
         if self._writer is not None:
             self._writer.close()
 
@@ -479,32 +524,55 @@ class WriterClient:
         confirmation = await asyncio.wait_for(read_message(reader), REQUEST_TIMEOUT_S)
         if confirmation.get("op") != "subscribed":
             raise ProtocolError(f"expected the subscription's confirmation, got {confirmation}")
+        self._heard(address)
         await self._view.resync()
         self.resyncs += 1
         self._connected.set()
         log.info("following writer at %s", address)
-        watch = asyncio.create_task(self._watch_lease(address, writer))
-        try:
-            await self._read_stream(reader)
-        finally:
-            watch.cancel()
+        await self._read_stream(reader, address)
 
-    async def _watch_lease(self, address: str, writer: asyncio.StreamWriter) -> None:
-        """Drop the connection once the lease names another writer (or this agent)."""
+    def _heard(self, address: str) -> None:
+        if address == self._target:
+            self._heard_s = asyncio.get_running_loop().time()
+
+    async def _watch(self) -> None:
+        """Follow the lease: drop the connection once it names another writer (or this
+        agent), or once the writer has been silent for `STREAM_SILENCE_S`."""
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(LEASE_CHECK_S)
             try:
                 lease = await self._backend.read_lease(self._shard)
             except CoordinatorError:
                 continue
-            if lease is None or lease.address != address or lease.holder == self._holder:
-                log.info("the lease moved from %s; leaving it", address)
+            now = loop.time()
+            target = ""
+            if lease is not None and lease.holder != self._holder:
+                target = lease.address
+            if target != self._target:
+                self._target = target
+                self._heard_s = self._renewed_s = now
+                self._expires_ms = lease.expires_ms if lease is not None else 0
+            elif lease is not None and lease.expires_ms > self._expires_ms:
+                self._expires_ms = lease.expires_ms
+                self._renewed_s = now
+            if self._writer is None:
+                continue
+            if self._connected_to != target:
+                log.info("the lease moved from %s; leaving it", self._connected_to)
                 self._disconnected()  # at once: no request may go to the old writer now
-                return
+            elif self._connected.is_set() and now - self._heard_s > STREAM_SILENCE_S:
+                log.warning(
+                    "no word from the writer at %s for %.1fs; connecting again",
+                    target,
+                    now - self._heard_s,
+                )
+                self._disconnected()
 
-    async def _read_stream(self, reader: asyncio.StreamReader) -> None:
+    async def _read_stream(self, reader: asyncio.StreamReader, address: str) -> None:
         while True:
             body = await read_body(reader)
+            self._heard(address)
             if self._is_local_writer():
                 # This agent took the lease: its view is fed by its own writer now, and
                 # frames the old writer sent before would undo what it has done since.
@@ -542,7 +610,10 @@ class WriterClient:
     def _disconnected(self) -> None:
         self._connected.clear()
         if self._writer is not None:
-            self._writer.close()
+            # Abort, not close: a close waits to flush what is buffered, which over a
+            # silent link never ends, and the stream's reader would wait with it. What
+            # was in flight fails below and is re-sent.
+            self._writer.transport.abort()
         self._writer = None
         pending, self._pending = self._pending, {}
         for future in pending.values():

@@ -81,6 +81,7 @@ class AgentCoordinator:
         rpc_host: str | None = None,
         rpc_port: int = 0,
         rpc_advertise_host: str | None = None,
+        rpc_advertise_address: str = "",
         lease_ms: int = DEFAULT_LEASE_MS,
         commit_timeout_s: float | None = None,
         retention: RetentionPolicy | None = None,
@@ -111,6 +112,7 @@ class AgentCoordinator:
         self._rpc_host = rpc_host
         self._rpc_port = rpc_port
         self._rpc_advertise_host = rpc_advertise_host
+        self._rpc_advertise_address = rpc_advertise_address
         self._rpc_secret = rpc_secret
         self._holder = holder
         self.server: WriterServer | None = None
@@ -133,6 +135,7 @@ class AgentCoordinator:
                 self._rpc_port,
                 self._rpc_advertise_host or self._rpc_host,
                 secret=secret,
+                advertise_address=self._rpc_advertise_address,
             )
             self.client = WriterClient(
                 self.backend,
@@ -153,6 +156,13 @@ class AgentCoordinator:
             await asyncio.sleep(0.02)
         if not self.has_writer:
             log.warning("no writer reachable after %.1fs; commits will wait", wait_for_writer_s)
+
+    def writer_silent_s(self) -> float:
+        """How long the writer, alive (it renews its lease), has not been heard from over
+        the RPC; 0 when it has been, or when this agent writes."""
+        if self.writer.is_writer or self.client is None:
+            return 0.0
+        return self.client.silent_s()
 
     @property
     def has_writer(self) -> bool:
