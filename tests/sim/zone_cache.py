@@ -79,6 +79,7 @@ class SimConfig:
     slow_peer_rate: float = 0.001  # a live peer does not answer in time
     busy_peer_rate: float = 0.005
     min_agents_per_zone: int = 2
+    shared: bool = True  # False: each agent alone in its zone (no owners, no warming)
 
 
 @dataclass
@@ -184,12 +185,13 @@ class SimTransport:
         *,
         prefetch: bool,
         timeout_s: float,
+        held_only: bool = False,
     ) -> Reply:
         sim = self._sim
         agent = sim.agents.get(peer.agent_id)
         self._ids += 1
         frame = messages.encode_read(
-            ReadRequest(self._ids, prefetch, block_bytes, index, key, tuple(ranges))
+            ReadRequest(self._ids, prefetch, block_bytes, index, key, tuple(ranges), held_only)
         )
         request = messages.decode_read(frame[4:])
         faulty = sim.step < sim.config.calm_from_step  # faults stop with the churn
@@ -255,7 +257,9 @@ class Sim:
             self.store.view(zone),
             self.clock,
             me=agent_id,
-            members=lambda: self.agents[agent_id].view,
+            members=(lambda: self.agents[agent_id].view)
+            if self.config.shared
+            else (lambda: (ZoneAgent(agent_id, ""),)),
             transport=SimTransport(self, agent_id),
             block_bytes=self.config.block_bytes,
             cache_bytes=self.config.cache_bytes,
@@ -400,7 +404,7 @@ class Sim:
 
     def check(self) -> None:
         c = self.config
-        if self.calm_start_s is not None:
+        if self.calm_start_s is not None and c.shared:
             # 2. Calm phase: a block fetched at most once per zone (caches hold everything;
             # once: its owner may have died before the calm, taking its copy along).
             for block, count in self.store.gets_by_block.items():
@@ -439,7 +443,10 @@ class Sim:
             out[f"gets_per_block_read_{zone}"] = gets / blocks if blocks else 0.0
         block_reads = total_local + total_peer + total_fetched
         out["hit_ratio"] = (total_local + total_peer) / block_reads if block_reads else 0.0
-        out["objects_per_gib"] = len(self.objects) / (sum(o.size for o in self.objects) / GIB)
+        produced_gib = sum(o.size for o in self.objects) / GIB
+        out["objects_per_gib"] = len(self.objects) / produced_gib
+        blocks = sum(-(-o.size // self.config.block_bytes) for o in self.objects)
+        out["blocks_per_gib"] = blocks / produced_gib
         out["timeouts"] = sum(self.timeouts.values())
         out["fallbacks"] = sum(sum(a.cache.stats.fallbacks.values()) for a in self.agents.values())
         return out

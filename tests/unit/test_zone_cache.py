@@ -262,3 +262,21 @@ def test_a_missing_object_is_reported_as_missing_through_the_owner() -> None:
                 raise AssertionError("read a missing object")
 
     asyncio.run(scenario())
+
+
+def test_an_owner_that_missed_asks_the_agent_that_held_the_block() -> None:
+    async def scenario() -> None:
+        async with zone_of("a1", "a2") as zone:
+            a1, a2 = zone.caches["a1"], zone.caches["a2"]
+            key = _key_owned_by(a1, "a2")
+            data = _data(5000)
+            await zone.shared.put_new(key, [data])
+            await a2.read(key, [(0, 10)])  # a2 owns it: one GET, held there
+            assert zone.gets() == 1
+            # a1 is asked for it as the next owner (by a peer that suspects a2): before a
+            # GET, it asks a2 whether it holds the block, and gets it from there.
+            parts = await a1.load(key, 0)
+            assert bytes(parts) == data
+            assert zone.gets() == 1 and a1.stats.handoffs == 1
+
+    asyncio.run(scenario())

@@ -49,7 +49,13 @@ from driftlog.read.zone.blocks import (
 )
 from driftlog.read.zone.flight import SingleFlight
 from driftlog.read.zone.messages import ReadRequest, Status
-from driftlog.read.zone.ownership import DEFAULT_SUSPECT_S, PeerHealth, ZoneAgent, ZoneRing
+from driftlog.read.zone.ownership import (
+    DEFAULT_SUSPECT_S,
+    PeerHealth,
+    ZoneAgent,
+    ZoneRing,
+    rank,
+)
 from driftlog.read.zone.peers import PeerTransport, PeerUnavailable
 from driftlog.storage.api import ObjectNotFound, ObjectStore, ObjectStoreError
 
@@ -57,6 +63,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_BYTES = 16 * 1024 * 1024
 DEFAULT_PEER_TIMEOUT_S = 1.0
+# After the zone's membership changed, an owner that misses a block first asks the agent
+# that owned it before (the next in the block's ranking) whether it holds it, for so long.
+HANDOFF_WINDOW_S = 60.0
+# How long that question, or one to the block's first owner, may take (a cache lookup).
+HELD_ONLY_TIMEOUT_S = 0.25
 # Peer reads the owner side runs at once; more are answered BUSY (the asker GETs).
 MAX_SERVING = 256
 FALLBACK_REASONS = ("unreachable", "busy", "error")
@@ -76,6 +87,7 @@ class ZoneCacheStats:
     warms_sent: int = 0
     warms_kept: int = 0  # blocks kept: warmed by a peer, or uploaded here and owned here
     prefetches: int = 0  # blocks asked to be loaded ahead of a reader
+    handoffs: int = 0  # blocks a miss here got from the agent that held them, not a GET
 
 
 MembersFn = Callable[[], Sequence[ZoneAgent]]
@@ -135,6 +147,7 @@ class ZoneCache:
         self._flight: SingleFlight[BlockId, memoryview] = SingleFlight()
         self._ring_of: Sequence[ZoneAgent] | None = None
         self._ring = ZoneRing(me, ())
+        self._ring_changed_s = clock.monotonic_s()
         self._serving = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -142,8 +155,10 @@ class ZoneCache:
     def ring(self) -> ZoneRing:
         members = self._members()
         if members is not self._ring_of:
-            self._ring_of = members
-            self._ring = ZoneRing(self.me, members)
+            ring = ZoneRing(self.me, members)
+            if ring.agents != self._ring.agents:
+                self._ring_changed_s = self._clock.monotonic_s()
+            self._ring_of, self._ring = members, ring
         return self._ring
 
     def owner(self, block: BlockId) -> ZoneAgent:
@@ -226,12 +241,50 @@ class ZoneCache:
         return await self._flight.do(block_id, lambda: self._fetch(key, index))
 
     async def _fetch(self, key: str, index: int) -> memoryview:
+        held = await self._from_holder(key, index)
+        if held is not None:
+            self.stats.handoffs += 1
+            self.blocks.put((key, index), held)
+            return held
         (data,) = await self._store.get_ranges(key, [block_span(index, self.block_bytes)])
         view = memoryview(data).toreadonly()
         self.stats.blocks_fetched += 1
         self.stats.bytes_fetched += len(view)
         self.blocks.put((key, index), view)
         return view
+
+    async def _from_holder(self, key: str, index: int) -> memoryview | None:
+        """The block from the agent likely to hold it, when that is not this one: the
+        block's first owner when this agent is not it (a peer that suspects it asked
+        here), or, shortly after membership changed, the agent next in the ranking (it
+        owned the block before this one joined or came back). None: ask the store."""
+        if self.transport is None:
+            return None
+        now_s = self._clock.monotonic_s()
+        ring = self.ring()
+        suspects = self.health.suspects(now_s)
+        ranked = [a for a in rank((key, index), ring.agents) if a.agent_id not in suspects]
+        if len(ranked) < 2:
+            return None
+        if ranked[0].agent_id != self.me:
+            holder = ranked[0]
+        elif now_s - self._ring_changed_s < HANDOFF_WINDOW_S:
+            holder = ranked[1]
+        else:
+            return None
+        if not holder.rpc_address:
+            return None
+        try:
+            reply = await self.transport.read(
+                holder, key, index, self.block_bytes, (),
+                prefetch=False, timeout_s=min(self.peer_timeout_s, HELD_ONLY_TIMEOUT_S),
+                held_only=True,
+            )  # fmt: skip
+        except PeerUnavailable:
+            return None  # not marked: a cache lookup is only worth a short wait
+        if reply.status is Status.OK and len(reply.parts) == 1 and reply.parts[0]:
+            return reply.parts[0]
+        return None
 
     async def prefetch(self, key: str, ranges: Sequence[Range]) -> None:
         """Have the blocks holding `ranges` loaded by their owners (read-ahead); best effort."""
@@ -282,6 +335,9 @@ class ZoneCache:
         if request.block_bytes != self.block_bytes or self._serving >= self.max_serving:
             self.stats.served_busy += 1
             return Status.BUSY, []
+        if request.held_only:
+            held = self.blocks.get((request.key, request.index))
+            return (Status.MISS, []) if held is None else (Status.OK, [held])
         self._serving += 1
         try:
             block = await self.load(request.key, request.index)

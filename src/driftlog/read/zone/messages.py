@@ -4,8 +4,10 @@ Frames use the RPC's framing (a 4-byte big-endian length, then the body); a body
 first byte is its tag. Big-endian throughout.
 
     READ  0x20  request id (uint64), flags (uint8; bit 0: prefetch, load the block
-                and answer with no data), block size (uint32), block index (uint32),
-                key length (uint16), key (UTF-8, no NUL), range count (uint16),
+                and answer with no data; bit 1: held only, answer the whole block if
+                it is held, MISS otherwise, never GET; no ranges), block size (uint32),
+                block index (uint32), key length (uint16), key (UTF-8, no NUL), range
+                count (uint16),
                 ranges (start, end: uint32 each, relative to the block's start,
                 start < end <= block size)
     WARM  0x21  block size (uint32), block index (uint32), key length (uint16), key,
@@ -16,7 +18,8 @@ first byte is its tag. Big-endian throughout.
 Status: OK; NOT_FOUND (the store has no such object: the asker reports it as the
 store would); ERROR (the owner's GET failed, or the range runs past the object:
 the asker reads the store itself); BUSY (the owner has too many reads running, or
-its block size differs: the asker reads the store itself). Anything that does not
+its block size differs: the asker reads the store itself); MISS (held only: not
+held). Anything that does not
 decode exactly is a `ProtocolError`: the connection is closed, and only that one.
 """
 
@@ -35,6 +38,7 @@ WARM = 0x21
 REPLY = 0x22
 TAGS = (READ, WARM, REPLY)
 PREFETCH = 0x01
+HELD_ONLY = 0x02
 MAX_KEY_BYTES = 1024
 MAX_RANGES = 4096
 # A reply carries at most one block's bytes plus its lengths.
@@ -52,6 +56,7 @@ class Status(enum.IntEnum):
     NOT_FOUND = 1
     ERROR = 2
     BUSY = 3
+    MISS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,7 @@ class ReadRequest:
     index: int
     key: str
     ranges: tuple[Range, ...]  # relative to the block's start
+    held_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +118,7 @@ def encode_read(request: ReadRequest) -> bytes:
     head = _READ_HEAD.pack(
         READ,
         request.request_id,
-        PREFETCH if request.prefetch else 0,
+        (PREFETCH if request.prefetch else 0) | (HELD_ONLY if request.held_only else 0),
         request.block_bytes,
         request.index,
         len(key),
@@ -126,7 +132,7 @@ def decode_read(body: bytes | memoryview) -> ReadRequest:
     view = memoryview(body)
     try:
         tag, request_id, flags, block_bytes, index, key_length = _READ_HEAD.unpack_from(view)
-        if tag != READ or flags & ~PREFETCH:
+        if tag != READ or flags & ~(PREFETCH | HELD_ONLY):
             raise ProtocolError(f"not a read (tag {tag:#x}, flags {flags:#x})")
         _check_block(block_bytes, index)
         at = _READ_HEAD.size
@@ -144,7 +150,17 @@ def decode_read(body: bytes | memoryview) -> ReadRequest:
             ranges.append((start, end))
     except struct.error as e:
         raise ProtocolError(f"bad read: {e}") from e
-    return ReadRequest(request_id, bool(flags & PREFETCH), block_bytes, index, key, tuple(ranges))
+    if flags & HELD_ONLY and ranges:
+        raise ProtocolError("a held-only read names no ranges")
+    return ReadRequest(
+        request_id,
+        bool(flags & PREFETCH),
+        block_bytes,
+        index,
+        key,
+        tuple(ranges),
+        bool(flags & HELD_ONLY),
+    )
 
 
 def encode_warm(block_bytes: int, index: int, key: str, data: bytes | memoryview) -> list[bytes]:

@@ -57,8 +57,10 @@ class PeerTransport(Protocol):
         *,
         prefetch: bool,
         timeout_s: float,
+        held_only: bool = False,
     ) -> Reply:
-        """Ask `peer` for `ranges` (relative to the block's start) of a block."""
+        """Ask `peer` for `ranges` (relative to the block's start) of a block (`held_only`:
+        the whole block if it holds it, without a GET)."""
         ...
 
     def warm(self, peer: ZoneAgent, key: str, index: int, block_bytes: int, data: bytes) -> bool:
@@ -199,8 +201,9 @@ class PeerClient:
         *,
         prefetch: bool,
         timeout_s: float,
+        held_only: bool = False,
     ) -> Reply:
-        request = ReadRequest(0, prefetch, block_bytes, index, key, tuple(ranges))
+        request = ReadRequest(0, prefetch, block_bytes, index, key, tuple(ranges), held_only)
         try:
             async with asyncio.timeout(timeout_s):
                 return await self._connection(peer.rpc_address).request(request)
