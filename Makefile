@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit soak bench bench-coordinator cluster clean system-deps
+.PHONY: run test test-repeat lint typecheck unit soak bench bench-coordinator cluster clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ typecheck: $(STAMP)
 
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory test-repeat
+
+# Membership must agree every time, not most times (issue 16): the cluster smoke test
+# and the zone-hint test, REPEAT runs each, one after the other.
+REPEAT ?= 20
+test-repeat: $(STAMP) system-deps
+	$(BIN)/pytest -q -p no:cacheprovider --count $(REPEAT) tests/cluster/test_smoke.py \
+	  tests/cluster/test_cluster.py::test_metadata_honours_zone_hints
 
 # Crashes, object-store faults and cut connections; fails if anything acknowledged is lost,
 # duplicated (idempotent) or reordered, or offsets have gaps. `make soak DURATION=600 SEED=1`.
