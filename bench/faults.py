@@ -15,6 +15,9 @@ partitions, bootstrapped with all agents (librdkafka's defaults otherwise, unles
 - `cut-writer`: the writer's gate to PostgreSQL goes silent for `--fault-s`, then heals
   (packets vanish, nothing is closed; its clients still reach it);
 - `cut-other`: the same for another agent;
+- `cut-rpc`: the gate in front of the writer's RPC goes silent for `--fault-s`, then
+  heals: the other agents lose the writer (every agent serves its RPC behind a gate and
+  advertises the gate, `--rpc-advertise`), while all still reach the database;
 - `pg-restart`: PostgreSQL stopped (`-m immediate`), down `--pg-down-s`, started again.
 
 The producer keeps sending for `--after-s` after the fault window (`--fault-s`, by
@@ -58,8 +61,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from cluster.test_database_cut import (
     PARTITIONS,
     PacedLoad,
-    add_gated_agents,
     create_topic,
+    database_address,
+    dsn_through,
     lease_row,
     read_back,
     timeline,
@@ -67,10 +71,18 @@ from cluster.test_database_cut import (
     writer_index,
 )
 from conftest import Cluster
-from services import MotoServer, PostgresServer
+from services import MotoServer, PostgresServer, free_port
 from tcp_gate import TcpGate
 
-FAULTS = ("kill9-writer", "kill9-other", "pause-writer", "cut-writer", "cut-other", "pg-restart")
+FAULTS = (
+    "kill9-writer",
+    "kill9-other",
+    "pause-writer",
+    "cut-writer",
+    "cut-other",
+    "cut-rpc",
+    "pg-restart",
+)
 
 
 @dataclass
@@ -99,8 +111,34 @@ class Fault:
     victim: int | None  # the agent index read-backs must avoid (None: any)
 
 
+def add_agents(cluster: Cluster, count: int) -> tuple[list[TcpGate], list[TcpGate]]:
+    """`count` agents (zone a), each reaching the database through its own gate and
+    serving its RPC behind another: (database gates, RPC gates), index i for agent i."""
+    host, port = database_address(cluster.dsn)
+    database_gates: list[TcpGate] = []
+    rpc_gates: list[TcpGate] = []
+    for _ in range(count):
+        database_gate = TcpGate(host, port)
+        database_gates.append(database_gate)
+        rpc_port = free_port()
+        rpc_gate = TcpGate("127.0.0.1", rpc_port)
+        rpc_gates.append(rpc_gate)
+        cluster.add(
+            "a",
+            "--coordinator", dsn_through(cluster.dsn, database_gate),
+            "--rpc-port", str(rpc_port),
+            "--rpc-advertise", f"127.0.0.1:{rpc_gate.port}",
+        )  # fmt: skip
+    return database_gates, rpc_gates
+
+
 def make_fault(
-    name: str, cluster: Cluster, gates: list[TcpGate], pg: PostgresServer, args: argparse.Namespace
+    name: str,
+    cluster: Cluster,
+    gates: list[TcpGate],
+    rpc_gates: list[TcpGate],
+    pg: PostgresServer,
+    args: argparse.Namespace,
 ) -> Fault:
     writer = writer_index(cluster)
     other = (writer + 1) % len(cluster.agents)
@@ -128,6 +166,8 @@ def make_fault(
         return Fault(gates[writer].silence, gates[writer].heal, writer)
     if name == "cut-other":
         return Fault(gates[other].silence, gates[other].heal, other)
+    if name == "cut-rpc":
+        return Fault(rpc_gates[writer].silence, rpc_gates[writer].heal, writer)
     if name == "pg-restart":
 
         def restart() -> None:
@@ -154,9 +194,10 @@ def run_fault(
         "--agent-timeout-ms", str(args.agent_timeout_ms),
     )  # fmt: skip
     gates: list[TcpGate] = []
+    rpc_gates: list[TcpGate] = []
     load: PacedLoad | None = None
     try:
-        gates = add_gated_agents(cluster, 3)
+        gates, rpc_gates = add_agents(cluster, 3)
         cluster.wait_for_members()
         writer_before = f"agent-{writer_index(cluster) + 1}"
         create_topic(cluster.bootstrap, "faults")
@@ -168,7 +209,7 @@ def run_fault(
         ).start()
         load.wait_acked(int(args.rate))
         time.sleep(args.warmup_s)
-        fault = make_fault(name, cluster, gates, pg, args)
+        fault = make_fault(name, cluster, gates, rpc_gates, pg, args)
         fault_at, fault_wall = time.monotonic(), time.time()
         fault.begin()
         time.sleep(max(0.0, fault_at + args.fault_s - time.monotonic()))
@@ -215,11 +256,11 @@ def run_fault(
             if agent.process is not None and agent.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     agent.process.send_signal(signal.SIGCONT)
-        for gate in gates:
+        for gate in gates + rpc_gates:
             with contextlib.suppress(RuntimeError):
                 gate.heal()
         cluster.stop()
-        for gate in gates:
+        for gate in gates + rpc_gates:
             gate.close()
         with contextlib.suppress(Exception):
             pg.drop_database(database)

@@ -22,9 +22,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import Cluster, free_port
-from tcp_gate import TcpGate
-from test_database_cut import (
+from cluster.test_database_cut import (
     AGENT_TIMEOUT_MS,
     CLIENTS,
     CUT_S,
@@ -41,6 +39,9 @@ from test_database_cut import (
     verify,
     writer_index,
 )
+from conftest import Cluster
+from services import free_port
+from tcp_gate import TcpGate
 
 
 @pytest.fixture
