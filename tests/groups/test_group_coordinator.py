@@ -6,8 +6,10 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
 
+import pytest
 from kio.schema.errors import ErrorCode
 
+from driftlog.coordinator.api import CoordinatorUnavailable, GroupClaim
 from driftlog.groups.coordinator import GroupCoordinator
 from driftlog.groups.machine import (
     GroupConfig,
@@ -232,5 +234,114 @@ def test_timer_task_expires_members_on_its_own() -> None:
             assert description.state is GroupState.EMPTY
         finally:
             await groups.close()
+
+    run(scenario)
+
+
+# Claims ---------------------------------------------------------------------------
+
+
+class Claims:
+    """Takes claims as the database would, one epoch after another; `gate` holds them."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.taken = 0
+        self.gate: asyncio.Event | None = None
+        self.fail = False
+
+    async def take(self, group_id: str) -> GroupClaim:
+        self.taken += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise CoordinatorUnavailable("postgresql: connection refused")
+        self.epoch += 1
+        return GroupClaim(group_id, "me", self.epoch)
+
+
+def test_concurrent_requests_take_one_claim_and_share_it() -> None:
+    async def scenario() -> None:
+        groups = make(FakeClock())
+        claims = Claims()
+        claims.gate = asyncio.Event()
+        waiting = [asyncio.create_task(groups.claimed("g", lambda: claims.take("g")))
+                   for _ in range(3)]  # fmt: skip
+        await asyncio.sleep(0)
+        claims.gate.set()
+        assert await asyncio.gather(*waiting) == [GroupClaim("g", "me", 1)] * 3
+        assert claims.taken == 1
+        # Held: no database call at all afterwards.
+        assert await groups.claimed("g", lambda: claims.take("g")) == GroupClaim("g", "me", 1)
+        assert claims.taken == 1
+
+    run(scenario)
+
+
+def test_a_claim_taken_while_the_group_moved_away_is_not_kept() -> None:
+    async def scenario() -> None:
+        owned = {"g"}
+        groups = GroupCoordinator(FakeClock(), owns=lambda g: g in owned)
+        claims = Claims()
+        claims.gate = asyncio.Event()
+        waiting = asyncio.create_task(groups.claimed("g", lambda: claims.take("g")))
+        await asyncio.sleep(0)
+        owned.clear()
+        groups.release_foreign_groups()  # membership changed while the claim was taken
+        claims.gate.set()
+        assert await waiting is None
+        assert groups.claim("g") is None
+        # Not coordinating it, this agent takes no claim at all.
+        assert await groups.claimed("g", lambda: claims.take("g")) is None
+        assert claims.taken == 1
+
+    run(scenario)
+
+
+def test_a_failed_claim_propagates_and_the_next_request_tries_again() -> None:
+    async def scenario() -> None:
+        groups = make(FakeClock())
+        claims = Claims()
+        claims.fail = True
+        with pytest.raises(CoordinatorUnavailable):
+            await groups.claimed("g", lambda: claims.take("g"))
+        claims.fail = False
+        assert await groups.claimed("g", lambda: claims.take("g")) == GroupClaim("g", "me", 1)
+
+    run(scenario)
+
+
+def test_fenced_drops_the_claim_and_the_group_only_for_the_current_claim() -> None:
+    async def scenario() -> None:
+        groups = make(FakeClock())
+        claims = Claims()
+        first = await groups.claimed("g", lambda: claims.take("g"))
+        assert first is not None
+        member_id = await join_new(groups, "g")
+        joined = await groups.join("g", join_request(member_id))
+        assert joined.error is ErrorCode.none
+        assert groups.fenced(first) is True
+        assert groups.claim("g") is None and groups.describe("g") is None
+        assert groups.fenced(first) is False  # a second refused commit of the same claim
+        second = await groups.claimed("g", lambda: claims.take("g"))
+        assert second == GroupClaim("g", "me", 2)
+        # A commit that carried the old claim, refused late, leaves the new one alone.
+        assert groups.fenced(first) is False
+        assert groups.claim("g") == second
+
+    run(scenario)
+
+
+def test_claims_are_bounded_and_never_forget_a_group_with_state() -> None:
+    async def scenario() -> None:
+        groups = GroupCoordinator(FakeClock(), groups_max=3)
+        claims = Claims()
+        await groups.claimed("live", lambda: claims.take("live"))
+        member_id = await join_new(groups, "live")
+        assert (await groups.join("live", join_request(member_id))).error is ErrorCode.none
+        for group_id in ("a", "b", "c", "d"):
+            await groups.claimed(group_id, lambda g=group_id: claims.take(g))  # type: ignore[misc]
+        held = [g for g in ("live", "a", "b", "c", "d") if groups.claim(g) is not None]
+        assert held == ["live", "c", "d"]
 
     run(scenario)

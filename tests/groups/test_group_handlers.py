@@ -18,7 +18,14 @@ import pytest
 from kio.schema.errors import ErrorCode
 from kio.serial import entity_reader, entity_writer
 
-from driftlog.coordinator.api import AgentInfo, CommittedOffset, TopicInfo
+from driftlog.coordinator.api import (
+    AgentInfo,
+    CommittedOffset,
+    CoordinatorUnavailable,
+    GroupClaim,
+    GroupFenced,
+    TopicInfo,
+)
 from driftlog.groups.coordinator import GroupCoordinator
 from driftlog.protocol.schema import build, request_module
 from driftlog.security.listeners import parse_listeners
@@ -36,6 +43,18 @@ class FakeOffsets:
 
     def __init__(self) -> None:
         self.offsets: dict[str, dict[tuple[str, int], CommittedOffset]] = {}
+        self.claims: dict[str, tuple[str, int]] = {}  # group id -> (agent id, epoch)
+        self.claims_taken = 0
+
+    async def claim_group(self, group_id: str, agent_id: str) -> GroupClaim:
+        self.claims_taken += 1
+        previous, epoch = self.claims.get(group_id, ("", 0))
+        self.claims[group_id] = (agent_id, epoch + 1)
+        return GroupClaim(group_id, agent_id, epoch + 1, "" if previous == agent_id else previous)
+
+    def _check(self, group_id: str, claim: GroupClaim) -> None:
+        if not claim.admits(self.claims.get(group_id)):
+            raise GroupFenced(claim, self.claims.get(group_id))
 
     def topic(self, name: str) -> TopicInfo | None:
         return TOPIC if name == TOPIC.name else None
@@ -43,7 +62,11 @@ class FakeOffsets:
     def topic_by_id(self, topic_id: uuid.UUID) -> TopicInfo | None:
         return TOPIC if topic_id == TOPIC.topic_id else None
 
-    async def commit_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
+    async def commit_offsets(
+        self, group_id: str, offsets: Sequence[CommittedOffset], claim: GroupClaim | None
+    ) -> None:
+        if claim is not None:
+            self._check(group_id, claim)
         stored = self.offsets.setdefault(group_id, {})
         for o in offsets:
             stored[(o.topic, o.partition)] = o
@@ -56,7 +79,8 @@ class FakeOffsets:
             return list(stored.values())
         return [stored[p] for p in partitions if p in stored]
 
-    async def delete_group_offsets(self, group_id: str) -> None:
+    async def delete_group_offsets(self, group_id: str, claim: GroupClaim) -> None:
+        self._check(group_id, claim)
         self.offsets.pop(group_id, None)
 
     async def groups_with_offsets(self) -> list[str]:
@@ -66,12 +90,21 @@ class FakeOffsets:
 class FakeAgent:
     def __init__(self) -> None:
         counter = itertools.count(1)
-        self.groups = GroupCoordinator(lambda: 0, member_id_suffix=lambda: str(next(counter)))
+        self.groups = GroupCoordinator(
+            lambda: 0,
+            member_id_suffix=lambda: str(next(counter)),
+            owns=lambda group_id: self.owns_group(group_id),
+        )
         self.coordinator = FakeOffsets()
         self.node_id = 7
         self.advertised_host = "broker.test"
         self.advertised_port = 19092
         self.me = AgentInfo("agent-7", 7, "broker.test", 19092, "", "")
+        self.membership = self  # handlers read membership.me
+        self.client_errors: list[str] = []
+
+    def log_client_error(self, peer: str, api_key: int, message: str) -> None:
+        self.client_errors.append(message)
 
     def group_coordinator(self, group_id: str) -> AgentInfo:
         return self.me
@@ -481,11 +514,171 @@ def test_delete_groups_of_another_agent_is_not_coordinator() -> None:
         agent = FakeAgent()
         agent.foreign_groups = frozenset({"elsewhere"})
         committed = CommittedOffset("t", 0, 5, -1, "")
-        await agent.coordinator.commit_offsets("elsewhere", [committed])
+        await agent.coordinator.commit_offsets("elsewhere", [committed], None)
         response = await call(agent, 42, 2, groups_names=("elsewhere",))
         assert [(r.group_id, r.error_code) for r in response.results] == [
             ("elsewhere", ErrorCode.not_coordinator)
         ]
         assert await agent.coordinator.groups_with_offsets() == ["elsewhere"]
+
+    run(scenario)
+
+
+# Group claims (Kafka's coordinator epoch) -----------------------------------------
+
+
+async def join_and_sync(agent: FakeAgent, group_id: str = "g") -> tuple[str, int]:
+    """A lone consumer joins (v3: no member id round trip) and syncs; (member id, generation)."""
+    protocol = nested(11, 3, "JoinGroupRequestProtocol", name="range", metadata=b"")
+    joined = await call(
+        agent, 11, 3, group_id=group_id, session_timeout=SESSION, rebalance_timeout=REBALANCE,
+        member_id="", protocol_type="consumer", protocols=(protocol,),
+    )  # fmt: skip
+    assert joined.error_code is ErrorCode.none
+    synced = await call(
+        agent, 14, 3, group_id=group_id, generation_id=joined.generation_id,
+        member_id=joined.member_id, assignments=(),
+    )  # fmt: skip
+    assert synced.error_code is ErrorCode.none
+    return joined.member_id, joined.generation_id
+
+
+async def commit(
+    agent: FakeAgent, member_id: str, generation: int, value: int, group_id: str = "g"
+) -> list[ErrorCode]:
+    partitions = tuple(
+        nested(8, 8, "OffsetCommitRequestPartition", partition_index=p, committed_offset=value,
+               committed_leader_epoch=-1, committed_metadata="")
+        for p in range(TOPIC.partition_count)
+    )  # fmt: skip
+    topic = nested(8, 8, "OffsetCommitRequestTopic", name=TOPIC.name, partitions=partitions)
+    response = await call(
+        agent, 8, 8, group_id=group_id, generation_id_or_member_epoch=generation,
+        member_id=member_id, group_instance_id=None, topics=(topic,),
+    )  # fmt: skip
+    return [p.error_code for p in response.topics[0].partitions]
+
+
+async def heartbeat(agent: FakeAgent, member_id: str, generation: int) -> ErrorCode:
+    response = await call(agent, 12, 3, group_id="g", generation_id=generation,
+                          member_id=member_id)  # fmt: skip
+    error: ErrorCode = response.error_code
+    return error
+
+
+def stored_offsets(agent: FakeAgent, group_id: str = "g") -> dict[int, int]:
+    return {p: o.offset for (_, p), o in agent.coordinator.offsets.get(group_id, {}).items()}
+
+
+def test_a_group_is_claimed_once_and_its_commits_carry_the_claim() -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+        member_id, generation = await join_and_sync(agent)
+        assert await heartbeat(agent, member_id, generation) is ErrorCode.none
+        assert await commit(agent, member_id, generation, 5) == [ErrorCode.none] * 2
+        assert await commit(agent, member_id, generation, 6) == [ErrorCode.none] * 2
+        # One database round trip for the claim, whatever the group's traffic after it.
+        assert agent.coordinator.claims_taken == 1
+        assert agent.coordinator.claims == {"g": ("agent-7", 1)}
+        assert agent.groups.claim("g") == GroupClaim("g", "agent-7", 1)
+        assert stored_offsets(agent) == {0: 6, 1: 6}
+
+    run(scenario)
+
+
+def test_a_fenced_commit_answers_not_coordinator_writes_nothing_and_drops_the_group() -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+        member_id, generation = await join_and_sync(agent)
+        assert await commit(agent, member_id, generation, 5) == [ErrorCode.none] * 2
+        # Another agent took the claim (its membership list names it the coordinator).
+        agent.coordinator.claims["g"] = ("agent-9", 2)
+        assert await commit(agent, member_id, generation, 9) == [ErrorCode.not_coordinator] * 2
+        assert stored_offsets(agent) == {0: 5, 1: 5}
+        assert agent.groups.claim("g") is None
+        assert agent.groups.describe("g") is None  # the group's state went with the claim
+
+        # The client looks the coordinator up again; back here, its next request takes the
+        # claim back (the other agent is fenced now) and the member rejoins.
+        assert await heartbeat(agent, member_id, generation) is ErrorCode.unknown_member_id
+        assert agent.coordinator.claims == {"g": ("agent-7", 3)}
+        member_id, generation = await join_and_sync(agent)
+        assert await commit(agent, member_id, generation, 9) == [ErrorCode.none] * 2
+        assert stored_offsets(agent) == {0: 9, 1: 9}
+
+    run(scenario)
+
+
+def test_a_fenced_member_parked_in_join_is_answered_not_coordinator() -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+        member_id, generation = await join_and_sync(agent)
+        # A second member joins: the group rebalances, and the second member waits for
+        # the first to rejoin.
+        protocol = nested(11, 3, "JoinGroupRequestProtocol", name="range", metadata=b"")
+        parked = asyncio.create_task(
+            call(agent, 11, 3, group_id="g", session_timeout=SESSION,
+                 rebalance_timeout=REBALANCE, member_id="", protocol_type="consumer",
+                 protocols=(protocol,))
+        )  # fmt: skip
+        await asyncio.sleep(0.01)
+        assert not parked.done()
+        agent.coordinator.claims["g"] = ("agent-9", 2)
+        assert await commit(agent, member_id, generation, 1) == [ErrorCode.not_coordinator] * 2
+        assert (await parked).error_code is ErrorCode.not_coordinator
+
+    run(scenario)
+
+
+def test_a_fenced_delete_groups_answers_not_coordinator_and_keeps_the_offsets() -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+        assert await commit(agent, "", -1, 5, group_id="old") == [ErrorCode.none] * 2
+        agent.coordinator.claims["old"] = ("agent-9", 2)
+        response = await call(agent, 42, 2, groups_names=("old",))
+        assert [r.error_code for r in response.results] == [ErrorCode.not_coordinator]
+        assert stored_offsets(agent, "old") == {0: 5, 1: 5}
+        # Asked again, this agent claims it anew and deletes.
+        response = await call(agent, 42, 2, groups_names=("old",))
+        assert [r.error_code for r in response.results] == [ErrorCode.none]
+        assert stored_offsets(agent, "old") == {}
+
+    run(scenario)
+
+
+def test_a_group_released_to_another_agent_is_claimed_again_when_it_comes_back() -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+        member_id, generation = await join_and_sync(agent)
+        agent.foreign_groups = frozenset({"g"})
+        agent.groups.release_foreign_groups()
+        assert agent.groups.claim("g") is None
+        assert await commit(agent, member_id, generation, 1) == [ErrorCode.not_coordinator] * 2
+        assert agent.coordinator.claims_taken == 1  # no claim for a group it does not own
+        agent.foreign_groups = frozenset()
+        member_id, generation = await join_and_sync(agent)
+        assert agent.coordinator.claims == {"g": ("agent-7", 2)}
+        assert await commit(agent, member_id, generation, 2) == [ErrorCode.none] * 2
+
+    run(scenario)
+
+
+def test_a_claim_the_database_refuses_is_coordinator_not_available() -> None:
+    async def scenario() -> None:
+        agent = FakeAgent()
+
+        async def unreachable(group_id: str, agent_id: str) -> GroupClaim:
+            raise CoordinatorUnavailable("postgresql: connection refused")
+
+        agent.coordinator.claim_group = unreachable  # type: ignore[method-assign]
+        protocol = nested(11, 3, "JoinGroupRequestProtocol", name="range", metadata=b"")
+        joined = await call(
+            agent, 11, 3, group_id="g", session_timeout=SESSION, rebalance_timeout=REBALANCE,
+            member_id="", protocol_type="consumer", protocols=(protocol,),
+        )  # fmt: skip
+        assert joined.error_code is ErrorCode.coordinator_not_available
+        assert await commit(agent, "", -1, 1) == [ErrorCode.coordinator_not_available] * 2
+        assert agent.groups.claim("g") is None and agent.coordinator.offsets == {}
+        assert agent.client_errors and "group claim failed" in agent.client_errors[0]
 
     run(scenario)

@@ -163,7 +163,8 @@ def test_dense_offsets_group_commit_failures_and_reload(backend_factory: Backend
         p1 = coordinator.partition_offsets(tid, 1)
         assert p1 is not None and p1.high_watermark == 33
 
-        await coordinator.commit_offsets("g", [CommittedOffset("t", 0, 17, 3, "meta")])
+        claim = await coordinator.claim_group("g", "a")
+        await coordinator.commit_offsets("g", [CommittedOffset("t", 0, 17, 3, "meta")], claim)
         await coordinator.close()
 
         # Everything is back after a restart; coordinates now come from the database.

@@ -168,13 +168,13 @@ def test_memory_backend_answers_as_sqlite_does(tmp_path: Path) -> None:
         for _ in range(3):
             await both(lambda b: b.allocate_producer_id())
         offsets_a = [CommittedOffset("t", p, 10 * p, -1, None if p else "m") for p in range(3)]
-        await both(lambda b: b.put_offsets("g2", offsets_a))
-        await both(lambda b: b.put_offsets("g1", [CommittedOffset("u", 0, 5, 2, "x")]))
-        await both(lambda b: b.put_offsets("g2", [CommittedOffset("t", 1, 99, 1, "y")]))
+        await both(lambda b: b.put_offsets("g2", offsets_a, None))
+        await both(lambda b: b.put_offsets("g1", [CommittedOffset("u", 0, 5, 2, "x")], None))
+        await both(lambda b: b.put_offsets("g2", [CommittedOffset("t", 1, 99, 1, "y")], None))
         await both(lambda b: b.fetch_offsets("g2", None))
         await both(lambda b: b.fetch_offsets("g2", [("t", 1), ("t", 7)]))
         assert await both(lambda b: b.groups_with_offsets()) == ["g1", "g2"]
-        await both(lambda b: b.delete_group("g2"))
+        await both(lambda b: b.delete_group("g2", None))
         assert await both(lambda b: b.fetch_offsets("g2", None)) == []
         for n, beat in [(2, 100), (1, 50), (3, 100)]:
             await both.ok(heartbeat(AgentInfo(f"a{n}", n, "h", 9000 + n, "z", "", beat)))

@@ -492,7 +492,7 @@ def test_a_version_5_sqlite_database_is_upgraded_and_keeps_its_data(tmp_path: Pa
 
     run(scenario)
     db = sqlite3.connect(path)
-    assert db.execute("SELECT version FROM schema_version").fetchall() == [(6,)]
+    assert db.execute("SELECT version FROM schema_version").fetchall() == [(sqlite.SCHEMA_VERSION,)]
     db.close()
 
 
@@ -516,7 +516,9 @@ def test_a_version_5_postgres_database_is_upgraded_and_keeps_its_data(postgres_d
 
     run(scenario)
     with psycopg.connect(postgres_dsn) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(6,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [
+            (postgres.SCHEMA_VERSION,)
+        ]
 
 
 async def _check_upgraded(backend: Backend, topic_id: uuid.UUID) -> None:

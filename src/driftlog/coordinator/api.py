@@ -212,6 +212,44 @@ class CoordinatorUnavailable(CoordinatorError):
     """The database could not be reached or the transaction failed; the outcome is unknown."""
 
 
+@dataclass(frozen=True, slots=True)
+class GroupClaim:
+    """An agent's right to coordinate a consumer group: Kafka's coordinator epoch.
+
+    The database keeps one claim per group (`group_claims`). An agent that starts
+    coordinating a group claims it: the claim moves to that agent and the epoch goes
+    up. Offset commits carry the claim and land only while it is still the stored one,
+    so of two agents that both believe they coordinate a group (their membership lists
+    differ for a heartbeat or two), only the one that claimed last writes.
+    """
+
+    group_id: str
+    agent_id: str
+    epoch: int
+    # The agent that held the claim before this one took it ("" if none, or this one);
+    # for the log only.
+    taken_from: str = field(default="", compare=False)
+
+    def admits(self, stored: tuple[str, int] | None) -> bool:
+        """Does the stored claim (agent id, epoch), if any, still name this one?"""
+        return stored == (self.agent_id, self.epoch)
+
+
+class GroupFenced(CoordinatorError):
+    """Another agent claimed the group since this claim was taken: nothing was written.
+
+    Clients are answered NOT_COORDINATOR and look the coordinator up again."""
+
+    def __init__(self, claim: GroupClaim, stored: tuple[str, int] | None) -> None:
+        holder = f"{stored[0]} (epoch {stored[1]})" if stored is not None else "nobody"
+        super().__init__(
+            f"group {claim.group_id!r}: the claim of epoch {claim.epoch} was superseded;"
+            f" {holder} holds it"
+        )
+        self.claim = claim
+        self.stored = stored
+
+
 class Coordinator(Protocol):
     """What the agent's handlers use: the local view plus a way to reach the writer."""
 
@@ -278,7 +316,15 @@ class Coordinator(Protocol):
         ...
 
     # Consumer-group offsets ---------------------------------------------------
-    async def commit_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None: ...
+    async def claim_group(self, group_id: str, agent_id: str) -> GroupClaim:
+        """Move the group's claim to `agent_id` with the next epoch (see `GroupClaim`)."""
+        ...
+
+    async def commit_offsets(
+        self, group_id: str, offsets: Sequence[CommittedOffset], claim: GroupClaim
+    ) -> None:
+        """Store the offsets if `claim` is still the group's; `GroupFenced` otherwise."""
+        ...
 
     async def fetch_offsets(
         self, group_id: str, partitions: Sequence[tuple[str, int]] | None
@@ -286,7 +332,9 @@ class Coordinator(Protocol):
         """Committed offsets of a group; all of them when `partitions` is None."""
         ...
 
-    async def delete_group_offsets(self, group_id: str) -> None: ...
+    async def delete_group_offsets(self, group_id: str, claim: GroupClaim) -> None:
+        """Delete the group's offsets if `claim` is still the group's; `GroupFenced` otherwise."""
+        ...
 
     async def groups_with_offsets(self) -> list[str]: ...
 

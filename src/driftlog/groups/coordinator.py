@@ -10,6 +10,13 @@ Group membership lives in memory only. A restarted agent forgets members and
 generations; clients then get UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION and
 rejoin, which is the protocol's ordinary recovery path. Committed offsets are
 durable, but they are kept by the batch coordinator, not here.
+
+Also the group claims this agent holds (`GroupClaim`, Kafka's coordinator epoch):
+the request handlers take a group's claim from the database before coordinating
+it (`claimed`) and carry it in the group's offset commits. A claim is held until
+the group moves to another agent (`release_foreign_groups`) or a commit finds it
+superseded (`fenced`); either drops the group's state with it, so state built
+under a claim never outlives it.
 """
 
 from __future__ import annotations
@@ -18,11 +25,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from kio.schema.errors import ErrorCode
 
+from driftlog.coordinator.api import GroupClaim
 from driftlog.groups.machine import (
     Completions,
     GroupConfig,
@@ -53,6 +61,15 @@ generation and protocol type, and its offsets stay with the batch coordinator.
 """
 
 
+CLAIMS_MAX = GROUPS_MAX
+"""Claims held in memory before those of groups without state are forgotten, oldest
+first (a forgotten claim is taken again, with a new epoch, when needed)."""
+
+FENCED_LOG_INTERVAL_MS = 10_000
+"""At most one fenced-commit warning per interval (with the count of the others):
+while two agents disagree on membership, a group's claim can move back and forth."""
+
+
 def random_member_id_suffix() -> str:
     return str(uuid.uuid4())
 
@@ -77,6 +94,11 @@ class GroupCoordinator:
         self._member_id_suffix = member_id_suffix
         self._groups_max = groups_max
         self._groups: dict[str, GroupMachine] = {}
+        self._claims: dict[str, GroupClaim] = {}
+        self._claiming: dict[str, asyncio.Future[GroupClaim]] = {}
+        self._claims_max = groups_max
+        self._fenced_logged_ms: int | None = None
+        self._fenced_unlogged = 0
         self._joins: dict[tuple[str, str], list[asyncio.Future[JoinResult]]] = {}
         self._syncs: dict[tuple[str, str], list[asyncio.Future[SyncResult]]] = {}
         self._wakeup = asyncio.Event()
@@ -111,23 +133,119 @@ class GroupCoordinator:
                     sync_waiter.set_result(SyncResult(ErrorCode.not_coordinator))
         self._joins.clear()
         self._syncs.clear()
+        self._claims.clear()
+        self._claiming.clear()
 
     def release_foreign_groups(self) -> None:
-        """Drop the groups another agent now coordinates (membership changed).
+        """Drop the groups another agent now coordinates (membership changed), and
+        their claims: coming back to one takes its claim again.
 
         Parked joins and syncs are answered NOT_COORDINATOR, so their members
         find the new coordinator and rejoin there (offsets are in the database).
         """
-        for group_id in [g for g in self._groups if not self._owns(g)]:
-            del self._groups[group_id]
-            for key in [k for k in self._joins if k[0] == group_id]:
-                for join_waiter in self._joins.pop(key):
-                    if not join_waiter.done():
-                        join_waiter.set_result(JoinResult(ErrorCode.not_coordinator, key[1]))
-            for key in [k for k in self._syncs if k[0] == group_id]:
-                for sync_waiter in self._syncs.pop(key):
-                    if not sync_waiter.done():
-                        sync_waiter.set_result(SyncResult(ErrorCode.not_coordinator))
+        foreign = {g for g in [*self._groups, *self._claims, *self._claiming] if not self._owns(g)}
+        for group_id in foreign:
+            self._drop(group_id)
+
+    # Claims -----------------------------------------------------------------------
+    def claim(self, group_id: str) -> GroupClaim | None:
+        """The claim this agent holds on the group, if any."""
+        return self._claims.get(group_id)
+
+    async def claimed(
+        self, group_id: str, take: Callable[[], Awaitable[GroupClaim]]
+    ) -> GroupClaim | None:
+        """The group's claim, taken with `take` (one call at a time per group) if this
+        agent holds none; None when the group moved away while it was taken. `take`'s
+        errors (the database unreachable) propagate."""
+        held = self._claims.get(group_id)
+        if held is not None:
+            return held
+        if self._closed or not self._owns(group_id):
+            return None
+        pending = self._claiming.get(group_id)
+        if pending is None:
+            pending = asyncio.ensure_future(take())
+            self._claiming[group_id] = pending
+            pending.add_done_callback(lambda done: self._claim_taken(group_id, done))
+        # Shielded: a request cancelled meanwhile (its client left) leaves the claim to land.
+        await asyncio.shield(pending)
+        return self._claims.get(group_id)
+
+    def _claim_taken(self, group_id: str, done: asyncio.Future[GroupClaim]) -> None:
+        if self._claiming.get(group_id) is not done:
+            return  # released meanwhile: the claim it took goes unused
+        del self._claiming[group_id]
+        if done.cancelled() or done.exception() is not None:
+            return
+        claim = done.result()
+        if self._closed or not self._owns(group_id):
+            return
+        # State from before the claim was taken belongs to no claim: it goes (there is
+        # none unless a request created it while the claim was being taken).
+        self._drop(group_id)
+        if len(self._claims) >= self._claims_max:
+            self._forget_claims()
+        self._claims[group_id] = claim
+        if claim.taken_from:
+            log.info(
+                "group %s: coordinating it, claim epoch %d taken over from %s",
+                group_id,
+                claim.epoch,
+                claim.taken_from,
+            )
+
+    def fenced(self, claim: GroupClaim) -> bool:
+        """A commit carrying `claim` was refused: another agent claimed the group since.
+
+        Drops the group's claim and state if they are still this claim's (parked joins
+        and syncs are answered NOT_COORDINATOR), so its members rejoin wherever the
+        cluster now agrees the group belongs; False if that had happened already."""
+        if self._claims.get(claim.group_id) != claim:
+            return False
+        self._drop(claim.group_id)
+        now_ms = self._now_ms()
+        if (
+            self._fenced_logged_ms is None
+            or now_ms - self._fenced_logged_ms >= FENCED_LOG_INTERVAL_MS
+        ):
+            others = (
+                f" ({self._fenced_unlogged} more since the last)" if self._fenced_unlogged else ""
+            )
+            log.warning(
+                "group %s: offset commit refused, another agent claimed the group since epoch"
+                " %d; answered NOT_COORDINATOR and dropped the group's state%s",
+                claim.group_id,
+                claim.epoch,
+                others,
+            )
+            self._fenced_logged_ms = now_ms
+            self._fenced_unlogged = 0
+        else:
+            self._fenced_unlogged += 1
+        return True
+
+    def _forget_claims(self) -> None:
+        """Forget the oldest claims of groups without state (never one with state)."""
+        excess = len(self._claims) - self._claims_max + 1
+        for group_id in [g for g in self._claims if g not in self._groups][:excess]:
+            del self._claims[group_id]
+
+    def _drop(self, group_id: str) -> None:
+        """Forget the group, its claim (and any claim being taken), and answer its parked
+        joins and syncs NOT_COORDINATOR."""
+        self._groups.pop(group_id, None)
+        self._claims.pop(group_id, None)
+        self._claiming.pop(group_id, None)
+        for key in [k for k in self._joins if k[0] == group_id]:
+            for join_waiter in self._joins.pop(key):
+                if not join_waiter.done():
+                    join_waiter.set_result(JoinResult(ErrorCode.not_coordinator, key[1]))
+        for key in [k for k in self._syncs if k[0] == group_id]:
+            for sync_waiter in self._syncs.pop(key):
+                if not sync_waiter.done():
+                    sync_waiter.set_result(SyncResult(ErrorCode.not_coordinator))
+        self._wakeup.set()
 
     # Membership -----------------------------------------------------------------
     async def join(self, group_id: str, request: JoinRequest) -> JoinResult:

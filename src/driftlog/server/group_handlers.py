@@ -3,8 +3,15 @@
 Owns the translation between the group APIs' kio entities (every version in
 `GROUP_API_VERSIONS`) and `GroupCoordinator` calls for membership, or batch
 coordinator calls for committed offsets. Must not hold group state, decide
-protocol rules (that is `groups.machine`) or parse bytes. This agent is the
-coordinator of every group and every transactional id.
+protocol rules (that is `groups.machine`) or parse bytes.
+
+In a cluster each group has one coordinating agent (`cluster/placement.py`); the others
+answer NOT_COORDINATOR. Before this agent coordinates a group (JoinGroup, SyncGroup,
+Heartbeat, LeaveGroup, OffsetCommit, DeleteGroups) it holds the group's claim in the
+database (`_claimed`), and its offset writes carry it: while agents' membership lists
+differ, two may both believe they coordinate a group, but only the last to claim it
+writes. A refused write answers NOT_COORDINATOR and drops the group's state here.
+TxnOffsetCommit is not fenced this way: the writer stores those offsets at EndTxn.
 """
 
 from __future__ import annotations
@@ -17,16 +24,24 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from driftlog.cluster.placement import endpoint
-from driftlog.coordinator.api import CommittedOffset, CoordinatorError, TopicInfo
+from driftlog.coordinator.api import (
+    CommittedOffset,
+    CoordinatorError,
+    GroupClaim,
+    GroupFenced,
+    TopicInfo,
+)
 from driftlog.groups.machine import (
     GroupOverview,
     GroupState,
     JoinRequest,
+    JoinResult,
     LeaveResult,
     LeavingMember,
     MemberAssignment,
     ProtocolMetadata,
     SyncRequest,
+    SyncResult,
 )
 from driftlog.protocol.schema import build, response_module
 from driftlog.security.acl import AclOperation, authorized_operations
@@ -139,6 +154,37 @@ async def handle_find_coordinator(ctx: RequestContext, request: Any) -> Any:
     return build(module.FindCoordinatorResponse, **find(request.key))
 
 
+# Claims ----------------------------------------------------------------------------
+
+
+async def _claimed(ctx: RequestContext, group_id: str) -> GroupClaim | ErrorCode:
+    """This agent's claim on the group, taken on its first request here (one database
+    round trip per group per coordinator change); NOT_COORDINATOR if the group is
+    another agent's, COORDINATOR_NOT_AVAILABLE if the database cannot be reached."""
+    services = ctx.services
+    if not services.owns_group(group_id):
+        return ErrorCode.not_coordinator
+    agent_id = services.membership.me.agent_id
+    try:
+        claim = await services.groups.claimed(
+            group_id, lambda: services.coordinator.claim_group(group_id, agent_id)
+        )
+    except CoordinatorError as e:
+        services.log_client_error("coordinator", ctx.api_key, f"group claim failed: {e}")
+        return ErrorCode.coordinator_not_available
+    return ErrorCode.not_coordinator if claim is None else claim
+
+
+async def _membership_error(ctx: RequestContext, group_id: str) -> ErrorCode | None:
+    """Why a membership request (join, sync, heartbeat, leave) cannot reach the group's
+    state here, or None: the claim is held (or the group id is empty, which the group
+    coordinator refuses itself)."""
+    if not group_id:
+        return None
+    claim = await _claimed(ctx, group_id)
+    return claim if isinstance(claim, ErrorCode) else None
+
+
 # Membership ------------------------------------------------------------------------
 
 
@@ -159,7 +205,11 @@ async def handle_join_group(ctx: RequestContext, request: Any) -> Any:
         require_known_member_id=version >= 4,
         supports_skip_assignment=version >= 9,
     )
-    result = await ctx.services.groups.join(request.group_id, join)
+    error = await _membership_error(ctx, request.group_id)
+    if error is not None:
+        result = JoinResult(error, request.member_id)
+    else:
+        result = await ctx.services.groups.join(request.group_id, join)
     module = response_module(JOIN_GROUP, version)
     members = tuple(
         build(
@@ -194,7 +244,11 @@ async def handle_sync_group(ctx: RequestContext, request: Any) -> Any:
         protocol_name=getattr(request, "protocol_name", None),
         assignments=tuple(MemberAssignment(a.member_id, a.assignment) for a in request.assignments),
     )
-    result = await ctx.services.groups.sync(request.group_id, sync)
+    error = await _membership_error(ctx, request.group_id)
+    if error is not None:
+        result = SyncResult(error)
+    else:
+        result = await ctx.services.groups.sync(request.group_id, sync)
     module = response_module(SYNC_GROUP, ctx.api_version)
     return build(
         module.SyncGroupResponse,
@@ -206,12 +260,14 @@ async def handle_sync_group(ctx: RequestContext, request: Any) -> Any:
 
 
 async def handle_heartbeat(ctx: RequestContext, request: Any) -> Any:
-    error = await ctx.services.groups.heartbeat(
-        request.group_id,
-        request.member_id,
-        getattr(request, "group_instance_id", None),
-        request.generation_id,
-    )
+    error = await _membership_error(ctx, request.group_id)
+    if error is None:
+        error = await ctx.services.groups.heartbeat(
+            request.group_id,
+            request.member_id,
+            getattr(request, "group_instance_id", None),
+            request.generation_id,
+        )
     return build(response_module(HEARTBEAT, ctx.api_version).HeartbeatResponse, error_code=error)
 
 
@@ -223,7 +279,12 @@ async def handle_leave_group(ctx: RequestContext, request: Any) -> Any:
     else:
         # KIP-345: v3+ removes a batch of members, static ones by instance id alone.
         leaving = tuple(LeavingMember(m.member_id, m.group_instance_id) for m in request.members)
-    result: LeaveResult = await ctx.services.groups.leave(request.group_id, leaving)
+    refused = await _membership_error(ctx, request.group_id)
+    result: LeaveResult
+    if refused is not None:
+        result = LeaveResult(refused)
+    else:
+        result = await ctx.services.groups.leave(request.group_id, leaving)
     if version < 3:
         # One member and no member list: its error is the answer, as in Kafka.
         error = result.error
@@ -460,11 +521,19 @@ async def _delete_groups(ctx: RequestContext, request: Any) -> Any:
                 )
             )
             continue
-        error = services.groups.delete_group(group_id)
-        if error is ErrorCode.group_id_not_found and group_id in with_offsets:
-            error = ErrorCode.none  # only offsets are left of it
-        if error is ErrorCode.none:
-            await services.coordinator.delete_group_offsets(group_id)
+        claim = await _claimed(ctx, group_id)
+        if isinstance(claim, ErrorCode):
+            error = claim
+        else:
+            error = services.groups.delete_group(group_id)
+            if error is ErrorCode.group_id_not_found and group_id in with_offsets:
+                error = ErrorCode.none  # only offsets are left of it
+        if error is ErrorCode.none and isinstance(claim, GroupClaim):
+            try:
+                await services.coordinator.delete_group_offsets(group_id, claim)
+            except GroupFenced:
+                services.groups.fenced(claim)
+                error = ErrorCode.not_coordinator
         results.append(build(module.DeletableGroupResult, group_id=group_id, error_code=error))
     return build(module.DeleteGroupsResponse, results=tuple(results))
 
@@ -476,18 +545,23 @@ async def handle_offset_commit(ctx: RequestContext, request: Any) -> Any:
     version = ctx.api_version
     module = response_module(OFFSET_COMMIT, version)
     services = ctx.services
-    group_error = services.groups.validate_offset_commit(
-        request.group_id,
-        request.member_id,
-        getattr(request, "group_instance_id", None),
-        request.generation_id_or_member_epoch,
-    )
-    if group_error is ErrorCode.group_id_not_found and version < 9:
-        # Kafka answers a generation for an unknown group with ILLEGAL_GENERATION
-        # before v9 and GROUP_ID_NOT_FOUND from v9 on.
-        group_error = ErrorCode.illegal_generation
+    group_error: ErrorCode
+    claim: GroupClaim | ErrorCode = ErrorCode.none
     if not ctx.access.allows(AclOperation.READ, GROUP, request.group_id):
         group_error = ErrorCode.group_authorization_failed
+    elif isinstance(claim := await _claimed(ctx, request.group_id), ErrorCode):
+        group_error = claim
+    else:
+        group_error = services.groups.validate_offset_commit(
+            request.group_id,
+            request.member_id,
+            getattr(request, "group_instance_id", None),
+            request.generation_id_or_member_epoch,
+        )
+        if group_error is ErrorCode.group_id_not_found and version < 9:
+            # Kafka answers a generation for an unknown group with ILLEGAL_GENERATION
+            # before v9 and GROUP_ID_NOT_FOUND from v9 on.
+            group_error = ErrorCode.illegal_generation
     by_id = version >= 10  # KIP-848: v10 names topics by id only
     unknown_topic = ErrorCode.unknown_topic_id if by_id else ErrorCode.unknown_topic_or_partition
     to_commit: list[CommittedOffset] = []
@@ -540,22 +614,31 @@ async def handle_offset_commit(ctx: RequestContext, request: Any) -> Any:
                 partitions=tuple(partitions),
             )
         )
-    if to_commit:
+    if to_commit and isinstance(claim, GroupClaim):
+        failed: ErrorCode | None = None
         try:
-            await services.coordinator.commit_offsets(request.group_id, to_commit)
+            await services.coordinator.commit_offsets(request.group_id, to_commit, claim)
+        except GroupFenced:
+            # Another agent claimed the group since: it coordinates it now, or will once
+            # membership agrees. The client looks the coordinator up again and rejoins.
+            services.groups.fenced(claim)
+            failed = ErrorCode.not_coordinator
         except CoordinatorError as e:
             # Retriable: the client looks the coordinator up again and re-commits.
             services.log_client_error("coordinator", OFFSET_COMMIT, f"offset commit failed: {e}")
+            failed = ErrorCode.coordinator_not_available
+        if failed is not None:
             topics = [
                 build(
                     module.OffsetCommitResponseTopic,
-                    name=t.name,
-                    topic_id=t.topic_id,
+                    # Each version's topic has only one of the two (v10: the id).
+                    name=getattr(t, "name", None),
+                    topic_id=getattr(t, "topic_id", None),
                     partitions=tuple(
                         build(
                             module.OffsetCommitResponsePartition,
                             partition_index=p.partition_index,
-                            error_code=ErrorCode.coordinator_not_available,
+                            error_code=failed,
                         )
                         for p in t.partitions
                     ),

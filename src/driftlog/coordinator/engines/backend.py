@@ -29,6 +29,7 @@ from driftlog.coordinator.api import (
     BatchLocation,
     CommitOutcome,
     CommittedOffset,
+    GroupClaim,
     PartitionOffsets,
     QuotaEntity,
     QuotaEntry,
@@ -440,13 +441,30 @@ class Backend(Protocol):
     # Producer ids and consumer-group offsets ----------------------------------
     async def allocate_producer_id(self) -> int: ...
 
-    async def put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None: ...
+    async def claim_group(self, group_id: str, agent_id: str) -> GroupClaim:
+        """Move the group's claim to `agent_id` with the next epoch (1 for the first claim),
+        atomically: of agents claiming at once, each gets its own epoch and the last one
+        holds the claim. `taken_from` names the previous holder if it was another agent."""
+        ...
+
+    async def put_offsets(
+        self, group_id: str, offsets: Sequence[CommittedOffset], claim: GroupClaim | None
+    ) -> None:
+        """Store committed offsets (the last one of a partition wins), in one transaction
+        that first checks that `claim` is still the group's stored claim: `GroupFenced`,
+        and nothing written, if not. A claim taken concurrently is ordered before or after
+        the whole commit, never between the check and the write. None: no check (tools
+        and tests only; agents always carry their claim)."""
+        ...
 
     async def fetch_offsets(
         self, group_id: str, partitions: Sequence[tuple[str, int]] | None
     ) -> list[CommittedOffset]: ...
 
-    async def delete_group(self, group_id: str) -> None: ...
+    async def delete_group(self, group_id: str, claim: GroupClaim | None) -> None:
+        """Delete the group's committed offsets, checked against `claim` as `put_offsets`
+        is (the claim itself stays: epochs only grow)."""
+        ...
 
     async def groups_with_offsets(self) -> list[str]: ...
 
@@ -651,6 +669,12 @@ def encode_listeners(listeners: Sequence[tuple[str, str, int]]) -> str:
 
 def decode_listeners(text: str) -> tuple[tuple[str, str, int], ...]:
     return tuple((str(name), str(host), int(port)) for name, host, port in json.loads(text))
+
+
+def unique_offsets(offsets: Sequence[CommittedOffset]) -> list[CommittedOffset]:
+    """One offset per partition, the last given winning (as row-by-row upserts would):
+    a single upsert statement may not touch a row twice."""
+    return list({(o.topic, o.partition): o for o in offsets}.values())
 
 
 def agent_from_row(row: Sequence[Any]) -> AgentInfo:

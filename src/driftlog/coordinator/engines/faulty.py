@@ -38,6 +38,7 @@ from driftlog.coordinator.api import (
     CommitOutcome,
     CommittedOffset,
     CoordinatorUnavailable,
+    GroupClaim,
     PartitionOffsets,
     QuotaEntity,
     QuotaEntry,
@@ -370,8 +371,13 @@ class FaultyBackend:
     async def allocate_producer_id(self) -> int:
         return await self._call("allocate_producer_id", self.inner.allocate_producer_id)
 
-    async def put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
-        await self._call("put_offsets", lambda: self.inner.put_offsets(group_id, offsets))
+    async def claim_group(self, group_id: str, agent_id: str) -> GroupClaim:
+        return await self._call("claim_group", lambda: self.inner.claim_group(group_id, agent_id))
+
+    async def put_offsets(
+        self, group_id: str, offsets: Sequence[CommittedOffset], claim: GroupClaim | None
+    ) -> None:
+        await self._call("put_offsets", lambda: self.inner.put_offsets(group_id, offsets, claim))
 
     async def fetch_offsets(
         self, group_id: str, partitions: Sequence[tuple[str, int]] | None
@@ -380,8 +386,8 @@ class FaultyBackend:
             "fetch_offsets", lambda: self.inner.fetch_offsets(group_id, partitions)
         )
 
-    async def delete_group(self, group_id: str) -> None:
-        await self._call("delete_group", lambda: self.inner.delete_group(group_id))
+    async def delete_group(self, group_id: str, claim: GroupClaim | None) -> None:
+        await self._call("delete_group", lambda: self.inner.delete_group(group_id, claim))
 
     async def groups_with_offsets(self) -> list[str]:
         return await self._call("groups_with_offsets", self.inner.groups_with_offsets)

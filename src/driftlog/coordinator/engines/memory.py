@@ -33,6 +33,8 @@ from driftlog.coordinator.api import (
     CommittedOffset,
     CoordinatorUnavailable,
     Fenced,
+    GroupClaim,
+    GroupFenced,
     PartitionOffsets,
     QuotaEntity,
     QuotaEntry,
@@ -145,6 +147,7 @@ class MemoryDatabase:
     producer_states: dict[ProducerKey, ProducerPartitionState] = field(default_factory=dict)
     next_producer_id: int = 0
     group_offsets: dict[tuple[str, str, int], CommittedOffset] = field(default_factory=dict)
+    group_claims: dict[str, tuple[str, int]] = field(default_factory=dict)  # (agent id, epoch)
     transactions: dict[str, Transaction] = field(default_factory=dict)
     aborted_txns: dict[PartitionKey, list[AbortedTxn]] = field(default_factory=dict)
     txn_offsets: dict[tuple[str, str, int, int], PendingOffset] = field(default_factory=dict)
@@ -868,8 +871,24 @@ class MemoryBackend:
         db.version += 1
         return producer_id
 
-    async def put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
+    async def claim_group(self, group_id: str, agent_id: str) -> GroupClaim:
         db = self._db
+        previous, epoch = db.group_claims.get(group_id, ("", 0))
+        db.group_claims[group_id] = (agent_id, epoch + 1)
+        db.version += 1
+        return GroupClaim(group_id, agent_id, epoch + 1, "" if previous == agent_id else previous)
+
+    def _check_claim(self, group_id: str, claim: GroupClaim | None) -> None:
+        if claim is not None:
+            stored = self._db.group_claims.get(group_id)
+            if not claim.admits(stored):
+                raise GroupFenced(claim, stored)
+
+    async def put_offsets(
+        self, group_id: str, offsets: Sequence[CommittedOffset], claim: GroupClaim | None
+    ) -> None:
+        db = self._db
+        self._check_claim(group_id, claim)
         for o in offsets:
             db.group_offsets[(group_id, o.topic, o.partition)] = o
         db.version += 1
@@ -888,8 +907,9 @@ class MemoryBackend:
         wanted = set(partitions)
         return [r for r in rows if (r.topic, r.partition) in wanted]
 
-    async def delete_group(self, group_id: str) -> None:
+    async def delete_group(self, group_id: str, claim: GroupClaim | None) -> None:
         db = self._db
+        self._check_claim(group_id, claim)
         for key in [k for k in db.group_offsets if k[0] == group_id]:
             del db.group_offsets[key]
         db.version += 1

@@ -29,6 +29,8 @@ from driftlog.coordinator.api import (
     CommittedOffset,
     CoordinatorUnavailable,
     Fenced,
+    GroupClaim,
+    GroupFenced,
     PartitionOffsets,
     QuotaEntity,
     QuotaEntry,
@@ -81,6 +83,7 @@ from driftlog.coordinator.engines.backend import (
     quota_entries,
     transaction_from_row,
     transaction_row,
+    unique_offsets,
 )
 from driftlog.coordinator.engines.pg_arrays import int4_array, int8_array, uuid_array
 
@@ -331,6 +334,15 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE agents ADD COLUMN listeners text NOT NULL DEFAULT '[]';
     """,
+    # One claim per consumer group, Kafka's coordinator epoch (api.GroupClaim): the agent
+    # coordinating the group and the epoch its offset commits must carry.
+    """
+    CREATE TABLE group_claims (
+        group_id text PRIMARY KEY,
+        agent_id text NOT NULL,
+        epoch bigint NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x647269667430
@@ -375,6 +387,41 @@ _FENCED_SQLSTATE = "DLF01"
 _PREVIOUS_FAILED_SQLSTATE = "DLF02"
 
 _LOAD_TRANSACTIONS = f"SELECT {TRANSACTION_COLUMNS} FROM transactions".encode()
+
+# Group claims. A claim locks the row and reads the holder it replaces, then upserts it
+# with the next epoch. (The insert's source joins `previous` so that it is read before
+# the upsert: read first in RETURNING, its lock would find the row already replaced.)
+_CLAIM_GROUP = (
+    b"WITH previous AS (SELECT agent_id FROM group_claims WHERE group_id = %(group_id)s"
+    b" FOR UPDATE) INSERT INTO group_claims SELECT %(group_id)s, %(agent_id)s, 1"
+    b" FROM (VALUES (1)) AS one LEFT JOIN previous ON true"
+    b" ON CONFLICT (group_id) DO UPDATE SET agent_id = excluded.agent_id,"
+    b" epoch = group_claims.epoch + 1 RETURNING epoch, (SELECT agent_id FROM previous)"
+)
+# An offset commit checks the claim in its own statement: the claim row is locked FOR
+# SHARE, so a concurrent claim (which locks it FOR UPDATE) commits wholly before (then,
+# READ COMMITTED, the lock returns the new row and the check fails) or after the write.
+# The stored claim comes back, to tell a fenced commit from a stored one.
+_CLAIM_ROW = (
+    b"WITH claim AS (SELECT agent_id, epoch FROM group_claims WHERE group_id = %(group_id)s"
+    b" FOR SHARE), admitted AS (SELECT 1 FROM claim WHERE agent_id = %(agent_id)s"
+    b" AND epoch = %(epoch)s)"
+)
+_PUT_OFFSETS = _CLAIM_ROW + (
+    b", written AS (INSERT INTO group_offsets"
+    b" SELECT %(group_id)s, o.* FROM unnest(%(topics)s::text[], %(partitions)s::integer[],"
+    b" %(offsets)s::bigint[], %(leader_epochs)s::integer[], %(metadata)s::text[]) AS o"
+    b" WHERE EXISTS (SELECT 1 FROM admitted)"
+    b" ON CONFLICT (group_id, topic, partition) DO UPDATE SET"
+    b" committed_offset = excluded.committed_offset,"
+    b" leader_epoch = excluded.leader_epoch, metadata = excluded.metadata RETURNING 1)"
+    b" SELECT agent_id, epoch, (SELECT count(*) FROM written) FROM claim"
+)
+_DELETE_GROUP = _CLAIM_ROW + (
+    b", deleted AS (DELETE FROM group_offsets WHERE group_id = %(group_id)s"
+    b" AND EXISTS (SELECT 1 FROM admitted) RETURNING 1)"
+    b" SELECT agent_id, epoch, (SELECT count(*) FROM deleted) FROM claim"
+)
 
 _DATABASE_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
@@ -1327,7 +1374,28 @@ class PostgresBackend:
         [(producer_id,)] = await self._fetch("SELECT nextval('producer_ids')")
         return int(producer_id)
 
-    async def put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
+    async def claim_group(self, group_id: str, agent_id: str) -> GroupClaim:
+        [(epoch, previous)] = await self._fetch_bytes(
+            _CLAIM_GROUP, {"group_id": group_id, "agent_id": agent_id}
+        )
+        taken_from = "" if previous is None or previous == agent_id else str(previous)
+        return GroupClaim(group_id, agent_id, int(epoch), taken_from)
+
+    async def put_offsets(
+        self, group_id: str, offsets: Sequence[CommittedOffset], claim: GroupClaim | None
+    ) -> None:
+        if claim is not None:
+            unique = unique_offsets(offsets)
+            params = {
+                **_claim_params(group_id, claim),
+                "topics": [o.topic for o in unique],
+                "partitions": [o.partition for o in unique],
+                "offsets": [o.offset for o in unique],
+                "leader_epochs": [o.leader_epoch for o in unique],
+                "metadata": [o.metadata for o in unique],
+            }
+            _check_claim(claim, await self._fetch_bytes(_PUT_OFFSETS, params))
+            return
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.cursor().executemany(
@@ -1359,11 +1427,34 @@ class PostgresBackend:
         wanted = set(partitions)
         return [r for r in rows if (r.topic, r.partition) in wanted]
 
-    async def delete_group(self, group_id: str) -> None:
+    async def delete_group(self, group_id: str, claim: GroupClaim | None) -> None:
+        if claim is not None:
+            _check_claim(
+                claim, await self._fetch_bytes(_DELETE_GROUP, _claim_params(group_id, claim))
+            )
+            return
         await self._fetch("DELETE FROM group_offsets WHERE group_id = %s RETURNING 1", (group_id,))
+
+    async def _fetch_bytes(self, query: bytes, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        try:
+            async with self._pool.connection() as conn:
+                return await (await conn.execute(query, params)).fetchall()
+        except (psycopg.Error, PoolTimeout) as e:
+            raise CoordinatorUnavailable(f"postgresql: {e}") from e
 
     async def groups_with_offsets(self) -> list[str]:
         return [r[0] for r in await self._fetch("SELECT DISTINCT group_id FROM group_offsets")]
+
+
+def _claim_params(group_id: str, claim: GroupClaim) -> dict[str, Any]:
+    return {"group_id": group_id, "agent_id": claim.agent_id, "epoch": claim.epoch}
+
+
+def _check_claim(claim: GroupClaim, rows: Sequence[tuple[Any, ...]]) -> None:
+    """`GroupFenced` unless the claim row the statement locked is `claim`."""
+    stored = (str(rows[0][0]), int(rows[0][1])) if rows else None
+    if not claim.admits(stored):
+        raise GroupFenced(claim, stored)
 
 
 def _object_arrays(objects: Sequence[SequencedObject]) -> tuple[object, ...]:

@@ -26,6 +26,8 @@ from driftlog.coordinator.api import (
     CommittedOffset,
     CoordinatorUnavailable,
     Fenced,
+    GroupClaim,
+    GroupFenced,
     PartitionOffsets,
     QuotaEntity,
     QuotaEntry,
@@ -81,7 +83,7 @@ from driftlog.coordinator.engines.backend import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -277,6 +279,16 @@ CREATE TABLE node_ids (
 ALTER TABLE agents ADD COLUMN listeners TEXT NOT NULL DEFAULT '[]'
 """
 
+# Version 7: one claim per consumer group, Kafka's coordinator epoch (api.GroupClaim):
+# the agent coordinating the group and the epoch its offset commits must carry.
+_GROUP_CLAIMS = """
+CREATE TABLE group_claims (
+    group_id TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    epoch INTEGER NOT NULL
+) WITHOUT ROWID
+"""
+
 # Objects whose last reference a transaction removed: mark the candidates before the
 # batches go, then unmark those still referenced (by the index on batches.object_id).
 _UNMARK_REFERENCED = (
@@ -373,6 +385,8 @@ class SqliteBackend:
                     _execute_script(db, _TRANSACTIONS)
                 if version < 6:
                     _execute_script(db, _SECURITY)
+                if version < 7:
+                    _execute_script(db, _GROUP_CLAIMS)
                 db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
             elif "batches" in tables:
                 _migrate_from_v1(db)
@@ -1190,11 +1204,31 @@ class SqliteBackend:
             db.execute("INSERT OR REPLACE INTO producer_ids VALUES (0, ?)", (producer_id + 1,))
             return int(producer_id)
 
-    async def put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
-        await self._run(self._put_offsets, group_id, offsets)
+    async def claim_group(self, group_id: str, agent_id: str) -> GroupClaim:
+        return await self._run(self._claim_group, group_id, agent_id)
 
-    def _put_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
+    def _claim_group(self, group_id: str, agent_id: str) -> GroupClaim:
         with _Transaction(self.db) as db:
+            row = db.execute(
+                "SELECT agent_id, epoch FROM group_claims WHERE group_id = ?", (group_id,)
+            ).fetchone()
+            previous, epoch = (str(row[0]), int(row[1]) + 1) if row else ("", 1)
+            db.execute(
+                "INSERT OR REPLACE INTO group_claims VALUES (?, ?, ?)", (group_id, agent_id, epoch)
+            )
+        return GroupClaim(group_id, agent_id, epoch, "" if previous == agent_id else previous)
+
+    async def put_offsets(
+        self, group_id: str, offsets: Sequence[CommittedOffset], claim: GroupClaim | None
+    ) -> None:
+        await self._run(self._put_offsets, group_id, offsets, claim)
+
+    def _put_offsets(
+        self, group_id: str, offsets: Sequence[CommittedOffset], claim: GroupClaim | None
+    ) -> None:
+        # BEGIN IMMEDIATE takes the write lock first: no claim lands between check and write.
+        with _Transaction(self.db) as db:
+            _check_claim(db, group_id, claim)
             db.executemany(
                 "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -1224,11 +1258,12 @@ class SqliteBackend:
         wanted = set(partitions)
         return [r for r in rows if (r.topic, r.partition) in wanted]
 
-    async def delete_group(self, group_id: str) -> None:
-        await self._run(self._delete_group, group_id)
+    async def delete_group(self, group_id: str, claim: GroupClaim | None) -> None:
+        await self._run(self._delete_group, group_id, claim)
 
-    def _delete_group(self, group_id: str) -> None:
+    def _delete_group(self, group_id: str, claim: GroupClaim | None) -> None:
         with _Transaction(self.db) as db:
+            _check_claim(db, group_id, claim)
             db.execute("DELETE FROM group_offsets WHERE group_id = ?", (group_id,))
 
     async def groups_with_offsets(self) -> list[str]:
@@ -1299,6 +1334,17 @@ def _check_fence(db: sqlite3.Connection, fence: Fence) -> None:
         raise Fenced(f"writer epoch {fence.epoch} of shard {fence.shard} was superseded")
 
 
+def _check_claim(db: sqlite3.Connection, group_id: str, claim: GroupClaim | None) -> None:
+    if claim is None:
+        return
+    row = db.execute(
+        "SELECT agent_id, epoch FROM group_claims WHERE group_id = ?", (group_id,)
+    ).fetchone()
+    stored = (str(row[0]), int(row[1])) if row else None
+    if not claim.admits(stored):
+        raise GroupFenced(claim, stored)
+
+
 def _execute_script(db: sqlite3.Connection, script: str) -> None:
     # Statement by statement: executescript() would commit the open transaction.
     for statement in script.split(";"):
@@ -1311,6 +1357,7 @@ def _create_schema(db: sqlite3.Connection) -> None:
     _execute_script(db, _LIFECYCLE)
     _execute_script(db, _TRANSACTIONS)
     _execute_script(db, _SECURITY)
+    _execute_script(db, _GROUP_CLAIMS)
     db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
 

@@ -34,6 +34,7 @@ from driftlog.coordinator.api import (
     CommittedOffset,
     CoordinatorError,
     CoordinatorUnavailable,
+    GroupClaim,
     NotWriter,
     PartitionOffsets,
     TopicInfo,
@@ -484,16 +485,23 @@ class AgentCoordinator:
         await self.view.caught_up(topic_id, partition, timeout_s)
 
     # Consumer-group offsets ---------------------------------------------------
-    async def commit_offsets(self, group_id: str, offsets: Sequence[CommittedOffset]) -> None:
-        await self.backend.put_offsets(group_id, offsets)
+    # They go straight to the database, fenced by the group's claim (api.GroupClaim): the
+    # check is inside the commit's own transaction, so it costs no extra round trip.
+    async def claim_group(self, group_id: str, agent_id: str) -> GroupClaim:
+        return await self.backend.claim_group(group_id, agent_id)
+
+    async def commit_offsets(
+        self, group_id: str, offsets: Sequence[CommittedOffset], claim: GroupClaim
+    ) -> None:
+        await self.backend.put_offsets(group_id, offsets, claim)
 
     async def fetch_offsets(
         self, group_id: str, partitions: Sequence[tuple[str, int]] | None
     ) -> list[CommittedOffset]:
         return await self.backend.fetch_offsets(group_id, partitions)
 
-    async def delete_group_offsets(self, group_id: str) -> None:
-        await self.backend.delete_group(group_id)
+    async def delete_group_offsets(self, group_id: str, claim: GroupClaim) -> None:
+        await self.backend.delete_group(group_id, claim)
 
     async def groups_with_offsets(self) -> list[str]:
         return await self.backend.groups_with_offsets()
