@@ -384,23 +384,23 @@ def gated(cluster: Cluster) -> Iterator[tuple[Cluster, list[TcpGate]]]:
             gate.close()
 
 
-def cut_under_load(
-    cluster: Cluster, gates: list[TcpGate], *, cut_writer: bool, client: str
-) -> None:
+def silence_under_load(
+    cluster: Cluster, gate: TcpGate, *, what: str, topic: str, reader: int, client: str
+) -> str:
+    """Run the paced load, silence `gate` for CUT_S, heal it, keep producing 4 s; check
+    that nothing acknowledged was lost or duplicated and that no partition stalled past
+    STALL_BOUND_S. Returns the report (printed too), for further checks."""
     writer = writer_index(cluster)
-    victim = writer if cut_writer else (writer + 1) % len(cluster.agents)
-    reader = next(i for i in range(len(cluster.agents)) if i not in (victim, writer))
     _, epoch_before = lease_row(cluster.dsn)
-    topic = "cut-writer" if cut_writer else "cut-other"
     create_topic(cluster.agents[reader].bootstrap, topic)
     load = PacedLoad(cluster.bootstrap, topic, metadata_refresh_ms=CLIENTS[client]).start()
     load.wait_acked(2 * RATE)  # a couple of seconds of steady acknowledgements
     time.sleep(1)
 
     cut_at, cut_wall = time.monotonic(), time.time()
-    gates[victim].silence()
+    gate.silence()
     time.sleep(CUT_S)
-    gates[victim].heal()
+    gate.heal()
     healed_at = time.monotonic()
     time.sleep(4)  # keep producing after the cut
     undelivered = load.stop()
@@ -409,7 +409,6 @@ def cut_under_load(
     stalls = load.stalls()
     windows = load.stall_windows()
     worst = max(stalls.values())
-    role = "writer" if cut_writer else "non-writer"
     gaps = ", ".join(
         f"p{p} {a - cut_at:+.2f}..{b - cut_at:+.2f}s" for p, (a, b) in sorted(windows.items())
     )
@@ -417,7 +416,7 @@ def cut_under_load(
     after = load.throughput(healed_at, load.stopped_at)
     tracebacks = sum(a.log_text().count("Traceback") for a in cluster.agents)
     report = (
-        f"database cut of the {role} agent-{victim + 1} for {CUT_S:.0f} s "
+        f"{what} for {CUT_S:.0f} s "
         f"(lease {LEASE_MS} ms, agent timeout {AGENT_TIMEOUT_MS} ms, {RATE} records/s, "
         f"client {client}):\n"
         f"  writer before agent-{writer + 1} (epoch {epoch_before}), after {holder_after} "
@@ -435,6 +434,24 @@ def cut_under_load(
     verdict = verify(load, read_back(cluster.agents[reader].bootstrap, topic, load))
     assert verdict.ok, "\n".join(verdict.problems[:20]) + "\n" + report
     assert worst < STALL_BOUND_S, f"a partition stalled {worst:.2f} s\n{report}"
+    return report
+
+
+def cut_under_load(
+    cluster: Cluster, gates: list[TcpGate], *, cut_writer: bool, client: str
+) -> None:
+    writer = writer_index(cluster)
+    victim = writer if cut_writer else (writer + 1) % len(cluster.agents)
+    reader = next(i for i in range(len(cluster.agents)) if i not in (victim, writer))
+    role = "writer" if cut_writer else "non-writer"
+    silence_under_load(
+        cluster,
+        gates[victim],
+        what=f"database cut of the {role} agent-{victim + 1}",
+        topic="cut-writer" if cut_writer else "cut-other",
+        reader=reader,
+        client=client,
+    )
 
 
 @pytest.mark.timeout(300)
