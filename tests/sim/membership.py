@@ -42,15 +42,33 @@ with `run_seed`):
    running agent whose last successful heartbeat started more than `timeout_ms`
    after Z's last landed beat; an agent detached by its own clock (no heartbeat got
    through for over `timeout_ms`) names the others it knows and not itself.
+
+With `groups` (group claims, issue 16), each agent also runs a real `GroupCoordinator`
+whose groups membership changes release (as the agent's `_membership_changed` does),
+and commits offsets, every `commit_every_ms` at most, for a group it believes it
+coordinates (placement over its own `leaders()`), as the OffsetCommit handler does:
+take the group's claim if it holds none, commit carrying it, drop it if fenced. Claims
+and commits go through the same faulty calls as heartbeats (a slow commit reaches the
+database late). Properties:
+
+4. Fencing. A commit lands only under the claim stored at that moment: once a group's
+   claim moved to another agent, no commit of the agent that lost it lands (so two
+   agents' commits for one group never both land after a claim moved). With
+   `unfenced_commits` (the database does not check the claim: Driftlog before group
+   claims) this fails, which shows the property can.
+5. Recovery. In the last `settled_window_ms` of the run, every group's commits land,
+   and only its agreed coordinator's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import heapq
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from unittest import mock
@@ -59,8 +77,15 @@ from driftlog.clock import FakeClock
 from driftlog.cluster import membership as membership_module
 from driftlog.cluster import placement
 from driftlog.cluster.membership import Membership
-from driftlog.coordinator.api import AgentInfo, CoordinatorUnavailable
+from driftlog.coordinator.api import (
+    AgentInfo,
+    CommittedOffset,
+    CoordinatorUnavailable,
+    GroupClaim,
+    GroupFenced,
+)
 from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
+from driftlog.groups.coordinator import GroupCoordinator
 
 T = TypeVar("T")
 
@@ -91,6 +116,13 @@ class SimConfig:
     # Diagnostic, not what the product does: `close()` also stops the heartbeat in
     # flight, so it never lands after `remove_agent` (see the report in run_seed's doc).
     close_stops_beat: bool = False
+    # Group claims: agents commit offsets for the groups they believe they coordinate.
+    groups: bool = False
+    commit_every_ms: int = 500
+    settled_window_ms: int = 3_000
+    # Diagnostic, not what the product does: the database stores commits without
+    # checking their claim (Driftlog before group claims); property 4 then fails.
+    unfenced_commits: bool = False
 
     @property
     def on_time_ms(self) -> int:
@@ -116,6 +148,8 @@ class Node:
     last_ok_now_ms: int | None = None  # when the last successful tick started
     last_ok_s: float | None = None  # when it ended (monotonic)
     seen: list[str] = field(default_factory=list)  # live ids at the last check
+    groups: GroupCoordinator | None = None
+    committer: asyncio.Task[None] | None = None
 
     @property
     def agent_id(self) -> str:
@@ -137,6 +171,8 @@ class GatedBackend(MemoryBackend):
     async def _gate(self, what: str) -> bool:
         """Wait as the seed says; False when the reply is to be lost."""
         sim, node = self.sim, self.node_ref[0]
+        if what in ("claim_group", "put_offsets"):
+            return await self._gate_shielded(what)
         if node.cut == "refused":
             raise CoordinatorUnavailable("connection refused")
         if node.cut == "silent" and node.cut_over is not None:
@@ -163,6 +199,33 @@ class GatedBackend(MemoryBackend):
             raise CoordinatorUnavailable("the process is gone")
         return not lose
 
+    async def _gate_shielded(self, what: str) -> bool:
+        """`_gate` for group calls: a heartbeat abandoned (cancelled) while it waits for a
+        cut to end cancels the cut's future, which must not cancel the calls of other
+        tasks waiting on it too (the heartbeat's own waits stay as they were)."""
+        sim, node = self.sim, self.node_ref[0]
+        c = sim.config
+        for attempt in range(2):  # as `_gate`: the cut is looked at before and after the faults
+            if node.cut == "refused":
+                raise CoordinatorUnavailable("connection refused")
+            if node.cut == "silent" and node.cut_over is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(node.cut_over)
+            if attempt == 0 and sim.faults:
+                r = sim.rng.random()
+                if r < c.fail:
+                    sim.faults_injected += 1
+                    raise CoordinatorUnavailable(f"{what} failed")
+                r -= c.fail
+                if r < c.slow:
+                    await sim.sleep(sim.rng.randint(1, c.slow_ms), fault=True)
+                elif r < c.slow + c.hang:
+                    sim.faults_injected += 1
+                    await sim.sleep(sim.rng.randint(c.timeout_ms, 2 * c.timeout_ms), fault=True)
+        if self.dead:
+            raise CoordinatorUnavailable("the process is gone")
+        return True
+
     async def heartbeat(self, agent: AgentInfo) -> None:
         reply = await self._gate("heartbeat")
         sim, node = self.sim, self.node_ref[0]
@@ -185,6 +248,22 @@ class GatedBackend(MemoryBackend):
         if not reply:
             sim.faults_injected += 1
             raise CoordinatorUnavailable("heartbeat reply lost")
+
+    async def claim_group(self, group_id: str, agent_id: str) -> GroupClaim:
+        await self._gate("claim_group")
+        claim = await super().claim_group(group_id, agent_id)
+        self.sim.log(f"{agent_id} claims {group_id} (epoch {claim.epoch})")
+        return claim
+
+    async def put_offsets(
+        self, group_id: str, offsets: Sequence[CommittedOffset], claim: GroupClaim | None
+    ) -> None:
+        await self._gate("put_offsets")
+        sim = self.sim
+        stored = sim.db.group_claims.get(group_id)
+        checked = None if sim.config.unfenced_commits else claim
+        await super().put_offsets(group_id, offsets, checked)
+        sim.commit_landed(group_id, claim, stored)
 
     async def live_agents(self, timeout_ms: int, now_ms: int) -> list[AgentInfo]:
         await self._gate("live_agents")
@@ -224,6 +303,10 @@ class Sim:
         self.checks = {"converged checks": 0, "leave checks": 0, "detached checks": 0}
         self.step = 0
         self.leaving: list[asyncio.Task[None]] = []
+        self.committed = 0  # offsets committed (each commit stores the next number)
+        self.fenced = 0
+        self.landed: list[tuple[int, str, str]] = []  # (wall ms, group, agent id)
+        self.violations: list[str] = []
 
     # Time ---------------------------------------------------------------------------
     def t(self, wall_ms: int) -> int:
@@ -268,6 +351,70 @@ class Sim:
         else:
             raise self.failure("the event loop never settles")
 
+    # Group claims -------------------------------------------------------------------
+    def commit_landed(
+        self, group_id: str, claim: GroupClaim | None, stored: tuple[str, int] | None
+    ) -> None:
+        """4. A commit lands only under the claim stored when it lands."""
+        assert claim is not None
+        now = self.clock.wall_ms()
+        self.landed.append((now, group_id, claim.agent_id))
+        self.log(f"{claim.agent_id} commits {group_id} (epoch {claim.epoch})")
+        if not claim.admits(stored):
+            self.violations.append(
+                f"{claim.agent_id}'s commit for {group_id} with claim epoch {claim.epoch}"
+                f" landed at t={self.t(now)} after the claim moved to {stored}"
+            )
+
+    async def committer(self, node: Node) -> None:
+        """What the OffsetCommit handler does, every `commit_every_ms` at most, for each
+        group this agent believes it coordinates (in a seeded order)."""
+        c, rng = self.config, self.rng
+        while True:
+            await self.sleep(rng.randint(1, c.commit_every_ms))
+            if node.state != "running":
+                continue
+            mine = [g for g in GROUPS if owns(node.membership, g)]
+            rng.shuffle(mine)
+            for group_id in mine:
+                await self.commit(node, group_id)
+
+    async def commit(self, node: Node, group_id: str) -> None:
+        groups, backend, agent_id = node.groups, node.backend, node.agent_id
+        assert groups is not None
+        try:
+            take = functools.partial(backend.claim_group, group_id, agent_id)
+            claim = await groups.claimed(group_id, take)
+            if claim is None:
+                return
+            self.committed += 1
+            offsets = [CommittedOffset("t", 0, self.committed, -1, "")]
+            await backend.put_offsets(group_id, offsets, claim)
+        except GroupFenced as e:
+            self.fenced += 1
+            groups.fenced(e.claim)
+            self.log(f"{agent_id}'s commit for {group_id} fenced: {e}")
+        except CoordinatorUnavailable:
+            pass
+
+    def check_recovered(self) -> None:
+        """5. In the run's last window every group's commits land, its coordinator's only."""
+        c = self.config
+        since = self.clock.wall_ms() - c.settled_window_ms
+        running = [n for n in self.current.values() if n.state == "running"]
+        if not running:
+            return
+        leaders = running[0].membership.leaders()
+        for group_id in GROUPS:
+            coordinator = placement.group_coordinator(group_id, leaders)
+            assert coordinator is not None
+            by = {a for t, g, a in self.landed if g == group_id and t >= since}
+            if by != {coordinator.agent_id}:
+                raise self.failure(
+                    f"in the last {c.settled_window_ms} ms commits for {group_id} landed from"
+                    f" {sorted(by)}, not only (and at least once) from {coordinator.agent_id}"
+                )
+
     # Agents -------------------------------------------------------------------------
     async def driver(self, node: Node) -> None:
         """What Membership.start and Membership._loop do, on the simulation's clock."""
@@ -302,6 +449,12 @@ class Sim:
         self.incarnations += 1
         ref: list[Node] = []
         backend = GatedBackend(self, ref)
+        groups: GroupCoordinator | None = None
+        if self.config.groups:
+            groups = GroupCoordinator(
+                lambda: round(self.clock.monotonic_s() * 1000),
+                owns=lambda group_id: owns(m, group_id),
+            )
         m = Membership(
             backend,
             self.clock,
@@ -309,18 +462,24 @@ class Sim:
             shared=True,
             heartbeat_ms=self.config.heartbeat_ms,
             timeout_ms=self.config.timeout_ms,
+            # As the agent's _membership_changed: groups that moved away are released.
+            on_change=groups.release_foreign_groups if groups is not None else lambda: None,
         )
-        node = Node(info, self.incarnations, backend, m)
+        node = Node(info, self.incarnations, backend, m, groups=groups)
         ref.append(node)
         self.current[agent_id] = node
         self.removed_at.pop(agent_id, None)
         node.task = asyncio.create_task(self.driver(node))
         m._task = node.task  # close() cancels it, as it cancels the real loop
+        if groups is not None:
+            node.committer = asyncio.create_task(self.committer(node))
         self.log(f"join {agent_id}#{node.incarnation} zone {zone}")
 
     async def leave(self, node: Node) -> None:
         node.state = "left"
         self.log(f"leave {node.agent_id}#{node.incarnation} (close)")
+        if node.committer is not None:
+            node.committer.cancel()  # the agent stops serving before it leaves
         if self.config.close_stops_beat:
             node.backend.dead = True
         await node.membership.close()
@@ -332,6 +491,8 @@ class Sim:
         node.backend.dead = True
         if node.task is not None:
             node.task.cancel()
+        if node.committer is not None:
+            node.committer.cancel()
         self.log(f"kill -9 {node.agent_id}#{node.incarnation}")
 
     def cut(self, node: Node, kind: str, ms: int) -> None:
@@ -385,9 +546,11 @@ class Sim:
         c = self.config
         now = self.clock.wall_ms()
         for node in self.current.values():
-            task = node.task
-            if task is not None and task.done() and not task.cancelled() and task.exception():
-                raise self.failure(f"{node.agent_id}'s loop failed: {task.exception()!r}")
+            for task in (node.task, node.committer):
+                if task is not None and task.done() and not task.cancelled() and task.exception():
+                    raise self.failure(f"{node.agent_id}'s loop failed: {task.exception()!r}")
+        if self.violations:
+            raise self.failure(f"fencing: {self.violations[0]}")
         running = [n for n in self.current.values() if n.state == "running"]
         for y in running:
             m = y.membership
@@ -517,14 +680,23 @@ class Sim:
                     future.set_result(None)
         if self.checks["converged checks"] == 0:
             raise self.failure("the run ended before it settled")
+        if c.groups:
+            self.check_recovered()
         for node in self.current.values():
-            if node.task is not None:
-                node.task.cancel()
+            for task in (node.task, node.committer):
+                if task is not None:
+                    task.cancel()
         await self.drain()
 
 
 def ids(m: Membership) -> list[str]:
     return [a.agent_id for a in m.live]
+
+
+def owns(m: Membership, group_id: str) -> bool:
+    """What the agent's `owns_group` says: placement over its own leaders."""
+    coordinator = placement.group_coordinator(group_id, m.leaders())
+    return coordinator is not None and coordinator.agent_id == m.me.agent_id
 
 
 def placements(m: Membership) -> tuple[object, ...]:

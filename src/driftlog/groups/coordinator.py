@@ -173,10 +173,12 @@ class GroupCoordinator:
         return self._claims.get(group_id)
 
     def _claim_taken(self, group_id: str, done: asyncio.Future[GroupClaim]) -> None:
+        # Looked at first, even when nobody waits any more (else asyncio logs it unseen).
+        failed = done.cancelled() or done.exception() is not None
         if self._claiming.get(group_id) is not done:
             return  # released meanwhile: the claim it took goes unused
         del self._claiming[group_id]
-        if done.cancelled() or done.exception() is not None:
+        if failed:
             return
         claim = done.result()
         if self._closed or not self._owns(group_id):
