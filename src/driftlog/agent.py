@@ -51,6 +51,11 @@ from driftlog.protocol.codec import (
 from driftlog.protocol.schema import build, response_class
 from driftlog.read.cache import BatchCache
 from driftlog.read.fetcher import BatchFetcher
+from driftlog.read.zone import messages as zone_messages
+from driftlog.read.zone.cache import ZoneCache, ZoneMembers
+from driftlog.read.zone.peers import PeerClient
+from driftlog.read.zone.prefetch import ReadAhead
+from driftlog.read.zone.readahead import ReadAheadPlanner
 from driftlog.security.acl import AclBinding, Authorizer, parse_super_users
 from driftlog.security.credentials import CredentialCache
 from driftlog.security.listeners import Listener, parse_listeners
@@ -198,7 +203,29 @@ class Agent:
             ),
         ]
         self.cache = BatchCache(config.cache_bytes)
-        self.fetcher = BatchFetcher(self.store, self.cache)
+        self.zone_cache: ZoneCache | None = None
+        if uses_zone_cache(config):
+            self.zone_cache = ZoneCache(
+                self.store,
+                SYSTEM_CLOCK,
+                me=self.agent_id,
+                members=ZoneMembers(lambda: self.membership.live, self.agent_id, config.zone),
+                transport=None,  # set at start, once the cluster secret is known
+                block_bytes=config.zone_cache_block_bytes,
+                cache_bytes=config.zone_cache_bytes,
+                peer_timeout_s=config.zone_cache_peer_timeout_ms / 1000,
+            )
+            self.coordinator.add_frame_handler(zone_messages.TAGS, self.zone_cache.on_frame)
+        self.fetcher = BatchFetcher(self.store, self.cache, self.zone_cache)
+        if self.zone_cache is not None and config.read_ahead_bytes > 0:
+            self.fetcher.read_ahead = ReadAhead(
+                ReadAheadPlanner(config.read_ahead_bytes),
+                lambda topic_id, partition, offset, max_bytes: self.coordinator.find_batches(
+                    topic_id, partition, offset, max_bytes
+                ),
+                self.zone_cache,
+                self.cache,
+            )
         self.pipeline = WritePipeline(
             self.store,
             self.coordinator,
@@ -254,6 +281,7 @@ class Agent:
             key_compactor=self.key_compactor,
             membership=self.membership,
             fetcher=self.fetcher,
+            zone_cache=self.zone_cache,
         )
         self.request_metrics = RequestMetrics(
             self.metrics,
@@ -287,6 +315,9 @@ class Agent:
 
     def _membership_changed(self) -> None:
         self.groups.release_foreign_groups()
+        if self.zone_cache is not None and isinstance(self.zone_cache.transport, PeerClient):
+            # Connections to agents that left are closed (they could pile up otherwise).
+            self.zone_cache.transport.forget({a.rpc_address for a in self.membership.live})
         if self.membership.stepping_aside():
             # Producers waiting on this agent's commits go elsewhere now (librdkafka keeps
             # its requests in flight on a connection that stays open).
@@ -298,6 +329,9 @@ class Agent:
         # Tail consumers then read what was just produced without a GET.
         for batch, coordinates in zip(layout.batches, layout.coordinates, strict=True):
             self.cache.put((key, coordinates.byte_offset), batch.data)
+        if self.zone_cache is not None:
+            # The zone's readers then read it from its blocks' owners without a GET.
+            self.zone_cache.warm_object(key, layout.chunks, layout.size)
 
     # Lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -326,6 +360,8 @@ class Agent:
             self.membership.me = dataclasses.replace(
                 self.membership.me, rpc_address=self.coordinator.writer.address
             )
+            if self.zone_cache is not None and self.coordinator.rpc_secret is not None:
+                self.zone_cache.transport = PeerClient(self.coordinator.rpc_secret)
         await broker_configs.refresh(self)  # before serving: the stored values apply
         await self.refresh_security()
         await self.membership.start()
@@ -448,6 +484,10 @@ class Agent:
         for job in self._lifecycle_jobs:
             await job.close()
         await self.groups.close()
+        if self.fetcher.read_ahead is not None:
+            await self.fetcher.read_ahead.close()
+        if self.zone_cache is not None:
+            await self.zone_cache.close()
         await self.membership.close()
         await self.coordinator.close()
         await self.store.close()
@@ -542,6 +582,13 @@ def listeners_of(config: AgentConfig) -> list[Listener]:
         client_auth=config.ssl_client_auth,
         has_client_ca=config.tls_client_ca_file is not None,
     )
+
+
+def uses_zone_cache(config: AgentConfig) -> bool:
+    """The shared cache per zone needs peers (cluster mode) and a store that answers a
+    range running past an object's end with what there is (S3 and obstore's stores do;
+    the local-directory store refuses it, and its reads cost no requests anyway)."""
+    return config.zone_cache and config.clustered and not config.store_url.startswith("file:")
 
 
 def _cluster_secret(config: AgentConfig) -> bytes | None:

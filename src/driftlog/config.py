@@ -56,6 +56,13 @@ class AgentConfig:
     max_uploads: int = 4
     max_pending_bytes: int = 256 * MiB
     cache_bytes: int = 256 * MiB
+    # The shared cache per zone (read/zone/): in cluster mode with an S3-like store, the
+    # agents of a zone divide blocks of objects among themselves.
+    zone_cache: bool = True
+    zone_cache_bytes: int = 256 * MiB
+    zone_cache_block_bytes: int = 16 * MiB
+    zone_cache_peer_timeout_ms: int = 1_000
+    read_ahead_bytes: int = 32 * MiB
     max_frame_bytes: int = 100 * MiB
     max_connections: int = 10_000
     # Produce requests wait for a flush, so clients pipeline many; memory is bounded by bytes.

@@ -280,3 +280,49 @@ def test_an_owner_that_missed_asks_the_agent_that_held_the_block() -> None:
             assert zone.gets() == 1 and a1.stats.handoffs == 1
 
     asyncio.run(scenario())
+
+
+def test_read_ahead_loads_the_next_objects_of_a_sequential_reader() -> None:
+    async def scenario() -> None:
+        import uuid as uuid_module
+
+        from driftlog.coordinator.api import BatchLocation
+        from driftlog.read.cache import BatchCache
+        from driftlog.read.zone.prefetch import ReadAhead
+        from driftlog.read.zone.readahead import ReadAheadPlanner
+
+        async with zone_of("a1") as zone:
+            a1 = zone.caches["a1"]
+            # Ten objects, one 1,000-byte batch of ten offsets each.
+            for i in range(10):
+                await zone.shared.put_new(f"objects/{i:02d}", [_data(1000)])
+            log = [
+                BatchLocation(f"objects/{i:02d}", 0, 1000, 10 * i, 10 * i + 9, 0, -1)
+                for i in range(10)
+            ]
+            asked: list[int] = []
+
+            async def find_batches(
+                topic_id: uuid_module.UUID, partition: int, offset: int, max_bytes: int
+            ) -> list[BatchLocation]:
+                asked.append(offset)
+                found = [loc for loc in log if loc.last_offset >= offset]
+                return found[: max(1, max_bytes // 1000)]
+
+            ahead = ReadAhead(ReadAheadPlanner(3000), find_batches, a1, BatchCache(1 << 20))
+            topic = uuid_module.uuid4()
+            for i in range(3):  # three sequential reads of one object each
+                await a1.read(f"objects/{i:02d}", [(0, 1000)])
+                ahead.after_reads([(topic, 0, 10 * i, 10 * i + 10, 100)])
+            for _ in range(100):
+                if a1.blocks.peek(("objects/05", 0)):
+                    break
+                await asyncio.sleep(0.01)
+            assert asked == [30]  # after the second sequential read past the first
+            assert all(a1.blocks.peek((f"objects/{i:02d}", 0)) for i in (3, 4, 5))
+            gets = zone.gets()
+            await a1.read("objects/03", [(0, 1000)])  # already here: no GET
+            assert zone.gets() == gets
+            await ahead.close()
+
+    asyncio.run(scenario())

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from driftlog.config import AgentConfig
+from driftlog.read.zone.blocks import MAX_BLOCK_BYTES, MIN_BLOCK_BYTES
 from driftlog.security.acl import parse_super_users
 
 _DEFAULTS = AgentConfig()
@@ -148,6 +149,19 @@ def to_optional_address(flag: str) -> Converter:
         if host == "0.0.0.0" or not 0 < port < 65536:
             raise _bad(flag, "HOST:PORT that other agents can connect to", raw)
         return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}",)
+
+    return convert
+
+
+def to_block_bytes(flag: str) -> Converter:
+    as_int = to_int(flag)
+
+    def convert(raw: str) -> tuple[object, ...]:
+        (value,) = as_int(raw)
+        assert isinstance(value, int)
+        if not MIN_BLOCK_BYTES <= value <= MAX_BLOCK_BYTES:
+            raise _bad(flag, f"{MIN_BLOCK_BYTES} to {MAX_BLOCK_BYTES} bytes", raw)
+        return (value,)
 
     return convert
 
@@ -367,7 +381,36 @@ OPTIONS: tuple[Option, ...] = (
         "flush the shared write buffer when its oldest batch is this old",
     ),
     option("--flush-bytes", "flush the shared write buffer when it holds this many bytes"),
-    option("--cache-bytes", "size of the in-memory LRU cache of stored batches"),
+    option(
+        "--cache-bytes",
+        "size of the in-memory LRU cache of stored batches (with the zone cache: of the"
+        " batches this agent uploaded)",
+    ),
+    option(
+        "--zone-cache",
+        "cluster mode with an S3-like store: the agents of a zone share one cache, each"
+        " owning some blocks of the objects; a zone GETs each block once (false: each agent"
+        " GETs what it reads)",
+        metavar="true/false",
+        converter=to_bool,
+    ),
+    option("--zone-cache-bytes", "size of this agent's part of the zone cache (blocks)"),
+    option(
+        "--zone-cache-block-bytes",
+        "blocks of objects the zone cache fetches, keeps and owns (64 KiB to 32 MiB); an"
+        " object no larger is one GET",
+        converter=to_block_bytes,
+    ),
+    option(
+        "--zone-cache-peer-timeout-ms",
+        "a block's owner that has not answered in this long is left: the agent GETs the"
+        " block itself and asks that owner nothing for 5 s",
+    ),
+    option(
+        "--read-ahead-bytes",
+        "a partition read sequentially behind its end has this many bytes ahead loaded by"
+        " their owners before it asks (0: no read-ahead)",
+    ),
     option(
         "--max-frame-bytes",
         "largest request accepted; a larger one disconnects the client",

@@ -36,6 +36,10 @@ class BatchCache:
         self._entries.move_to_end(key)
         return data
 
+    def peek(self, key: tuple[str, int]) -> bool:
+        """Whether the batch is held, without counting or refreshing it."""
+        return key in self._entries
+
     @property
     def entry_count(self) -> int:
         # Not __len__: an empty cache would then be falsy where `cache or ...` is written.

@@ -18,13 +18,14 @@ or the owner keeps them), which then holds what this agent uploaded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from driftlog.coordinator.api import BatchLocation
 from driftlog.read.cache import BatchBytes, BatchCache
 from driftlog.read.missing import MissingObjects
 from driftlog.read.zone.cache import ZoneCache
+from driftlog.read.zone.prefetch import PartitionRead, ReadAhead
 from driftlog.records.batch import with_offsets, write_base_offset
 from driftlog.records.control import MARKER_KEY_PREFIX, control_batch, parse_marker_key
 from driftlog.storage.api import ObjectNotFound, ObjectStore
@@ -57,6 +58,7 @@ class BatchFetcher:
         self._store = store
         self._cache = cache
         self.zone = zone
+        self.read_ahead: ReadAhead | None = None
         self.missing = MissingObjects()
 
     async def read_many(self, groups: Sequence[Sequence[BatchLocation]]) -> list[GroupRead]:
@@ -91,6 +93,11 @@ class BatchFetcher:
                 else:
                     found.update(result)
         return [self._assemble(locations, found, failed) for locations in groups]
+
+    def after_reads(self, reads: Iterable[PartitionRead]) -> None:
+        """Partitions a Fetch read completely: read-ahead for those read in sequence."""
+        if self.read_ahead is not None:
+            self.read_ahead.after_reads(reads)
 
     @staticmethod
     def _assemble(

@@ -256,6 +256,12 @@ async def _read(ctx: RequestContext, plans: list[_TopicPlan]) -> None:
     if not wanted:
         return
     reads = await ctx.services.fetcher.read_many([p.locations for _, p in wanted])
+    # Read-ahead for partitions read in sequence behind their end (read/zone/prefetch.py).
+    ctx.services.fetcher.after_reads(
+        (t.topic_id, p.partition, p.fetch_offset, p.locations[-1].last_offset + 1,
+         p.high_watermark)
+        for (t, p), r in zip(wanted, reads, strict=True) if r.failure is None
+    )  # fmt: skip
     forget: list[tuple[uuid.UUID, int]] = []
     stale: list[tuple[_TopicPlan, _PartitionPlan, BatchLocation]] = []
     for (topic, part), read in zip(wanted, reads, strict=True):

@@ -24,6 +24,10 @@ side knows the other holds the secret. Each step reads a fixed number of bytes w
 rate-limited warning naming its address, before the server reads any RPC frame from it.
 At most `MAX_PENDING_HANDSHAKES` connections may be authenticating at once (more are
 closed at once), so unauthenticated peers cannot hold the agent's sockets.
+
+Other components of the agent share the authenticated port for their own binary frames
+(`WriterServer.add_frame_handler`: the zone cache's peer reads, `read/zone/messages.py`),
+told apart by their first byte; this package knows nothing of them.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import itertools
 import logging
 import secrets
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from kio.schema.errors import ErrorCode
@@ -79,6 +83,10 @@ STREAM_SILENCE_S = 2.5
 # Connections still authenticating at once: the agents are few, and each one retries.
 MAX_PENDING_HANDSHAKES = 64
 _COMMIT_TAG = bytes([messages.COMMIT])
+# A frame for another component: its body and the connection to answer on. It runs in
+# the connection's read loop, so it must not block (spawn what waits); a ProtocolError
+# closes that connection only.
+FrameHandler = Callable[[bytes, asyncio.StreamWriter], None]
 _APPLIED_TAG = bytes([messages.APPLIED])
 _PING_FRAME = messages.encode({"op": "ping"})
 
@@ -143,6 +151,14 @@ class WriterServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._raw_batches: dict[str, bytes] = {}
         self._pinger: asyncio.Task[None] | None = None
+        self._frame_handlers: dict[int, FrameHandler] = {}
+
+    def add_frame_handler(self, tags: Iterable[int], handler: FrameHandler) -> None:
+        """Send authenticated frames whose first byte is one of `tags` to `handler`."""
+        for tag in tags:
+            if tag in (messages.COMMIT, messages.APPLIED, ord("{")) or tag in self._frame_handlers:
+                raise ValueError(f"frame tag {tag:#x} is taken")
+            self._frame_handlers[tag] = handler
 
     async def start(self) -> str:
         """Listen; returns the address to publish (host:port)."""
@@ -227,6 +243,10 @@ class WriterServer:
                 body = await read_body(reader)
                 if body[:1] == _COMMIT_TAG:
                     self._commit(body, writer)
+                    continue
+                handler = self._frame_handlers.get(body[0]) if body else None
+                if handler is not None:
+                    handler(body, writer)
                     continue
                 message = messages.decode(body)
                 op = message.get("op")

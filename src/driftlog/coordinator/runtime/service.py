@@ -51,7 +51,7 @@ from driftlog.coordinator.core.transactions import (
 )
 from driftlog.coordinator.engines.backend import Backend
 from driftlog.coordinator.runtime import rpc_messages as messages
-from driftlog.coordinator.runtime.rpc import WriterClient, WriterServer
+from driftlog.coordinator.runtime.rpc import FrameHandler, WriterClient, WriterServer
 from driftlog.coordinator.runtime.view import CoordinatorView
 from driftlog.coordinator.runtime.writer import DEFAULT_LEASE_MS, CommitWriter, Listeners
 
@@ -115,12 +115,20 @@ class AgentCoordinator:
         self._rpc_advertise_host = rpc_advertise_host
         self._rpc_advertise_address = rpc_advertise_address
         self._rpc_secret = rpc_secret
+        # The secret the RPC authenticates peers with, once `start` knows it (cluster mode).
+        self.rpc_secret: bytes | None = None
+        self._frame_handlers: list[tuple[tuple[int, ...], FrameHandler]] = []
         self._holder = holder
         self.server: WriterServer | None = None
         self.client: WriterClient | None = None
         self._queue: collections.deque[_QueuedCommit] = collections.deque()
         self._queue_wakeup = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
+
+    def add_frame_handler(self, tags: Sequence[int], handler: FrameHandler) -> None:
+        """Another component's frames on the RPC port (`WriterServer.add_frame_handler`);
+        before `start`, so none arrives unhandled."""
+        self._frame_handlers.append((tuple(tags), handler))
 
     async def start(self, wait_for_writer_s: float) -> None:
         """Open the database, start the writer candidate and follow the lease holder."""
@@ -130,6 +138,7 @@ class AgentCoordinator:
             secret = self._rpc_secret
             if secret is None:
                 secret = await self.backend.cluster_secret()
+            self.rpc_secret = secret
             self.server = WriterServer(
                 self.writer,
                 self._rpc_host,
@@ -138,6 +147,8 @@ class AgentCoordinator:
                 secret=secret,
                 advertise_address=self._rpc_advertise_address,
             )
+            for tags, handler in self._frame_handlers:
+                self.server.add_frame_handler(tags, handler)
             self.client = WriterClient(
                 self.backend,
                 self.view,
