@@ -9,8 +9,10 @@ time), a topic of `--partitions` partitions, and:
 1. tail: producers in zone a (confluent-kafka, `driftlog_zone=a`) send `--mib` MiB of
    `--record-bytes` records while one consumer in zone a and one in zone b
    (`driftlog_zone=...`) follow the tail;
-2. catch-up: after production, a new consumer in each zone reads the whole topic from
-   offset 0, both at once (reads MB/s per zone, wall clock to the last record).
+2. catch-up: the producers send `--mib` MiB more to a second topic nobody follows;
+   then a consumer in each zone reads it from offset 0, both at once (MB/s per zone,
+   wall clock to the last record). Zone b has none of it cached: each object is
+   fetched from the store then (zone a's owners were warmed by the uploaders).
 
 Printed per phase and zone: object GETs (summed over the zone's agents, from their
 object-store metrics) per GiB read, against the objects per GiB written (PUTs per GiB,
@@ -212,8 +214,13 @@ def run(
             t.join(30)
         after_tail = [a.scrape() for a in agents]
 
-        # 2. Catch-up: a new consumer per zone reads everything from offset 0.
-        catchups = [Reader(by_zone[z], z, topic, args.partitions, "beginning") for z in ZONES]
+        # 2. Catch-up: a second topic nobody followed, read from offset 0 in both zones.
+        cold = "bench-cold"
+        create_topic(cluster.bootstrap, cold, args.partitions)
+        produced += produce(by_zone["a"], cold, args)
+        ends = ends_of(cluster.bootstrap, cold, args.partitions)
+        before_catchup = [a.scrape() for a in agents]
+        catchups = [Reader(by_zone[z], z, cold, args.partitions, "beginning") for z in ZONES]
         started = time.monotonic()
         threads = [threading.Thread(target=r.run, args=(ends,), daemon=True) for r in catchups]
         for t in threads:
@@ -229,13 +236,14 @@ def run(
         objects_per_gib = puts / (put_bytes / GIB)
         label = "zone cache" if zone_cache else "zone cache OFF (per-agent caches)"
         print(
-            f"\n{per_zone} agent(s) per zone, {label}: produced {produced / MIB:.0f} MiB in"
+            f"\n{per_zone} agent(s) per zone, {label}: produced {produced / MIB:.0f} MiB"
+            f" (two topics) in"
             f" {puts:.0f} objects ({objects_per_gib:.0f} objects/GiB; target <="
             f" {1.2 * objects_per_gib:.0f} GETs/GiB read per zone)"
         )
         for phase, before, after, readers in (
             ("tail", base, after_tail, tails),
-            ("catch-up", after_tail, after_catchup, catchups),
+            ("catch-up", before_catchup, after_catchup, catchups),
         ):
             for zone, reader in zip(ZONES, readers, strict=True):
                 gets = zone_sum(agents, after, GET, zone) - zone_sum(agents, before, GET, zone)
