@@ -326,3 +326,35 @@ def test_read_ahead_loads_the_next_objects_of_a_sequential_reader() -> None:
             await ahead.close()
 
     asyncio.run(scenario())
+
+
+def test_a_peer_that_floods_without_reading_is_cut_off_alone() -> None:
+    async def scenario() -> None:
+        from driftlog.coordinator.runtime.rpc import authenticate_to_server
+        from driftlog.read.zone import messages
+        from driftlog.read.zone.messages import ReadRequest
+
+        async with zone_of("a1", "a2") as zone:
+            a1, a2 = zone.caches["a1"], zone.caches["a2"]
+            key = _key_owned_by(a2, "a1")
+            await zone.shared.put_new(key, [_data(BLOCK)])
+            host, _, port = zone.members[0].rpc_address.rpartition(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            await authenticate_to_server(reader, writer, SECRET)
+            for i in range(600):  # whole-block reads, never reading the answers
+                frame = messages.encode_read(ReadRequest(i, False, BLOCK, 0, key, ((0, BLOCK),)))
+                writer.write(frame)
+                if i % 50 == 0:
+                    await asyncio.sleep(0.01)
+            for _ in range(200):
+                if zone.servers["a1"].closed_for_protocol_errors:
+                    break
+                await asyncio.sleep(0.02)
+            assert zone.servers["a1"].closed_for_protocol_errors == 1
+            writer.close()
+            # a2 still reads through a1.
+            assert bytes((await a2.read(key, [(0, 100)]))[0]) == _data(100)
+            assert a2.stats.peer_hits == 1
+            assert a1.stats.blocks_fetched == 1
+
+    asyncio.run(scenario())

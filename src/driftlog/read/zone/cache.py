@@ -70,6 +70,9 @@ HANDOFF_WINDOW_S = 60.0
 HELD_ONLY_TIMEOUT_S = 0.25
 # Peer reads the owner side runs at once; more are answered BUSY (the asker GETs).
 MAX_SERVING = 256
+# Reads one connection may have unanswered at once (askers keep 64 in flight); past it
+# the peer is not reading its answers or floods: that connection is closed.
+MAX_UNANSWERED_PER_CONNECTION = 256
 FALLBACK_REASONS = ("unreachable", "busy", "error")
 
 ReadBytes = bytes | memoryview
@@ -150,6 +153,7 @@ class ZoneCache:
         self._ring_changed_s = clock.monotonic_s()
         self._serving = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unanswered: dict[int, int] = {}  # by connection (id of its writer)
 
     # Ownership ----------------------------------------------------------------------
     def ring(self) -> ZoneRing:
@@ -314,11 +318,22 @@ class ZoneCache:
             self.accept_warm(messages.decode_warm(body))
         elif tag == messages.READ:
             request = messages.decode_read(body)
+            connection = id(writer)
+            unanswered = self._unanswered.get(connection, 0)
+            if unanswered >= MAX_UNANSWERED_PER_CONNECTION:
+                raise ProtocolError(f"more than {unanswered} reads unanswered")
+            self._unanswered[connection] = unanswered + 1
             task = asyncio.create_task(self._answer(request, writer))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda t: self._answered(t, connection))
         else:
             raise ProtocolError(f"not a zone cache frame (tag {tag})")
+
+    def _answered(self, task: asyncio.Task[None], connection: int) -> None:
+        self._tasks.discard(task)
+        left = self._unanswered.pop(connection, 1) - 1
+        if left > 0:
+            self._unanswered[connection] = left
 
     async def _answer(self, request: ReadRequest, writer: asyncio.StreamWriter) -> None:
         status, parts = await self.serve(request)
