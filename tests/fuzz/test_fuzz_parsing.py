@@ -411,7 +411,9 @@ def test_record_timestamps_on_mutated_batches(
     if fix_crc:  # otherwise parse_header stops nearly all of them
         data = refresh_crc(data)
     try:
-        header = parse_header(data)
+        # As record_timestamps reads it: a stored batch (key compaction may have left
+        # fewer records than its offset range).
+        header = parse_header(data, stored=True)
         body = decompress(header.compression, data[HEADER_SIZE : header.size])
     except _RECORD_TIMESTAMPS_ERRORS:
         with pytest.raises(_RECORD_TIMESTAMPS_ERRORS):
