@@ -440,18 +440,6 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("nan")
 
 
-def pin_cores(agent_pid: int) -> None:
-    """The agent (every thread it has; later ones inherit) on the first CPU, this process
-    (the client: librdkafka's threads start later and inherit) on the second."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        raise SystemExit("--split-cores needs two CPUs")
-    for task in Path(f"/proc/{agent_pid}/task").iterdir():
-        os.sched_setaffinity(int(task.name), {cpus[0]})
-    os.sched_setaffinity(0, {cpus[1]})
-    print(f"agent on CPU {cpus[0]}, client on CPU {cpus[1]}", file=sys.stderr, flush=True)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description="Produce and consume MB/s over SASL_SSL (SCRAM-SHA-512) against PLAINTEXT.",
@@ -473,12 +461,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="ARG",
         help="extra argument for driftlog serve, repeatable (e.g. --driftlog-arg=--flush-ms=20)",
-    )
-    ap.add_argument(
-        "--split-cores",
-        action="store_true",
-        help="pin the agent to the first CPU and the client to the second, as when they "
-        "run on separate machines (the client's TLS then does not take the agent's CPU)",
     )
     ap.add_argument("--keep-data", action="store_true", help="keep the work directory")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -512,8 +494,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait_for_port(ports["SASL_SSL"], args.startup_timeout)
         assert broker.proc is not None
         pid = broker.proc.pid
-        if args.split_cores:
-            pin_cores(pid)
         session = tls_session(ports["SASL_SSL"], pki.ca_cert)
         header = (
             f"{args.records:,} records x {args.size} B, {args.partitions} partitions, "
