@@ -56,6 +56,8 @@ GET = 'driftlog_object_store_requests_total{operation="get"}'
 PUT = 'driftlog_object_store_requests_total{operation="put"}'
 BYTES_PUT = 'driftlog_object_store_bytes_total{operation="put"}'
 WARMS_SENT = 'driftlog_zone_cache_warms_total{kind="sent"}'
+FALLBACK = 'driftlog_zone_cache_peer_fallbacks_total{{reason="{}"}}'
+FALLBACK_REASONS = ("unreachable", "busy", "error")
 ZONES = ("a", "b")
 
 
@@ -241,10 +243,14 @@ def run(
             f" {puts:.0f} objects ({objects_per_gib:.0f} objects/GiB; target <="
             f" {1.2 * objects_per_gib:.0f} GETs/GiB read per zone)"
         )
-        for phase, before, after, readers in (
-            ("tail", base, after_tail, tails),
-            ("catch-up", before_catchup, after_catchup, catchups),
+        for phase, before, after, readers, written in (
+            ("tail", base, after_tail, tails, (base, after_tail)),
+            ("catch-up", before_catchup, after_catchup, catchups, (after_tail, before_catchup)),
         ):
+            # The objects of the topic this phase reads (its PUTs).
+            topic_objects = sum(s.get(PUT, 0) for s in written[1]) - sum(
+                s.get(PUT, 0) for s in written[0]
+            )
             for zone, reader in zip(ZONES, readers, strict=True):
                 gets = zone_sum(agents, after, GET, zone) - zone_sum(agents, before, GET, zone)
                 read_gib = reader.bytes_read / GIB
@@ -252,7 +258,8 @@ def run(
                 line = (
                     f"  {phase:8s} zone {zone}: read {reader.bytes_read / MIB:6.0f} MiB,"
                     f" {gets:4.0f} GETs = {per_gib:6.0f} GETs/GiB"
-                    f" ({per_gib / objects_per_gib:.2f} x objects/GiB)"
+                    f" ({per_gib / objects_per_gib:.2f} x objects/GiB; GETs per object of the"
+                    f" topic {gets / max(topic_objects, 1):.2f})"
                 )
                 if phase == "catch-up":
                     mb_s = reader.bytes_read / 1e6 / max(reader.finished_s - started, 1e-9)
@@ -267,7 +274,10 @@ def run(
                 f" {agent.rss_mib():6.0f} MiB; peer hits"
                 f" {sample.get('driftlog_zone_cache_peer_hits_total', 0):.0f}, served"
                 f" {sample.get('driftlog_zone_cache_served_total', 0):.0f}, warms sent"
-                f" {sample.get(WARMS_SENT, 0):.0f}"
+                f" {sample.get(WARMS_SENT, 0):.0f}, fallbacks"
+                f" {sum(sample.get(FALLBACK.format(r), 0) for r in FALLBACK_REASONS):.0f},"
+                f" handoffs {sample.get('driftlog_zone_cache_handoffs_total', 0):.0f},"
+                f" prefetches {sample.get('driftlog_zone_cache_prefetches_total', 0):.0f}"
             )
     finally:
         cluster.stop()

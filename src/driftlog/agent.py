@@ -56,6 +56,7 @@ from driftlog.read.zone.cache import ZoneCache, ZoneMembers
 from driftlog.read.zone.peers import PeerClient
 from driftlog.read.zone.prefetch import ReadAhead
 from driftlog.read.zone.readahead import ReadAheadPlanner
+from driftlog.read.zone.warming import WarmingStore
 from driftlog.security.acl import AclBinding, Authorizer, parse_super_users
 from driftlog.security.credentials import CredentialCache
 from driftlog.security.listeners import Listener, parse_listeners
@@ -227,7 +228,8 @@ class Agent:
                 self.cache,
             )
         self.pipeline = WritePipeline(
-            self.store,
+            # With the zone cache, each upload warms its blocks' owners before its commit.
+            self.store if self.zone_cache is None else WarmingStore(self.store, self.zone_cache),
             self.coordinator,
             flush_bytes=config.flush_bytes,
             flush_age_ms=config.flush_ms,
@@ -329,9 +331,6 @@ class Agent:
         # Tail consumers then read what was just produced without a GET.
         for batch, coordinates in zip(layout.batches, layout.coordinates, strict=True):
             self.cache.put((key, coordinates.byte_offset), batch.data)
-        if self.zone_cache is not None:
-            # The zone's readers then read it from its blocks' owners without a GET.
-            self.zone_cache.warm_object(key, layout.chunks, layout.size)
 
     # Lifecycle ----------------------------------------------------------------
     async def start(self) -> None:

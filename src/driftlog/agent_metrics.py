@@ -223,6 +223,11 @@ def _zone_cache(registry: Registry, zone: ZoneCache) -> None:
     warms.labels("sent").set_function(lambda: stats.warms_sent)
     warms.labels("kept").set_function(lambda: stats.warms_kept)
     _read_counter(
+        registry, "driftlog_zone_cache_handoffs_total",
+        "Blocks a miss here got from the agent that held them (no GET).",
+        lambda: stats.handoffs,
+    )  # fmt: skip
+    _read_counter(
         registry, "driftlog_zone_cache_prefetches_total",
         "Blocks read ahead for sequential readers.",
         lambda: stats.prefetches,

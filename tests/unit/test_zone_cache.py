@@ -358,3 +358,30 @@ def test_a_peer_that_floods_without_reading_is_cut_off_alone() -> None:
             assert a1.stats.blocks_fetched == 1
 
     asyncio.run(scenario())
+
+
+def test_the_write_path_store_warms_the_owner_at_upload() -> None:
+    async def scenario() -> None:
+        from driftlog.read.zone.warming import WarmingStore
+
+        async with zone_of("a1", "a2") as zone:
+            a1, a2 = zone.caches["a1"], zone.caches["a2"]
+            keys = [f"objects/w{i}" for i in range(6)]
+            uploads = WarmingStore(zone.stores["a1"], a1)
+            for key in keys:
+                await uploads.put_new(key, [_data(700), _data(300)])
+            owned_by_a2 = [k for k in keys if a1.owner((k, 0)).agent_id == "a2"]
+            assert owned_by_a2
+            for _ in range(100):
+                if all(a2.blocks.peek((k, 0)) for k in owned_by_a2):
+                    break
+                await asyncio.sleep(0.01)
+            for key in keys:  # a1 keeps its own blocks, a2 got the others
+                for reader in (a1, a2):
+                    assert (
+                        bytes((await reader.read(key, [(690, 710)]))[0])
+                        == (_data(700) + _data(300))[690:710]
+                    )
+            assert zone.gets() == 0
+
+    asyncio.run(scenario())

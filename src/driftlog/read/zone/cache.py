@@ -18,8 +18,9 @@ For each block the ranges touch (`blocks.py`):
 The owner's side: `on_frame` takes the peer frames the agent's RPC server receives
 (READ answered from the cache or after one shared GET, at most `max_serving` at
 once, else BUSY; WARM kept if absent). The uploader's side: `warm_object` sends each
-block of an object it committed to the block's owner (or keeps it, if its own), so
-readers in the producers' zone read it without a GET. Other zones fetch each block
+block of an object it uploaded (right after the PUT, before the commit: `warming.py`)
+to the block's owner (or keeps it, if its own), so readers in the producers' zone
+read it without a GET. Other zones fetch each block
 once: pushing it across zones would cost more in transfer than the GET it saves.
 
 Time comes from the Clock; the store's errors pass through as the store raised them.
@@ -378,7 +379,7 @@ class ZoneCache:
 
     # The uploader's side --------------------------------------------------------------
     def warm_object(self, key: str, chunks: Sequence[bytes], size: int) -> None:
-        """An object this agent committed: send each block to its owner (or keep it)."""
+        """An object this agent uploaded: send each block to its owner (or keep it)."""
         if not self.warm_enabled or size <= 0:
             return
         ring = self.ring()
