@@ -142,6 +142,7 @@ def start_cluster(
                 "--flush-bytes", str(args.flush_bytes),
                 "--metrics-listen", f"127.0.0.1:{port}",
                 "--zone-cache", "true" if zone_cache else "false",
+                "--read-ahead-bytes", str(args.read_ahead_bytes),
             )  # fmt: skip
             agents.append(Agent(process, zone, port))
     cluster.wait_for_members()
@@ -291,6 +292,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--flush-ms", type=int, default=250)
     parser.add_argument("--flush-bytes", type=int, default=8 * MIB)
+    parser.add_argument("--read-ahead-bytes", type=int, default=32 * MIB)
     parser.add_argument("--compare", action="store_true", help="also with --zone-cache false")
     args = parser.parse_args()
     print("command: " + " ".join(["bench/zone_cache.py", *sys.argv[1:]]))
