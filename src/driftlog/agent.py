@@ -24,9 +24,9 @@ from kio.schema.errors import ErrorCode
 from driftlog.agent_metrics import exit_stats, register_agent_metrics
 from driftlog.clock import SYSTEM_CLOCK
 from driftlog.cluster.membership import Membership
-from driftlog.cluster.placement import group_coordinator
+from driftlog.cluster.placement import JOBS, WRITER, group_coordinator, jobs_agent, with_role
 from driftlog.config import AgentConfig
-from driftlog.coordinator.api import AgentInfo, CommitOutcome, CoordinatorError
+from driftlog.coordinator.api import ROLE_ORDER, AgentInfo, CommitOutcome, CoordinatorError
 from driftlog.coordinator.core.retention import RetentionPolicy
 from driftlog.coordinator.core.transactions import TxnLimits
 from driftlog.coordinator.engines.backend import Backend
@@ -89,6 +89,10 @@ log = logging.getLogger(__name__)
 
 API_VERSIONS_KEY = 18
 DRAIN_RESPONSES_S = 2.0
+_MISSING_ROLE = {
+    WRITER: "no live agent has the writer role (--roles): nothing can be committed",
+    JOBS: "no live agent has the jobs role (--roles): garbage collection and compaction do not run",
+}
 
 
 class Agent:
@@ -137,8 +141,8 @@ class Agent:
             txn_limits=TxnLimits(
                 config.transaction_max_timeout_ms, config.transactional_id_expiration_ms
             ),
+            writer_candidate=WRITER in config.roles,
         )
-        writer = self.coordinator.writer
         self.collector = ObjectCollector(
             self.coordinator.backend,
             self.store,
@@ -155,7 +159,7 @@ class Agent:
             self.coordinator.backend,
             self.store,
             SYSTEM_CLOCK,
-            writer.relocate,
+            self.coordinator.relocate,
             CompactionConfig(
                 interval_ms=max(config.compaction_interval_ms, 1),
                 min_age_ms=config.compaction_min_age_ms,
@@ -168,24 +172,26 @@ class Agent:
             self.coordinator,
             self.store,
             SYSTEM_CLOCK,
-            writer.rewrite_batches,
+            self.coordinator.rewrite_batches,
             KeyCompactionConfig(
                 interval_ms=config.key_compaction_interval_ms,
                 map_bytes=config.key_compaction_map_bytes,
             ),
         )
+        # Garbage collection and both compactions run on one jobs agent of the cluster
+        # (`runs_jobs`); their swaps go to the writer, over the RPC when it is another agent.
         self._lifecycle_jobs = [
             PeriodicJob(
                 "garbage-collection",
                 self.collector.collect,
                 config.gc_interval_ms,
-                lambda: writer.is_writer,
+                self.runs_jobs,
             ),
             PeriodicJob(
                 "compaction",
                 self.compactor.compact_once,
                 config.compaction_interval_ms,
-                lambda: writer.is_writer,
+                self.runs_jobs,
             ),
             # Dynamic broker configs another agent changed (cluster-wide ones above all).
             PeriodicJob(
@@ -200,7 +206,7 @@ class Agent:
                 "key-compaction",
                 self.key_compactor.compact_once,
                 config.key_compaction_interval_ms,
-                lambda: writer.is_writer,
+                self.runs_jobs,
             ),
         ]
         self.cache = BatchCache(config.cache_bytes)
@@ -250,6 +256,8 @@ class Agent:
                 listeners=tuple(
                     (lis.name, lis.advertised_host, lis.advertised_port) for lis in self.listeners
                 ),
+                roles=config.roles,
+                group=config.agent_group,
             ),
             shared=config.clustered,
             heartbeat_ms=config.heartbeat_ms,
@@ -270,6 +278,8 @@ class Agent:
             idle_timeout_s=config.idle_timeout_s,
         )
         self._logged_errors: set[tuple[str, int]] = set()
+        self._running_jobs = False
+        self._missing_roles: list[str] = []
         self.cluster_id = ""
         self.metrics = Registry()
         register_agent_metrics(
@@ -285,6 +295,14 @@ class Agent:
             fetcher=self.fetcher,
             zone_cache=self.zone_cache,
         )
+        self.metrics.gauge(
+            "driftlog_agent_runs_jobs",
+            "1 while this agent runs garbage collection and compaction (the cluster's jobs "
+            "agent), else 0.",
+        ).labels().set_function(lambda: float(self.runs_jobs()))
+        roles = self.metrics.gauge("driftlog_agent_role", "This agent's roles (--roles).", ["role"])
+        for role in ROLE_ORDER:
+            roles.labels(role).set(1.0 if role in config.roles else 0.0)
         self.request_metrics = RequestMetrics(
             self.metrics,
             lambda: len(self._connections),
@@ -315,7 +333,42 @@ class Agent:
     def owns_group(self, group_id: str) -> bool:
         return self.group_coordinator(group_id).agent_id == self.membership.me.agent_id
 
+    def runs_jobs(self) -> bool:
+        """Whether this agent runs garbage collection and compaction now: it has the jobs
+        role, takes part in the membership, and is the rendezvous choice among the live
+        jobs agents of every group. While agents disagree on membership two may run them
+        for a moment, which the jobs allow (lifecycle/)."""
+        membership = self.membership
+        if JOBS not in membership.me.roles or membership.stepping_aside():
+            return False
+        chosen = jobs_agent(membership.cluster)
+        return chosen is not None and chosen.agent_id == membership.me.agent_id
+
+    def missing_roles(self) -> list[str]:
+        """Roles no live agent of the cluster has (`writer`: nothing commits; `jobs`:
+        objects are neither collected nor compacted)."""
+        return [role for role in (WRITER, JOBS) if not with_role(self.membership.cluster, role)]
+
+    def _note_roles(self) -> None:
+        """Log when this agent starts or stops running the jobs, and when the cluster
+        gains or loses its last writer or jobs agent."""
+        runs = self.runs_jobs()
+        if runs != self._running_jobs:
+            self._running_jobs = runs
+            if runs:
+                log.info("this agent runs the background jobs (GC, compaction) now")
+            else:
+                log.info("this agent no longer runs the background jobs")
+        missing = self.missing_roles()
+        if missing != self._missing_roles:
+            self._missing_roles = missing
+            for role in missing:
+                log.warning("%s", _MISSING_ROLE[role])
+            if not missing:
+                log.info("the cluster has a live writer agent and a live jobs agent again")
+
     def _membership_changed(self) -> None:
+        self._note_roles()
         self.groups.release_foreign_groups()
         if self.zone_cache is not None and isinstance(self.zone_cache.transport, PeerClient):
             # Connections to agents that left are closed (they could pile up otherwise).
@@ -364,6 +417,13 @@ class Agent:
         await broker_configs.refresh(self)  # before serving: the stored values apply
         await self.refresh_security()
         await self.membership.start()
+        log.info(
+            "agent %s: roles %s, agent group %r",
+            self.agent_id,
+            ",".join(r for r in ROLE_ORDER if r in self.config.roles),
+            self.config.agent_group,
+        )
+        self._note_roles()
         await self.groups.start()
         for job in self._lifecycle_jobs:
             job.start()
@@ -398,6 +458,9 @@ class Agent:
             return False, "not in the cluster's membership"
         if self.membership.stepping_aside():
             return False, "stepping aside: it cannot reach the database or the writer"
+        missing = self.missing_roles()
+        if missing:
+            return False, _MISSING_ROLE[missing[0]]
         return True, "ready"
 
     @property

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from driftlog.coordinator.api import ALL_ROLES
+
 MiB = 1024 * 1024
 
 
@@ -77,6 +79,10 @@ class AgentConfig:
     # smallest free one (coordinator/core/node_ids.py).
     node_id: int | None = None
     zone: str = ""
+    # What this agent does (cluster/placement.py): any of produce, fetch, jobs, writer.
+    roles: frozenset[str] = ALL_ROLES
+    # The agent group: Metadata lists only agents of the asking agent's group.
+    agent_group: str = ""
     # Listeners in Kafka's syntax (security/listeners.py); empty: one PLAINTEXT listener
     # on listen_host:listen_port, advertised as advertise_host:advertise_port.
     listeners: str = ""

@@ -62,8 +62,8 @@ def test_joins_and_leaves_are_logged_with_zones(caplog: pytest.LogCaptureFixture
         assert live(m1) == live(m2) == [(1, "a"), (3, "b")]
         assert changes == ["agent-1"]
         assert messages(caplog) == [  # what agent-3 saw, then agent-1
-            "agent joined: agent-1 (node 1, zone 'a', 127.0.0.1:9001), last heartbeat 0 ms ago",
-            "agent joined: agent-3 (node 3, zone 'b', 127.0.0.1:9003), last heartbeat 0 ms ago",
+            "agent joined: agent-1 (node 1, zone 'a', 127.0.0.1:9001, roles produce,fetch,jobs,writer), last heartbeat 0 ms ago",
+            "agent joined: agent-3 (node 3, zone 'b', 127.0.0.1:9003, roles produce,fetch,jobs,writer), last heartbeat 0 ms ago",
         ]
 
         # agent-3 stays silent: live until a whole timeout passed since its last beat.
@@ -77,7 +77,7 @@ def test_joins_and_leaves_are_logged_with_zones(caplog: pytest.LogCaptureFixture
         assert live(m1) == [(1, "a")]
         assert changes == ["agent-1", "agent-1"]
         assert messages(caplog) == [
-            "agent left: agent-3 (node 3, zone 'b', 127.0.0.1:9003), last heartbeat 3001 ms ago"
+            "agent left: agent-3 (node 3, zone 'b', 127.0.0.1:9003, roles produce,fetch,jobs,writer), last heartbeat 3001 ms ago"
         ]
 
     asyncio.run(scenario())
@@ -99,8 +99,8 @@ def test_an_agent_back_in_another_zone_is_logged(caplog: pytest.LogCaptureFixtur
         await m1.tick()
         assert live(m1) == [(1, "a"), (2, "b")]
         assert messages(caplog) == [
-            "agent changed: agent-2 (node 2, zone 'b', 127.0.0.1:9002),"
-            " was agent-2 (node 2, zone 'a', 127.0.0.1:9002)"
+            "agent changed: agent-2 (node 2, zone 'b', 127.0.0.1:9002, roles produce,fetch,jobs,writer),"
+            " was agent-2 (node 2, zone 'a', 127.0.0.1:9002, roles produce,fetch,jobs,writer)"
         ]
         assert changes == ["agent-1"]  # the same agents: groups stay where they are
 

@@ -20,7 +20,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from driftlog.coordinator.api import AclBinding, AgentInfo, QuotaEntry, ScramCredential
+from driftlog.coordinator.api import (
+    ALL_ROLES,
+    AclBinding,
+    AgentInfo,
+    QuotaEntry,
+    ScramCredential,
+)
 from driftlog.coordinator.core.node_ids import NodeIdTaken
 from driftlog.coordinator.engines import postgres, sqlite
 from driftlog.coordinator.engines.backend import Backend
@@ -438,6 +444,24 @@ def test_agents_claiming_at_once_get_distinct_ids(postgres_dsn: str) -> None:
     run(scenario)
 
 
+def test_heartbeats_carry_roles_and_groups(backend_factory: BackendFactory) -> None:
+    async def scenario() -> None:
+        backend = await opened(backend_factory)
+        await backend.heartbeat(agent("a", 0, roles=frozenset({"fetch"}), group="x"))
+        await backend.heartbeat(agent("b", 1))
+        live = await backend.live_agents(60_000, now_ms())
+        assert [(a.agent_id, a.roles, a.group) for a in live] == [
+            ("a", frozenset({"fetch"}), "x"),
+            ("b", ALL_ROLES, ""),
+        ]
+        await backend.heartbeat(agent("a", 0, roles=frozenset({"jobs", "writer"}), group="y"))
+        [a, _] = await backend.live_agents(60_000, now_ms())
+        assert (a.roles, a.group) == (frozenset({"jobs", "writer"}), "y")
+        await backend.close()
+
+    run(scenario)
+
+
 async def _all_node_ids(dsn: str) -> list[int]:
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         cursor = await conn.execute("SELECT node_id FROM node_ids")
@@ -530,6 +554,7 @@ async def _check_upgraded(backend: Backend, topic_id: uuid.UUID) -> None:
     # The old agent's row, with no listeners; heartbeat times are the database's.
     [old] = await backend.live_agents(10**15, 1_000)
     assert (old.agent_id, old.node_id, old.rpc_address, old.listeners) == ("old", 3, "rpc:1", ())
+    assert (old.roles, old.group) == (ALL_ROLES, "")  # rows from before roles: every role
     assert await backend.security_version() == 0
     assert await backend.load_scram_credentials() == []
     assert await backend.load_acls() == []

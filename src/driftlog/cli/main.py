@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """The agent's config from `serve`'s parsed arguments; ValueError on a bad value."""
     values: dict[str, Any] = options.config_values(args)
-    return AgentConfig(**values)
+    config = AgentConfig(**values)
+    if not config.clustered and "writer" not in config.roles:
+        # Alone on its SQLite file, nobody else could ever take the writer lease.
+        raise ValueError("--roles: an embedded agent (no --coordinator) needs the writer role")
+    return config
 
 
 def tune_allocator() -> None:

@@ -11,15 +11,18 @@ so each has one home. No I/O: the environment is passed in.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from driftlog.config import AgentConfig
+from driftlog.coordinator.api import ALL_ROLES, ROLE_ORDER
 from driftlog.read.zone.blocks import MAX_BLOCK_BYTES, MIN_BLOCK_BYTES
 from driftlog.security.acl import parse_super_users
 
 _DEFAULTS = AgentConfig()
+_GROUP_NAME = re.compile(r"[A-Za-z0-9._-]{0,64}")
 
 # Turns a raw value (from the command line, the environment or the default) into one
 # value per field the option sets. Raises ValueError with a message for the user.
@@ -219,6 +222,28 @@ def to_super_users(flag: str) -> Converter:
         except ValueError as e:
             raise ValueError(f"{flag}: {e}") from None
         return (raw,)
+
+    return convert
+
+
+def to_roles(flag: str) -> Converter:
+    """A comma-separated set of agent roles; at least one."""
+
+    def convert(raw: str) -> tuple[object, ...]:
+        roles = frozenset(r.strip().lower() for r in raw.split(",") if r.strip())
+        if not roles or not roles <= ALL_ROLES:
+            raise _bad(flag, f"a comma-separated list of {', '.join(ROLE_ORDER)}", raw)
+        return (roles,)
+
+    return convert
+
+
+def to_group_name(flag: str) -> Converter:
+    def convert(raw: str) -> tuple[object, ...]:
+        name = raw.strip()
+        if not _GROUP_NAME.fullmatch(name):
+            raise _bad(flag, "a name of at most 64 characters of [A-Za-z0-9._-]", raw)
+        return (name,)
 
     return convert
 
@@ -556,6 +581,24 @@ OPTIONS: tuple[Option, ...] = (
         "`driftlog_zone=NAME` in their client.id are sent here",
         metavar="NAME",
         converter=to_str,
+    ),
+    Option(
+        "--roles",
+        "LIST",
+        "what this agent does, comma-separated: `produce` (Metadata names it leader), "
+        "`fetch` (consumers are sent here, KIP-392), `jobs` (garbage collection and "
+        "compaction: one live jobs agent of the cluster runs them), `writer` (may take the "
+        'writer lease); see docs/ARCHITECTURE.md, "Roles and groups"',
+        ("roles",),
+        to_roles("--roles"),
+        ",".join(ROLE_ORDER),
+    ),
+    option(
+        "--agent-group",
+        "cluster mode: the agent group; Metadata and FindCoordinator name only agents of "
+        "the group of the agent asked (groups share the database and the bucket)",
+        metavar="NAME",
+        converter=to_group_name,
     ),
     Option(
         "--log-level",

@@ -60,7 +60,8 @@ async def _status(args: argparse.Namespace) -> str:
         listeners = ", ".join(f"{name} {host}:{port}" for name, host, port in agent.listeners)
         lines.append(
             f"  node {agent.node_id}  {agent.agent_id}  zone {agent.zone or '-'}  "
-            f"{listeners or f'{agent.host}:{agent.port}'}"
+            f"{listeners or f'{agent.host}:{agent.port}'}  roles {','.join(sorted(agent.roles))}"
+            + (f"  group {agent.group}" if agent.group else "")
         )
     if lease is None:
         lines.append("writer: none yet")

@@ -7,7 +7,14 @@ drops out of both about `timeout_ms` after its last beat. When the database
 cannot be reached, the last list is kept (and this agent is always in it).
 Without a shared database (the embedded default) the list is this agent alone.
 Each change of this agent's list (an agent joined, left, or is back with another
-zone, address or node id) is logged at INFO with the agent's zone.
+zone, address, node id, roles or group) is logged at INFO with the agent's zone, roles
+and group.
+
+Agent groups (`--agent-group`): `live` holds only the agents of this agent's group,
+since Metadata, leader placement and group-coordinator placement must never name
+another group's agents to a client; `cluster` holds every live agent, for what the
+whole cluster shares (which agent runs the background jobs, whether a writer or a
+jobs agent is live at all).
 
 An agent steps aside while it cannot commit, in two cases:
 - *detached*: its heartbeats have not reached the database for longer than
@@ -32,7 +39,7 @@ import logging
 from collections.abc import Callable
 
 from driftlog.clock import Clock
-from driftlog.coordinator.api import AgentInfo, CoordinatorError
+from driftlog.coordinator.api import ROLE_ORDER, AgentInfo, CoordinatorError
 from driftlog.coordinator.engines.backend import Backend
 from driftlog.timeouts import within
 
@@ -60,7 +67,8 @@ class Membership:
         self._shared = shared
         self._heartbeat_ms = heartbeat_ms
         self._timeout_ms = timeout_ms
-        self.live: list[AgentInfo] = [me]
+        self.live: list[AgentInfo] = [me]  # of this agent's group
+        self.cluster: list[AgentInfo] = [me]  # of every group
         self._task: asyncio.Task[None] | None = None
         # Monotonic time of the last heartbeat that reached the database.
         self._last_heartbeat_s = clock.monotonic_s()
@@ -132,9 +140,10 @@ class Membership:
         if all(a.agent_id != self.me.agent_id for a in live):
             live.append(self.me)
         live.sort(key=lambda a: (a.node_id, a.agent_id))
-        changed = [a.agent_id for a in live] != [a.agent_id for a in self.live]
-        _log_changes(self.live, live, now_ms)
-        self.live = live
+        changed = [_placed(a) for a in live] != [_placed(a) for a in self.cluster]
+        _log_changes(self.cluster, live, now_ms)
+        self.cluster = live
+        self.live = [a for a in live if a.group == self.me.group]
         if changed:
             self._on_change()
         return True
@@ -183,14 +192,23 @@ class Membership:
         return next((a for a in self.live if a.node_id == node_id), None)
 
 
+def _placed(agent: AgentInfo) -> tuple[str, frozenset[str], str]:
+    """What placement looks at besides the zone: a change of it moves work."""
+    return agent.agent_id, agent.roles, agent.group
+
+
 def _describe(agent: AgentInfo) -> str:
+    roles = ",".join(r for r in ROLE_ORDER if r in agent.roles) or "none"
+    group = f", group {agent.group!r}" if agent.group else ""
     return (
-        f"{agent.agent_id} (node {agent.node_id}, zone {agent.zone!r}, {agent.host}:{agent.port})"
+        f"{agent.agent_id} (node {agent.node_id}, zone {agent.zone!r}, {agent.host}:{agent.port},"
+        f" roles {roles}{group})"
     )
 
 
 def _log_changes(before: list[AgentInfo], after: list[AgentInfo], now_ms: int) -> None:
-    """Log agents that joined, left, or changed (zone, address, node id), at INFO."""
+    """Log agents that joined, left, or changed (zone, address, node id, roles, group), at
+    INFO."""
     old = {a.agent_id: a for a in before}
     new = {a.agent_id: a for a in after}
     for agent_id, a in new.items():

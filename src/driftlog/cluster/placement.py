@@ -19,6 +19,25 @@ where we ask a client to send its traffic:
 - A consumer group's coordinator is a rendezvous choice over all live agents:
   every agent computes the same answer from the same membership list, and when
   the coordinating agent dies its groups move to the others.
+
+Roles and groups (`--roles`, `--agent-group`). The agents given here are those of the
+asking agent's group (`Membership.live`), so a client never learns of another group.
+Every agent gives the same answer for the same client, since clients send Metadata to
+whichever agent they used last:
+
+- Leaders are chosen as above among the agents with the `produce` role (all agents
+  when none has it: an answer beats the role).
+- A partition's *fetch agent* for a client is its leader when the leader has the
+  `fetch` role and is in the client's zone (all-role agents serve their partitions'
+  readers, as before roles existed, from a cache that holds what they just wrote);
+  otherwise it is chosen like the leaders (bounded-load rendezvous, keyed apart from
+  them) among the `fetch` agents of the client's zone, or of the whole group when its
+  zone has none: one agent serves a partition's readers of a zone, which keeps its
+  cache hot. Fetch v11+ moves a consumer there with KIP-392's preferred read replica;
+  Metadata lists the fetch agents a client may be sent to among the partition's
+  replicas (`read_replicas`), as the Java client requires of a preferred read replica.
+- The background jobs run on one agent of the whole cluster (all groups): the
+  rendezvous choice over the live agents with the `jobs` role (`jobs_agent`).
 """
 
 from __future__ import annotations
@@ -31,6 +50,7 @@ from collections.abc import Sequence
 from driftlog.coordinator.api import AgentInfo
 
 ZONE_KEY = "driftlog_zone="
+PRODUCE, FETCH, JOBS, WRITER = "produce", "fetch", "jobs", "writer"
 
 
 def client_zone(client_id: str | None) -> str | None:
@@ -42,6 +62,22 @@ def client_zone(client_id: str | None) -> str | None:
         if part.startswith(ZONE_KEY):
             return part[len(ZONE_KEY) :] or None
     return None
+
+
+def fetch_zone(client_id: str | None, rack_id: str | None) -> str | None:
+    """The zone of a fetching client: its `driftlog_zone=` hint (what Metadata sees too),
+    else the rack it sent in Fetch (KIP-392's `client.rack`), else None."""
+    return client_zone(client_id) or rack_id or None
+
+
+def with_role(agents: Sequence[AgentInfo], role: str) -> list[AgentInfo]:
+    return [a for a in agents if role in a.roles]
+
+
+def producers(agents: Sequence[AgentInfo]) -> list[AgentInfo]:
+    """The agents that may be named partition leaders: those with the produce role, or
+    all of them when none has it."""
+    return with_role(agents, PRODUCE) or list(agents)
 
 
 def _score(key: bytes, agent: AgentInfo) -> bytes:
@@ -76,6 +112,9 @@ def partition_leaders(
     return [pool[i] for i in spread]
 
 
+_FETCH_KEY = b"fetch:"
+
+
 # Metadata names the leaders of every topic on every request, and they change only
 # with membership. An entry costs 2 bytes per partition.
 @functools.lru_cache(maxsize=4096)
@@ -105,6 +144,67 @@ def _ranking(key: bytes, agent_ids: Sequence[str]) -> list[int]:
         key=lambda i: (_score_id(key, agent_ids[i]), agent_ids[i]),
         reverse=True,
     )
+
+
+def fetch_agents(
+    topic_key: bytes,
+    agents: Sequence[AgentInfo],
+    zone: str | None,
+    leaders: Sequence[AgentInfo | None],
+) -> list[AgentInfo | None]:
+    """The fetch agent of each partition of a topic for a client of `zone` whose leaders
+    (for its Metadata's zone) are `leaders`: the leader itself when it has the fetch role
+    and is in that zone (all-role agents then serve their own partitions' readers, with
+    what they just wrote in their cache), else the bounded-load rendezvous choice among
+    the fetch agents of the zone (of the group when the zone has none). None for every
+    partition when no agent has the fetch role: whoever is asked serves."""
+    pool = sorted(candidates(with_role(agents, FETCH), zone), key=lambda a: a.agent_id)
+    if not pool:
+        return [None] * len(leaders)
+    in_pool = {a.agent_id for a in pool}
+    spread: array[int] | None = None
+    chosen: list[AgentInfo | None] = []
+    for p, leader in enumerate(leaders):
+        if leader is not None and leader.agent_id in in_pool:
+            chosen.append(leader)
+            continue
+        if spread is None:
+            ids = tuple(a.agent_id for a in pool)
+            spread = _spread(_FETCH_KEY + topic_key, len(leaders), ids)
+        chosen.append(pool[spread[p]])
+    return chosen
+
+
+def read_replicas(
+    topic_key: bytes,
+    agents: Sequence[AgentInfo],
+    zone: str | None,
+    leaders: Sequence[AgentInfo | None],
+) -> list[tuple[AgentInfo, ...]]:
+    """Per partition, the fetch agents Fetch may send a client to, besides its leader:
+    for a client with a zone hint, the fetch agent of that zone; for one without, the
+    fetch agent of each zone with fetch agents and the one of clients without a zone
+    (Fetch also takes the client's rack, which Metadata does not see)."""
+    if zone is not None:
+        zones: list[str | None] = [zone]
+    else:
+        zones = [None, *sorted({a.zone for a in with_role(agents, FETCH)})]
+    choices = [fetch_agents(topic_key, agents, z, leaders) for z in zones]
+    replicas: list[tuple[AgentInfo, ...]] = []
+    for p, leader in enumerate(leaders):
+        named: dict[str, AgentInfo] = {}
+        for choice in choices:
+            agent = choice[p]
+            if agent is not None and (leader is None or agent.agent_id != leader.agent_id):
+                named.setdefault(agent.agent_id, agent)
+        replicas.append(tuple(named.values()))
+    return replicas
+
+
+def jobs_agent(agents: Sequence[AgentInfo]) -> AgentInfo | None:
+    """The agent that runs the background jobs: the rendezvous choice over the live agents
+    of every group with the jobs role (None: there is none)."""
+    return rendezvous(b"jobs", with_role(agents, JOBS))
 
 
 def group_coordinator(group_id: str, agents: Sequence[AgentInfo]) -> AgentInfo | None:

@@ -125,6 +125,12 @@ class CommittedOffset:
     metadata: str | None
 
 
+# An agent's roles (`--roles`): produce and fetch traffic, the background jobs (garbage
+# collection, compaction, key compaction), the writer lease (cluster/placement.py).
+ROLE_ORDER = ("produce", "fetch", "jobs", "writer")
+ALL_ROLES = frozenset(ROLE_ORDER)
+
+
 @dataclass(frozen=True, slots=True)
 class AgentInfo:
     """A live agent as registered in the coordinator database (cluster membership)."""
@@ -138,6 +144,10 @@ class AgentInfo:
     heartbeat_ms: int = 0
     # (listener name, advertised host, port) for each listener clients may use.
     listeners: tuple[tuple[str, str, int], ...] = ()
+    # What it does (`produce`, `fetch`, `jobs`, `writer`: cluster/placement.py) and the
+    # agent group it serves; rows from before roles have every role and no group.
+    roles: frozenset[str] = ALL_ROLES
+    group: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,14 @@ first non-empty partition is returned whole so a consumer always progresses.
 Incremental fetch sessions (KIP-227) are declined by answering session id 0,
 which makes clients send full fetch requests.
 
+Roles (cluster/placement.py): a partition whose fetch agent for this client is another
+agent is answered, from Fetch v11 on, with that agent as KIP-392's preferred read replica
+and no records, at once (as a Kafka leader answers); librdkafka, the Java client,
+kafka-python and aiokafka with a `client_rack` move the partition there. A client that
+asks again for the partition at the same offset within its own long-poll time did not
+move (aiokafka without `client_rack` ignores the field): it is served here, on that
+connection, for `IGNORED_HINT_S`. Older Fetch versions are served wherever they land.
+
 A store failure affects only the partitions with batches in the object that
 failed. An object that is not found may only mean stale coordinates (compaction
 moved the batches, retention or garbage collection removed them): those
@@ -32,14 +40,20 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.cluster.placement import client_zone, partition_leaders
+from driftlog.cluster.placement import (
+    client_zone,
+    fetch_agents,
+    fetch_zone,
+    partition_leaders,
+    producers,
+)
 from driftlog.coordinator.api import AgentInfo, BatchLocation, CoordinatorError, TopicInfo
 from driftlog.coordinator.core.transactions import AbortedTxn
 from driftlog.protocol.schema import build, response_module
 from driftlog.security.acl import AclOperation
 from driftlog.server.access import TOPIC
 from driftlog.server.context import RequestContext
-from driftlog.server.metadata import leader_candidates, node_endpoints
+from driftlog.server.metadata import leader_candidates, node_endpoints, placement_pool
 from driftlog.server.quota_handlers import throttle, unthrottle
 
 log = logging.getLogger(__name__)
@@ -61,6 +75,12 @@ MAX_RESPONSE_BYTES = 55 * 1024 * 1024
 # loop or silently skip data. As with a corrupt Kafka segment, the way past is the
 # operator's: DeleteRecords beyond the lost offsets, or the consumer seeking past them.
 LOST_DATA_ERROR = ErrorCode.corrupt_message
+# KIP-392's preferred read replica is in Fetch from v11.
+PREFERRED_REPLICA_VERSION = 11
+# A client that asked again instead of moving is served here this long on its connection.
+IGNORED_HINT_S = 300.0
+# Partitions remembered per connection (their last hint); past it the memory starts over.
+MAX_HINTS_PER_SESSION = 10_000
 
 
 @dataclass(slots=True)
@@ -78,6 +98,8 @@ class _PartitionPlan:
     # transactions of the range returned (None for read_uncommitted, as Kafka answers).
     end_offset: int | None = None
     aborted: tuple[AbortedTxn, ...] | None = None
+    # KIP-392: the node id of the agent this client should fetch the partition from.
+    preferred_replica: int = -1
 
 
 @dataclass(slots=True)
@@ -88,7 +110,65 @@ class _TopicPlan:
     topic: TopicInfo | None = None
 
 
-async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], int]:
+class _Readers:
+    """Which partitions this request should fetch from another agent (KIP-392)."""
+
+    def __init__(self, ctx: RequestContext, request: Any) -> None:
+        self._ctx = ctx
+        self._enabled = ctx.api_version >= PREFERRED_REPLICA_VERSION
+        self._now_s = time.monotonic()
+        if ctx.session.serve_reads_until_s > self._now_s:
+            self._enabled = False  # this client does not move (see `elsewhere`)
+        self._zone = fetch_zone(ctx.client_id, getattr(request, "rack_id", None))
+        self._patience_s = max(request.max_wait.total_seconds(), 0.2)
+        self._pool: list[AgentInfo] | None = None
+
+    def targets(self, topic: TopicInfo) -> list[AgentInfo | None]:
+        """Each partition's fetch agent for this client; empty: serve them all here."""
+        if not self._enabled:
+            return []
+        if self._pool is None:
+            self._pool = placement_pool(self._ctx)
+        key = topic.topic_id.bytes
+        # The leaders Metadata names this client (its client.id's zone), so the answer is
+        # the same whichever agent is asked.
+        leaders = partition_leaders(
+            key, topic.partition_count, producers(self._pool), client_zone(self._ctx.client_id)
+        )
+        return fetch_agents(key, self._pool, self._zone, leaders)
+
+    def elsewhere(self, target: AgentInfo | None, part: _PartitionPlan, topic: TopicInfo) -> bool:
+        """Should the client fetch this partition from `target` instead of here?"""
+        me = self._ctx.services.membership.me
+        if target is None or target.agent_id == me.agent_id:
+            return False
+        session = self._ctx.session
+        key = (topic.topic_id, part.partition)
+        hint = session.read_replica_hints.get(key)
+        back = hint is not None and hint[0] == part.fetch_offset
+        if back and hint is not None and self._now_s - hint[1] < self._patience_s:
+            # Sent away, and back at the same offset sooner than a long poll there would
+            # have taken: this client ignores the hint. Serve it rather than answer it
+            # empty forever.
+            session.serve_reads_until_s = self._now_s + IGNORED_HINT_S
+            self._enabled = False
+            self._ctx.services.request_metrics.fetch_read_replica_ignored.inc()
+            log.info(
+                "client %s (%s) ignores preferred read replicas: served here for %.0f s",
+                self._ctx.client_id, self._ctx.peer, IGNORED_HINT_S,
+            )  # fmt: skip
+            return False
+        if len(session.read_replica_hints) >= MAX_HINTS_PER_SESSION:
+            session.read_replica_hints.clear()
+        session.read_replica_hints[key] = (part.fetch_offset, self._now_s)
+        part.preferred_replica = target.node_id
+        self._ctx.services.request_metrics.fetch_read_replica_redirects.inc()
+        return True
+
+
+async def _plan(
+    ctx: RequestContext, request: Any, readers: _Readers | None = None
+) -> tuple[list[_TopicPlan], int]:
     coordinator = ctx.services.coordinator
     # KIP-98: read_committed consumers read up to the last stable offset only.
     read_committed = getattr(request, "isolation_level", 0) == READ_COMMITTED
@@ -115,6 +195,7 @@ async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], in
                 _PartitionPlan(fp.partition, denied) for fp in fetch_topic.partitions
             )
             continue
+        targets = readers.targets(topic) if readers is not None and topic is not None else []
         for fp in fetch_topic.partitions:
             offsets = coordinator.partition_offsets(topic.topic_id, fp.partition) if topic else None
             if topic is None or offsets is None:
@@ -130,6 +211,11 @@ async def _plan(ctx: RequestContext, request: Any) -> tuple[list[_TopicPlan], in
                 last_stable_offset=offsets.high_watermark if stable is None else stable,
             )
             plan.partitions.append(part)
+            target = targets[fp.partition] if fp.partition < len(targets) else None
+            if readers is not None and readers.elsewhere(target, part, topic):
+                # As a Kafka leader does: the watermarks, no records, no range check (the
+                # fetch agent checks the offset).
+                continue
             offset = fp.fetch_offset
             if offset < offsets.log_start_offset or offset > offsets.high_watermark:
                 part.error = ErrorCode.offset_out_of_range
@@ -172,11 +258,17 @@ async def handle_fetch(ctx: RequestContext, request: Any) -> Any:
             return _redirect(ctx, request, others)
     max_wait_s = min(request.max_wait.total_seconds(), MAX_WAIT_S)
     deadline = time.monotonic() + max(max_wait_s, 0.0)
+    readers = _Readers(ctx, request)
     while True:
-        plans, total = await _plan(ctx, request)
+        plans, total = await _plan(ctx, request, readers)
         remaining = deadline - time.monotonic()
-        has_error = any(p.error != ErrorCode.none for t in plans for p in t.partitions)
-        if total >= request.min_bytes or remaining <= 0 or has_error:
+        # A partition sent to its fetch agent is answered at once, as an error is.
+        answer_now = any(
+            p.error != ErrorCode.none or p.preferred_replica >= 0
+            for t in plans
+            for p in t.partitions
+        )
+        if total >= request.min_bytes or remaining <= 0 or answer_now:
             break
         watched = [
             (t.topic_id, p.partition)
@@ -404,7 +496,7 @@ async def _respond(ctx: RequestContext, plans: list[_TopicPlan]) -> Any:
                         )
                         for a in part.aborted
                     ),
-                    preferred_read_replica=-1,
+                    preferred_read_replica=part.preferred_replica,
                     records=part.records,
                 )
             )

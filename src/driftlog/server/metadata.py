@@ -1,4 +1,5 @@
-"""Metadata and DescribeCluster: live agents as brokers, zone-aware leaders; topics
+"""Metadata and DescribeCluster: live agents of this agent's group as brokers, zone-aware
+leaders among the produce agents, the fetch agents among the replicas; topics
 auto-created when allowed."""
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from driftlog.cluster.placement import client_zone, endpoint, partition_leaders
+from driftlog.cluster.placement import (
+    client_zone,
+    endpoint,
+    partition_leaders,
+    producers,
+    read_replicas,
+)
 from driftlog.coordinator.api import AgentInfo, CoordinatorError, TopicInfo
 from driftlog.protocol.schema import build, response_module
 from driftlog.security.acl import CLUSTER_NAME, AclOperation, ResourceType, authorized_operations
@@ -63,16 +70,21 @@ async def ensure_topic(ctx: RequestContext, name: str) -> tuple[ErrorCode, Topic
     return error, topic
 
 
-def _partition(module: Any, partition: int, leader: AgentInfo | None) -> Any:
+def _partition(
+    module: Any, partition: int, leader: AgentInfo | None, readers: tuple[AgentInfo, ...]
+) -> Any:
     node = leader.node_id if leader is not None else -1
+    # The fetch agents clients may be sent to are replicas too: the Java consumer follows
+    # a preferred read replica (KIP-392) only if Metadata lists it among the replicas.
+    replicas = (node, *(a.node_id for a in readers if a.node_id != node))
     return build(
         module.MetadataResponsePartition,
         error_code=ErrorCode.none,
         partition_index=partition,
         leader_id=node,
         leader_epoch=0,
-        replica_nodes=(node,),
-        isr_nodes=(node,),
+        replica_nodes=replicas,
+        isr_nodes=replicas,
         offline_replicas=(),
     )
 
@@ -96,12 +108,19 @@ def reachable(ctx: RequestContext) -> list[AgentInfo]:
     return [a for a in ctx.services.membership.live if endpoint(a, name) is not None]
 
 
-def leader_candidates(ctx: RequestContext) -> list[AgentInfo]:
-    """The agents to name as partition leaders on this request's listener: the live ones,
-    without this agent while it is cut off from the database (cluster/membership.py)."""
+def placement_pool(ctx: RequestContext) -> list[AgentInfo]:
+    """The agents of this group to place work on for this request's listener: the live
+    ones, without this agent while it is cut off from the database or the writer
+    (cluster/membership.py)."""
     name = ctx.session.listener.name
     candidates = [a for a in ctx.services.membership.leaders() if endpoint(a, name) is not None]
     return candidates or reachable(ctx)
+
+
+def leader_candidates(ctx: RequestContext) -> list[AgentInfo]:
+    """The agents to name as partition leaders on this request's listener: the produce
+    agents of `placement_pool` (all of it when none has the produce role)."""
+    return producers(placement_pool(ctx))
 
 
 def addresses(
@@ -173,15 +192,21 @@ async def handle_metadata(ctx: RequestContext, request: Any) -> Any:
 
     # Only agents this client can reach on its listener lead (any agent serves any
     # partition, and this agent is always one of them); a detached agent steps aside.
-    live = leader_candidates(ctx)
+    pool = placement_pool(ctx)
+    live = producers(pool)
     zone = client_zone(ctx.client_id)
     for name, error, topic in found:
         partitions = ()
         if topic is not None:
-            # Every agent serves every partition; the leader named is where we want
-            # this client's traffic (its zone, partitions spread evenly).
-            leaders = partition_leaders(topic.topic_id.bytes, topic.partition_count, live, zone)
-            partitions = tuple(_partition(module, p, leader) for p, leader in enumerate(leaders))
+            # The leader named is where we want this client's produce traffic (a produce
+            # agent of its zone, partitions spread evenly); the replicas add where Fetch
+            # sends readers (cluster/placement.py).
+            key = topic.topic_id.bytes
+            leaders = partition_leaders(key, topic.partition_count, live, zone)
+            readers = read_replicas(key, pool, zone, leaders)
+            partitions = tuple(
+                _partition(module, p, leader, readers[p]) for p, leader in enumerate(leaders)
+            )
         topics.append(
             build(
                 module.MetadataResponseTopic,

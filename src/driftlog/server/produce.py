@@ -22,6 +22,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from driftlog.clock import SYSTEM_CLOCK
+from driftlog.cluster.placement import PRODUCE as PRODUCE_ROLE
 from driftlog.cluster.placement import client_zone, partition_leaders
 from driftlog.coordinator.api import AgentInfo, CommitOutcome
 from driftlog.protocol.codec import EncodedBody, encode_body
@@ -82,10 +83,16 @@ def _validate(
 async def handle_produce(ctx: RequestContext, request: Any) -> Any:
     services = ctx.services
     coordinator = services.coordinator
-    if services.membership.stepping_aside():
+    membership = services.membership
+    if membership.stepping_aside() or PRODUCE_ROLE not in membership.me.roles:
+        # Cut off (it cannot commit), or not a produce agent (--roles): clients go to the
+        # leaders Metadata names, unless that is this agent (no other can take them).
         others = leader_candidates(ctx)
-        if all(a.agent_id != services.membership.me.agent_id for a in others):
-            return redirect(ctx, request, others)
+        if all(a.agent_id != membership.me.agent_id for a in others):
+            if membership.stepping_aside():
+                return redirect(ctx, request, others)
+            services.request_metrics.produce_role_redirects.inc()
+            return redirect(ctx, request, others, "this agent does not take produce (--roles)")
     results: list[_PartitionResult] = []
     transactional_id = getattr(request, "transactional_id", None)
     txn_denied = transactional_id is not None and not ctx.access.allows(
@@ -183,11 +190,17 @@ async def handle_produce(ctx: RequestContext, request: Any) -> Any:
     return _response(ctx.api_version, answers, throttle_ms)
 
 
-def redirect(ctx: RequestContext, request: Any, leaders: list[AgentInfo]) -> Any:
+def redirect(
+    ctx: RequestContext,
+    request: Any,
+    leaders: list[AgentInfo],
+    why: str = "this agent cannot reach the coordinator database",
+) -> Any:
     """NOT_LEADER_OR_FOLLOWER for every partition, from an agent cut off from the database
-    (it cannot commit): each partition names the agent Metadata now names as its leader,
-    and from v10 its address too (KIP-951), so the client moves without a Metadata round
-    trip. acks=0 has no response to carry it: the connection closes, as Kafka does."""
+    (it cannot commit) or without the produce role: each partition names the agent
+    Metadata now names as its leader, and from v10 its address too (KIP-951), so the
+    client moves without a Metadata round trip. acks=0 has no response to carry it: the
+    connection closes, as Kafka does."""
     if request.acks == 0:
         raise ConnectionClosed
     module = response_module(PRODUCE, ctx.api_version)
@@ -215,7 +228,7 @@ def redirect(ctx: RequestContext, request: Any, leaders: list[AgentInfo]) -> Any
                     base_offset=-1,
                     log_start_offset=-1,
                     record_errors=(),
-                    error_message="this agent cannot reach the coordinator database",
+                    error_message=why,
                     # v10+ (KIP-951); the epoch is constant, as in Metadata.
                     current_leader=build(
                         module.LeaderIdAndEpoch, leader_id=leader.node_id, leader_epoch=0

@@ -62,6 +62,22 @@ class RequestMetrics:
             "driftlog_fetch_offsets_total",
             "Offsets returned by Fetch (records, counting offsets key compaction removed).",
         ).labels()
+        # Roles (cluster/placement.py): where clients were sent instead of being served.
+        self.fetch_read_replica_redirects = registry.counter(
+            "driftlog_fetch_read_replica_redirects_total",
+            "Partitions of Fetch answered with a preferred read replica (KIP-392) and no "
+            "records: their fetch agent is another agent.",
+        ).labels()
+        self.fetch_read_replica_ignored = registry.counter(
+            "driftlog_fetch_read_replica_ignored_total",
+            "Clients served here after asking again for a partition they were sent away from "
+            "(they ignore preferred read replicas).",
+        ).labels()
+        self.produce_role_redirects = registry.counter(
+            "driftlog_produce_role_redirects_total",
+            "Produce requests answered NOT_LEADER_OR_FOLLOWER because this agent lacks the "
+            "produce role.",
+        ).labels()
         registry.gauge(
             "driftlog_connections", "Client connections open on the Kafka listeners."
         ).labels().set_function(connections)

@@ -11,6 +11,7 @@ next request.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 from driftlog.security.listeners import Listener, SecurityProtocol
@@ -41,6 +42,11 @@ class Session:
     # Set by a handler whose response must be the connection's last (failed login).
     close_after_response: bool = False
     authentications: int = field(default=0)
+    # KIP-392 (server/fetch.py): per partition, the fetch offset and monotonic time of the
+    # last answer that sent this client to another agent; and until when (monotonic s)
+    # it is served here anyway, having asked again instead of moving.
+    read_replica_hints: dict[tuple[uuid.UUID, int], tuple[int, float]] = field(default_factory=dict)
+    serve_reads_until_s: float = 0.0
 
     @classmethod
     def open(cls, listener: Listener, peer: str, tls_principal: str | None = None) -> Session:

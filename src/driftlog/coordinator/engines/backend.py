@@ -677,11 +677,19 @@ def unique_offsets(offsets: Sequence[CommittedOffset]) -> list[CommittedOffset]:
     return list({(o.topic, o.partition): o for o in offsets}.values())
 
 
+def encode_roles(roles: frozenset[str]) -> str:
+    return ",".join(sorted(roles))
+
+
+def decode_roles(text: str) -> frozenset[str]:
+    return frozenset(r for r in text.split(",") if r)
+
+
 def agent_from_row(row: Sequence[Any]) -> AgentInfo:
     """An `agents` row (agent id, node id, host, port, zone, RPC address, heartbeat time,
-    listeners as JSON) as `AgentInfo`."""
-    agent_id, node_id, host, port, zone, rpc_address, heartbeat_ms, listeners = row
+    listeners as JSON, roles comma-separated, agent group) as `AgentInfo`."""
+    agent_id, node_id, host, port, zone, rpc_address, heartbeat_ms, listeners, roles, group = row
     return AgentInfo(
         str(agent_id), int(node_id), str(host), int(port), str(zone), str(rpc_address),
-        int(heartbeat_ms), decode_listeners(listeners),
+        int(heartbeat_ms), decode_listeners(listeners), decode_roles(str(roles)), str(group),
     )  # fmt: skip

@@ -77,6 +77,7 @@ from driftlog.coordinator.engines.backend import (
     encode_listeners,
     encode_producer_batches,
     encode_quota_entity,
+    encode_roles,
     high_watermark,
     outcomes_json,
     partition_offsets,
@@ -342,6 +343,12 @@ MIGRATIONS: list[str] = [
         agent_id text NOT NULL,
         epoch bigint NOT NULL
     );
+    """,
+    # Agent roles and groups (cluster/placement.py); rows written before have every role
+    # and no group.
+    """
+    ALTER TABLE agents ADD COLUMN roles text NOT NULL DEFAULT 'fetch,jobs,produce,writer';
+    ALTER TABLE agents ADD COLUMN agent_group text NOT NULL DEFAULT '';
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -614,11 +621,14 @@ class PostgresBackend:
         # running ahead would otherwise see the others as silent (`live_agents`).
         await self._fetch(
             "INSERT INTO agents (agent_id, node_id, host, port, zone, rpc_address, listeners,"
-            " heartbeat_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, " + _DATABASE_NOW_MS + ")"
+            " roles, agent_group, heartbeat_ms)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, " + _DATABASE_NOW_MS + ")"
             " ON CONFLICT (agent_id)"
             " DO UPDATE SET node_id = excluded.node_id, host = excluded.host,"
             " port = excluded.port, zone = excluded.zone, rpc_address = excluded.rpc_address,"
-            " listeners = excluded.listeners, heartbeat_ms = excluded.heartbeat_ms RETURNING 1",
+            " listeners = excluded.listeners, roles = excluded.roles,"
+            " agent_group = excluded.agent_group, heartbeat_ms = excluded.heartbeat_ms"
+            " RETURNING 1",
             (
                 agent.agent_id,
                 agent.node_id,
@@ -627,6 +637,8 @@ class PostgresBackend:
                 agent.zone,
                 agent.rpc_address,
                 encode_listeners(agent.listeners),
+                encode_roles(agent.roles),
+                agent.group,
             ),
         )
 
@@ -634,7 +646,8 @@ class PostgresBackend:
         rows = await self._fetch(
             "WITH database AS (SELECT " + _DATABASE_NOW_MS + " AS now_ms)"
             " SELECT agent_id, node_id, host, port, zone, rpc_address,"
-            " heartbeat_ms - database.now_ms + %s, listeners FROM agents, database"
+            " heartbeat_ms - database.now_ms + %s, listeners, roles, agent_group"
+            " FROM agents, database"
             " WHERE heartbeat_ms >= database.now_ms - %s ORDER BY node_id, agent_id",
             (now_ms, timeout_ms),
         )

@@ -73,6 +73,7 @@ from driftlog.coordinator.engines.backend import (
     encode_listeners,
     encode_producer_batches,
     encode_quota_entity,
+    encode_roles,
     high_watermark,
     outcomes_json,
     partition_offsets,
@@ -83,7 +84,7 @@ from driftlog.coordinator.engines.backend import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -289,6 +290,13 @@ CREATE TABLE group_claims (
 ) WITHOUT ROWID
 """
 
+# Version 8: agent roles and groups (cluster/placement.py). Rows written before have
+# every role and no group.
+_ROLES = """
+ALTER TABLE agents ADD COLUMN roles TEXT NOT NULL DEFAULT 'fetch,jobs,produce,writer';
+ALTER TABLE agents ADD COLUMN agent_group TEXT NOT NULL DEFAULT ''
+"""
+
 # Objects whose last reference a transaction removed: mark the candidates before the
 # batches go, then unmark those still referenced (by the index on batches.object_id).
 _UNMARK_REFERENCED = (
@@ -387,6 +395,8 @@ class SqliteBackend:
                     _execute_script(db, _SECURITY)
                 if version < 7:
                     _execute_script(db, _GROUP_CLAIMS)
+                if version < 8:
+                    _execute_script(db, _ROLES)
                 db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
             elif "batches" in tables:
                 _migrate_from_v1(db)
@@ -422,7 +432,8 @@ class SqliteBackend:
         with _Transaction(self.db) as db:
             db.execute(
                 "INSERT OR REPLACE INTO agents (agent_id, node_id, host, port, zone,"
-                " rpc_address, heartbeat_ms, listeners) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " rpc_address, heartbeat_ms, listeners, roles, agent_group)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     agent.agent_id,
                     agent.node_id,
@@ -432,6 +443,8 @@ class SqliteBackend:
                     agent.rpc_address,
                     agent.heartbeat_ms,
                     encode_listeners(agent.listeners),
+                    encode_roles(agent.roles),
+                    agent.group,
                 ),
             )
 
@@ -444,7 +457,8 @@ class SqliteBackend:
             agent_from_row(row)
             for row in self.db.execute(
                 "SELECT agent_id, node_id, host, port, zone, rpc_address, heartbeat_ms,"
-                " listeners FROM agents WHERE heartbeat_ms >= ? ORDER BY node_id, agent_id",
+                " listeners, roles, agent_group FROM agents WHERE heartbeat_ms >= ?"
+                " ORDER BY node_id, agent_id",
                 (since_ms,),
             )
         ]
@@ -1358,6 +1372,7 @@ def _create_schema(db: sqlite3.Connection) -> None:
     _execute_script(db, _TRANSACTIONS)
     _execute_script(db, _SECURITY)
     _execute_script(db, _GROUP_CLAIMS)
+    _execute_script(db, _ROLES)
     db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
 

@@ -256,6 +256,8 @@ class WriterServer:
                     self._spawn(self._delete_records(message, writer))
                 elif op == "txn":
                     self._spawn(self._txn(message, writer))
+                elif op in ("relocate", "rewrite_batches"):
+                    self._spawn(self._swap(message, writer))
                 elif op == "subscribe":
                     self._subscribers.add(writer)
                     # From here on every event reaches this subscriber, after this.
@@ -409,6 +411,26 @@ class WriterServer:
         else:
             raise ValueError(f"unknown txn action {action!r}")
         return error, pid, epoch
+
+    async def _swap(self, message: Message, writer: asyncio.StreamWriter) -> None:
+        """A background job's swap from the jobs agent (lifecycle/): compaction's
+        `relocate`, key compaction's `rewrite_batches`."""
+        request_id = int(message.get("id", -1))
+        try:
+            if message["op"] == "relocate":
+                key, size, moves, level = messages.relocate_from(message)
+                moved = await self._writer.relocate(key, size, moves, level)
+                reply = messages.relocate_reply(request_id, moved)
+            else:
+                key_, size, rewrites, removals, state = messages.rewrite_from(message)
+                changed = await self._writer.rewrite_batches(key_, size, rewrites, removals, state)
+                reply = messages.rewrite_reply(request_id, changed)
+        except CoordinatorError as e:
+            reply = messages.error_reply(request_id, e)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            reply = messages.error_reply(request_id, CoordinatorUnavailable(f"bad swap: {e!r}"))
+        if not writer.is_closing():
+            writer.write(messages.encode(reply))
 
     async def _delete_records(self, message: Message, writer: asyncio.StreamWriter) -> None:
         request_id = int(message.get("id", -1))

@@ -9,6 +9,15 @@ unframed messages: `peer_auth.py`.) An agent sends the writer:
     COMMIT (binary, below)
     {"op": "admin", "id": N, "action": A, "name": T, "partitions": P, "configs": {...}}
     {"op": "delete_records", "id": N, "partitions": [[topic id hex, partition, offset], ...]}
+    {"op": "relocate", "id": N, "key": K, "size": S, "level": L, "topics": [topic id hex, ...],
+     "moves": [[topic index, partition, last offset, from object id, byte offset], ...]}
+                                      (compaction's swap, from a jobs agent: `relocate_request`)
+    {"op": "rewrite_batches", "id": N, "key": K or null, "size": S, "topics": [...],
+     "rewrites": [[topic index, partition, last offset, from object id, byte offset,
+                   byte length], ...],
+     "removals": [[topic index, partition, last offset, from object id], ...],
+     "state": [topic id hex, partition, cleaned offset, passes] or null}
+                                      (key compaction's swap: `rewrite_request`)
     {"op": "subscribe"}
 
 COMMIT is, big-endian: 0x01, request id (int64), flags (uint8; bit 0: a
@@ -29,6 +38,9 @@ request with the same id:
     {"id": N, "outcomes": [[error code, base offset, log append time, log start], ...]}
     {"id": N, "error_code": E, "topic": TOPIC or null}          (admin)
     {"id": N, "results": [[error code, log start], ...]}        (delete_records)
+    {"id": N, "object": [object id, key, size, committed ms, level] or null, "moved": M}
+                                                                (relocate; null: too old)
+    {"id": N, "changed": M or null}                             (rewrite_batches)
     {"id": N, "error": "not_writer" | "fenced" | "unavailable", "message": M}
 
 confirms a subscription with {"op": "subscribed"} and then streams to the
@@ -85,7 +97,14 @@ from driftlog.coordinator.api import (
 )
 from driftlog.coordinator.core.sequencer import SequencedObject
 from driftlog.coordinator.core.transactions import PendingOffset, TxnClose, TxnOpen
-from driftlog.coordinator.engines.backend import outcomes_json
+from driftlog.coordinator.engines.backend import (
+    BatchMove,
+    BatchRemoval,
+    BatchRewrite,
+    KeyCleanState,
+    NewObject,
+    outcomes_json,
+)
 
 LENGTH = struct.Struct(">I")
 COMMIT = 0x01
@@ -336,6 +355,108 @@ def pending_offset_from(value: Sequence[Any]) -> PendingOffset:
         int(pid), str(group_id), str(topic), int(partition), int(offset), int(leader_epoch),
         None if metadata is None else str(metadata),
     )  # fmt: skip
+
+
+# The background jobs' swaps (a jobs agent that is not the writer sends them) ----------
+# Topic ids are sent once per message and batches name them by index: a compaction swap
+# moves up to tens of thousands of batches.
+
+
+def _topic_table(topic_ids: Sequence[uuid.UUID]) -> tuple[list[str], dict[uuid.UUID, int]]:
+    ordered = sorted(set(topic_ids))
+    return [t.hex for t in ordered], {t: i for i, t in enumerate(ordered)}
+
+
+def _topics_from(message: Message) -> list[uuid.UUID]:
+    return [uuid.UUID(hex=t) for t in message["topics"]]
+
+
+def relocate_request(key: str, size: int, moves: Sequence[BatchMove], level: int) -> Message:
+    topics, index = _topic_table([m.topic_id for m in moves])
+    return {
+        "op": "relocate", "key": key, "size": size, "level": level, "topics": topics,
+        "moves": [[index[m.topic_id], m.partition, m.last_offset, m.from_object_id,
+                   m.byte_offset] for m in moves],
+    }  # fmt: skip
+
+
+def relocate_from(message: Message) -> tuple[str, int, list[BatchMove], int]:
+    topics = _topics_from(message)
+    moves = [
+        BatchMove(topics[t], int(p), int(last), int(source), int(offset))
+        for t, p, last, source, offset in message["moves"]
+    ]
+    return str(message["key"]), int(message["size"]), moves, int(message["level"])
+
+
+def relocate_reply(request_id: int, result: tuple[NewObject, int] | None) -> Message:
+    if result is None:
+        return {"id": request_id, "object": None, "moved": 0}
+    new_object, moved = result
+    return {"id": request_id, "object": list(new_object), "moved": moved}
+
+
+def relocated_from(reply: Message) -> tuple[NewObject, int] | None:
+    value = reply["object"]
+    if value is None:
+        return None
+    object_id, key, size, committed_ms, level = value
+    return NewObject(int(object_id), str(key), int(size), int(committed_ms), int(level)), int(
+        reply["moved"]
+    )
+
+
+def rewrite_request(
+    key: str | None,
+    size: int,
+    rewrites: Sequence[BatchRewrite],
+    removals: Sequence[BatchRemoval],
+    state: KeyCleanState | None,
+) -> Message:
+    topics, index = _topic_table([r.topic_id for r in rewrites] + [r.topic_id for r in removals])
+    return {
+        "op": "rewrite_batches", "key": key, "size": size, "topics": topics,
+        "rewrites": [[index[r.topic_id], r.partition, r.last_offset, r.from_object_id,
+                      r.byte_offset, r.byte_length] for r in rewrites],
+        "removals": [[index[r.topic_id], r.partition, r.last_offset, r.from_object_id]
+                     for r in removals],
+        "state": None if state is None else [
+            state.topic_id.hex, state.partition, state.cleaned_offset,
+            [list(p) for p in state.passes],
+        ],
+    }  # fmt: skip
+
+
+def rewrite_from(
+    message: Message,
+) -> tuple[str | None, int, list[BatchRewrite], list[BatchRemoval], KeyCleanState | None]:
+    topics = _topics_from(message)
+    rewrites = [
+        BatchRewrite(topics[t], int(p), int(last), int(source), int(offset), int(length))
+        for t, p, last, source, offset, length in message["rewrites"]
+    ]
+    removals = [
+        BatchRemoval(topics[t], int(p), int(last), int(source))
+        for t, p, last, source in message["removals"]
+    ]
+    state = None
+    if message["state"] is not None:
+        tid, partition, cleaned, passes = message["state"]
+        state = KeyCleanState(
+            uuid.UUID(hex=tid), int(partition), int(cleaned),
+            tuple(tuple(int(v) for v in p) for p in passes),
+        )  # fmt: skip
+    key = message["key"]
+    return (None if key is None else str(key)), int(message["size"]), rewrites, removals, state
+
+
+def rewrite_reply(request_id: int, changed: int | None) -> Message:
+    return {"id": request_id, "changed": changed}
+
+
+def rewritten_from(reply: Message) -> int | None:
+    changed = reply["changed"]
+    return None if changed is None else int(changed)
 
 
 # Events ----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from driftlog.coordinator.api import (
     CommittedOffset,
     CoordinatorError,
     CoordinatorUnavailable,
+    Fenced,
     GroupClaim,
     NotWriter,
     PartitionOffsets,
@@ -49,7 +50,14 @@ from driftlog.coordinator.core.transactions import (
     TxnEnd,
     TxnLimits,
 )
-from driftlog.coordinator.engines.backend import Backend
+from driftlog.coordinator.engines.backend import (
+    Backend,
+    BatchMove,
+    BatchRemoval,
+    BatchRewrite,
+    KeyCleanState,
+    NewObject,
+)
 from driftlog.coordinator.runtime import rpc_messages as messages
 from driftlog.coordinator.runtime.rpc import FrameHandler, WriterClient, WriterServer
 from driftlog.coordinator.runtime.view import CoordinatorView
@@ -89,6 +97,7 @@ class AgentCoordinator:
         max_commit_age_ms: int | None = None,
         txn_limits: TxnLimits | None = None,
         rpc_secret: bytes | None = None,
+        writer_candidate: bool = True,
     ) -> None:
         self.backend = backend
         self._clock = clock
@@ -103,6 +112,7 @@ class AgentCoordinator:
             retention=retention,
             max_commit_age_ms=max_commit_age_ms,
             txn_limits=txn_limits,
+            candidate=writer_candidate,
         )
         self.commit_timeout_s = (
             commit_timeout_s if commit_timeout_s is not None else 2 * lease_ms / 1000 + 5
@@ -339,6 +349,60 @@ class AgentCoordinator:
             message,
             lambda r: [(ErrorCode(e), s) for e, s in r["results"]],
         )
+
+    # The background jobs' swaps --------------------------------------------------------
+    # A jobs agent (lifecycle/) that is not the writer sends them over the RPC.
+
+    async def relocate(
+        self, key: str, size: int, moves: Sequence[BatchMove], level: int = 1
+    ) -> tuple[NewObject, int] | None:
+        """Compaction's swap at the writer (`CommitWriter.relocate`)."""
+        return await self._swap(
+            lambda: self.writer.relocate(key, size, moves, level),
+            messages.relocate_request(key, size, moves, level),
+            messages.relocated_from,
+        )
+
+    async def rewrite_batches(
+        self,
+        key: str | None,
+        size: int,
+        rewrites: Sequence[BatchRewrite],
+        removals: Sequence[BatchRemoval],
+        state: KeyCleanState | None,
+    ) -> int | None:
+        """Key compaction's swap at the writer (`CommitWriter.rewrite_batches`)."""
+        return await self._swap(
+            lambda: self.writer.rewrite_batches(key, size, rewrites, removals, state),
+            messages.rewrite_request(key, size, rewrites, removals, state),
+            messages.rewritten_from,
+        )
+
+    async def _swap(
+        self,
+        local: Callable[[], Awaitable[T]],
+        message: messages.Message,
+        from_reply: Callable[[messages.Message], T],
+    ) -> T:
+        """Send a swap to the writer; sent again only while it certainly did not happen
+        (no writer reachable, or the agent asked was not, or no longer, the writer: a
+        swap's transaction is fenced). An unknown outcome (a lost connection, no answer
+        in time) fails the job's run, which starts over at its next interval: the swap
+        may have committed, and re-sending would store its new object twice."""
+        deadline = self._clock.monotonic_s() + self.commit_timeout_s
+        while True:
+            try:
+                if self.writer.is_writer:
+                    return await local()
+                if self.client is None:
+                    raise NotWriter("no writer")
+                reply = await self.client.call(dict(message))
+                messages.raise_error(reply)
+                return from_reply(reply)
+            except (NotWriter, Fenced):
+                if self._clock.monotonic_s() >= deadline:
+                    raise
+                await asyncio.sleep(RETRY_BACKOFF_S)
 
     async def allocate_producer_id(self) -> int:
         return await self.backend.allocate_producer_id()

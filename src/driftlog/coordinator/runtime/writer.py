@@ -13,7 +13,8 @@ failover) never stores the object twice.
 
 The writer is a candidate until it takes the lease (`lease.py`), and goes
 back to being a candidate when it is fenced or cannot renew in time; while a
-candidate it refuses commits with `NotWriter`. After a failed transaction the
+candidate it refuses commits with `NotWriter`. An agent without the writer role
+(`candidate=False`) never campaigns: it only follows the writer. After a failed transaction the
 outcome is unknown, so the next round starts by reloading the state.
 
 `tick()` is one step of the lease loop with no sleeping, so a simulation can
@@ -151,7 +152,10 @@ class CommitWriter:
         retention: RetentionPolicy | None = None,
         max_commit_age_ms: int | None = None,
         txn_limits: TxnLimits | None = None,
+        candidate: bool = True,
     ) -> None:
+        # False: an agent without the writer role (--roles) never takes the lease.
+        self.candidate = candidate
         self.retention = retention or RetentionPolicy()
         self.txn_limits = txn_limits or TxnLimits()
         # Objects older than this are refused, so the garbage collector may take an
@@ -221,7 +225,8 @@ class CommitWriter:
 
     async def _tick(self) -> None:
         if self.lease is None:
-            await self._try_acquire()
+            if self.candidate:
+                await self._try_acquire()
             return
         now_s = self._clock.monotonic_s()
         if self.lease.lapsed(now_s):
