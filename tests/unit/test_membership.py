@@ -15,6 +15,7 @@ from driftlog.coordinator.engines.memory import MemoryBackend, MemoryDatabase
 from driftlog.coordinator.engines.postgres import PostgresBackend
 
 HEARTBEAT_MS = 250
+ALL = "roles produce,fetch,jobs,writer"
 TIMEOUT_MS = 3_000
 
 
@@ -62,8 +63,10 @@ def test_joins_and_leaves_are_logged_with_zones(caplog: pytest.LogCaptureFixture
         assert live(m1) == live(m2) == [(1, "a"), (3, "b")]
         assert changes == ["agent-1"]
         assert messages(caplog) == [  # what agent-3 saw, then agent-1
-            "agent joined: agent-1 (node 1, zone 'a', 127.0.0.1:9001, roles produce,fetch,jobs,writer), last heartbeat 0 ms ago",
-            "agent joined: agent-3 (node 3, zone 'b', 127.0.0.1:9003, roles produce,fetch,jobs,writer), last heartbeat 0 ms ago",
+            f"agent joined: agent-1 (node 1, zone 'a', 127.0.0.1:9001, {ALL}),"
+            " last heartbeat 0 ms ago",
+            f"agent joined: agent-3 (node 3, zone 'b', 127.0.0.1:9003, {ALL}),"
+            " last heartbeat 0 ms ago",
         ]
 
         # agent-3 stays silent: live until a whole timeout passed since its last beat.
@@ -77,7 +80,8 @@ def test_joins_and_leaves_are_logged_with_zones(caplog: pytest.LogCaptureFixture
         assert live(m1) == [(1, "a")]
         assert changes == ["agent-1", "agent-1"]
         assert messages(caplog) == [
-            "agent left: agent-3 (node 3, zone 'b', 127.0.0.1:9003, roles produce,fetch,jobs,writer), last heartbeat 3001 ms ago"
+            f"agent left: agent-3 (node 3, zone 'b', 127.0.0.1:9003, {ALL}),"
+            " last heartbeat 3001 ms ago"
         ]
 
     asyncio.run(scenario())
@@ -99,8 +103,8 @@ def test_an_agent_back_in_another_zone_is_logged(caplog: pytest.LogCaptureFixtur
         await m1.tick()
         assert live(m1) == [(1, "a"), (2, "b")]
         assert messages(caplog) == [
-            "agent changed: agent-2 (node 2, zone 'b', 127.0.0.1:9002, roles produce,fetch,jobs,writer),"
-            " was agent-2 (node 2, zone 'a', 127.0.0.1:9002, roles produce,fetch,jobs,writer)"
+            f"agent changed: agent-2 (node 2, zone 'b', 127.0.0.1:9002, {ALL}),"
+            f" was agent-2 (node 2, zone 'a', 127.0.0.1:9002, {ALL})"
         ]
         assert changes == ["agent-1"]  # the same agents: groups stay where they are
 
@@ -237,5 +241,32 @@ def test_start_waits_for_a_heartbeat_that_gets_through() -> None:
         assert backend.failures == 0
         assert [a.node_id for a in m.live] == [1, 2]
         await m.close()
+
+    asyncio.run(scenario())
+
+
+def test_live_is_the_agents_group_and_cluster_is_everyone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="driftlog.cluster.membership")
+
+    async def scenario() -> None:
+        db, clock = MemoryDatabase(), FakeClock()
+        x1 = await member(db, clock, dataclasses.replace(agent(1, "a"), group="x"), [])
+        x2 = dataclasses.replace(agent(2, "b"), group="x", roles=frozenset({"fetch"}))
+        y3 = dataclasses.replace(agent(3, "a"), group="y", roles=frozenset({"jobs"}))
+        for other in (x2, y3):
+            await (await member(db, clock, other, [])).tick()
+        messages(caplog)
+        await x1.tick()
+        assert [a.node_id for a in x1.live] == [1, 2]
+        assert [a.node_id for a in x1.cluster] == [1, 2, 3]
+        assert [a.node_id for a in x1.leaders()] == [1, 2]
+        assert messages(caplog) == [  # every group's agents, with their roles and group
+            "agent joined: agent-2 (node 2, zone 'b', 127.0.0.1:9002, roles fetch, group 'x'),"
+            " last heartbeat 0 ms ago",
+            "agent joined: agent-3 (node 3, zone 'a', 127.0.0.1:9003, roles jobs, group 'y'),"
+            " last heartbeat 0 ms ago",
+        ]
 
     asyncio.run(scenario())
