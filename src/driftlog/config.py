@@ -37,7 +37,7 @@ class AgentConfig:
     log_retention_bytes: int = -1
     retention_check_ms: int = 60_000
     # Garbage collection (lifecycle/gc.py) and compaction (lifecycle/compactor.py),
-    # run by the writer. An interval of 0 turns the job off.
+    # run by the jobs agent (cluster/placement.py). An interval of 0 turns the job off.
     gc_interval_ms: int = 30_000
     gc_delete_grace_ms: int = 60_000
     gc_orphan_grace_ms: int = 3_600_000

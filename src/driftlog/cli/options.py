@@ -363,7 +363,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     option(
         "--gc-interval-ms",
-        "how often the writer deletes dead and orphaned objects (0: never)",
+        "how often the jobs agent deletes dead and orphaned objects (0: never)",
     ),
     option(
         "--gc-delete-grace-ms",
@@ -378,7 +378,7 @@ OPTIONS: tuple[Option, ...] = (
     option("--gc-max-deletes-per-s", "upper bound on object deletions per second"),
     option(
         "--compaction-interval-ms",
-        "how often the writer merges small objects into one (0: never)",
+        "how often the jobs agent merges small objects into one (0: never)",
     ),
     option("--compaction-min-age-ms", "objects younger than this are left alone"),
     option("--compaction-small-object-bytes", "objects smaller than this are merged"),
@@ -394,7 +394,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     option(
         "--key-compaction-interval-ms",
-        "how often the writer compacts `cleanup.policy=compact` topics by key (0: never)",
+        "how often the jobs agent compacts `cleanup.policy=compact` topics by key (0: never)",
     ),
     option(
         "--key-compaction-map-bytes",

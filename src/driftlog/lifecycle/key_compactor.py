@@ -1,5 +1,5 @@
 """Key compaction of `cleanup.policy=compact` topics: runs `key_cleaning.py`'s rules
-against the database and the object store, on the writer agent.
+against the database and the object store, on the jobs agent (its swaps go to the writer).
 
 A pass over a partition scans the batch rows from the log start to the cleanable end a
 page at a time, maps the dirty part's keys (the map is bounded: `map_bytes`), then walks

@@ -1,9 +1,12 @@
-"""Runs the garbage collector and the compactor in the background, on the writer only.
+"""Runs the garbage collector and the compactors in the background, on the jobs agent.
 
-One agent doing the work is enough and keeps the store's list and delete
-requests to one stream; both jobs are nonetheless safe on several agents at
-once (see `gc.py`, `compactor.py`), which matters while a deposed writer has
-not yet noticed. Real time here: the jobs themselves take the core's clock.
+The agent decides which jobs run where (`enabled`): one live agent of the cluster with
+the `jobs` role (cluster/placement.py, `jobs_agent`), whose swaps go to the writer, over
+the writer RPC when it is another agent. One agent doing the work is enough and keeps the
+store's list and delete requests to one stream; the jobs are nonetheless safe on several
+agents at once (see `gc.py`, `compactor.py`, `key_compactor.py`), which matters while
+agents disagree on membership for a heartbeat or two. Real time here: the jobs
+themselves take the core's clock.
 """
 
 from __future__ import annotations
