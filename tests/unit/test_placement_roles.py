@@ -8,10 +8,12 @@ import uuid
 from collections import Counter
 
 from driftlog.cluster.placement import (
+    fetch_agent_ids,
     fetch_agents,
     fetch_zone,
     jobs_agent,
     partition_leaders,
+    placed,
     producers,
     read_replicas,
 )
@@ -141,3 +143,12 @@ def test_the_fetch_zone_is_the_hint_then_the_rack() -> None:
     assert fetch_zone("app", "b") == "b"
     assert fetch_zone("app", "") is None
     assert fetch_zone(None, None) is None
+
+
+def test_the_cached_answer_fetch_uses_is_fetch_agents() -> None:
+    for topic in TOPICS[:50]:
+        for hint, zone in ((None, None), ("a", "a"), (None, "b"), ("b", "a")):
+            leaders = partition_leaders(topic, 12, producers(SPLIT), hint)
+            chosen = fetch_agents(topic, SPLIT, zone, leaders)
+            expected = [a.agent_id if a else None for a in chosen]
+            assert list(fetch_agent_ids(topic, 12, placed(SPLIT), hint, zone)) == expected

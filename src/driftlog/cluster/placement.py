@@ -175,6 +175,30 @@ def fetch_agents(
     return chosen
 
 
+# What placement reads of an agent: its id, zone and roles (not its heartbeat time, so a
+# cache keyed by it lasts while membership does).
+Placed = tuple[tuple[str, str, frozenset[str]], ...]
+
+
+def placed(agents: Sequence[AgentInfo]) -> Placed:
+    return tuple(sorted((a.agent_id, a.zone, a.roles) for a in agents))
+
+
+# Fetch asks on every request, for every partition of a topic; the answer changes only
+# with membership. An entry costs a tuple of agent ids per partition.
+@functools.lru_cache(maxsize=1024)
+def fetch_agent_ids(
+    topic_key: bytes, partition_count: int, agents: Placed, hint: str | None, zone: str | None
+) -> tuple[str | None, ...]:
+    """`fetch_agents` for a client whose Metadata zone is `hint` and whose fetch zone is
+    `zone`, over `placed(agents)`: the chosen agents' ids."""
+    pool = [AgentInfo(i, 0, "", 0, z, "", roles=r) for i, z, r in agents]
+    leaders = partition_leaders(topic_key, partition_count, producers(pool), hint)
+    return tuple(
+        None if a is None else a.agent_id for a in fetch_agents(topic_key, pool, zone, leaders)
+    )
+
+
 def read_replicas(
     topic_key: bytes,
     agents: Sequence[AgentInfo],

@@ -41,11 +41,12 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from driftlog.cluster.placement import (
+    Placed,
     client_zone,
-    fetch_agents,
+    fetch_agent_ids,
     fetch_zone,
     partition_leaders,
-    producers,
+    placed,
 )
 from driftlog.coordinator.api import AgentInfo, BatchLocation, CoordinatorError, TopicInfo
 from driftlog.coordinator.core.transactions import AbortedTxn
@@ -122,25 +123,33 @@ class _Readers:
         self._zone = fetch_zone(ctx.client_id, getattr(request, "rack_id", None))
         self._patience_s = max(request.max_wait.total_seconds(), 0.2)
         self._pool: list[AgentInfo] | None = None
+        self._placed: Placed = ()
+        self._by_id: dict[str, AgentInfo] = {}
 
-    def targets(self, topic: TopicInfo) -> list[AgentInfo | None]:
-        """Each partition's fetch agent for this client; empty: serve them all here."""
+    def targets(self, topic: TopicInfo) -> tuple[str | None, ...]:
+        """Each partition's fetch agent (id) for this client; empty: serve them all here."""
         if not self._enabled:
-            return []
+            return ()
         if self._pool is None:
             self._pool = placement_pool(self._ctx)
-        key = topic.topic_id.bytes
-        # The leaders Metadata names this client (its client.id's zone), so the answer is
-        # the same whichever agent is asked.
-        leaders = partition_leaders(
-            key, topic.partition_count, producers(self._pool), client_zone(self._ctx.client_id)
+            self._placed = placed(self._pool)
+            self._by_id = {a.agent_id: a for a in self._pool}
+        # For the leaders Metadata names this client (its client.id's zone), so the answer
+        # is the same whichever agent is asked.
+        return fetch_agent_ids(
+            topic.topic_id.bytes,
+            topic.partition_count,
+            self._placed,
+            client_zone(self._ctx.client_id),
+            self._zone,
         )
-        return fetch_agents(key, self._pool, self._zone, leaders)
 
-    def elsewhere(self, target: AgentInfo | None, part: _PartitionPlan, topic: TopicInfo) -> bool:
-        """Should the client fetch this partition from `target` instead of here?"""
-        me = self._ctx.services.membership.me
-        if target is None or target.agent_id == me.agent_id:
+    def elsewhere(self, target_id: str | None, part: _PartitionPlan, topic: TopicInfo) -> bool:
+        """Should the client fetch this partition from `target_id` instead of here?"""
+        if target_id is None or target_id == self._ctx.services.membership.me.agent_id:
+            return False
+        target = self._by_id.get(target_id)
+        if target is None:
             return False
         session = self._ctx.session
         key = (topic.topic_id, part.partition)
@@ -195,7 +204,7 @@ async def _plan(
                 _PartitionPlan(fp.partition, denied) for fp in fetch_topic.partitions
             )
             continue
-        targets = readers.targets(topic) if readers is not None and topic is not None else []
+        targets = readers.targets(topic) if readers is not None and topic is not None else ()
         for fp in fetch_topic.partitions:
             offsets = coordinator.partition_offsets(topic.topic_id, fp.partition) if topic else None
             if topic is None or offsets is None:
