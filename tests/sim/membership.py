@@ -558,7 +558,7 @@ class Sim:
             # 2. No flapping: whoever Y drops was not on time when Y read the list.
             dropped = [a for a in y.seen if a not in live]
             if dropped:
-                read = next((r for r in y.backend.reads if r[0] is m.live), None)
+                read = next((r for r in y.backend.reads if r[0] is m.cluster), None)
                 if read is None:
                     raise self.failure(f"{y.agent_id}'s live list changed without a read")
                 for x in dropped:
