@@ -335,12 +335,16 @@ def test_produce_fetch_and_jobs_agents_serve_their_own_work(cluster: Cluster) ->
     assert producing.metric("driftlog_fetch_bytes_total") == 0  # librdkafka moved at once
     assert producing.metric("driftlog_fetch_read_replica_redirects_total") >= 1
 
-    # kafka-python follows the preferred read replica too.
+    # kafka-python follows the preferred read replica too, and stays (the fetch agent
+    # names itself to it: it forgets a replica after an answer that names none).
     fetched_before = fetching.metric("driftlog_fetch_bytes_total")
+    sent_before = producing.metric("driftlog_fetch_read_replica_redirects_total")
     seen = consume_all_kafka_python(bootstrap, topic, RECORDS)
     assert len(seen) == RECORDS
     assert fetching.metric("driftlog_fetch_bytes_total") > fetched_before
     assert producing.metric("driftlog_fetch_bytes_total") == 0
+    sent = producing.metric("driftlog_fetch_read_replica_redirects_total") - sent_before
+    assert 1 <= sent <= 2 * PARTITIONS, f"{sent} partitions sent away: kafka-python went back"
     # aiokafka with a rack follows it; without one it ignores it, and is served anyway.
     seen = consume_all_aiokafka(bootstrap, topic, RECORDS, rack="a")
     assert len(seen) == RECORDS

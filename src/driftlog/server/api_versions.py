@@ -35,6 +35,7 @@ def api_versions_error_response() -> Any:
 
 async def handle_api_versions(ctx: RequestContext, request: Any) -> Any:
     module = response_module(API_VERSIONS, ctx.api_version)
+    ctx.session.client_software = str(getattr(request, "client_software_name", "") or "")
     return build(
         module.ApiVersionsResponse,
         error_code=ErrorCode.none,

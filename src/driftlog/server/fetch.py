@@ -82,6 +82,11 @@ PREFERRED_REPLICA_VERSION = 11
 IGNORED_HINT_S = 300.0
 # Partitions remembered per connection (their last hint); past it the memory starts over.
 MAX_HINTS_PER_SESSION = 10_000
+# Clients (KIP-511 software names) that forget their preferred read replica after an
+# answer naming none (kafka-python 3: `update_preferred_read_replica(-1)` clears it):
+# the fetch agent names itself to them, which they take as "stay" (librdkafka would skip
+# the records of a partition whose answer names a replica, so others get -1).
+NAME_THE_READER_TO = frozenset({"kafka-python"})
 
 
 @dataclass(slots=True)
@@ -99,8 +104,10 @@ class _PartitionPlan:
     # transactions of the range returned (None for read_uncommitted, as Kafka answers).
     end_offset: int | None = None
     aborted: tuple[AbortedTxn, ...] | None = None
-    # KIP-392: the node id of the agent this client should fetch the partition from.
+    # KIP-392: the node id of the agent this client should fetch the partition from, and
+    # whether that is another agent (the partition is answered at once, without records).
     preferred_replica: int = -1
+    sent_away: bool = False
 
 
 @dataclass(slots=True)
@@ -146,7 +153,12 @@ class _Readers:
 
     def elsewhere(self, target_id: str | None, part: _PartitionPlan, topic: TopicInfo) -> bool:
         """Should the client fetch this partition from `target_id` instead of here?"""
-        if target_id is None or target_id == self._ctx.services.membership.me.agent_id:
+        me = self._ctx.services.membership.me
+        if target_id is None:
+            return False
+        if target_id == me.agent_id:
+            if self._ctx.session.client_software in NAME_THE_READER_TO:
+                part.preferred_replica = me.node_id  # "stay here", to those who forget
             return False
         target = self._by_id.get(target_id)
         if target is None:
@@ -171,6 +183,7 @@ class _Readers:
             session.read_replica_hints.clear()
         session.read_replica_hints[key] = (part.fetch_offset, self._now_s)
         part.preferred_replica = target.node_id
+        part.sent_away = True
         self._ctx.services.request_metrics.fetch_read_replica_redirects.inc()
         return True
 
@@ -273,9 +286,7 @@ async def handle_fetch(ctx: RequestContext, request: Any) -> Any:
         remaining = deadline - time.monotonic()
         # A partition sent to its fetch agent is answered at once, as an error is.
         answer_now = any(
-            p.error != ErrorCode.none or p.preferred_replica >= 0
-            for t in plans
-            for p in t.partitions
+            p.error != ErrorCode.none or p.sent_away for t in plans for p in t.partitions
         )
         if total >= request.min_bytes or remaining <= 0 or answer_now:
             break

@@ -47,6 +47,8 @@ class Session:
     # it is served here anyway, having asked again instead of moving.
     read_replica_hints: dict[tuple[uuid.UUID, int], tuple[int, float]] = field(default_factory=dict)
     serve_reads_until_s: float = 0.0
+    # ApiVersions v3+ (KIP-511): the client library's name, e.g. "librdkafka".
+    client_software: str = ""
 
     @classmethod
     def open(cls, listener: Listener, peer: str, tls_principal: str | None = None) -> Session:
