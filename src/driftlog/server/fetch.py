@@ -17,9 +17,9 @@ Roles (cluster/placement.py): a partition whose fetch agent for this client is a
 agent is answered, from Fetch v11 on, with that agent as KIP-392's preferred read replica
 and no records, at once (as a Kafka leader answers); librdkafka, the Java client,
 kafka-python and aiokafka with a `client_rack` move the partition there. A client that
-asks again for the partition at the same offset within its own long-poll time did not
-move (aiokafka without `client_rack` ignores the field): it is served here, on that
-connection, for `IGNORED_HINT_S`. Older Fetch versions are served wherever they land.
+asks again for the partition at the same offset within its own long-poll time, twice in
+a row, did not move (aiokafka without `client_rack` ignores the field): it is served
+here, on that connection, for `IGNORED_HINT_S`. Older Fetch versions are served wherever they land.
 
 A store failure affects only the partitions with batches in the object that
 failed. An object that is not found may only mean stale coordinates (compaction
@@ -78,7 +78,9 @@ MAX_RESPONSE_BYTES = 55 * 1024 * 1024
 LOST_DATA_ERROR = ErrorCode.corrupt_message
 # KIP-392's preferred read replica is in Fetch from v11.
 PREFERRED_REPLICA_VERSION = 11
-# A client that asked again instead of moving is served here this long on its connection.
+# A client that asked again instead of moving, this many times in a row, is served here
+# for IGNORED_HINT_S on its connection.
+IGNORED_HINT_STRIKES = 2
 IGNORED_HINT_S = 300.0
 # Partitions remembered per connection (their last hint); past it the memory starts over.
 MAX_HINTS_PER_SESSION = 10_000
@@ -166,22 +168,27 @@ class _Readers:
         session = self._ctx.session
         key = (topic.topic_id, part.partition)
         hint = session.read_replica_hints.get(key)
-        back = hint is not None and hint[0] == part.fetch_offset
-        if back and hint is not None and self._now_s - hint[1] < self._patience_s:
+        strikes = 0
+        if hint is not None and hint[0] == part.fetch_offset:
             # Sent away, and back at the same offset sooner than a long poll there would
-            # have taken: this client ignores the hint. Serve it rather than answer it
-            # empty forever.
+            # have taken: the client did not move. Once may be a client that could not
+            # (it did not know the agent yet, or the agent failed it): it is sent again.
+            # Twice in a row, it ignores the hint: serve it rather than answer it empty
+            # forever.
+            strikes = hint[2] + 1 if self._now_s - hint[1] < self._patience_s else 0
+        if strikes >= IGNORED_HINT_STRIKES:
+            if session.serve_reads_until_s <= self._now_s:
+                self._ctx.services.request_metrics.fetch_read_replica_ignored.inc()
+                log.info(
+                    "client %s (%s) ignores preferred read replicas: served here for %.0f s",
+                    self._ctx.client_id, self._ctx.peer, IGNORED_HINT_S,
+                )  # fmt: skip
             session.serve_reads_until_s = self._now_s + IGNORED_HINT_S
             self._enabled = False
-            self._ctx.services.request_metrics.fetch_read_replica_ignored.inc()
-            log.info(
-                "client %s (%s) ignores preferred read replicas: served here for %.0f s",
-                self._ctx.client_id, self._ctx.peer, IGNORED_HINT_S,
-            )  # fmt: skip
             return False
         if len(session.read_replica_hints) >= MAX_HINTS_PER_SESSION:
             session.read_replica_hints.clear()
-        session.read_replica_hints[key] = (part.fetch_offset, self._now_s)
+        session.read_replica_hints[key] = (part.fetch_offset, self._now_s, strikes)
         part.preferred_replica = target.node_id
         part.sent_away = True
         self._ctx.services.request_metrics.fetch_read_replica_redirects.inc()

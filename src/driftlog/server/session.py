@@ -22,6 +22,8 @@ API_VERSIONS = 18
 SASL_HANDSHAKE = 17
 SASL_AUTHENTICATE = 36
 AUTHENTICATION_APIS = frozenset({API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE})
+# (fetch offset, monotonic s, times in a row the client came back at once): server/fetch.py
+ReadReplicaHint = tuple[int, float, int]
 
 
 @dataclass(slots=True)
@@ -43,9 +45,10 @@ class Session:
     close_after_response: bool = False
     authentications: int = field(default=0)
     # KIP-392 (server/fetch.py): per partition, the fetch offset and monotonic time of the
-    # last answer that sent this client to another agent; and until when (monotonic s)
-    # it is served here anyway, having asked again instead of moving.
-    read_replica_hints: dict[tuple[uuid.UUID, int], tuple[int, float]] = field(default_factory=dict)
+    # last answer that sent this client to another agent, and how many times in a row it
+    # came back at once; and until when (monotonic s) it is served here anyway, having
+    # asked again instead of moving.
+    read_replica_hints: dict[tuple[uuid.UUID, int], ReadReplicaHint] = field(default_factory=dict)
     serve_reads_until_s: float = 0.0
     # ApiVersions v3+ (KIP-511): the client library's name, e.g. "librdkafka".
     client_software: str = ""
