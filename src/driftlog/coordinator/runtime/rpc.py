@@ -427,7 +427,7 @@ class WriterServer:
                 reply = messages.rewrite_reply(request_id, changed)
         except CoordinatorError as e:
             reply = messages.error_reply(request_id, e)
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+        except Exception as e:  # a malformed message (from an authenticated peer)
             reply = messages.error_reply(request_id, CoordinatorUnavailable(f"bad swap: {e!r}"))
         if not writer.is_closing():
             writer.write(messages.encode(reply))
