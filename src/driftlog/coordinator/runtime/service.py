@@ -284,7 +284,11 @@ class AgentCoordinator:
         local: Callable[[], Awaitable[T]],
         message: messages.Message,
         from_reply: Callable[[messages.Message], T],
+        *,
+        retry_on: tuple[type[CoordinatorError], ...] = (CoordinatorError,),
     ) -> T:
+        """Run `local` if this agent writes, else send `message` to the writer; errors in
+        `retry_on` are tried again until the commit timeout."""
         deadline = self._clock.monotonic_s() + self.commit_timeout_s
         while True:
             try:
@@ -295,7 +299,7 @@ class AgentCoordinator:
                 reply = await self.client.call(dict(message))
                 messages.raise_error(reply)
                 return from_reply(reply)
-            except CoordinatorError:
+            except retry_on:
                 if self._clock.monotonic_s() >= deadline:
                     raise
                 await asyncio.sleep(RETRY_BACKOFF_S)
@@ -389,20 +393,7 @@ class AgentCoordinator:
         swap's transaction is fenced). An unknown outcome (a lost connection, no answer
         in time) fails the job's run, which starts over at its next interval: the swap
         may have committed, and re-sending would store its new object twice."""
-        deadline = self._clock.monotonic_s() + self.commit_timeout_s
-        while True:
-            try:
-                if self.writer.is_writer:
-                    return await local()
-                if self.client is None:
-                    raise NotWriter("no writer")
-                reply = await self.client.call(dict(message))
-                messages.raise_error(reply)
-                return from_reply(reply)
-            except (NotWriter, Fenced):
-                if self._clock.monotonic_s() >= deadline:
-                    raise
-                await asyncio.sleep(RETRY_BACKOFF_S)
+        return await self._admin(local, message, from_reply, retry_on=(NotWriter, Fenced))
 
     async def allocate_producer_id(self) -> int:
         return await self.backend.allocate_producer_id()
