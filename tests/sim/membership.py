@@ -177,20 +177,7 @@ class GatedBackend(MemoryBackend):
             raise CoordinatorUnavailable("connection refused")
         if node.cut == "silent" and node.cut_over is not None:
             await node.cut_over
-        lose = False
-        if sim.faults:
-            r, c = sim.rng.random(), sim.config
-            if r < c.fail:
-                sim.faults_injected += 1
-                raise CoordinatorUnavailable(f"{what} failed")
-            r -= c.fail
-            if r < c.slow:
-                await sim.sleep(sim.rng.randint(1, c.slow_ms), fault=True)
-            elif r < c.slow + c.hang:
-                sim.faults_injected += 1
-                await sim.sleep(sim.rng.randint(c.timeout_ms, 2 * c.timeout_ms), fault=True)
-            elif r < c.slow + c.hang + c.lose_reply and what == "heartbeat":
-                lose = True
+        lose = await self._fault(what) if sim.faults else False
         if node.cut == "refused":
             raise CoordinatorUnavailable("connection refused")
         if node.cut == "silent" and node.cut_over is not None:
@@ -199,12 +186,29 @@ class GatedBackend(MemoryBackend):
             raise CoordinatorUnavailable("the process is gone")
         return not lose
 
+    async def _fault(self, what: str) -> bool:
+        """The fault the seed draws for one call: fail, slow, hang, or (heartbeats only)
+        lose the reply; True when the reply is to be lost."""
+        sim, c = self.sim, self.sim.config
+        r = sim.rng.random()
+        if r < c.fail:
+            sim.faults_injected += 1
+            raise CoordinatorUnavailable(f"{what} failed")
+        r -= c.fail
+        if r < c.slow:
+            await sim.sleep(sim.rng.randint(1, c.slow_ms), fault=True)
+        elif r < c.slow + c.hang:
+            sim.faults_injected += 1
+            await sim.sleep(sim.rng.randint(c.timeout_ms, 2 * c.timeout_ms), fault=True)
+        elif r < c.slow + c.hang + c.lose_reply and what == "heartbeat":
+            return True
+        return False
+
     async def _gate_shielded(self, what: str) -> bool:
         """`_gate` for group calls: a heartbeat abandoned (cancelled) while it waits for a
         cut to end cancels the cut's future, which must not cancel the calls of other
         tasks waiting on it too (the heartbeat's own waits stay as they were)."""
         sim, node = self.sim, self.node_ref[0]
-        c = sim.config
         for attempt in range(2):  # as `_gate`: the cut is looked at before and after the faults
             if node.cut == "refused":
                 raise CoordinatorUnavailable("connection refused")
@@ -212,16 +216,7 @@ class GatedBackend(MemoryBackend):
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(node.cut_over)
             if attempt == 0 and sim.faults:
-                r = sim.rng.random()
-                if r < c.fail:
-                    sim.faults_injected += 1
-                    raise CoordinatorUnavailable(f"{what} failed")
-                r -= c.fail
-                if r < c.slow:
-                    await sim.sleep(sim.rng.randint(1, c.slow_ms), fault=True)
-                elif r < c.slow + c.hang:
-                    sim.faults_injected += 1
-                    await sim.sleep(sim.rng.randint(c.timeout_ms, 2 * c.timeout_ms), fault=True)
+                await self._fault(what)
         if self.dead:
             raise CoordinatorUnavailable("the process is gone")
         return True
